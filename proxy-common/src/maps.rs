@@ -1,0 +1,126 @@
+//! Map keys and values shared with the kernel.
+//!
+//! Byte order: addresses and ports are kept exactly as `struct bpf_sock_addr`
+//! holds them (network byte order), so the connect hook copies them without
+//! swapping. Counters are native-endian `u64`s the kernel adds to atomically.
+
+/// Pinned map names (also the file names under the daemon's bpffs pin dir).
+pub const MAP_SERVICES: &str = "KNIT_SERVICES";
+pub const MAP_BACKENDS: &str = "KNIT_BACKENDS";
+pub const MAP_RR: &str = "KNIT_RR";
+pub const MAP_CONNS: &str = "KNIT_CONNS";
+pub const MAP_SERVICE_STATS: &str = "KNIT_SVC_STATS";
+pub const MAP_BACKEND_STATS: &str = "KNIT_BE_STATS";
+
+/// Most services (client aliases) one host can hold; service ids are below this.
+pub const MAX_SERVICES: u32 = 16_384;
+/// Most backend slots across all services.
+pub const MAX_BACKEND_SLOTS: u32 = 131_072;
+/// Most backends (endpoints) with counters.
+pub const MAX_BACKENDS: u32 = 131_072;
+/// Connections tracked at once (LRU: the oldest entry goes when full).
+pub const MAX_CONNS: u32 = 262_144;
+
+/// VIP range: 127.255.0.0/16, as a host-order prefix and mask.
+pub const VIP_NET: u32 = 0x7fff_0000;
+pub const VIP_MASK: u32 = 0xffff_0000;
+
+/// `ServiceEntry::mode`: how a VIP is served.
+pub const MODE_L4: u32 = 0;
+/// Proxied through the daemon (later issue); the connect hook leaves it alone today.
+pub const MODE_L7: u32 = 1;
+
+/// Key of `KNIT_SERVICES`: a VIP and port as a client dials them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct VipKey {
+    /// IPv4 address, network byte order.
+    pub ip: u32,
+    /// TCP port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `KNIT_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    /// Daemon-assigned id, below [`MAX_SERVICES`]; indexes `KNIT_RR`.
+    pub service_id: u32,
+    /// Eligible backends, held in `KNIT_BACKENDS` slots `0..backend_count`.
+    pub backend_count: u32,
+    /// [`MODE_L4`] or [`MODE_L7`].
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// Key of `KNIT_BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BackendKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// Value of `KNIT_BACKENDS`: where a slot's connections go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub ip: u32,
+    /// TCP port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// Daemon-assigned endpoint id; keys `KNIT_BE_STATS`.
+    pub backend_id: u32,
+}
+
+/// Value of `KNIT_CONNS` (key: socket cookie, `u64`): what the connect hook
+/// decided for a socket, read by getpeername and sockops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnInfo {
+    /// The VIP the application dialed, network byte order.
+    pub vip_ip: u32,
+    /// The port the application dialed, network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Value of `KNIT_SVC_STATS` (key: service id) and `KNIT_BE_STATS` (key:
+/// backend id). Monotonic counters except `active` and `consecutive_failures`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Connections established.
+    pub new_conns: u64,
+    /// Connections open now (added to with wrapping arithmetic: +1 / -1).
+    pub active: u64,
+    /// Connects that never established (refused, reset, timed out).
+    pub failed: u64,
+    /// Bytes the client sent and the peer acknowledged, added on close.
+    pub bytes_sent: u64,
+    /// Bytes the client received, added on close.
+    pub bytes_received: u64,
+    /// Failed connects since the last established one (reset to 0 on success).
+    pub consecutive_failures: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are #[repr(C)], Copy, made only of integers, and
+    // have explicit padding fields, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BackendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counters {}
+}

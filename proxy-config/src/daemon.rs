@@ -1,0 +1,360 @@
+//! The daemon's own configuration, `/etc/knit/knit.toml`.
+//!
+//! Every key is optional; the defaults below are what a missing key (or a
+//! missing file, unless the operator named it) means. Unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::names;
+
+/// Where the daemon looks for its configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/knit/knit.toml";
+/// `default_namespace`: the cluster's `serviceConnectDefaults.namespace`.
+pub const DEFAULT_NAMESPACE: &str = crate::model::DEFAULT_NAMESPACE;
+/// `state_dir`: the embedded registry and other state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/knit";
+/// `bpf_pin_dir`: where eBPF maps and links are pinned (on bpffs).
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/knit";
+/// `cgroup`: the knit cgroup, relative to the cgroup2 mount.
+pub const DEFAULT_CGROUP: &str = "knit";
+/// `socket`: the CLI's unix socket (root only).
+pub const DEFAULT_SOCKET: &str = "/run/knit/knit.sock";
+/// `hosts_file`: where knit keeps its managed block of client names.
+pub const DEFAULT_HOSTS_FILE: &str = "/etc/hosts";
+/// `admin.listen`: admin HTTP (metrics, API, dashboard, health).
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
+/// `registry.endpoints` for the etcd backend.
+pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// `host.address`: where other hosts reach this host's ingress listeners.
+pub const DEFAULT_HOST_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// `outlier.consecutive_failures`: failures in a row that eject a target.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// `outlier.base_ejection_ms`: first ejection; doubles per repeat.
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
+/// `outlier.max_ejection_ms`: longest ejection.
+pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
+/// `outlier.max_ejection_percent`: share of a service's targets that may be
+/// ejected at once.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// `outlier.interval_ms`: how often the daemon reads the kernel's counters.
+pub const DEFAULT_OUTLIER_INTERVAL_MS: u64 = 100;
+
+/// knit.toml. Every key is optional; [`Default`] gives the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Namespace for services that name none (ECS: the cluster's
+    /// `serviceConnectDefaults.namespace`). Default `"default"`.
+    pub default_namespace: String,
+    /// State directory. Default `/var/lib/knit`.
+    pub state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links. Default `/sys/fs/bpf/knit`.
+    pub bpf_pin_dir: PathBuf,
+    /// knit's cgroup, relative to the cgroup2 mount; tasks live in
+    /// `<mount>/<cgroup>/<service>/<task>`. Default `knit`.
+    pub cgroup: String,
+    /// The CLI's unix socket. Default `/run/knit/knit.sock`.
+    pub socket: PathBuf,
+    /// The hosts file holding knit's managed block. Default `/etc/hosts`.
+    pub hosts_file: PathBuf,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[registry]`.
+    pub registry: RegistryConfig,
+    /// `[host]`.
+    pub host: HostConfig,
+    /// `[outlier]`.
+    pub outlier: OutlierConfig,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            default_namespace: DEFAULT_NAMESPACE.to_owned(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            bpf_pin_dir: PathBuf::from(DEFAULT_BPF_PIN_DIR),
+            cgroup: DEFAULT_CGROUP.to_owned(),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            hosts_file: PathBuf::from(DEFAULT_HOSTS_FILE),
+            admin: AdminConfig::default(),
+            registry: RegistryConfig::default(),
+            host: HostConfig::default(),
+            outlier: OutlierConfig::default(),
+        }
+    }
+}
+
+/// `[admin]`: the admin HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port. Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN,
+        }
+    }
+}
+
+/// Which registry holds namespaces, services and endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryBackend {
+    /// A store in `state_dir`: one host.
+    #[default]
+    Embedded,
+    /// etcd at `endpoints`: many hosts.
+    Etcd,
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `"embedded"` (default) or `"etcd"`.
+    pub backend: RegistryBackend,
+    /// etcd endpoints (etcd backend only). Default `["http://127.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            backend: RegistryBackend::Embedded,
+            endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
+        }
+    }
+}
+
+/// `[host]`: this host as other hosts see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Where other hosts reach this host's ingress listeners. Default `127.0.0.1`.
+    pub address: Ipv4Addr,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            address: DEFAULT_HOST_ADDRESS,
+        }
+    }
+}
+
+/// `[outlier]`: outlier detection (ECS: not configurable; knit: here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive failures that eject a target; at least 1. Default 5.
+    pub consecutive_failures: u32,
+    /// First ejection, in milliseconds; doubles per repeat. Default 30000.
+    pub base_ejection_ms: u64,
+    /// Longest ejection, in milliseconds; at least `base_ejection_ms`. Default 300000.
+    pub max_ejection_ms: u64,
+    /// Most targets of one service ejected at once, in percent (0..=100). Default 10.
+    pub max_ejection_percent: u32,
+    /// How often the daemon reads the kernel counters, in milliseconds; at
+    /// least 1. Default 100.
+    pub interval_ms: u64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection_ms: DEFAULT_BASE_EJECTION_MS,
+            max_ejection_ms: DEFAULT_MAX_EJECTION_MS,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            interval_ms: DEFAULT_OUTLIER_INTERVAL_MS,
+        }
+    }
+}
+
+/// Reads knit.toml at `path`. A missing file gives the defaults unless
+/// `must_exist` (the operator named the file explicitly).
+pub fn load_daemon_config(path: &Path, must_exist: bool) -> Result<DaemonConfig, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_daemon_config(&text, path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            Ok(DaemonConfig::default())
+        }
+        Err(e) => {
+            let fix = if e.kind() == std::io::ErrorKind::NotFound {
+                "create the file (every key is optional; an empty file gives the \
+                        defaults), or name another with --config"
+                    .to_owned()
+            } else {
+                "make the file readable by the daemon's user, or name another with --config"
+                    .to_owned()
+            };
+            Err(ConfigError::Read {
+                path: path.to_owned(),
+                source: e,
+                fix,
+            })
+        }
+    }
+}
+
+/// Parses and validates knit.toml text; `path` is only used in errors.
+pub fn parse_daemon_config(text: &str, path: &Path) -> Result<DaemonConfig, ConfigError> {
+    let config: DaemonConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| toml_error(text, path, &e))?;
+    validate(&config).map_err(|(key, message, fix)| ConfigError::Invalid {
+        path: path.to_owned(),
+        line: key_line(text, key),
+        key: key.to_owned(),
+        message,
+        fix,
+    })?;
+    Ok(config)
+}
+
+fn toml_error(
+    text: &str,
+    path: &Path,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let inner = e.inner();
+    let message = inner.message().trim().replace('\n', "; ");
+    let mut key = e.path().to_string();
+    if key == "." || key == "?" {
+        key.clear();
+    }
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+        && !key.ends_with(field)
+    {
+        key = if key.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
+    }
+    let line = inner
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let fix = if message.starts_with("unknown field") {
+        "remove the key or correct its spelling; the expected keys are listed above".to_owned()
+    } else if key.is_empty() {
+        "fix the TOML syntax there".to_owned()
+    } else {
+        format!("give `{key}` a value of the right type (see the defaults in the knit.toml docs)")
+    };
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        key,
+        message,
+        fix,
+    }
+}
+
+/// The rules serde cannot express: (key, message, fix) of the first broken one.
+fn validate(c: &DaemonConfig) -> Result<(), (&'static str, String, String)> {
+    if let Err(problem) = names::check_namespace(&c.default_namespace) {
+        return Err((
+            "default_namespace",
+            format!("{:?} {problem}", c.default_namespace),
+            "use a name such as \"default\" or \"service-connect\"".to_owned(),
+        ));
+    }
+    let cgroup = Path::new(&c.cgroup);
+    if c.cgroup.is_empty()
+        || cgroup.is_absolute()
+        || cgroup
+            .components()
+            .any(|p| !matches!(p, std::path::Component::Normal(_)))
+    {
+        return Err((
+            "cgroup",
+            format!(
+                "{:?} is not a relative path below the cgroup2 mount",
+                c.cgroup
+            ),
+            "use a relative path without \"..\", such as \"knit\" or \"system.slice/knit\""
+                .to_owned(),
+        ));
+    }
+    let o = &c.outlier;
+    if o.consecutive_failures == 0 {
+        return Err((
+            "outlier.consecutive_failures",
+            "is 0; a target would be ejected before any failure".to_owned(),
+            "use 1 or more (default 5)".to_owned(),
+        ));
+    }
+    if o.max_ejection_percent > 100 {
+        return Err((
+            "outlier.max_ejection_percent",
+            format!("is {}; a percentage is at most 100", o.max_ejection_percent),
+            "use 0 to 100 (default 10)".to_owned(),
+        ));
+    }
+    if o.max_ejection_ms < o.base_ejection_ms {
+        return Err((
+            "outlier.max_ejection_ms",
+            format!(
+                "is {} ms, less than base_ejection_ms ({} ms)",
+                o.max_ejection_ms, o.base_ejection_ms
+            ),
+            "make max_ejection_ms at least base_ejection_ms".to_owned(),
+        ));
+    }
+    if o.interval_ms == 0 {
+        return Err((
+            "outlier.interval_ms",
+            "is 0".to_owned(),
+            "use 1 or more milliseconds (default 100)".to_owned(),
+        ));
+    }
+    if c.registry.backend == RegistryBackend::Etcd && c.registry.endpoints.is_empty() {
+        return Err((
+            "registry.endpoints",
+            "is empty, but backend is \"etcd\"".to_owned(),
+            format!("list at least one endpoint, e.g. [\"{DEFAULT_ETCD_ENDPOINT}\"]"),
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line where `key` (`a` or `table.a`) is set, if it can be found by
+/// a plain scan of `[table]` headers and `key = ...` lines.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = header.trim().to_owned();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        let full = if current.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{current}.{k}")
+        };
+        if full == key || (current == table && k == leaf) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The resolved, validated shapes `plan` hands to the daemon: task
+//! definitions, services and their Service Connect endpoints, what already
+//! exists in the registry, and the plan of one `knit apply`.
+//!
+//! Every type here is plain data (Serialize/Deserialize) so the daemon can
+//! store it as JSON. Nothing in here refers back to the ECS JSON it came from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The namespace used when neither the service nor a cluster names one
+/// (ECS: the cluster's `serviceConnectDefaults.namespace`).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// What a port mapping speaks: ECS `appProtocol`, absent = plain TCP.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// No `appProtocol`: bytes only, no L7 telemetry, no per-request timeout.
+    #[default]
+    Tcp,
+    /// `"http"`: HTTP/1.1.
+    Http,
+    /// `"http2"`: HTTP/2.
+    Http2,
+    /// `"grpc"`: gRPC over HTTP/2.
+    Grpc,
+}
+
+impl AppProtocol {
+    /// The lowercase name, as in the JSON (`tcp` for the absent case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Tcp => "tcp",
+            AppProtocol::Http => "http",
+            AppProtocol::Http2 => "http2",
+            AppProtocol::Grpc => "grpc",
+        }
+    }
+
+    /// True for the HTTP family (http, http2, grpc): knit terminates requests.
+    pub fn is_l7(self) -> bool {
+        self != AppProtocol::Tcp
+    }
+
+    /// Parses an ECS `appProtocol` value (`http`, `http2`, `grpc`; exact case).
+    /// `tcp` is not an ECS value: plain TCP is spelled by leaving it out.
+    pub fn from_ecs(value: &str) -> Option<Self> {
+        match value {
+            "http" => Some(AppProtocol::Http),
+            "http2" => Some(AppProtocol::Http2),
+            "grpc" => Some(AppProtocol::Grpc),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AppProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One named TCP port mapping of a task definition
+/// (`containerDefinitions[].portMappings[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// `name`: `[a-z0-9_-]`, at most 64 characters, unique in the task definition.
+    pub name: String,
+    /// `containerPort`; 0 means knit picks a free port when the task starts.
+    pub container_port: u16,
+    /// `appProtocol`; `tcp` when absent (also when reading stored JSON).
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+}
+
+/// A container health check (`containerDefinitions[].healthCheck`), with the
+/// ECS defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// As given, e.g. `["CMD-SHELL", "curl -f http://localhost/ || exit 1"]`
+    /// or `["CMD", "/bin/check", "--fast"]`: always at least two elements,
+    /// the first `CMD` (the rest is the argv to exec) or `CMD-SHELL` (the
+    /// rest, joined with spaces, is run by `/bin/sh -c`), as Docker does.
+    pub command: Vec<String>,
+    /// `interval`, seconds between checks (ECS: 5..=300, default 30).
+    pub interval_s: u32,
+    /// `timeout`, seconds before one check counts as failed (ECS: 2..=120, default 5).
+    pub timeout_s: u32,
+    /// `retries`, consecutive failures before unhealthy (ECS: 1..=10, default 3).
+    pub retries: u32,
+    /// `startPeriod`, grace seconds after start when failures do not count
+    /// (ECS: 0..=300, default 0).
+    pub start_period_s: u32,
+}
+
+impl HealthCheck {
+    /// ECS default for `interval`.
+    pub const DEFAULT_INTERVAL_S: u32 = 30;
+    /// ECS default for `timeout`.
+    pub const DEFAULT_TIMEOUT_S: u32 = 5;
+    /// ECS default for `retries`.
+    pub const DEFAULT_RETRIES: u32 = 3;
+    /// ECS default for `startPeriod`.
+    pub const DEFAULT_START_PERIOD_S: u32 = 0;
+}
+
+/// A task definition as knit uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDefinition {
+    /// `family`: `[A-Za-z0-9_-]`, 1..=255 characters.
+    pub family: String,
+    /// Always 0 from `plan`: the registry assigns revisions.
+    pub revision: u32,
+    /// The named TCP port mappings of all containers, in order. Port mappings
+    /// without a `name` and `udp` ones are left out: knit can neither refer to
+    /// nor carry them.
+    pub port_mappings: Vec<PortMapping>,
+    /// `entryPoint` followed by `command` of the first container that has
+    /// either; empty when none has (then `knit run` needs a CMD).
+    pub command: Vec<String>,
+    /// The first container's `healthCheck` that has one; `None` when no
+    /// container has one or its command is `["NONE"]`.
+    pub health_check: Option<HealthCheck>,
+}
+
+impl TaskDefinition {
+    /// The port mapping called `name`, if any.
+    pub fn port_mapping(&self, name: &str) -> Option<&PortMapping> {
+        self.port_mappings.iter().find(|p| p.name == name)
+    }
+}
+
+/// One `serviceConnectConfiguration.services[]` entry, fully resolved against
+/// the task definition and the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    /// `portName`: a port mapping name of the service's task definition.
+    pub port_name: String,
+    /// `discoveryName`, default `port_name`; unique in the namespace.
+    pub discovery_name: String,
+    /// `clientAliases[0].dnsName`, default `discoveryName.namespace`.
+    pub dns_name: String,
+    /// `clientAliases[0].port` (the port clients connect to), default the
+    /// port mapping's `containerPort`.
+    pub port: u16,
+    /// The port mapping's `appProtocol`.
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+    /// The port mapping's `containerPort` (0 = knit picks one per task).
+    pub container_port: u16,
+    /// `ingressPortOverride`; `None` when absent or 0.
+    pub ingress_port_override: Option<u16>,
+    /// `timeout.idleTimeoutSeconds` (0 = off); `None` = knit's default.
+    pub idle_timeout_s: Option<u32>,
+    /// `timeout.perRequestTimeoutSeconds` (0 = off); `None` = knit's default.
+    /// Always `None` for TCP endpoints.
+    pub per_request_timeout_s: Option<u32>,
+}
+
+/// A service (`aws ecs create-service` input) as knit uses it.
+///
+/// A service without `serviceConnectConfiguration`, or with
+/// `"enabled": false`, is stored with no endpoints, exactly like a
+/// client-only service; its namespace is then the default namespace (or the
+/// one it names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// `serviceName`: `[A-Za-z0-9_-]`, 1..=255 characters.
+    pub name: String,
+    /// The task definition family (`taskDefinition` without revision or ARN).
+    /// knit always runs the family's latest revision.
+    pub task_definition: String,
+    /// `serviceConnectConfiguration.namespace`, default the default namespace.
+    pub namespace: String,
+    /// The endpoints this service offers; empty = client-only.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// What the registry holds before this apply; `plan` validates against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Existing {
+    /// The daemon's `default_namespace` (or the last cluster default applied).
+    /// It exists implicitly, whether or not it is in `namespaces`.
+    pub default_namespace: String,
+    /// Namespaces created earlier.
+    pub namespaces: BTreeSet<String>,
+    /// Latest task definition per family.
+    pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+impl Default for Existing {
+    fn default() -> Self {
+        Existing {
+            default_namespace: DEFAULT_NAMESPACE.to_owned(),
+            namespaces: BTreeSet::new(),
+            task_definitions: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// What one `knit apply` changes. Empty lists mean nothing to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPlan {
+    /// Namespaces to create (not in `Existing::namespaces`), in the order found.
+    pub namespaces: Vec<String>,
+    /// A new default namespace, from a cluster's `serviceConnectDefaults`.
+    pub default_namespace: Option<String>,
+    /// Task definitions to register (a family already known is replaced).
+    pub task_definitions: Vec<TaskDefinition>,
+    /// Services to create or replace, in the order found; then existing
+    /// services whose task definition this apply re-registers, re-resolved
+    /// against it (`app_protocol` and `container_port` of their endpoints may
+    /// change; names, aliases and ports stay).
+    pub services: Vec<ServiceSpec>,
+}

@@ -1,0 +1,268 @@
+//! From bytes to typed objects: JSON syntax, one object or an array of
+//! objects per file, telling the four kinds apart by their keys, and serde
+//! type errors turned into JSON paths with a fix.
+//!
+//! Also home of [`Loc`] (where an object sits, for JSON paths) and
+//! [`Report`] (the error collector every stage writes to).
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::ecs::{ClusterJson, NamespaceJson, ServiceJson, TaskDefinitionJson};
+use crate::error::ApplyError;
+
+/// Where an object sits: its file and the JSON path of the object itself
+/// (`$` or `$[i]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub(crate) file: String,
+    pub(crate) prefix: String,
+}
+
+impl Loc {
+    /// The JSON path of `suffix` (`.a.b[0]`) inside this object.
+    pub(crate) fn at(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+}
+
+/// Collects errors in the order found; `finish` sorts them by file.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    errors: Vec<ApplyError>,
+}
+
+impl Report {
+    /// Records one error at `suffix` inside the object at `loc`.
+    pub(crate) fn error(
+        &mut self,
+        loc: &Loc,
+        suffix: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.errors.push(ApplyError {
+            file: loc.file.clone(),
+            path: loc.at(suffix),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    /// True when nothing went wrong so far.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// All errors, sorted by file (stable: within a file, in the order found).
+    pub(crate) fn finish(mut self) -> Vec<ApplyError> {
+        self.errors.sort_by(|a, b| a.file.cmp(&b.file));
+        self.errors
+    }
+}
+
+/// One object of one of the four kinds knit reads.
+#[derive(Debug)]
+pub(crate) enum Object {
+    TaskDefinition(TaskDefinitionJson),
+    Service(ServiceJson),
+    Cluster(ClusterJson),
+    Namespace(NamespaceJson),
+}
+
+/// One object and where it came from.
+#[derive(Debug)]
+pub(crate) struct Doc {
+    pub(crate) loc: Loc,
+    pub(crate) object: Object,
+}
+
+const KINDS: &str = "knit reads four kinds of objects: a task definition (keys \"family\" and \
+     \"containerDefinitions\"), a service (\"serviceName\"), a cluster (\"clusterName\" or \
+     \"serviceConnectDefaults\") and a namespace (\"Name\")";
+
+/// Parses one file into its objects; problems go to `report`.
+pub(crate) fn file(name: &str, bytes: &[u8], report: &mut Report) -> Vec<Doc> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let root = Loc {
+        file: name.to_owned(),
+        prefix: "$".to_owned(),
+    };
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            report.error(
+                &root,
+                "",
+                format!("this is not valid JSON: {e}"),
+                format!(
+                    "fix the JSON syntax at line {}, column {}",
+                    e.line(),
+                    e.column()
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut docs = Vec::new();
+    match value {
+        Value::Object(map) => docs.extend(object(root, map, report)),
+        Value::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let loc = Loc {
+                    file: name.to_owned(),
+                    prefix: format!("$[{i}]"),
+                };
+                match item {
+                    Value::Object(map) => docs.extend(object(loc, map, report)),
+                    other => report.error(
+                        &loc,
+                        "",
+                        format!("expected a JSON object, found {}", kind_of_value(&other)),
+                        format!("replace it with an object; {KINDS}"),
+                    ),
+                }
+            }
+        }
+        other => report.error(
+            &root,
+            "",
+            format!(
+                "expected a JSON object or an array of objects, found {}",
+                kind_of_value(&other)
+            ),
+            format!("put one object, or an array of objects, in the file; {KINDS}"),
+        ),
+    }
+    docs
+}
+
+fn kind_of_value(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn object(loc: Loc, map: Map<String, Value>, report: &mut Report) -> Option<Doc> {
+    let has = |k: &str| map.contains_key(k);
+    let object = if has("family") && has("containerDefinitions") {
+        Object::TaskDefinition(typed(&loc, map, report)?)
+    } else if has("serviceName") {
+        Object::Service(typed(&loc, map, report)?)
+    } else if has("clusterName") || has("serviceConnectDefaults") {
+        Object::Cluster(typed(&loc, map, report)?)
+    } else if has("Name") {
+        Object::Namespace(typed(&loc, map, report)?)
+    } else {
+        report.error(
+            &loc,
+            "",
+            format!("cannot tell what this object is; {KINDS}"),
+            unknown_kind_fix(&map),
+        );
+        return None;
+    };
+    Some(Doc { loc, object })
+}
+
+/// A fix for an object of no known kind, as specific as its keys allow.
+fn unknown_kind_fix(map: &Map<String, Value>) -> String {
+    let only = |k: &str| map.len() == 1 && map.get(k).is_some_and(Value::is_object);
+    if map.contains_key("family") {
+        "add \"containerDefinitions\": a task definition needs both \"family\" and \
+         \"containerDefinitions\""
+            .to_owned()
+    } else if only("taskDefinition") || only("service") || only("cluster") || only("Namespace") {
+        let key = map.keys().next().map(String::as_str).unwrap_or_default();
+        format!(
+            "this looks like the output of an aws command; give knit the object under \
+             \"{key}\" instead (e.g. `jq .{key} FILE`)"
+        )
+    } else if map.contains_key("name") {
+        "a namespace's name goes under \"Name\" (capital N, as in `aws servicediscovery \
+         create-http-namespace`)"
+            .to_owned()
+    } else {
+        "add the key that says what it is (e.g. \"serviceName\" for a service), or remove the \
+         object"
+            .to_owned()
+    }
+}
+
+/// Deserializes `map` into `T`, reporting a type error with its JSON path.
+fn typed<T: DeserializeOwned>(
+    loc: &Loc,
+    map: Map<String, Value>,
+    report: &mut Report,
+) -> Option<T> {
+    match serde_path_to_error::deserialize(Value::Object(map)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let suffix = json_path(e.path());
+            let inner = e.inner().to_string();
+            let wanted = inner
+                .rsplit_once(", expected ")
+                .map(|(_, expected)| friendly_type(expected))
+                .unwrap_or_else(|| "the type the ECS API gives it".to_owned());
+            let path = loc.at(&suffix);
+            report.error(
+                loc,
+                &suffix,
+                format!(
+                    "wrong type: {}",
+                    inner.strip_prefix("invalid type: ").unwrap_or(&inner)
+                ),
+                format!("make {path} {wanted}"),
+            );
+            None
+        }
+    }
+}
+
+/// serde's "expected ..." in words a JSON author knows.
+fn friendly_type(expected: &str) -> String {
+    match expected {
+        "a sequence" => "a JSON array ([...])".to_owned(),
+        "a string" => "a JSON string (\"...\")".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "an integer" => "an integer (no quotes, no decimals)".to_owned(),
+        e if e.starts_with("struct ") || e == "a map" => "a JSON object ({...})".to_owned(),
+        e => e.to_owned(),
+    }
+}
+
+/// `serviceConnectConfiguration.services[0].portName` as a suffix
+/// `.serviceConnectConfiguration.services[0].portName` (keys that are not
+/// identifiers are written `["key"]`).
+fn json_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                let ident = key
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if ident {
+                    out.push('.');
+                    out.push_str(key);
+                } else {
+                    out.push_str(&format!("[{}]", Value::String(key.clone())));
+                }
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

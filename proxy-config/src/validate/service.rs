@@ -1,0 +1,342 @@
+//! Service rules (serviceName, taskDefinition, serviceConnectConfiguration
+//! and its services[] entries), and the cluster and namespace objects.
+
+use super::{Alias, LocalEntry, LocalService, PORT_FIX, ranged};
+use crate::ecs::{
+    ClientAliasJson, ClusterJson, NamespaceJson, ServiceConnectServiceJson, ServiceJson,
+};
+use crate::names;
+use crate::parse::{Loc, Report};
+
+/// Checks a service; `None` when it has no usable name.
+pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Option<LocalService> {
+    let name = match json.service_name {
+        None => {
+            report.error(
+                &loc,
+                ".serviceName",
+                "serviceName is null",
+                "set \"serviceName\", e.g. \"web\"",
+            );
+            None
+        }
+        Some(n) => match names::check_resource_name(&n) {
+            Ok(()) => Some(n),
+            Err(problem) => {
+                report.error(
+                    &loc,
+                    ".serviceName",
+                    format!("serviceName {n:?} {problem}"),
+                    format!(
+                        "rename it, e.g. {:?}",
+                        names::suggest(&n, names::MAX_RESOURCE_NAME)
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let family = match json.task_definition {
+        None => {
+            report.error(
+                &loc,
+                ".taskDefinition",
+                "taskDefinition is missing; knit needs to know what the service runs",
+                "add \"taskDefinition\": \"FAMILY\" naming a task definition family",
+            );
+            None
+        }
+        Some(t) => match family_of(&t) {
+            Ok(f) => Some(f),
+            Err(problem) => {
+                report.error(
+                    &loc,
+                    ".taskDefinition",
+                    format!("taskDefinition {t:?} {problem}"),
+                    "use \"family\", \"family:REVISION\" or a task definition ARN",
+                );
+                None
+            }
+        },
+    };
+    let mut namespace = None;
+    let mut entries = Vec::new();
+    if let Some(sc) = json.service_connect_configuration {
+        let at = ".serviceConnectConfiguration";
+        if sc.enabled.is_none() {
+            report.error(
+                &loc,
+                &format!("{at}.enabled"),
+                "serviceConnectConfiguration.enabled is missing (ECS requires it)",
+                "add \"enabled\": true (or false to turn Service Connect off for this service)",
+            );
+        }
+        if let Some(ns) = sc.namespace {
+            match names::check_namespace(&ns) {
+                Ok(()) => namespace = Some(ns),
+                Err(problem) => report.error(
+                    &loc,
+                    &format!("{at}.namespace"),
+                    format!("namespace {ns:?} {problem}"),
+                    "use the namespace's name, e.g. \"service-connect\", or leave it out \
+                        for the default namespace",
+                ),
+            }
+        }
+        if sc.enabled != Some(false) {
+            for (i, entry) in sc.services.unwrap_or_default().into_iter().enumerate() {
+                let at = format!("{at}.services[{i}]");
+                entries.extend(sc_entry(entry, &loc, at, report));
+            }
+        }
+    }
+    Some(LocalService {
+        loc,
+        name: name?,
+        family,
+        namespace,
+        entries,
+    })
+}
+
+/// The family in `family`, `family:3` or `arn:...:task-definition/family:3`.
+fn family_of(value: &str) -> Result<String, String> {
+    let rest = if value.starts_with("arn:") {
+        value
+            .split_once(":task-definition/")
+            .map(|(_, r)| r)
+            .ok_or(
+                "is an ARN but not of a task definition (arn:...:task-definition/FAMILY:REVISION)",
+            )?
+    } else {
+        value
+    };
+    let family = match rest.split_once(':') {
+        Some((family, revision)) => {
+            if revision.parse::<u32>().map_or(true, |r| r == 0) {
+                return Err(format!(
+                    "has revision {revision:?}; a revision is a number from 1"
+                ));
+            }
+            family
+        }
+        None => rest,
+    };
+    names::check_resource_name(family).map_err(|p| format!("has family {family:?}, which {p}"))?;
+    Ok(family.to_owned())
+}
+
+fn sc_entry(
+    entry: ServiceConnectServiceJson,
+    loc: &Loc,
+    at: String,
+    report: &mut Report,
+) -> Option<LocalEntry> {
+    let discovery_name = entry
+        .discovery_name
+        .and_then(|d| match names::check_port_name(&d) {
+            Ok(()) => Some(d),
+            Err(problem) => {
+                report.error(
+                    loc,
+                    &format!("{at}.discoveryName"),
+                    format!("discoveryName {d:?} {problem}"),
+                    format!(
+                        "rename it, e.g. {:?}, or leave it out to use the portName",
+                        names::suggest(&d, names::MAX_PORT_NAME)
+                    ),
+                );
+                None
+            }
+        });
+    let aliases = entry.client_aliases.unwrap_or_default();
+    let alias = if aliases.len() > 1 {
+        report.error(
+            loc,
+            &format!("{at}.clientAliases"),
+            format!(
+                "clientAliases has {} entries; ECS allows at most 1",
+                aliases.len()
+            ),
+            "keep one alias (add another services[] entry with its own \
+                discoveryName for a second name)",
+        );
+        Err(())
+    } else {
+        aliases
+            .into_iter()
+            .next()
+            .map(|a| client_alias(a, loc, &format!("{at}.clientAliases[0]"), report))
+            .transpose()
+    };
+    let ingress_port_override = entry.ingress_port_override.and_then(|v| {
+        ranged::<u16>(
+            v,
+            0..=65535,
+            "port",
+            PORT_FIX,
+            loc,
+            &format!("{at}.ingressPortOverride"),
+            report,
+        )
+        .filter(|&p| p != 0)
+    });
+    let (mut idle_timeout_s, mut per_request_timeout_s) = (None, None);
+    if let Some(t) = entry.timeout {
+        let fix = "use 0 (no timeout) to 2147483647 seconds";
+        let max = i128::from(i32::MAX);
+        idle_timeout_s = t.idle_timeout_seconds.and_then(|v| {
+            ranged(
+                v,
+                0..=max,
+                "idleTimeoutSeconds",
+                fix,
+                loc,
+                &format!("{at}.timeout.idleTimeoutSeconds"),
+                report,
+            )
+        });
+        per_request_timeout_s = t.per_request_timeout_seconds.and_then(|v| {
+            ranged(
+                v,
+                0..=max,
+                "perRequestTimeoutSeconds",
+                fix,
+                loc,
+                &format!("{at}.timeout.perRequestTimeoutSeconds"),
+                report,
+            )
+        });
+    }
+    let Some(port_name) = entry.port_name else {
+        report.error(
+            loc,
+            &at,
+            "portName is missing",
+            "add \"portName\" naming one of the task definition's portMappings[].name",
+        );
+        return None;
+    };
+    Some(LocalEntry {
+        at,
+        port_name,
+        discovery_name,
+        alias,
+        ingress_port_override,
+        idle_timeout_s,
+        per_request_timeout_s,
+    })
+}
+
+fn client_alias(
+    alias: ClientAliasJson,
+    loc: &Loc,
+    at: &str,
+    report: &mut Report,
+) -> Result<Alias, ()> {
+    let port = match alias.port {
+        None => {
+            report.error(
+                loc,
+                &format!("{at}.port"),
+                "clientAliases[0].port is missing",
+                "add \"port\": the port clients connect to, e.g. 80",
+            );
+            None
+        }
+        Some(v) => ranged(
+            v,
+            1..=65535,
+            "port",
+            PORT_FIX,
+            loc,
+            &format!("{at}.port"),
+            report,
+        ),
+    };
+    let dns_name = match alias.dns_name {
+        None => Ok(None),
+        Some(d) => names::check_dns_name(&d)
+            .map(|()| Some(d.clone()))
+            .map_err(|problem| {
+                report.error(
+                    loc,
+                    &format!("{at}.dnsName"),
+                    format!("dnsName {d:?} {problem}"),
+                    format!(
+                        "use e.g. {:?}, or leave dnsName out for DISCOVERYNAME.NAMESPACE",
+                        d.to_ascii_lowercase()
+                            .replace(
+                                |c: char| !(c.is_ascii_alphanumeric() || "_.-".contains(c)),
+                                "-"
+                            )
+                            .trim_start_matches('-')
+                    ),
+                );
+            }),
+    };
+    Ok(Alias {
+        port: port.ok_or(())?,
+        dns_name: dns_name?,
+    })
+}
+
+/// Checks a cluster; returns its `serviceConnectDefaults.namespace`, if valid.
+pub(crate) fn cluster(json: ClusterJson, loc: &Loc, report: &mut Report) -> Option<String> {
+    if let Some(n) = json.cluster_name
+        && let Err(problem) = names::check_resource_name(&n)
+    {
+        report.error(
+            loc,
+            ".clusterName",
+            format!("clusterName {n:?} {problem}"),
+            format!(
+                "rename it, e.g. {:?}",
+                names::suggest(&n, names::MAX_RESOURCE_NAME)
+            ),
+        );
+    }
+    let defaults = json.service_connect_defaults?;
+    let Some(ns) = defaults.namespace else {
+        report.error(
+            loc,
+            ".serviceConnectDefaults.namespace",
+            "serviceConnectDefaults.namespace is missing",
+            "add \"namespace\": \"NAME\" (it is created if new)",
+        );
+        return None;
+    };
+    check_namespace_at(ns, loc, ".serviceConnectDefaults.namespace", report)
+}
+
+/// Checks a namespace object; returns its name, if valid.
+pub(crate) fn namespace(json: NamespaceJson, loc: &Loc, report: &mut Report) -> Option<String> {
+    let Some(ns) = json.name else {
+        report.error(
+            loc,
+            ".Name",
+            "Name is null",
+            "set \"Name\" to the namespace's name, e.g. \"service-connect\"",
+        );
+        return None;
+    };
+    check_namespace_at(ns, loc, ".Name", report)
+}
+
+fn check_namespace_at(ns: String, loc: &Loc, at: &str, report: &mut Report) -> Option<String> {
+    match names::check_namespace(&ns) {
+        Ok(()) => Some(ns),
+        Err(problem) => {
+            report.error(
+                loc,
+                at,
+                format!("namespace {ns:?} {problem}"),
+                "use a name such as \"service-connect\"",
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+//! The CLI side of each subcommand: build a request, print the answer.
+pub mod run;
+mod tables;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+};
+
+use serde::de::DeserializeOwned;
+
+use crate::control::{
+    EXIT_BAD_INPUT, EXIT_FAILURE, EndpointRow, Request, Response, ServiceRow, StatusReport,
+};
+
+/// An open connection to the daemon.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+/// An error with the exit code it maps to.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Result<Self, Failure> {
+        let s = UnixStream::connect(socket).map_err(|e| {
+            Failure::new(
+                EXIT_FAILURE,
+                format!(
+                    "cannot reach the knit daemon at {}: {e}\n  fix: start it (systemctl start knit, or knit daemon), or point --socket / KNIT_SOCKET at a running one",
+                    socket.display()
+                ),
+            )
+        })?;
+        let writer = s
+            .try_clone()
+            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+        Ok(Self {
+            reader: BufReader::new(s),
+            writer,
+        })
+    }
+
+    pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, Failure> {
+        let io =
+            |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("talking to the daemon: {e}"));
+        let mut line =
+            serde_json::to_vec(req).map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(io)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer).map_err(io)? == 0 {
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                "the daemon closed the connection",
+            ));
+        }
+        match serde_json::from_str::<Response>(&answer) {
+            Ok(Response::Ok { body }) => serde_json::from_value(body).map_err(|e| {
+                Failure::new(
+                    EXIT_FAILURE,
+                    format!("unexpected answer from the daemon: {e}"),
+                )
+            }),
+            Ok(Response::Error { code, message }) => Err(Failure::new(code, message)),
+            Err(e) => Err(Failure::new(
+                EXIT_FAILURE,
+                format!("unreadable answer from the daemon: {e}"),
+            )),
+        }
+    }
+}
+
+/// One request, one answer.
+pub fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, Failure> {
+    Client::connect(socket)?.call(req)
+}
+
+/// Print a failure and return its exit code.
+pub fn report(f: Failure) -> i32 {
+    eprintln!("error: {}", f.message);
+    f.code
+}
+
+fn finish(r: Result<(), Failure>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(f) => report(f),
+    }
+}
+
+pub fn daemon(config: PathBuf, default: &str) -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KNIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match proxy_config::load_daemon_config(&config, config != Path::new(default)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match rt.block_on(crate::daemon::run(cfg)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+pub fn apply(socket: &Path, files: &[PathBuf]) -> i32 {
+    let mut contents = Vec::new();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(s) => contents.push((f.display().to_string(), s)),
+                Err(e) => {
+                    return report(Failure::new(
+                        EXIT_BAD_INPUT,
+                        format!(
+                            "{} at $: not UTF-8 text ({e})\n  fix: save the file as UTF-8 JSON",
+                            f.display()
+                        ),
+                    ));
+                }
+            },
+            Err(e) => {
+                return report(Failure::new(
+                    EXIT_BAD_INPUT,
+                    format!(
+                        "{}: cannot read it: {e}\n  fix: check the path",
+                        f.display()
+                    ),
+                ));
+            }
+        }
+    }
+    finish(
+        call::<serde_json::Value>(socket, &Request::Apply { files: contents }).map(|v| {
+            let list = |k: &str| -> Vec<String> {
+                v.get(k)
+                    .and_then(|x| x.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for n in list("namespaces") {
+                println!("namespace/{n} applied");
+            }
+            for t in list("task_definitions") {
+                println!("task-definition/{t} registered");
+            }
+            for s in list("services") {
+                println!("service/{s} applied");
+            }
+        }),
+    )
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn services(socket: &Path, json: bool) -> i32 {
+    finish(
+        call::<Vec<ServiceRow>>(socket, &Request::Services).map(|rows| {
+            if json {
+                print_json(&rows)
+            } else {
+                print!("{}", tables::services(&rows))
+            }
+        }),
+    )
+}
+
+pub fn endpoints(socket: &Path, service: Option<String>, json: bool) -> i32 {
+    finish(
+        call::<Vec<EndpointRow>>(socket, &Request::Endpoints { service }).map(|rows| {
+            if json {
+                print_json(&rows)
+            } else {
+                print!("{}", tables::endpoints(&rows))
+            }
+        }),
+    )
+}
+
+pub fn status(socket: &Path, json: bool) -> i32 {
+    finish(call::<StatusReport>(socket, &Request::Status).map(|s| {
+        if json {
+            print_json(&s)
+        } else {
+            print!("{}", tables::status(&s))
+        }
+    }))
+}
+
+pub fn drain(socket: &Path, service: Option<String>, task: Option<String>) -> i32 {
+    finish(
+        call::<Vec<String>>(socket, &Request::Drain { service, task }).map(|ids| {
+            for id in ids {
+                println!("task/{id} draining");
+            }
+        }),
+    )
+}

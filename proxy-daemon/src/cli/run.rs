@@ -1,0 +1,134 @@
+//! `knit run --service NAME [-- CMD]`: one task of a service.
+//!
+//! The daemon prepares the task (id, ports, cgroup); the child joins the
+//! task's cgroup between fork and exec, so its very first connect already
+//! goes through knit's hooks. Signals to `knit run` are passed on to the
+//! child, and the exit status is the child's (128+N for a signal N).
+use std::{ffi::CString, os::unix::ffi::OsStrExt, os::unix::process::ExitStatusExt, path::Path};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Client, Failure, report};
+use crate::control::{EXIT_BAD_INPUT, EXIT_FAILURE, Request, TaskPlan};
+
+pub fn run(socket: &Path, service: &str, cmd: Vec<String>) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return report(Failure::new(
+                EXIT_FAILURE,
+                format!("starting the runtime: {e}"),
+            ));
+        }
+    };
+    match rt.block_on(run_task(socket, service, cmd)) {
+        Ok(code) => code,
+        Err(f) => report(f),
+    }
+}
+
+/// Join the cgroup whose `cgroup.procs` is `procs`. Runs between fork and
+/// exec, so it only makes async-signal-safe calls.
+fn join_cgroup(procs: &CString) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on a valid NUL-terminated path and a 1-byte buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // "0" means the writing process itself.
+        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+async fn exited(socket: &Path, client: &mut Client, task_id: &str, status: i32) {
+    let req = Request::TaskExited {
+        task_id: task_id.to_string(),
+        status,
+    };
+    if client.call::<()>(&req).is_ok() {
+        return;
+    }
+    // The daemon may have restarted while the task ran.
+    if let Err(f) = Client::connect(socket).and_then(|mut c| c.call::<()>(&req)) {
+        eprintln!(
+            "knit run: could not tell the daemon that task {task_id} ended: {}",
+            f.message
+        );
+    }
+}
+
+async fn run_task(socket: &Path, service: &str, cmd: Vec<String>) -> Result<i32, Failure> {
+    let mut client = Client::connect(socket)?;
+    let plan: TaskPlan = client.call(&Request::TaskStart {
+        service: service.to_string(),
+    })?;
+    let argv = if cmd.is_empty() {
+        plan.command.clone()
+    } else {
+        cmd
+    };
+    let Some((prog, args)) = argv.split_first() else {
+        exited(socket, &mut client, &plan.task_id, EXIT_BAD_INPUT).await;
+        return Err(Failure::new(
+            EXIT_BAD_INPUT,
+            format!(
+                "service {service:?}: its task definition has no entryPoint or command\n  fix: give the command after --, e.g. knit run --service {service} -- ./server"
+            ),
+        ));
+    };
+    let procs = CString::new(plan.cgroup.join("cgroup.procs").as_os_str().as_bytes())
+        .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+    let mut command = tokio::process::Command::new(prog);
+    command.args(args).envs(&plan.env);
+    // SAFETY: join_cgroup only makes async-signal-safe syscalls.
+    unsafe {
+        command.pre_exec(move || join_cgroup(&procs));
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            exited(socket, &mut client, &plan.task_id, EXIT_FAILURE).await;
+            return Err(Failure::new(
+                EXIT_FAILURE,
+                format!("cannot start {prog:?}: {e}"),
+            ));
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    if let Err(f) = client.call::<()>(&Request::TaskRunning {
+        task_id: plan.task_id.clone(),
+        pid,
+    }) {
+        eprintln!("knit run: the daemon did not take the task: {}", f.message);
+    }
+    let io = |e: std::io::Error| Failure::new(EXIT_FAILURE, e.to_string());
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    let forward = |sig: nix::sys::signal::Signal| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+    };
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s.map_err(io)?,
+            _ = term.recv() => forward(nix::sys::signal::Signal::SIGTERM),
+            _ = int.recv() => forward(nix::sys::signal::Signal::SIGINT),
+            _ = hup.recv() => forward(nix::sys::signal::Signal::SIGHUP),
+        }
+    };
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    exited(socket, &mut client, &plan.task_id, code).await;
+    Ok(code)
+}

@@ -1,0 +1,110 @@
+//! Aligned tables for humans (`--json` is for machines).
+use comfy_table::{Table, presets::NOTHING};
+
+use crate::control::{EndpointRow, ServiceRow, StatusReport};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING).set_header(header.to_vec());
+    t
+}
+
+fn render(t: Table) -> String {
+    let mut s: String = t.lines().map(|l| l.trim_end().to_string() + "\n").collect();
+    if s.is_empty() {
+        s.push('\n');
+    }
+    s
+}
+
+pub fn services(rows: &[ServiceRow]) -> String {
+    let mut t = table(&[
+        "SERVICE",
+        "NAMESPACE",
+        "DISCOVERY",
+        "ALIAS",
+        "VIP",
+        "PROTOCOL",
+        "ENDPOINTS",
+        "CONNS",
+        "ACTIVE",
+        "FAILED",
+    ]);
+    for r in rows {
+        let alias = if r.port == 0 {
+            r.dns_name.clone()
+        } else {
+            format!("{}:{}", r.dns_name, r.port)
+        };
+        t.add_row(vec![
+            r.service.clone(),
+            r.namespace.clone(),
+            r.discovery_name.clone(),
+            alias,
+            r.vip.clone(),
+            r.protocol.clone(),
+            format!("{}/{}", r.healthy, r.endpoints),
+            r.new_connections.to_string(),
+            r.active_connections.to_string(),
+            r.failed_connects.to_string(),
+        ]);
+    }
+    render(t)
+}
+
+pub fn endpoints(rows: &[EndpointRow]) -> String {
+    let mut t = table(&[
+        "SERVICE",
+        "TASK",
+        "PORT",
+        "ADDRESS",
+        "STATE",
+        "CONNS",
+        "ACTIVE",
+        "FAILED",
+        "SENT",
+        "RECEIVED",
+        "EJECTIONS",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.service.clone(),
+            r.task.clone(),
+            r.port_name.clone(),
+            r.address.clone(),
+            r.state.clone(),
+            r.new_connections.to_string(),
+            r.active_connections.to_string(),
+            r.failed_connects.to_string(),
+            r.bytes_sent.to_string(),
+            r.bytes_received.to_string(),
+            r.ejections.to_string(),
+        ]);
+    }
+    render(t)
+}
+
+pub fn status(s: &StatusReport) -> String {
+    format!(
+        "knit {} (pid {}), up {}s\n\
+         datapath:     {} ({})\n\
+         cgroup:       {}\n\
+         state:        {}\n\
+         hosts file:   {}\n\
+         services:     {} ({} client aliases)\n\
+         tasks:        {}\n\
+         connections:  {} tracked by the connect hook\n",
+        s.version,
+        s.pid,
+        s.uptime_s,
+        s.datapath,
+        s.pin_dir,
+        s.cgroup,
+        s.state_dir,
+        s.hosts_file,
+        s.services,
+        s.aliases,
+        s.tasks,
+        s.tracked_connections
+    )
+}

@@ -1,0 +1,139 @@
+//! The CLI <-> daemon protocol: one JSON object per line over the daemon's
+//! root-only unix socket. A request gets exactly one response line;
+//! `knit run` keeps its connection for the task's life.
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Validate and store ECS documents: (file name, contents).
+    Apply {
+        files: Vec<(String, String)>,
+    },
+    Services,
+    Endpoints {
+        service: Option<String>,
+    },
+    Status,
+    /// Prepare a task of `service`: ids, ports, cgroup.
+    TaskStart {
+        service: String,
+    },
+    /// The task's process runs (already inside its cgroup).
+    TaskRunning {
+        task_id: String,
+        pid: u32,
+    },
+    /// The task's process exited.
+    TaskExited {
+        task_id: String,
+        status: i32,
+    },
+    /// Take endpoints out of rotation and deregister them.
+    Drain {
+        service: Option<String>,
+        task: Option<String>,
+    },
+}
+
+/// Exit code the CLI should use for an error: bad input or usage.
+pub const EXIT_BAD_INPUT: i32 = 2;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok { body: serde_json::Value },
+    Error { code: i32, message: String },
+}
+
+impl Response {
+    pub fn ok<T: Serialize>(body: &T) -> Self {
+        match serde_json::to_value(body) {
+            Ok(body) => Response::Ok { body },
+            Err(e) => Response::Error {
+                code: EXIT_FAILURE,
+                message: format!("encoding the answer: {e}"),
+            },
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Response::Error {
+            code: EXIT_BAD_INPUT,
+            message: message.into(),
+        }
+    }
+
+    pub fn failure(message: impl Into<String>) -> Self {
+        Response::Error {
+            code: EXIT_FAILURE,
+            message: message.into(),
+        }
+    }
+}
+
+/// The answer to `TaskStart`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskPlan {
+    pub task_id: String,
+    /// The task's cgroup2 directory; the child joins it before exec.
+    pub cgroup: PathBuf,
+    /// Environment for the task (`KNIT_PORT_<NAME>` and friends).
+    pub env: BTreeMap<String, String>,
+    /// entryPoint + command of the task definition (used when no CMD is given).
+    pub command: Vec<String>,
+}
+
+/// A row of `knit services`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub service: String,
+    pub namespace: String,
+    pub discovery_name: String,
+    pub dns_name: String,
+    pub port: u16,
+    pub vip: String,
+    pub protocol: String,
+    pub healthy: usize,
+    pub endpoints: usize,
+    pub new_connections: u64,
+    pub active_connections: u64,
+    pub failed_connects: u64,
+}
+
+/// A row of `knit endpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub service: String,
+    pub task: String,
+    pub port_name: String,
+    pub address: String,
+    pub state: String,
+    pub new_connections: u64,
+    pub active_connections: u64,
+    pub failed_connects: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub ejections: u32,
+}
+
+/// The answer to `Status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub datapath: String,
+    pub pin_dir: String,
+    pub cgroup: String,
+    pub state_dir: String,
+    pub hosts_file: String,
+    pub services: usize,
+    pub aliases: usize,
+    pub tasks: usize,
+    pub tracked_connections: usize,
+}

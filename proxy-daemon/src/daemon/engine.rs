@@ -1,0 +1,566 @@
+//! The daemon's state and every change to it. One `Engine` behind a tokio
+//! mutex; each operation updates the registry first (the source of truth
+//! that survives a crash), then [`Engine::reconcile`] makes the kernel maps
+//! and the hosts block match.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use proxy_common::maps::MODE_L4;
+use proxy_config::{AppProtocol, DaemonConfig};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::{
+    cgroup,
+    control::{EndpointRow, Response, ServiceRow, StatusReport, TaskPlan},
+    datapath::{Datapath, DesiredAlias},
+    hosts::HostsFile,
+    outlier::Outliers,
+    registry::{ServiceRecord, Store, TaskPort, TaskRecord},
+};
+
+/// A task that asked to start but never reported running is dropped after this.
+const START_GRACE_MS: u64 = 30_000;
+
+pub struct Engine {
+    pub cfg: DaemonConfig,
+    pub store: Store,
+    pub dp: Datapath,
+    pub hosts: HostsFile,
+    /// `<cgroup2 mount>/<cfg.cgroup>`.
+    pub cgroup_root: PathBuf,
+    pub services: Vec<ServiceRecord>,
+    pub tasks: BTreeMap<String, TaskRecord>,
+    pub outliers: Outliers,
+    pub started: Instant,
+    last_hosts: Option<Vec<(String, Ipv4Addr)>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `KNIT_PORT_<NAME>`: the port mapping's name upper-cased, other characters as `_`.
+pub fn port_env_name(name: &str) -> String {
+    let up: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("KNIT_PORT_{up}")
+}
+
+impl Engine {
+    pub fn new(
+        cfg: DaemonConfig,
+        store: Store,
+        dp: Datapath,
+        cgroup_root: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let hosts = HostsFile::new(cfg.hosts_file.clone(), &cfg.cgroup);
+        let services = store.services()?;
+        let mut tasks = BTreeMap::new();
+        for t in store.tasks()? {
+            if cgroup::is_populated(&t.cgroup) {
+                info!(task = %t.id, "recovered a running task");
+                tasks.insert(t.id.clone(), t);
+            } else {
+                info!(task = %t.id, "a task ended while the daemon was away; deregistering it");
+                store.remove_task(&t.id)?;
+                cgroup::remove_tree(&t.cgroup);
+            }
+        }
+        let mut e = Self {
+            cfg,
+            store,
+            dp,
+            hosts,
+            cgroup_root,
+            services,
+            tasks,
+            outliers: Outliers::default(),
+            started: Instant::now(),
+            last_hosts: None,
+        };
+        e.reconcile()?;
+        Ok(e)
+    }
+
+    /// Is this endpoint in rotation now?
+    fn eligible(&self, t: &TaskRecord, p: &TaskPort, now: Instant) -> bool {
+        t.pid.is_some() && p.ready && !t.draining && !self.outliers.is_ejected(p.backend_id, now)
+    }
+
+    fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort, now: Instant) -> &'static str {
+        if t.draining {
+            "draining"
+        } else if t.pid.is_none() || !p.ready {
+            "starting"
+        } else if self.outliers.is_ejected(p.backend_id, now) {
+            "ejected"
+        } else {
+            "healthy"
+        }
+    }
+
+    /// Make the kernel maps and the hosts block match the registry.
+    pub fn reconcile(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let addr = self.cfg.host.address;
+        let mut desired = Vec::new();
+        let mut names = BTreeMap::new();
+        for s in &self.services {
+            for a in &s.aliases {
+                let mut backends = Vec::new();
+                for t in self.tasks.values().filter(|t| t.service == s.spec.name) {
+                    for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
+                        if self.eligible(t, p, now) {
+                            backends.push((addr, p.port, p.backend_id));
+                        }
+                    }
+                }
+                desired.push(DesiredAlias {
+                    vip: a.vip,
+                    port: a.spec.port,
+                    service_id: a.service_id,
+                    mode: MODE_L4,
+                    backends,
+                });
+                names.insert(a.spec.dns_name.clone(), a.vip);
+            }
+        }
+        let backend_ids: BTreeSet<u32> = self
+            .tasks
+            .values()
+            .flat_map(|t| t.ports.iter().map(|p| p.backend_id))
+            .collect();
+        self.dp.maps.sync(&desired, &backend_ids)?;
+        let names: Vec<(String, Ipv4Addr)> = names.into_iter().collect();
+        if self.last_hosts.as_ref() != Some(&names) {
+            if let Err(e) = self.hosts.write(&names) {
+                warn!(file = %self.hosts.path().display(), error = %e, "could not update the hosts file");
+            } else {
+                self.last_hosts = Some(names);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove our block from the hosts file (clean shutdown).
+    pub fn clear_hosts(&mut self) {
+        if let Err(e) = self.hosts.write(&[]) {
+            warn!(file = %self.hosts.path().display(), error = %e, "could not clean the hosts file");
+        }
+    }
+
+    pub fn apply(&mut self, files: Vec<(String, String)>) -> Response {
+        let existing = match self.store.existing(&self.cfg.default_namespace) {
+            Ok(e) => e,
+            Err(e) => return Response::failure(e.to_string()),
+        };
+        let files: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .map(|(n, c)| (n, c.into_bytes()))
+            .collect();
+        let plan = match proxy_config::plan(&files, &existing) {
+            Ok(p) => p,
+            Err(errs) => return Response::bad_input(errs.to_string()),
+        };
+        // The L7 proxy comes with a later release; refuse rather than half-serve.
+        for s in &plan.services {
+            for e in &s.endpoints {
+                if e.app_protocol != AppProtocol::Tcp {
+                    return Response::bad_input(format!(
+                        "service {:?}, port {:?}: appProtocol {} needs knit's L7 proxy, which this build does not have yet\n  fix: remove appProtocol from the port mapping to serve it as plain TCP",
+                        s.name, e.port_name, e.app_protocol
+                    ));
+                }
+            }
+        }
+        let summary = match self.store.apply(&plan) {
+            Ok(s) => s,
+            Err(e) => return Response::failure(e.to_string()),
+        };
+        match self.store.services() {
+            Ok(s) => self.services = s,
+            Err(e) => return Response::failure(e.to_string()),
+        }
+        if let Err(e) = self.reconcile() {
+            return Response::failure(format!("applied, but updating the datapath failed: {e:#}"));
+        }
+        info!(?summary, "applied");
+        Response::ok(&summary)
+    }
+
+    pub fn task_start(&mut self, service: &str) -> Response {
+        let Some(svc) = self.services.iter().find(|s| s.spec.name == service) else {
+            let known: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
+            return Response::bad_input(format!(
+                "no service {service:?} is registered (known: {})\n  fix: knit apply -f a service definition with \"serviceName\": {service:?}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        let tds = match self.store.task_definitions() {
+            Ok(t) => t,
+            Err(e) => return Response::failure(e.to_string()),
+        };
+        let Some(td) = tds.get(&svc.spec.task_definition) else {
+            return Response::bad_input(format!(
+                "service {service:?} uses task definition {:?}, which is not registered\n  fix: knit apply -f its task definition",
+                svc.spec.task_definition
+            ));
+        };
+        let (task_id, ids) = match self.store.reserve_task(service, td.port_mappings.len()) {
+            Ok(r) => r,
+            Err(e) => return Response::failure(e.to_string()),
+        };
+        let mut ports = Vec::new();
+        let mut env = BTreeMap::new();
+        for (pm, backend_id) in td.port_mappings.iter().zip(ids) {
+            let port = if pm.container_port != 0 {
+                pm.container_port
+            } else {
+                match free_port(self.cfg.host.address) {
+                    Ok(p) => p,
+                    Err(e) => return Response::failure(format!("finding a free port: {e}")),
+                }
+            };
+            env.insert(port_env_name(&pm.name), port.to_string());
+            ports.push(TaskPort {
+                name: pm.name.clone(),
+                port,
+                backend_id,
+                ready: false,
+            });
+        }
+        let cg = self.cgroup_root.join(service).join(&task_id);
+        if let Err(e) = cgroup::ensure(&cg) {
+            return Response::failure(e.to_string());
+        }
+        env.insert("KNIT_TASK_ID".into(), task_id.clone());
+        env.insert("KNIT_SERVICE".into(), service.to_string());
+        env.insert(
+            "KNIT_HOST_ADDRESS".into(),
+            self.cfg.host.address.to_string(),
+        );
+        let rec = TaskRecord {
+            id: task_id.clone(),
+            service: service.to_string(),
+            cgroup: cg.clone(),
+            pid: None,
+            ports,
+            started_unix_ms: now_ms(),
+            draining: false,
+        };
+        if let Err(e) = self.store.put_task(&rec) {
+            return Response::failure(e.to_string());
+        }
+        self.tasks.insert(task_id.clone(), rec);
+        info!(task = %task_id, service, "task starting");
+        Response::ok(&TaskPlan {
+            task_id,
+            cgroup: cg,
+            env,
+            command: td.command.clone(),
+        })
+    }
+
+    pub fn task_running(&mut self, task_id: &str, pid: u32) -> Response {
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return Response::bad_input(format!("no task {task_id:?}"));
+        };
+        t.pid = Some(pid);
+        let rec = t.clone();
+        if let Err(e) = self.store.put_task(&rec) {
+            return Response::failure(e.to_string());
+        }
+        info!(task = %task_id, pid, "task running");
+        Response::ok(&())
+    }
+
+    /// Deregister a task and remove its cgroup (killing what is left in it).
+    pub fn task_gone(&mut self, task_id: &str, why: &str) -> anyhow::Result<()> {
+        let Some(t) = self.tasks.remove(task_id) else {
+            return Ok(());
+        };
+        info!(task = %task_id, why, "deregistering task");
+        for p in &t.ports {
+            self.outliers.forget(p.backend_id);
+        }
+        self.store.remove_task(task_id)?;
+        self.reconcile()?;
+        if cgroup::is_populated(&t.cgroup) {
+            cgroup::kill_all(&t.cgroup);
+        }
+        cgroup::remove_tree(&t.cgroup);
+        Ok(())
+    }
+
+    pub fn drain(&mut self, service: Option<&str>, task: Option<&str>) -> Response {
+        let ids: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| service.is_none_or(|s| t.service == s) && task.is_none_or(|id| t.id == id))
+            .map(|t| t.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Response::bad_input(format!(
+                "nothing to drain: no running task matches {}",
+                task.map(|t| format!("task {t:?}"))
+                    .or(service.map(|s| format!("service {s:?}")))
+                    .unwrap_or_default()
+            ));
+        }
+        for id in &ids {
+            if let Some(t) = self.tasks.get_mut(id) {
+                t.draining = true;
+                let rec = t.clone();
+                if let Err(e) = self.store.put_task(&rec) {
+                    return Response::failure(e.to_string());
+                }
+            }
+        }
+        if let Err(e) = self.reconcile() {
+            return Response::failure(e.to_string());
+        }
+        Response::ok(&ids)
+    }
+
+    /// Ports that have not accepted a connection yet: (task, port name, port).
+    pub fn unready_ports(&self) -> Vec<(String, String, u16)> {
+        self.tasks
+            .values()
+            .filter(|t| t.pid.is_some() && !t.draining)
+            .flat_map(|t| {
+                t.ports
+                    .iter()
+                    .filter(|p| !p.ready)
+                    .map(|p| (t.id.clone(), p.name.clone(), p.port))
+            })
+            .collect()
+    }
+
+    pub fn mark_ready(&mut self, ready: &[(String, String)]) -> anyhow::Result<()> {
+        for (task, port) in ready {
+            if let Some(t) = self.tasks.get_mut(task) {
+                for p in t.ports.iter_mut().filter(|p| &p.name == port) {
+                    p.ready = true;
+                }
+                let rec = t.clone();
+                self.store.put_task(&rec)?;
+                info!(task = %task, port = %port, "endpoint ready");
+            }
+        }
+        if !ready.is_empty() {
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    /// One pass of the monitor: task liveness, draining, outliers.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let gone: Vec<(String, &'static str)> = self
+            .tasks
+            .values()
+            .filter_map(|t| {
+                if t.pid.is_some() && !cgroup::is_populated(&t.cgroup) {
+                    Some((t.id.clone(), "its processes exited"))
+                } else if t.pid.is_none()
+                    && now_ms().saturating_sub(t.started_unix_ms) > START_GRACE_MS
+                {
+                    Some((t.id.clone(), "it never started"))
+                } else if t.draining
+                    && t.ports.iter().all(|p| {
+                        self.dp
+                            .maps
+                            .backend_counters(p.backend_id)
+                            .is_none_or(|c| c.active == 0)
+                    })
+                {
+                    Some((t.id.clone(), "drained"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, why) in gone {
+            self.task_gone(&id, why)?;
+        }
+        let mut changed = self.outliers.expire(now, |id| {
+            self.dp
+                .maps
+                .backend_counters(id)
+                .map_or(0, |c| c.consecutive_failures)
+        });
+        let cfg = self.cfg.outlier.clone();
+        for s in &self.services {
+            for a in &s.aliases {
+                let members: Vec<u32> = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.service == s.spec.name && t.pid.is_some() && !t.draining)
+                    .flat_map(|t| {
+                        t.ports
+                            .iter()
+                            .filter(|p| p.name == a.spec.port_name && p.ready)
+                    })
+                    .map(|p| p.backend_id)
+                    .collect();
+                for id in &members {
+                    let Some(c) = self.dp.maps.backend_counters(*id) else {
+                        continue;
+                    };
+                    let ejected = members
+                        .iter()
+                        .filter(|m| self.outliers.is_ejected(**m, now))
+                        .count();
+                    if self.outliers.observe(
+                        &cfg,
+                        *id,
+                        c.consecutive_failures,
+                        members.len(),
+                        ejected,
+                        now,
+                    ) {
+                        warn!(backend = id, service = %s.spec.name, failures = c.consecutive_failures, "ejecting an endpoint whose connects fail");
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    pub fn service_rows(&self) -> Vec<ServiceRow> {
+        let now = Instant::now();
+        let mut rows = Vec::new();
+        for s in &self.services {
+            for a in &s.aliases {
+                let eps: Vec<(&TaskRecord, &TaskPort)> = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.service == s.spec.name)
+                    .flat_map(|t| {
+                        t.ports
+                            .iter()
+                            .filter(|p| p.name == a.spec.port_name)
+                            .map(move |p| (t, p))
+                    })
+                    .collect();
+                let c = self
+                    .dp
+                    .maps
+                    .service_counters(a.service_id)
+                    .unwrap_or_default();
+                rows.push(ServiceRow {
+                    service: s.spec.name.clone(),
+                    namespace: s.spec.namespace.clone(),
+                    discovery_name: a.spec.discovery_name.clone(),
+                    dns_name: a.spec.dns_name.clone(),
+                    port: a.spec.port,
+                    vip: a.vip.to_string(),
+                    protocol: a.spec.app_protocol.to_string(),
+                    healthy: eps.iter().filter(|(t, p)| self.eligible(t, p, now)).count(),
+                    endpoints: eps.len(),
+                    new_connections: c.new_conns,
+                    active_connections: c.active,
+                    failed_connects: c.failed,
+                });
+            }
+            if s.aliases.is_empty() {
+                rows.push(ServiceRow {
+                    service: s.spec.name.clone(),
+                    namespace: s.spec.namespace.clone(),
+                    discovery_name: "-".into(),
+                    dns_name: "(client only)".into(),
+                    port: 0,
+                    vip: "-".into(),
+                    protocol: "-".into(),
+                    healthy: 0,
+                    endpoints: 0,
+                    new_connections: 0,
+                    active_connections: 0,
+                    failed_connects: 0,
+                });
+            }
+        }
+        rows
+    }
+
+    pub fn endpoint_rows(&self, service: Option<&str>) -> Vec<EndpointRow> {
+        let now = Instant::now();
+        let addr = self.cfg.host.address;
+        self.tasks
+            .values()
+            .filter(|t| service.is_none_or(|s| t.service == s))
+            .flat_map(|t| {
+                t.ports.iter().map(move |p| {
+                    let c = self
+                        .dp
+                        .maps
+                        .backend_counters(p.backend_id)
+                        .unwrap_or_default();
+                    EndpointRow {
+                        service: t.service.clone(),
+                        task: t.id.clone(),
+                        port_name: p.name.clone(),
+                        address: SocketAddr::from((addr, p.port)).to_string(),
+                        state: self.endpoint_state(t, p, now).to_string(),
+                        new_connections: c.new_conns,
+                        active_connections: c.active,
+                        failed_connects: c.failed,
+                        bytes_sent: c.bytes_sent,
+                        bytes_received: c.bytes_received,
+                        ejections: self.outliers.ejections(p.backend_id),
+                    }
+                })
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> StatusReport {
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            datapath: if self.dp.adopted {
+                "adopted".into()
+            } else {
+                "loaded".into()
+            },
+            pin_dir: self.dp.dir.display().to_string(),
+            cgroup: self.cgroup_root.display().to_string(),
+            state_dir: self.cfg.state_dir.display().to_string(),
+            hosts_file: self.cfg.hosts_file.display().to_string(),
+            services: self.services.len(),
+            aliases: self.services.iter().map(|s| s.aliases.len()).sum(),
+            tasks: self.tasks.len(),
+            tracked_connections: self.dp.maps.tracked_connections(),
+        }
+    }
+}
+
+/// A port nothing listens on now (the kernel's pick for an ephemeral bind).
+fn free_port(addr: Ipv4Addr) -> std::io::Result<u16> {
+    Ok(TcpListener::bind((addr, 0))?.local_addr()?.port())
+}

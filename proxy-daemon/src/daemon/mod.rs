@@ -1,0 +1,129 @@
+//! `knit daemon`: start-up checks, the control socket, the monitor loop and
+//! clean shutdown.
+mod engine;
+mod server;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use engine::Engine;
+use proxy_config::DaemonConfig;
+use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
+use tracing::{info, warn};
+
+use crate::{cgroup, datapath::Datapath, registry::Store};
+
+pub async fn run(cfg: DaemonConfig) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "knit daemon needs root: it loads eBPF programs (CAP_BPF, CAP_NET_ADMIN) and manages cgroups (CAP_SYS_ADMIN)"
+        );
+    }
+    let mount = cgroup::cgroup2_mount()?;
+    let cgroup_root = mount.join(&cfg.cgroup);
+    let cgroup_is_new = cgroup::ensure(&cgroup_root)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
+    let store = Store::open(&cfg.state_dir)?;
+    let dp = Datapath::open(&cfg.bpf_pin_dir, &cgroup_root, cgroup_is_new)?;
+    info!(
+        cgroup = %cgroup_root.display(),
+        pins = %dp.dir.display(),
+        adopted = dp.adopted,
+        "datapath ready"
+    );
+    let listener = bind_socket(&cfg.socket)?;
+    let interval = Duration::from_millis(cfg.outlier.interval_ms.max(10));
+    let engine = Arc::new(Mutex::new(Engine::new(
+        cfg.clone(),
+        store,
+        dp,
+        cgroup_root,
+    )?));
+    notify_ready();
+    info!(socket = %cfg.socket.display(), "knit daemon ready");
+
+    let monitor = tokio::spawn(monitor(engine.clone(), interval));
+    let accept = tokio::spawn(server::accept(listener, engine.clone()));
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+        r = monitor => warn!(?r, "monitor stopped"),
+    }
+    accept.abort();
+    let mut e = engine.lock().await;
+    e.clear_hosts();
+    let _ = std::fs::remove_file(&cfg.socket);
+    // Programs, maps and links stay pinned: tasks keep balancing while the
+    // daemon is away, and the next daemon adopts them.
+    info!("stopped; the datapath stays in the kernel");
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another knit daemon is listening on {}: stop it first, or give this one another `socket` in its config",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    // Root only: every change to routing goes through this socket.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Tell systemd (Type=notify) that the daemon is ready, if it is listening.
+fn notify_ready() {
+    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    if let Err(e) = s.send_to(b"READY=1\nSTATUS=serving", &sock) {
+        warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// Liveness, readiness, draining and outliers, every `interval`.
+async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (probes, addr) = {
+            let mut e = engine.lock().await;
+            if let Err(err) = e.tick() {
+                warn!(error = %format!("{err:#}"), "monitor");
+            }
+            (e.unready_ports(), e.cfg.host.address)
+        };
+        if probes.is_empty() {
+            continue;
+        }
+        let mut ready = Vec::new();
+        for (task, name, port) in probes {
+            let probe = tokio::net::TcpStream::connect((addr, port));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), probe).await {
+                ready.push((task, name));
+            }
+        }
+        if !ready.is_empty() {
+            let mut e = engine.lock().await;
+            if let Err(err) = e.mark_ready(&ready) {
+                warn!(error = %format!("{err:#}"), "marking endpoints ready");
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The control socket: one task per CLI connection, one JSON line in, one out.
+use std::sync::Arc;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+use tracing::{debug, warn};
+
+use super::engine::Engine;
+use crate::control::{Request, Response};
+
+/// Longest request line accepted (an apply of many large files fits).
+const MAX_LINE: usize = 64 << 20;
+
+pub async fn accept(listener: UnixListener, engine: Arc<Mutex<Engine>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, engine.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting on the control socket");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) => return,
+            Ok(n) if n > MAX_LINE => {
+                let _ = reply(&mut w, &Response::bad_input("request too large")).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "control connection");
+                return;
+            }
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req, &engine).await,
+            Err(e) => Response::bad_input(format!(
+                "malformed request: {e} (is the knit CLI the same version as the daemon?)"
+            )),
+        };
+        if reply(&mut w, &resp).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
+    let mut e = engine.lock().await;
+    match req {
+        Request::Apply { files } => e.apply(files),
+        Request::Services => Response::ok(&e.service_rows()),
+        Request::Endpoints { service } => Response::ok(&e.endpoint_rows(service.as_deref())),
+        Request::Status => Response::ok(&e.status()),
+        Request::TaskStart { service } => e.task_start(&service),
+        Request::TaskRunning { task_id, pid } => e.task_running(&task_id, pid),
+        Request::TaskExited { task_id, status } => {
+            match e.task_gone(&task_id, &format!("its main process exited with {status}")) {
+                Ok(()) => Response::ok(&()),
+                Err(err) => Response::failure(format!("{err:#}")),
+            }
+        }
+        Request::Drain { service, task } => e.drain(service.as_deref(), task.as_deref()),
+    }
+}

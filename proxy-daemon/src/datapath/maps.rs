@@ -1,0 +1,198 @@
+//! Typed access to the pinned maps, and the one place that writes them:
+//! [`Maps::sync`] turns the daemon's desired routing into map entries in an
+//! order that keeps every concurrent connect routable.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, MapError},
+};
+use proxy_common::maps::{
+    Backend, BackendKey, ConnInfo, Counters, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
+    MAP_SERVICE_STATS, MAP_SERVICES, ServiceEntry, VipKey,
+};
+
+use super::DatapathError;
+
+/// BPF_NOEXIST: create only; an existing entry (an adopted counter) is kept.
+const BPF_NOEXIST: u64 = 1;
+
+/// What one client alias (VIP:port) should route to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredAlias {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub service_id: u32,
+    pub mode: u32,
+    /// Eligible backends in slot order: (address, port, backend id).
+    pub backends: Vec<(Ipv4Addr, u16, u32)>,
+}
+
+pub struct Maps {
+    services: HashMap<MapData, VipKey, ServiceEntry>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    svc_stats: HashMap<MapData, u32, Counters>,
+    be_stats: HashMap<MapData, u32, Counters>,
+    conns: HashMap<MapData, u64, ConnInfo>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn take<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    let m = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+    HashMap::try_from(m).map_err(map_err(name))
+}
+
+/// Ignore "already there" / "not there" answers where they are expected.
+fn tolerate(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e))
+            if matches!(e.io_error.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+pub fn vip_key(vip: Ipv4Addr, port: u16) -> VipKey {
+    VipKey {
+        ip: u32::from(vip).to_be(),
+        port: port.to_be(),
+        _pad: 0,
+    }
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Ok(Self {
+            services: take(ebpf, MAP_SERVICES)?,
+            backends: take(ebpf, MAP_BACKENDS)?,
+            svc_stats: take(ebpf, MAP_SERVICE_STATS)?,
+            be_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            conns: take(ebpf, MAP_CONNS)?,
+        })
+    }
+
+    /// Make the maps route exactly `desired`, and hold counters for exactly
+    /// the aliases in `desired` and the backends in `backend_ids`.
+    ///
+    /// Order matters because connects run concurrently: a growing alias gets
+    /// its new slots before its count; a shrinking one its count first, so a
+    /// connect never picks a slot that is not (yet or any more) written.
+    pub fn sync(
+        &mut self,
+        desired: &[DesiredAlias],
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<(), DatapathError> {
+        let current: BTreeMap<VipKey, ServiceEntry> =
+            self.services.iter().filter_map(Result::ok).collect();
+        let mut wanted = BTreeMap::new();
+        for d in desired {
+            let key = vip_key(d.vip, d.port);
+            let n = d.backends.len() as u32;
+            let old = current.get(&key).map(|e| e.backend_count).unwrap_or(0);
+            let entry = ServiceEntry {
+                service_id: d.service_id,
+                backend_count: n,
+                mode: d.mode,
+                _pad: 0,
+            };
+            tolerate(
+                self.svc_stats
+                    .insert(d.service_id, Counters::default(), BPF_NOEXIST),
+                MAP_SERVICE_STATS,
+            )?;
+            if n < old {
+                self.services
+                    .insert(key, entry, 0)
+                    .map_err(map_err(MAP_SERVICES))?;
+            }
+            for (slot, (ip, port, backend_id)) in d.backends.iter().enumerate() {
+                let bk = BackendKey {
+                    service_id: d.service_id,
+                    slot: slot as u32,
+                };
+                let be = Backend {
+                    ip: u32::from(*ip).to_be(),
+                    port: port.to_be(),
+                    _pad: 0,
+                    backend_id: *backend_id,
+                };
+                self.backends
+                    .insert(bk, be, 0)
+                    .map_err(map_err(MAP_BACKENDS))?;
+            }
+            if n >= old {
+                self.services
+                    .insert(key, entry, 0)
+                    .map_err(map_err(MAP_SERVICES))?;
+            }
+            wanted.insert(d.service_id, n);
+        }
+        for key in current.keys() {
+            if !desired.iter().any(|d| vip_key(d.vip, d.port) == *key) {
+                tolerate(self.services.remove(key), MAP_SERVICES)?;
+            }
+        }
+        // Slots beyond an alias's count, or of aliases that are gone.
+        let stale: Vec<BackendKey> = self
+            .backends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| wanted.get(&k.service_id).is_none_or(|&n| k.slot >= n))
+            .collect();
+        for k in stale {
+            tolerate(self.backends.remove(&k), MAP_BACKENDS)?;
+        }
+        let stale: Vec<u32> = self
+            .svc_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !wanted.contains_key(id))
+            .collect();
+        for id in stale {
+            tolerate(self.svc_stats.remove(&id), MAP_SERVICE_STATS)?;
+        }
+        for id in backend_ids {
+            tolerate(
+                self.be_stats.insert(*id, Counters::default(), BPF_NOEXIST),
+                MAP_BACKEND_STATS,
+            )?;
+        }
+        let stale: Vec<u32> = self
+            .be_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !backend_ids.contains(id))
+            .collect();
+        for id in stale {
+            tolerate(self.be_stats.remove(&id), MAP_BACKEND_STATS)?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters of an alias (by service id).
+    pub fn service_counters(&self, service_id: u32) -> Option<Counters> {
+        self.svc_stats.get(&service_id, 0).ok()
+    }
+
+    /// The kernel's counters of a backend (by backend id).
+    pub fn backend_counters(&self, backend_id: u32) -> Option<Counters> {
+        self.be_stats.get(&backend_id, 0).ok()
+    }
+
+    /// Connections the connect hook is tracking now.
+    pub fn tracked_connections(&self) -> usize {
+        self.conns.keys().filter_map(Result::ok).count()
+    }
+}

@@ -1,0 +1,186 @@
+//! The kernel side as the daemon sees it: load or adopt the eBPF programs,
+//! attach them to the knit cgroup, pin everything, and give typed access to
+//! the maps.
+//!
+//! Everything lives under `<bpf_pin_dir>/<object id>/`: the maps (pinned by
+//! name by the loader) and one link per program. A restarted daemon finds the
+//! links of the same object and adopts them instead of loading a second copy;
+//! a different object (an upgrade) replaces the old directory.
+mod maps;
+mod pins;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+};
+pub use maps::{DesiredAlias, Maps};
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// The eBPF object built by `cargo xtask build-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KNIT_EBPF_OBJECT"));
+
+/// Programs in the object: (function name, hook, minimum kernel for the hook).
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("knit_connect4", "cgroup/connect4", "4.17"),
+    ("knit_connect6", "cgroup/connect6", "4.17"),
+    ("knit_peer4", "cgroup/getpeername4", "5.8"),
+    ("knit_peer6", "cgroup/getpeername6", "5.8"),
+    ("knit_sockops", "sockops", "4.13"),
+];
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error(
+        "{0} is not on a bpf filesystem: mount one (mount -t bpf bpf /sys/fs/bpf) or set bpf_pin_dir to a directory on bpffs"
+    )]
+    NoBpffs(PathBuf),
+    #[error("creating the pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "loading knit's eBPF object: {0}; knit needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a kernel with BTF and cgroup BPF (Linux 5.8 or newer)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object lacks program {0}: rebuild with `cargo xtask build-ebpf`")]
+    MissingProgram(&'static str),
+    #[error(
+        "{step} {hook} ({name}): {source}; this kernel may lack the {hook} hook (it needs Linux {min} or newer) or knit lacks CAP_BPF/CAP_NET_ADMIN"
+    )]
+    Program {
+        step: &'static str,
+        hook: &'static str,
+        name: &'static str,
+        min: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "{hook}: the kernel attached it without a bpf_link, which knit needs to pin it (Linux 5.7 or newer): {source}"
+    )]
+    Link {
+        hook: &'static str,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("the eBPF object lacks map {0}: rebuild with `cargo xtask build-ebpf`")]
+    MissingMap(&'static str),
+}
+
+/// The loaded (or adopted) datapath.
+pub struct Datapath {
+    pub maps: Maps,
+    /// True when the programs were already attached by an earlier daemon.
+    pub adopted: bool,
+    /// Where this object's pins live.
+    pub dir: PathBuf,
+}
+
+/// A short, stable id of the embedded object (FNV-1a 64), naming its pin dir.
+pub fn object_id() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in OBJECT {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Datapath {
+    /// Load or adopt the programs and attach them to `cgroup` (a cgroup2
+    /// directory). `cgroup_is_new` says the directory was just created, so
+    /// links pinned earlier point to a cgroup that no longer exists.
+    pub fn open(
+        pin_root: &Path,
+        cgroup: &Path,
+        cgroup_is_new: bool,
+    ) -> Result<Self, DatapathError> {
+        pins::check_bpffs(pin_root)?;
+        let id = object_id();
+        let dir = pin_root.join(&id);
+        pins::remove_other_versions(pin_root, &id);
+        if cgroup_is_new && dir.exists() {
+            warn!(dir = %dir.display(), "the knit cgroup was recreated; dropping links pinned for the old one");
+            pins::remove_dir(&dir);
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(OBJECT)
+            .map_err(DatapathError::Load)?;
+        let cg = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        // Attached through bpf_link (mode flags must be 0 there); links always
+        // coexist with other programs on the same cgroup.
+        let mut adopted = true;
+        for &(name, hook, min) in PROGRAMS {
+            let link_path = dir.join(format!("link_{name}"));
+            if link_path.exists() {
+                continue;
+            }
+            adopted = false;
+            let err = |step, source| DatapathError::Program {
+                step,
+                hook,
+                name,
+                min,
+                source,
+            };
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?;
+            let link: FdLink = if hook == "sockops" {
+                let p: &mut SockOps = prog.try_into().map_err(|e| err("loading", e))?;
+                p.load().map_err(|e| err("loading", e))?;
+                let id = p
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .map_err(|e| err("attaching", e))?;
+                let l = p.take_link(id).map_err(|e| err("attaching", e))?;
+                FdLink::try_from(l).map_err(|source| DatapathError::Link { hook, source })?
+            } else {
+                let p: &mut CgroupSockAddr = prog.try_into().map_err(|e| err("loading", e))?;
+                p.load().map_err(|e| err("loading", e))?;
+                let id = p
+                    .attach(&cg, CgroupAttachMode::Single)
+                    .map_err(|e| err("attaching", e))?;
+                let l = p.take_link(id).map_err(|e| err("attaching", e))?;
+                FdLink::try_from(l).map_err(|source| DatapathError::Link { hook, source })?
+            };
+            link.pin(&link_path).map_err(|source| DatapathError::Pin {
+                path: link_path.clone(),
+                source,
+            })?;
+            info!(program = name, hook, cgroup = %cgroup.display(), "attached and pinned");
+        }
+        if adopted {
+            info!(dir = %dir.display(), "adopted the pinned datapath of an earlier daemon");
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self { maps, adopted, dir })
+    }
+}

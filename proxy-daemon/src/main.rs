@@ -1,0 +1,97 @@
+//! `knit`: ECS Service Connect for any fleet of Linux hosts.
+//!
+//! The CLI only: every subcommand but `daemon` talks to the local daemon over
+//! its unix socket. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod cgroup;
+mod cli;
+mod control;
+mod daemon;
+mod datapath;
+mod hosts;
+mod outlier;
+mod registry;
+
+const DEFAULT_CONFIG: &str = "/etc/knit/knit.toml";
+const DEFAULT_SOCKET: &str = "/run/knit/knit.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "knit",
+    version,
+    about = "Service Connect for any fleet of Linux hosts: logical service names, balancing and metrics for every task, no sidecar",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input."
+)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "KNIT_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the per-host daemon (systemd runs it).
+    Daemon {
+        /// Daemon config (TOML); a missing default file means all defaults.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Register task definitions, services, clusters and namespaces (ECS JSON).
+    Apply {
+        /// JSON files: an object or an array of objects each.
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Run CMD as one task of service NAME; exits with CMD's status.
+    Run {
+        /// The service this task belongs to.
+        #[arg(long)]
+        service: String,
+        /// The command (default: the task definition's entryPoint + command).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// List services and their client aliases.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List endpoints (task ports) and their kernel counters.
+    Endpoints {
+        /// Only this service's.
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop new traffic to a service's or a task's endpoints, then deregister them.
+    Drain {
+        #[arg(long, conflicts_with = "task", required_unless_present = "task")]
+        service: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Daemon { config } => cli::daemon(config, DEFAULT_CONFIG),
+        Cmd::Apply { files } => cli::apply(&cli.socket, &files),
+        Cmd::Run { service, cmd } => cli::run::run(&cli.socket, &service, cmd),
+        Cmd::Services { json } => cli::services(&cli.socket, json),
+        Cmd::Endpoints { service, json } => cli::endpoints(&cli.socket, service, json),
+        Cmd::Status { json } => cli::status(&cli.socket, json),
+        Cmd::Drain { service, task } => cli::drain(&cli.socket, service, task),
+    };
+    std::process::exit(code);
+}

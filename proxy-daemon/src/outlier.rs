@@ -1,0 +1,164 @@
+//! L4 outlier detection from the kernel's connect counters.
+//!
+//! A backend whose connects keep failing (its `consecutive_failures` counter,
+//! reset by the kernel on every established connection, reaches the
+//! threshold) is ejected for `base * times ejected`, capped, as Envoy does.
+//! Ejection stops when the ejected share of a service's backends would pass
+//! `max_ejection_percent`, except that one may always go when none is out,
+//! and never the last eligible one.
+use std::{collections::BTreeMap, time::Duration};
+
+use proxy_config::OutlierConfig;
+use tokio::time::Instant;
+
+#[derive(Debug, Default, Clone)]
+pub struct BackendOutlier {
+    pub ejections: u32,
+    pub ejected_until: Option<Instant>,
+    /// The kernel's consecutive-failure count when the backend last returned.
+    baseline: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Outliers {
+    by_backend: BTreeMap<u32, BackendOutlier>,
+}
+
+impl Outliers {
+    pub fn is_ejected(&self, backend_id: u32, now: Instant) -> bool {
+        self.by_backend
+            .get(&backend_id)
+            .and_then(|b| b.ejected_until)
+            .is_some_and(|t| t > now)
+    }
+
+    pub fn ejections(&self, backend_id: u32) -> u32 {
+        self.by_backend.get(&backend_id).map_or(0, |b| b.ejections)
+    }
+
+    pub fn forget(&mut self, backend_id: u32) {
+        self.by_backend.remove(&backend_id);
+    }
+
+    /// Return backends whose ejection time is over. True when any returned.
+    pub fn expire(&mut self, now: Instant, consecutive: impl Fn(u32) -> u64) -> bool {
+        let mut changed = false;
+        for (id, b) in &mut self.by_backend {
+            if b.ejected_until.is_some_and(|t| t <= now) {
+                b.ejected_until = None;
+                b.baseline = consecutive(*id);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Look at one backend of a group of `total` eligible-or-ejected backends
+    /// of which `ejected` are out now. True when it gets ejected.
+    pub fn observe(
+        &mut self,
+        cfg: &OutlierConfig,
+        backend_id: u32,
+        consecutive_failures: u64,
+        total: usize,
+        ejected: usize,
+        now: Instant,
+    ) -> bool {
+        let b = self.by_backend.entry(backend_id).or_default();
+        if b.ejected_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        if consecutive_failures < b.baseline {
+            // The kernel reset the count: a connect succeeded since.
+            b.baseline = 0;
+        }
+        let failures = consecutive_failures - b.baseline;
+        if failures < u64::from(cfg.consecutive_failures) {
+            return false;
+        }
+        let eligible_after = total.saturating_sub(ejected + 1);
+        let share_now = if total == 0 {
+            100
+        } else {
+            ejected * 100 / total
+        };
+        if eligible_after == 0 || (ejected > 0 && share_now >= cfg.max_ejection_percent as usize) {
+            return false;
+        }
+        b.ejections += 1;
+        let ms = cfg
+            .base_ejection_ms
+            .saturating_mul(u64::from(b.ejections))
+            .min(cfg.max_ejection_ms.max(cfg.base_ejection_ms));
+        b.ejected_until = Some(now + Duration::from_millis(ms));
+        b.baseline = consecutive_failures;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> OutlierConfig {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection_ms: 1000,
+            max_ejection_ms: 2500,
+            max_ejection_percent: 10,
+            interval_ms: 100,
+        }
+    }
+
+    #[test]
+    fn ejects_after_threshold_and_returns() {
+        let now = Instant::now();
+        let mut o = Outliers::default();
+        assert!(!o.observe(&cfg(), 1, 4, 3, 0, now));
+        assert!(o.observe(&cfg(), 1, 5, 3, 0, now));
+        assert!(o.is_ejected(1, now + Duration::from_millis(999)));
+        assert!(o.expire(now + Duration::from_millis(1000), |_| 5));
+        assert!(!o.is_ejected(1, now + Duration::from_millis(1000)));
+        // Needs 5 fresh failures to go again, and then stays out twice as long.
+        assert!(!o.observe(&cfg(), 1, 9, 3, 0, now));
+        assert!(o.observe(&cfg(), 1, 10, 3, 0, now));
+        assert!(o.is_ejected(1, now + Duration::from_millis(1999)));
+        assert!(!o.is_ejected(1, now + Duration::from_millis(2000)));
+    }
+
+    #[test]
+    fn ejection_time_is_capped() {
+        let now = Instant::now();
+        let mut o = Outliers::default();
+        let mut count = 0;
+        for round in 0..5u64 {
+            count += 5;
+            let t = now + Duration::from_secs(10 * round);
+            o.expire(t, |_| count - 5);
+            assert!(o.observe(&cfg(), 1, count, 3, 0, t));
+        }
+        let t = now + Duration::from_secs(40);
+        assert!(o.is_ejected(1, t + Duration::from_millis(2499)));
+        assert!(!o.is_ejected(1, t + Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn never_the_last_and_capped_share() {
+        let now = Instant::now();
+        let mut o = Outliers::default();
+        assert!(!o.observe(&cfg(), 1, 50, 1, 0, now), "the last one stays");
+        assert!(o.observe(&cfg(), 2, 50, 3, 0, now), "one may always go");
+        assert!(!o.observe(&cfg(), 3, 50, 3, 1, now), "33% out is over 10%");
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let now = Instant::now();
+        let mut o = Outliers::default();
+        assert!(o.observe(&cfg(), 1, 5, 3, 0, now));
+        o.expire(now + Duration::from_secs(1), |_| 5);
+        // The kernel reset to 0 after a success, then 5 new failures.
+        assert!(!o.observe(&cfg(), 1, 0, 3, 0, now + Duration::from_secs(2)));
+        assert!(o.observe(&cfg(), 1, 5, 3, 0, now + Duration::from_secs(2)));
+    }
+}

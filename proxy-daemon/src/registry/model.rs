@@ -1,0 +1,49 @@
+//! Records the registry keeps (JSON values in the store).
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use proxy_config::{EndpointSpec, ServiceSpec};
+use serde::{Deserialize, Serialize};
+
+/// One client alias of a service, with what the registry assigned to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub spec: EndpointSpec,
+    /// The kernel's id for this alias (indexes the round-robin cursors).
+    pub service_id: u32,
+    /// The alias's VIP in 127.255.0.0/16, shared by all ports of one dnsName.
+    pub vip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub spec: ServiceSpec,
+    pub aliases: Vec<AliasRecord>,
+}
+
+/// A port of a running task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPort {
+    /// The port mapping's name.
+    pub name: String,
+    /// Where the task listens (on the host's address).
+    pub port: u16,
+    /// The kernel's id for this endpoint (keys its counters).
+    pub backend_id: u32,
+    /// The port accepted a connection: the endpoint may get traffic.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub service: String,
+    /// The task's cgroup2 directory.
+    pub cgroup: PathBuf,
+    pub pid: Option<u32>,
+    pub ports: Vec<TaskPort>,
+    pub started_unix_ms: u64,
+    /// Drained: out of rotation, waiting for its connections to end.
+    #[serde(default)]
+    pub draining: bool,
+}

@@ -1,0 +1,154 @@
+//! cgroup connect4/connect6: the L4 short-circuit.
+//!
+//! A TCP connect from a task to an L4 VIP:port is rewritten to a backend
+//! picked round-robin among the service's eligible backends. Everything else
+//! (other addresses, UDP, L7 VIPs) passes untouched.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockAddrContext};
+use proxy_common::{
+    maps::{BackendKey, ConnInfo, MODE_L4, VIP_MASK, VIP_NET, VipKey},
+    select::pick_slot,
+};
+
+use crate::maps::{KNIT_BACKENDS, KNIT_CONNS, KNIT_RR, KNIT_SERVICES};
+
+const SOCK_STREAM: u32 = 1;
+
+/// What the hook decided; turned into the kernel's verdict in [`verdict`].
+pub enum Decision {
+    /// Not ours: let the connect proceed unchanged.
+    Pass,
+    /// Rewritten to a backend.
+    Rewritten,
+    /// A VIP of a service with no eligible backend: refuse the connect.
+    NoBackend,
+}
+
+/// 1 lets the connect go on (rewritten or not); 0 makes it fail with EPERM.
+#[inline(always)]
+pub fn verdict(d: Decision) -> i32 {
+    match d {
+        Decision::Pass | Decision::Rewritten => 1,
+        Decision::NoBackend => 0,
+    }
+}
+
+#[inline(always)]
+fn is_vip(ip_be: u32) -> bool {
+    (u32::from_be(ip_be) & VIP_MASK) == VIP_NET
+}
+
+pub fn try_connect4(ctx: &SockAddrContext) -> Decision {
+    // SAFETY: the kernel hands a valid bpf_sock_addr to this program type.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return Decision::Pass;
+    }
+    let ip = sa.user_ip4;
+    if !is_vip(ip) {
+        return Decision::Pass;
+    }
+    let port = sa.user_port as u16;
+    match route(ctx, ip, port) {
+        Some((bip, bport)) => {
+            sa.user_ip4 = bip;
+            sa.user_port = bport as u32;
+            Decision::Rewritten
+        }
+        None => Decision::Pass,
+    }
+    .or_no_backend(ip, port)
+}
+
+pub fn try_connect6(ctx: &SockAddrContext) -> Decision {
+    // SAFETY: as above.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return Decision::Pass;
+    }
+    let w = sa.user_ip6;
+    // ::ffff:a.b.c.d
+    if w[0] != 0 || w[1] != 0 || w[2] != 0xffffu32.to_be() || !is_vip(w[3]) {
+        return Decision::Pass;
+    }
+    let ip = w[3];
+    let port = sa.user_port as u16;
+    match route(ctx, ip, port) {
+        Some((bip, bport)) => {
+            sa.user_ip6 = [0, 0, 0xffffu32.to_be(), bip];
+            sa.user_port = bport as u32;
+            Decision::Rewritten
+        }
+        None => Decision::Pass,
+    }
+    .or_no_backend(ip, port)
+}
+
+trait OrNoBackend {
+    fn or_no_backend(self, ip: u32, port: u16) -> Decision;
+}
+
+impl OrNoBackend for Decision {
+    /// A VIP that is a known L4 service but could not be routed is refused
+    /// rather than sent to whatever might listen on 127.255.x.y:port.
+    #[inline(always)]
+    fn or_no_backend(self, ip: u32, port: u16) -> Decision {
+        match self {
+            Decision::Pass => {
+                let key = VipKey { ip, port, _pad: 0 };
+                match KNIT_SERVICES.get_ptr(&key) {
+                    // SAFETY: map values stay valid for the program's run.
+                    Some(s) if unsafe { (*s).mode } == MODE_L4 => Decision::NoBackend,
+                    _ => Decision::Pass,
+                }
+            }
+            d => d,
+        }
+    }
+}
+
+/// Pick a backend for VIP `ip`:`port` (network order) and record the choice
+/// under the socket's cookie. Returns the backend's address.
+#[inline(always)]
+fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
+    let key = VipKey { ip, port, _pad: 0 };
+    let svc = KNIT_SERVICES.get_ptr(&key)?;
+    // SAFETY: map values stay valid for the program's run.
+    let svc = unsafe { *svc };
+    if svc.mode != MODE_L4 {
+        return None;
+    }
+    let cursor = KNIT_RR.get_ptr_mut(svc.service_id)?;
+    // SAFETY: a live array value. SeqCst: LLVM lowers a relaxed add whose
+    // result is used to a plain `lock add` (no fetch); this gives
+    // BPF_ATOMIC | BPF_FETCH, so round-robin stays exact across CPUs.
+    let n = unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(cursor, 1) };
+    let slot = pick_slot(n, svc.backend_count)?;
+    let be = KNIT_BACKENDS
+        .get_ptr(&BackendKey {
+            service_id: svc.service_id,
+            slot,
+        })
+        .or_else(|| {
+            KNIT_BACKENDS.get_ptr(&BackendKey {
+                service_id: svc.service_id,
+                slot: 0,
+            })
+        })?;
+    // SAFETY: as above.
+    let be = unsafe { *be };
+    // SAFETY: valid context pointer for this program type.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let info = ConnInfo {
+        vip_ip: ip,
+        vip_port: port,
+        _pad: 0,
+        service_id: svc.service_id,
+        backend_id: be.backend_id,
+    };
+    // A full LRU evicts the oldest entry; a failed insert only costs the
+    // getpeername rewrite and the counters of this one connection.
+    let _ = KNIT_CONNS.insert(&cookie, &info, 0);
+    Some((be.ip, be.port))
+}

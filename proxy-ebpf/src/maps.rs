@@ -1,0 +1,34 @@
+//! The maps, pinned by name under the daemon's bpffs dir so that a restarted
+//! daemon (and the programs it left attached) share them.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap},
+};
+use proxy_common::maps::{
+    Backend, BackendKey, ConnInfo, Counters, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNS,
+    MAX_SERVICES, ServiceEntry, VipKey,
+};
+
+/// VIP:port -> service (written by the daemon).
+#[map]
+pub static KNIT_SERVICES: HashMap<VipKey, ServiceEntry> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// (service, slot) -> backend address (written by the daemon).
+#[map]
+pub static KNIT_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
+
+/// Round-robin cursor per service, shared by all CPUs (kernel only; atomic).
+#[map]
+pub static KNIT_RR: Array<u32> = Array::pinned(MAX_SERVICES, 0);
+
+/// Socket cookie -> what connect decided (kernel writes, daemon may read).
+#[map]
+pub static KNIT_CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::pinned(MAX_CONNS, 0);
+
+/// Service id -> counters (daemon creates entries, kernel adds).
+#[map]
+pub static KNIT_SVC_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// Backend id -> counters (daemon creates entries, kernel adds).
+#[map]
+pub static KNIT_BE_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_BACKENDS, 0);

@@ -1,0 +1,234 @@
+//! Real peers for knit's tests: a TCP server that says who it is and echoes,
+//! and clients that dial an alias and report what they saw as JSON.
+//!
+//! ```text
+//! knit-testbin echo --id NAME [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
+//! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--hosts FILE]
+//! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
+//! ```
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(args: &[String], name: &str, default: u64) -> Result<u64> {
+    match arg(args, name) {
+        Some(v) => v.parse().with_context(|| format!("{name} {v}")),
+        None => Ok(default),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("echo") => echo(&args),
+        Some("client") => client(&args),
+        Some("hold") => hold(&args),
+        _ => bail!("usage: knit-testbin echo|client|hold ..."),
+    }
+}
+
+/// Serve until killed: each connection first gets "<id>\n", then its lines
+/// back. While the file `--close-while` exists the listener is closed, so
+/// connects are refused (a backend that is alive but failing).
+fn echo(args: &[String]) -> Result<()> {
+    let id = arg(args, "--id").context("--id")?;
+    let port: u16 = match (arg(args, "--port"), arg(args, "--port-env")) {
+        (Some(p), _) => p.parse()?,
+        (None, Some(var)) => std::env::var(&var)
+            .with_context(|| format!("${var}"))?
+            .parse()?,
+        (None, None) => bail!("--port or --port-env"),
+    };
+    let host = std::env::var("KNIT_HOST_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
+    let addr: SocketAddr = format!("{host}:{port}").parse()?;
+    if let Some(p) = arg(args, "--pidfile") {
+        std::fs::write(p, std::process::id().to_string())?;
+    }
+    let gate = arg(args, "--close-while").map(PathBuf::from);
+    let closed = |g: &Option<PathBuf>| g.as_deref().is_some_and(Path::exists);
+    loop {
+        while closed(&gate) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        l.set_nonblocking(true)?;
+        while !closed(&gate) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let id = id.clone();
+                    std::thread::spawn(move || serve(s, &id));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn serve(s: TcpStream, id: &str) {
+    let _ = s.set_nonblocking(false);
+    let Ok(mut w) = s.try_clone() else { return };
+    if writeln!(w, "{id}").is_err() {
+        return;
+    }
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        if w.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// HOST:PORT, with HOST looked up in `--hosts FILE` when given.
+fn resolve(args: &[String]) -> Result<SocketAddr> {
+    let target = arg(args, "--target").context("--target")?;
+    let (host, port) = target.rsplit_once(':').context("--target HOST:PORT")?;
+    let port: u16 = port.parse()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if let Some(file) = arg(args, "--hosts") {
+        let text = std::fs::read_to_string(&file)?;
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            if let Some(ip) = f.next()
+                && !ip.starts_with('#')
+                && f.any(|n| n == host)
+            {
+                return Ok(SocketAddr::new(ip.parse()?, port));
+            }
+        }
+        bail!("{host} is not in {file}");
+    }
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("cannot resolve {host}"))
+}
+
+/// One exchange: connect, read the backend's id, echo a line, check the peer.
+fn exchange(addr: SocketAddr) -> Result<(String, SocketAddr)> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let peer = s.peer_addr()?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut id = String::new();
+    r.read_line(&mut id)?;
+    writeln!(w, "ping")?;
+    let mut back = String::new();
+    r.read_line(&mut back)?;
+    if back != "ping\n" {
+        bail!("echo came back as {back:?}");
+    }
+    Ok((id.trim().to_string(), peer))
+}
+
+fn client(args: &[String]) -> Result<()> {
+    let mut addr = resolve(args)?;
+    if args.iter().any(|a| a == "--v6")
+        && let SocketAddr::V4(v4) = addr
+    {
+        addr = SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port());
+    }
+    let count = num(args, "--count", 0)?;
+    let duration = Duration::from_millis(num(args, "--duration-ms", 0)?);
+    let interval = Duration::from_millis(num(args, "--interval-ms", 0)?);
+    let start = Instant::now();
+    let mut by_backend: BTreeMap<String, u64> = BTreeMap::new();
+    let mut peers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut timeline = Vec::new();
+    let (mut ok, mut failed, mut i) = (0u64, 0u64, 0u64);
+    // Bounded in count and time whatever the arguments say.
+    let hard_stop = Duration::from_secs(120);
+    while (count == 0 || i < count)
+        && (count != 0 || start.elapsed() < duration)
+        && start.elapsed() < hard_stop
+    {
+        i += 1;
+        let t = now_ms();
+        match exchange(addr) {
+            Ok((id, peer)) => {
+                ok += 1;
+                *by_backend.entry(id.clone()).or_default() += 1;
+                *peers.entry(peer.to_string()).or_default() += 1;
+                timeline.push(json!([t, id]));
+            }
+            Err(e) => {
+                failed += 1;
+                if errors.len() < 10 {
+                    errors.push(e.to_string());
+                }
+                timeline.push(json!([t, null]));
+            }
+        }
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+    }
+    let report = json!({
+        "target": addr.to_string(), "ok": ok, "failed": failed,
+        "by_backend": by_backend, "peers": peers, "errors": errors, "timeline": timeline,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// Keep one connection and exchange a line every 50 ms for the duration.
+fn hold(args: &[String]) -> Result<()> {
+    let addr = resolve(args)?;
+    let duration = Duration::from_millis(num(args, "--duration-ms", 1000)?.min(120_000));
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut id = String::new();
+    r.read_line(&mut id)?;
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut line = String::new();
+    while start.elapsed() < duration {
+        line.clear();
+        let good = writeln!(w, "hold {ok}").is_ok()
+            && r.read_line(&mut line).is_ok()
+            && line == format!("hold {ok}\n");
+        if good {
+            ok += 1;
+        } else {
+            failed += 1;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "{}",
+        json!({"backend": id.trim(), "ok": ok, "failed": failed})
+    );
+    Ok(())
+}

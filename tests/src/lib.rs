@@ -1,0 +1,354 @@
+//! Helpers for knit's integration tests: a daemon of the test's own (its own
+//! cgroup, pin dir, state dir, socket and hosts file), tasks started with
+//! `knit run`, and cleanup of all of it on drop, also when the test fails.
+//!
+//! Safety rule: traffic goes only to 127.0.0.0/8 and the VIP range.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Where cargo put the binaries: the running executable's directory, or its
+/// parent for test executables (target/<profile>/deps/<test>).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(&dir).to_path_buf()
+    } else {
+        dir
+    }
+}
+
+/// The `knit` binary: $KNIT_BIN, else next to this executable.
+pub fn knit_bin() -> PathBuf {
+    std::env::var_os("KNIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("knit"))
+}
+
+/// The test peer binary (echo server and clients).
+pub fn testbin() -> PathBuf {
+    bin_dir().join("knit-testbin")
+}
+
+fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup2 mount")
+}
+
+/// Wait until `f` returns Some, polling every 20 ms, at most `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A knit daemon owned by one test.
+pub struct Knit {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub hosts: PathBuf,
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    daemon: Option<Child>,
+    tasks: Vec<Child>,
+}
+
+impl Knit {
+    /// Write a config for test `name` (plus `extra` TOML) and start a daemon.
+    pub fn start(name: &str, extra: &str) -> Result<Self> {
+        Self::start_with(name, extra, None)
+    }
+
+    /// As [`Knit::start`], with the hosts file to manage (default: a file of
+    /// the test's own).
+    pub fn start_with(name: &str, extra: &str, hosts_file: Option<PathBuf>) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("knit's integration tests need root (cgroups, bpffs, eBPF)");
+        }
+        let unique = format!("knit-test-{name}-{}", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&unique).tempdir()?;
+        let socket = dir.path().join("knit.sock");
+        let hosts = match hosts_file {
+            Some(h) => h,
+            None => {
+                let h = dir.path().join("hosts");
+                std::fs::write(&h, "127.0.0.1\tlocalhost\n# a line knit must keep\n")?;
+                h
+            }
+        };
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&unique);
+        let cgroup = cgroup2_mount()?.join(&unique);
+        let config = dir.path().join("knit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\nbpf_pin_dir = {:?}\ncgroup = {:?}\nsocket = {:?}\nhosts_file = {:?}\n{extra}\n",
+                dir.path().join("state"),
+                pin_dir,
+                unique,
+                socket,
+                hosts
+            ),
+        )?;
+        let mut k = Self {
+            dir,
+            name: unique,
+            socket,
+            config,
+            hosts,
+            pin_dir,
+            cgroup,
+            daemon: None,
+            tasks: Vec::new(),
+        };
+        k.start_daemon()?;
+        Ok(k)
+    }
+
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))?;
+        let child = Command::new(knit_bin())
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .env("KNIT_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting knit daemon")?;
+        self.daemon = Some(child);
+        let sock = self.socket.clone();
+        let res = wait_for("the daemon's socket", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+        if res.is_err() {
+            bail!("daemon did not start:\n{}", self.daemon_log());
+        }
+        Ok(())
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// kill -9 the daemon (the datapath stays in the kernel).
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill()?;
+            d.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM the daemon and wait for its clean exit.
+    pub fn stop_daemon(&mut self) -> Result<std::process::ExitStatus> {
+        let mut d = self.daemon.take().context("no daemon")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        wait_for("the daemon to exit", Duration::from_secs(10), || {
+            d.try_wait().ok().flatten()
+        })
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(knit_bin());
+        c.env("KNIT_SOCKET", &self.socket);
+        c
+    }
+
+    /// Run a CLI command and return its output, whatever its status.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.cmd().args(args).output()?)
+    }
+
+    /// Run a CLI command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "knit {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = args.to_vec();
+        a.push("--json");
+        Ok(serde_json::from_str(&self.ok(&a)?)?)
+    }
+
+    /// Write `json` to a file named `file` in the test dir; its path.
+    pub fn file(&self, file: &str, json: &str) -> Result<PathBuf> {
+        let p = self.dir.path().join(file);
+        std::fs::write(&p, json)?;
+        Ok(p)
+    }
+
+    /// Apply documents; each (file name, JSON).
+    pub fn apply(&self, docs: &[(&str, &str)]) -> Result<String> {
+        let mut args = vec!["apply".to_string()];
+        for (name, json) in docs {
+            args.push("-f".into());
+            args.push(self.file(name, json)?.display().to_string());
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&a)
+    }
+
+    /// Start `knit run --service S -- CMD` in the background.
+    pub fn run(&mut self, service: &str, cmd: &[&str]) -> Result<()> {
+        let child = self.spawn_task(service, cmd, Stdio::null())?;
+        self.tasks.push(child);
+        Ok(())
+    }
+
+    /// Start a task whose stdout the caller reads.
+    pub fn spawn_task(&self, service: &str, cmd: &[&str], stdout: Stdio) -> Result<Child> {
+        Ok(self
+            .cmd()
+            .args(["run", "--service", service, "--"])
+            .args(cmd)
+            .stdout(stdout)
+            .stderr(Stdio::inherit())
+            .spawn()?)
+    }
+
+    /// Run a task to its end and parse its stdout as JSON (the clients).
+    pub fn run_json(&self, service: &str, cmd: &[&str]) -> Result<Value> {
+        let out = self
+            .cmd()
+            .args(["run", "--service", service, "--"])
+            .args(cmd)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "task failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("task output: {}", String::from_utf8_lossy(&out.stdout)))?)
+    }
+
+    /// Endpoints of a service whose state is `state`.
+    pub fn endpoints_in(&self, service: &str, state: &str) -> Result<usize> {
+        let v = self.json(&["endpoints", service])?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter(|e| e["state"] == state).count())
+            .unwrap_or(0))
+    }
+
+    /// Wait until `n` endpoints of `service` are healthy.
+    pub fn wait_healthy(&self, service: &str, n: usize) -> Result<()> {
+        wait_for(
+            &format!("{n} healthy endpoints of {service}"),
+            Duration::from_secs(30),
+            || (self.endpoints_in(service, "healthy").ok()? == n).then_some(()),
+        )
+    }
+}
+
+impl Drop for Knit {
+    fn drop(&mut self) {
+        for t in &mut self.tasks {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
+        let _ = self.kill_daemon();
+        kill_cgroup(&self.cgroup);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if std::thread::panicking() {
+            eprintln!("--- daemon log of {} ---\n{}", self.name, self.daemon_log());
+        }
+    }
+}
+
+/// Kill everything in a cgroup tree and remove it.
+fn kill_cgroup(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    for _ in 0..50 {
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        remove_tree(path);
+        if !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn remove_tree(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(path);
+}
+
+/// A task definition with one TCP port mapping named `tcp` (knit picks the port).
+pub fn tcp_task_definition(family: &str) -> String {
+    format!(
+        r#"{{"family": "{family}", "containerDefinitions": [{{"name": "app", "image": "unused",
+            "portMappings": [{{"name": "tcp", "protocol": "tcp"}}]}}]}}"#
+    )
+}
+
+/// A service exposing port `tcp` as `alias:port`.
+pub fn tcp_service(name: &str, alias: &str, port: u16) -> String {
+    format!(
+        r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
+            "serviceConnectConfiguration": {{"enabled": true,
+              "services": [{{"portName": "tcp", "discoveryName": "{name}",
+                             "clientAliases": [{{"dnsName": "{alias}", "port": {port}}}]}}]}}}}"#
+    )
+}
+
+/// A client-only service.
+pub fn client_service(name: &str) -> (String, String) {
+    (
+        format!(
+            r#"{{"family": "{name}", "containerDefinitions": [{{"name": "app", "image": "unused"}}]}}"#
+        ),
+        format!(
+            r#"{{"serviceName": "{name}", "taskDefinition": "{name}", "serviceConnectConfiguration": {{"enabled": true}}}}"#
+        ),
+    )
+}

@@ -1,0 +1,93 @@
+//! `cargo xtask`: everything around the code. Each subcommand lives in its own
+//! module; every subcommand but `setup` runs `setup` first, which is quick
+//! when the machine already has what knit needs.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod build;
+mod demo;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "knit's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (rust-src, bpf-linker, apt packages); idempotent.
+    Setup,
+    /// Build the eBPF programs (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Build the eBPF programs and the `knit` binary.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: fmt, clippy, unit and integration tests, then the VM tests.
+    Test {
+        /// Skip the VM tests (they take a few minutes under TCG).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Boot Debian 12's 6.1 kernel under qemu and run the datapath tests inside.
+    VmTest {
+        /// Only run tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Use this kernel image instead of Debian 12's linux-image-cloud-amd64.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
+    /// Run benchmarks and write their tables into BENCHMARKS.md.
+    Bench {
+        /// Which benchmark: l4.
+        #[arg(default_value = "l4")]
+        which: String,
+        /// Fewer and shorter runs (for CI).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Start a daemon, sample tasks and real traffic, and show what happened.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => {
+            setup::run()?;
+            build::ebpf()
+        }
+        Cmd::Build { release } => {
+            setup::run()?;
+            build::all(release)
+        }
+        Cmd::Test { no_vm } => {
+            setup::run()?;
+            test::run(!no_vm)
+        }
+        Cmd::VmTest { filter, kernel } => {
+            setup::run()?;
+            vm::run(&vm::VmArgs { filter, kernel })
+        }
+        Cmd::Bench { which, quick } => {
+            setup::run()?;
+            bench::run(&which, quick)
+        }
+        Cmd::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+    }
+}

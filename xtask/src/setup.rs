@@ -1,0 +1,140 @@
+//! `cargo xtask setup`: make a fresh Debian machine ready, idempotently.
+//! Each check is cheap; only what is missing is installed, and each install
+//! says what it does.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{self, step, succeeds};
+
+/// Debian packages: VM tests (qemu, busybox, cpio), inspection (bpftool),
+/// benchmarks (haproxy, nginx, wrk).
+const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "bpftool",
+    "haproxy",
+    "nginx",
+    "wrk",
+    "iproute2",
+];
+
+pub fn run() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    apt()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let installed = util::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context(
+        "the nightly toolchain is needed for the eBPF crate (rustup toolchain install nightly)",
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    step("setup: adding rust-src to the nightly toolchain (eBPF builds core from source)");
+    util::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn bpf_linker() -> Result<()> {
+    let bin = cargo_bin().join("bpf-linker");
+    if succeeds(Command::new(&bin).arg("--version")) {
+        return Ok(());
+    }
+    step("setup: building bpf-linker against the nightly toolchain's LLVM (about 1-3 minutes)");
+    let sysroot = util::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    // The nightly ships libLLVM.so.<major>.<minor>-rust-<version>; derive both.
+    let so = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let major = so
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if major.is_empty() || !major.chars().all(|c| c.is_ascii_digit()) {
+        bail!("cannot tell the LLVM major version from {so}");
+    }
+    let prefix = tempfile::tempdir()?;
+    std::fs::create_dir_all(prefix.path().join("lib"))?;
+    std::os::unix::fs::symlink(lib.join(&so), prefix.path().join("lib/libLLVM.so"))?;
+    util::run(
+        util::cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", prefix.path()),
+    )
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "setup: installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    util::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
+        return Ok(());
+    }
+    step("setup: mounting bpffs at /sys/fs/bpf");
+    util::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}

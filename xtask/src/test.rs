@@ -1,0 +1,60 @@
+//! `cargo xtask test`: the README's test command. Lints, unit tests,
+//! integration tests on this kernel, then the same datapath tests in a VM
+//! running Debian 12's 6.1 kernel.
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{
+    build,
+    util::{self, step},
+    vm,
+};
+
+pub fn run(with_vm: bool) -> Result<()> {
+    let root = util::root();
+    build::ebpf()?;
+    step("format check");
+    util::run(
+        util::cargo()
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    util::run(util::cargo().current_dir(&root).args([
+        "fmt",
+        "--manifest-path",
+        "proxy-ebpf/Cargo.toml",
+        "--check",
+    ]))?;
+    step("clippy (-D warnings)");
+    util::run(util::cargo().current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    build::all(false)?;
+    step("unit tests");
+    util::run(util::cargo().current_dir(&root).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "knit-tests",
+    ]))?;
+    step("integration tests on this kernel (real daemons, cgroups, eBPF; one at a time)");
+    let mut cmd: Command = util::cargo();
+    cmd.current_dir(&root)
+        .args(["test", "-p", "knit-tests", "--", "--test-threads=1"]);
+    util::run(&mut cmd)?;
+    if with_vm {
+        step("datapath tests inside a VM (Debian 12, Linux 6.1)");
+        vm::run(&vm::VmArgs {
+            filter: None,
+            kernel: None,
+        })?;
+    }
+    step("all tests passed");
+    Ok(())
+}

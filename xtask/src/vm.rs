@@ -1,0 +1,143 @@
+//! `cargo xtask vm-test`: boot Debian 12's 6.1 kernel under qemu (TCG: this
+//! machine has no KVM) with an initramfs that holds the integration test
+//! binaries of `knit-tests`, run them inside, and judge the run from the
+//! serial console.
+//!
+//! The steps, each in its own submodule:
+//! - [`kernel`]: Debian's `linux-image-cloud-amd64`, fetched once with apt into
+//!   `<target>/vm/kernel/` (or `--kernel`), plus the modules the tests need;
+//! - [`workspace`]: build the binaries and collect the test executables;
+//! - [`initramfs`] and [`init`]: a busybox userland, the binaries at their
+//!   host paths, their shared libraries, and an `/init` that runs the tests;
+//! - [`qemu`]: boot, stream the console live, enforce the timeout;
+//! - [`report`]: parse the libtest lines into a per-test summary and a verdict.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+mod init;
+mod initramfs;
+mod kernel;
+mod qemu;
+mod report;
+mod workspace;
+
+pub struct VmArgs {
+    pub filter: Option<String>,
+    pub kernel: Option<PathBuf>,
+}
+
+/// Overall limit for one boot, tests included; `KNIT_VM_TIMEOUT_SECS` overrides it.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// What to build and run: the workspace's test crate by default, or any other
+/// crate (how the harness itself is tried out on a throwaway crate).
+pub(crate) struct Spec<'a> {
+    /// The workspace (or package) root `cargo` runs in.
+    pub root: &'a Path,
+    /// Packages whose binaries the tests spawn (`cargo build -p ... --bins`).
+    pub bin_packages: &'a [&'a str],
+    /// The package whose test executables run in the guest.
+    pub test_package: &'a str,
+    /// More host files the guest needs at their host paths, when they exist.
+    pub extra_files: Vec<PathBuf>,
+}
+
+/// What goes into the guest besides busybox: every path is absolute and lands
+/// at the same path in the guest.
+pub(crate) struct Payload {
+    /// Test executables, run one after the other in this order.
+    pub tests: Vec<PathBuf>,
+    /// Other files (binaries the tests spawn, data); their libraries follow.
+    pub files: Vec<PathBuf>,
+    /// The test package's directory: cargo runs tests from there, so the
+    /// guest does too (a copy of its sources, for tests that read fixtures).
+    pub workdir: Option<PathBuf>,
+}
+
+pub fn run(args: &VmArgs) -> Result<()> {
+    let root = util::root();
+    run_spec(
+        &Spec {
+            root: &root,
+            bin_packages: &["proxy-daemon", "knit-tests"],
+            test_package: "knit-tests",
+            // Harmless when the daemon embeds the object; needed if it loads it by path.
+            extra_files: vec![util::ebpf_object()],
+        },
+        args,
+    )
+}
+
+pub(crate) fn run_spec(spec: &Spec, args: &VmArgs) -> Result<()> {
+    let started = Instant::now();
+    let timeout = timeout()?;
+    let target = workspace::target_dir(spec.root)?;
+    let vm_dir = target.join("vm");
+
+    util::step("guest kernel");
+    let kernel = match &args.kernel {
+        Some(path) => kernel::Kernel::custom(path)?,
+        None => kernel::debian(&vm_dir.join("kernel"))?,
+    };
+    eprintln!(
+        "kernel: {} (modules: {})",
+        kernel.image.display(),
+        kernel
+            .modules
+            .as_deref()
+            .map_or("none".into(), |m| m.display().to_string())
+    );
+
+    util::step(&format!("building {} and its binaries", spec.test_package));
+    let mut payload = workspace::build(spec)?;
+    payload
+        .files
+        .extend(spec.extra_files.iter().filter(|f| f.is_file()).cloned());
+
+    util::step("building the initramfs");
+    initramfs::remove_stale_work_dirs(&vm_dir);
+    std::fs::create_dir_all(&vm_dir).with_context(|| format!("creating {}", vm_dir.display()))?;
+    // Under the target dir, so the big binaries can be hard-linked, not copied.
+    let work = tempfile::Builder::new()
+        .prefix(&initramfs::work_dir_prefix())
+        .tempdir_in(&vm_dir)
+        .with_context(|| format!("creating a work dir in {}", vm_dir.display()))?;
+    let initrd = initramfs::build(work.path(), &kernel, &payload, args.filter.as_deref())?;
+
+    util::step(&format!(
+        "booting under qemu (TCG; timeout {} s, KNIT_VM_TIMEOUT_SECS to change)",
+        timeout.as_secs()
+    ));
+    let boot = qemu::boot(&kernel.image, &initrd, timeout)?;
+    if let Some(status) = boot.status.filter(|s| !s.success()) {
+        eprintln!("qemu exited with {status}");
+    }
+    let work_path = work.path().display().to_string();
+    work.close()
+        .with_context(|| format!("removing {work_path}"))?;
+
+    let report = report::parse(&boot.console);
+    util::step(&format!(
+        "VM test summary (boot {:.0} s, total {:.0} s)",
+        boot.elapsed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+    report.print();
+    report.verdict(boot.timed_out, timeout, args.filter.as_deref())
+}
+
+fn timeout() -> Result<Duration> {
+    match std::env::var("KNIT_VM_TIMEOUT_SECS") {
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => bail!("KNIT_VM_TIMEOUT_SECS={s:?}: expected a positive number of seconds"),
+        },
+        Err(_) => Ok(DEFAULT_TIMEOUT),
+    }
+}
