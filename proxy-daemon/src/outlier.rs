@@ -77,11 +77,7 @@ impl Outliers {
             return false;
         }
         let eligible_after = total.saturating_sub(ejected + 1);
-        let share_now = if total == 0 {
-            100
-        } else {
-            ejected * 100 / total
-        };
+        let share_now = (ejected * 100).checked_div(total).unwrap_or(100);
         if eligible_after == 0 || (ejected > 0 && share_now >= cfg.max_ejection_percent as usize) {
             return false;
         }

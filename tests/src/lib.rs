@@ -260,8 +260,8 @@ impl Knit {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("task output: {}", String::from_utf8_lossy(&out.stdout)))?)
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("task output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// Endpoints of a service whose state is `state`.

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::Result;
 
 use crate::{
-    build,
+    build, demo,
     util::{self, step},
     vm,
 };
@@ -48,6 +48,8 @@ pub fn run(with_vm: bool) -> Result<()> {
     cmd.current_dir(&root)
         .args(["test", "-p", "knit-tests", "--", "--test-threads=1"]);
     util::run(&mut cmd)?;
+    step("the README's first command: cargo xtask demo");
+    demo::run()?;
     if with_vm {
         step("datapath tests inside a VM (Debian 12, Linux 6.1)");
         vm::run(&vm::VmArgs {

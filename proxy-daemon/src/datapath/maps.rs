@@ -40,7 +40,10 @@ pub struct Maps {
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
+    move |e| DatapathError::Map {
+        name,
+        source: Box::new(e),
+    }
 }
 
 fn take<K: aya::Pod, V: aya::Pod>(

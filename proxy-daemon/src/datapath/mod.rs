@@ -53,7 +53,7 @@ pub enum DatapathError {
     #[error(
         "loading knit's eBPF object: {0}; knit needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a kernel with BTF and cgroup BPF (Linux 5.8 or newer)"
     )]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object lacks program {0}: rebuild with `cargo xtask build-ebpf`")]
     MissingProgram(&'static str),
     #[error(
@@ -64,24 +64,24 @@ pub enum DatapathError {
         hook: &'static str,
         name: &'static str,
         min: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error(
         "{hook}: the kernel attached it without a bpf_link, which knit needs to pin it (Linux 5.7 or newer): {source}"
     )]
     Link {
         hook: &'static str,
-        source: aya::programs::links::LinkError,
+        source: Box<aya::programs::links::LinkError>,
     },
     #[error("pinning {path}: {source}")]
     Pin {
         path: PathBuf,
-        source: aya::pin::PinError,
+        source: Box<aya::pin::PinError>,
     },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("the eBPF object lacks map {0}: rebuild with `cargo xtask build-ebpf`")]
     MissingMap(&'static str),
@@ -130,7 +130,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(OBJECT)
-            .map_err(DatapathError::Load)?;
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
         let cg = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
@@ -149,7 +149,7 @@ impl Datapath {
                 hook,
                 name,
                 min,
-                source,
+                source: Box::new(source),
             };
             let prog = ebpf
                 .program_mut(name)
@@ -161,7 +161,10 @@ impl Datapath {
                     .attach(&cg, CgroupAttachMode::Single)
                     .map_err(|e| err("attaching", e))?;
                 let l = p.take_link(id).map_err(|e| err("attaching", e))?;
-                FdLink::try_from(l).map_err(|source| DatapathError::Link { hook, source })?
+                FdLink::try_from(l).map_err(|e| DatapathError::Link {
+                    hook,
+                    source: Box::new(e),
+                })?
             } else {
                 let p: &mut CgroupSockAddr = prog.try_into().map_err(|e| err("loading", e))?;
                 p.load().map_err(|e| err("loading", e))?;
@@ -169,11 +172,14 @@ impl Datapath {
                     .attach(&cg, CgroupAttachMode::Single)
                     .map_err(|e| err("attaching", e))?;
                 let l = p.take_link(id).map_err(|e| err("attaching", e))?;
-                FdLink::try_from(l).map_err(|source| DatapathError::Link { hook, source })?
+                FdLink::try_from(l).map_err(|e| DatapathError::Link {
+                    hook,
+                    source: Box::new(e),
+                })?
             };
-            link.pin(&link_path).map_err(|source| DatapathError::Pin {
+            link.pin(&link_path).map_err(|e| DatapathError::Pin {
                 path: link_path.clone(),
-                source,
+                source: Box::new(e),
             })?;
             info!(program = name, hook, cgroup = %cgroup.display(), "attached and pinned");
         }

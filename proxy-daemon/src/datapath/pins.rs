@@ -16,7 +16,7 @@ pub fn check_bpffs(pin_root: &Path) -> Result<(), DatapathError> {
         }
     }
     match nix::sys::statfs::statfs(probe) {
-        Ok(fs) if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC => Ok(()),
+        Ok(fs) if fs.filesystem_type().0 == BPF_FS_MAGIC => Ok(()),
         _ => Err(DatapathError::NoBpffs(pin_root.to_path_buf())),
     }
 }

@@ -28,7 +28,7 @@ const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 const FIRST_VIP: u64 = 1;
 
 fn dberr<E: Into<redb::Error>>(e: E) -> RegistryError {
-    RegistryError::Db(e.into())
+    RegistryError::Db(Box::new(e.into()))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -60,7 +60,7 @@ impl Store {
         let path = state_dir.join("registry.redb");
         let open_err = |e: redb::Error| RegistryError::Open {
             path: path.display().to_string(),
-            source: e,
+            source: Box::new(e),
         };
         let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
         let w = db.begin_write().map_err(|e| open_err(e.into()))?;
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn vips_and_ids_are_stable_and_survive_reopen() -> Result<(), RegistryError> {
-        let dir = tempfile::tempdir().map_err(|e| RegistryError::Db(e.into()))?;
+        let dir = tempfile::tempdir().map_err(|e| RegistryError::Db(Box::new(e.into())))?;
         {
             let s = Store::open(dir.path())?;
             s.apply(&plan(vec![svc("db", "db", 6379), svc("web", "web", 80)]))?;
@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn task_ids_and_backend_ids_are_fresh() -> Result<(), RegistryError> {
-        let dir = tempfile::tempdir().map_err(|e| RegistryError::Db(e.into()))?;
+        let dir = tempfile::tempdir().map_err(|e| RegistryError::Db(Box::new(e.into())))?;
         let s = Store::open(dir.path())?;
         let (a, ia) = s.reserve_task("db", 2)?;
         let (b, ib) = s.reserve_task("db", 1)?;

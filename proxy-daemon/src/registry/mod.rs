@@ -16,9 +16,12 @@ pub enum RegistryError {
     #[error(
         "the state store {path} cannot be opened: {source}. If it is damaged, move it aside (knit will start with an empty registry and you will need to re-apply your files)"
     )]
-    Open { path: String, source: redb::Error },
+    Open {
+        path: String,
+        source: Box<redb::Error>,
+    },
     #[error("state store: {0}")]
-    Db(#[from] redb::Error),
+    Db(#[from] Box<redb::Error>),
     #[error("state store record {key}: {source}")]
     Decode {
         key: String,
