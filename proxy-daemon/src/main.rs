@@ -73,7 +73,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Stop new traffic to a service's or a task's endpoints, then deregister them.
+    /// Stop new traffic to a service's or a task's endpoints; once their connections end, deregister and stop them.
     Drain {
         #[arg(long, conflicts_with = "task", required_unless_present = "task")]
         service: Option<String>,
