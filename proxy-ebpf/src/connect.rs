@@ -5,7 +5,11 @@
 //! (other addresses, UDP, L7 VIPs) passes untouched.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockAddrContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
 use proxy_common::{
     maps::{BackendKey, ConnInfo, MODE_L4, VIP_MASK, VIP_NET, VipKey},
     select::pick_slot,
@@ -25,12 +29,21 @@ pub enum Decision {
     NoBackend,
 }
 
-/// 1 lets the connect go on (rewritten or not); 0 makes it fail with EPERM.
+const ECONNREFUSED: i32 = 111;
+
+/// 1 lets the connect go on (rewritten or not); 0 makes it fail, with
+/// ECONNREFUSED (what a client expects of a service with nothing behind it)
+/// rather than the hook's default EPERM.
 #[inline(always)]
 pub fn verdict(d: Decision) -> i32 {
     match d {
         Decision::Pass | Decision::Rewritten => 1,
-        Decision::NoBackend => 0,
+        Decision::NoBackend => {
+            // SAFETY: a helper call without pointers; cgroup connect hooks
+            // may set the syscall's return value (Linux 6.1+).
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            0
+        }
     }
 }
 

@@ -127,6 +127,18 @@ fn run_uses_the_task_definitions_command_and_exit_status() -> Result<()> {
     wait_for("deregistration", Duration::from_secs(5), || {
         (k.json(&["endpoints"]).ok()?.as_array()?.is_empty()).then_some(())
     })?;
+    // An alias with nothing behind it refuses connects at once.
+    let r = k.run_json(
+        "client",
+        &[&tb, "client", "--target", &target, "--count", "2"],
+    )?;
+    assert_eq!(r["failed"], 2, "{r}");
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused")),
+        "{r}"
+    );
     // A command's own exit status comes back as knit run's.
     let out = k
         .cmd()
