@@ -11,6 +11,8 @@ pub const MAP_RR: &str = "KNIT_RR";
 pub const MAP_CONNS: &str = "KNIT_CONNS";
 pub const MAP_SERVICE_STATS: &str = "KNIT_SVC_STATS";
 pub const MAP_BACKEND_STATS: &str = "KNIT_BE_STATS";
+pub const MAP_CONFIG: &str = "KNIT_CONFIG";
+pub const MAP_ORIG: &str = "KNIT_ORIG";
 
 /// Most services (client aliases) one host can hold; service ids are below this.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -27,8 +29,12 @@ pub const VIP_MASK: u32 = 0xffff_0000;
 
 /// `ServiceEntry::mode`: how a VIP is served.
 pub const MODE_L4: u32 = 0;
-/// Proxied through the daemon (later issue); the connect hook leaves it alone today.
+/// Proxied through the daemon: the connect hook sends it to the daemon's
+/// egress listener (`KNIT_CONFIG`), which reads the VIP from `KNIT_ORIG`.
 pub const MODE_L7: u32 = 1;
+
+/// `ConnInfo::flags`: the connection goes to the daemon's egress listener.
+pub const CONN_L7: u16 = 1;
 
 /// Key of `KNIT_SERVICES`: a VIP and port as a client dials them.
 #[repr(C)]
@@ -84,9 +90,37 @@ pub struct ConnInfo {
     pub vip_ip: u32,
     /// The port the application dialed, network byte order.
     pub vip_port: u16,
-    pub _pad: u16,
+    /// [`CONN_L7`] or 0.
+    pub flags: u16,
     pub service_id: u32,
+    /// The backend chosen (0 for L7: the daemon chooses per request).
     pub backend_id: u32,
+}
+
+/// Value of `KNIT_CONFIG[0]`: what the kernel needs to know of the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// The egress listener's IPv4 address, network byte order (0: none yet).
+    pub egress_ip: u32,
+    /// The egress listener's port, network byte order (0: none yet).
+    pub egress_port: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+    /// Last daemon heartbeat, CLOCK_MONOTONIC ns (0: never).
+    pub heartbeat_ns: u64,
+}
+
+/// Key of `KNIT_ORIG`: the client's end of a connection to the egress
+/// listener, as the daemon sees its peer on accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct OrigKey {
+    /// IPv4 address, network byte order (the v4 part of a v4-mapped one).
+    pub ip: u32,
+    /// Port, host byte order (as sockops reports a local port).
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Value of `KNIT_SVC_STATS` (key: service id) and `KNIT_BE_STATS` (key:
@@ -123,4 +157,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigKey {}
 }

@@ -34,7 +34,8 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_HOST_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// `outlier.consecutive_failures`: failures in a row that eject a target.
 pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
-/// `outlier.base_ejection_ms`: first ejection; doubles per repeat.
+/// `outlier.base_ejection_ms`: first ejection; the n-th lasts n times this
+/// (as Envoy), up to `max_ejection_ms`.
 pub const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
 /// `outlier.max_ejection_ms`: longest ejection.
 pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;

@@ -13,6 +13,7 @@ mod daemon;
 mod datapath;
 mod hosts;
 mod outlier;
+mod proxy;
 mod registry;
 
 const DEFAULT_CONFIG: &str = "/etc/knit/knit.toml";

@@ -22,14 +22,17 @@ pub struct BackendOutlier {
 #[derive(Debug, Default)]
 pub struct Outliers {
     by_backend: BTreeMap<u32, BackendOutlier>,
+    returned: bool,
 }
 
 impl Outliers {
-    pub fn is_ejected(&self, backend_id: u32, now: Instant) -> bool {
+    /// Out of rotation now. A backend stays out until [`Outliers::restore`]
+    /// puts it back (the monitor does, once its time is over), so that what
+    /// this says always matches the maps.
+    pub fn is_ejected(&self, backend_id: u32) -> bool {
         self.by_backend
             .get(&backend_id)
-            .and_then(|b| b.ejected_until)
-            .is_some_and(|t| t > now)
+            .is_some_and(|b| b.ejected_until.is_some())
     }
 
     pub fn ejections(&self, backend_id: u32) -> u32 {
@@ -40,17 +43,37 @@ impl Outliers {
         self.by_backend.remove(&backend_id);
     }
 
-    /// Return backends whose ejection time is over. True when any returned.
-    pub fn expire(&mut self, now: Instant, consecutive: impl Fn(u32) -> u64) -> bool {
-        let mut changed = false;
-        for (id, b) in &mut self.by_backend {
-            if b.ejected_until.is_some_and(|t| t <= now) {
-                b.ejected_until = None;
-                b.baseline = consecutive(*id);
-                changed = true;
-            }
+    /// Backends whose ejection time is over (still marked ejected).
+    pub fn due(&self, now: Instant) -> Vec<u32> {
+        self.by_backend
+            .iter()
+            .filter(|(_, b)| b.ejected_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Put a backend back in rotation; `consecutive` is its failure count
+    /// now, from which new failures are counted.
+    pub fn restore(&mut self, backend_id: u32, consecutive: u64) {
+        if let Some(b) = self.by_backend.get_mut(&backend_id) {
+            b.ejected_until = None;
+            b.baseline = consecutive;
+            self.returned = true;
         }
-        changed
+    }
+
+    /// Did any backend return since the last call?
+    pub fn take_returned(&mut self) -> bool {
+        std::mem::take(&mut self.returned)
+    }
+
+    /// Return backends whose ejection time is over. True when any returned.
+    #[cfg(test)]
+    pub fn expire(&mut self, now: Instant, consecutive: impl Fn(u32) -> u64) -> bool {
+        for id in self.due(now) {
+            self.restore(id, consecutive(id));
+        }
+        self.take_returned()
     }
 
     /// Look at one backend of a group of `total` eligible-or-ejected backends
@@ -65,7 +88,7 @@ impl Outliers {
         now: Instant,
     ) -> bool {
         let b = self.by_backend.entry(backend_id).or_default();
-        if b.ejected_until.is_some_and(|t| t > now) {
+        if b.ejected_until.is_some() {
             return false;
         }
         if consecutive_failures < b.baseline {
@@ -112,14 +135,15 @@ mod tests {
         let mut o = Outliers::default();
         assert!(!o.observe(&cfg(), 1, 4, 3, 0, now));
         assert!(o.observe(&cfg(), 1, 5, 3, 0, now));
-        assert!(o.is_ejected(1, now + Duration::from_millis(999)));
+        assert!(!o.expire(now + Duration::from_millis(999), |_| 5));
+        assert!(o.is_ejected(1));
         assert!(o.expire(now + Duration::from_millis(1000), |_| 5));
-        assert!(!o.is_ejected(1, now + Duration::from_millis(1000)));
+        assert!(!o.is_ejected(1));
         // Needs 5 fresh failures to go again, and then stays out twice as long.
         assert!(!o.observe(&cfg(), 1, 9, 3, 0, now));
         assert!(o.observe(&cfg(), 1, 10, 3, 0, now));
-        assert!(o.is_ejected(1, now + Duration::from_millis(1999)));
-        assert!(!o.is_ejected(1, now + Duration::from_millis(2000)));
+        assert!(!o.expire(now + Duration::from_millis(1999), |_| 10));
+        assert!(o.expire(now + Duration::from_millis(2000), |_| 10));
     }
 
     #[test]
@@ -134,8 +158,8 @@ mod tests {
             assert!(o.observe(&cfg(), 1, count, 3, 0, t));
         }
         let t = now + Duration::from_secs(40);
-        assert!(o.is_ejected(1, t + Duration::from_millis(2499)));
-        assert!(!o.is_ejected(1, t + Duration::from_millis(2500)));
+        assert!(!o.expire(t + Duration::from_millis(2499), |_| count));
+        assert!(o.expire(t + Duration::from_millis(2500), |_| count));
     }
 
     #[test]

@@ -11,11 +11,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    maps::{BackendKey, ConnInfo, MODE_L4, VIP_MASK, VIP_NET, VipKey},
+    maps::{BackendKey, CONN_L7, ConnInfo, MODE_L7, VIP_MASK, VIP_NET, VipKey},
     select::pick_slot,
 };
 
-use crate::maps::{KNIT_BACKENDS, KNIT_CONNS, KNIT_RR, KNIT_SERVICES};
+use crate::maps::{KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_RR, KNIT_SERVICES};
 
 const SOCK_STREAM: u32 = 1;
 
@@ -103,17 +103,17 @@ trait OrNoBackend {
 }
 
 impl OrNoBackend for Decision {
-    /// A VIP that is a known L4 service but could not be routed is refused
-    /// rather than sent to whatever might listen on 127.255.x.y:port.
+    /// A VIP of a known service that could not be routed is refused rather
+    /// than sent to whatever might listen on 127.255.x.y:port.
     #[inline(always)]
     fn or_no_backend(self, ip: u32, port: u16) -> Decision {
         match self {
             Decision::Pass => {
                 let key = VipKey { ip, port, _pad: 0 };
-                match KNIT_SERVICES.get_ptr(&key) {
-                    // SAFETY: map values stay valid for the program's run.
-                    Some(s) if unsafe { (*s).mode } == MODE_L4 => Decision::NoBackend,
-                    _ => Decision::Pass,
+                if KNIT_SERVICES.get_ptr(&key).is_some() {
+                    Decision::NoBackend
+                } else {
+                    Decision::Pass
                 }
             }
             d => d,
@@ -121,17 +121,44 @@ impl OrNoBackend for Decision {
     }
 }
 
-/// Pick a backend for VIP `ip`:`port` (network order) and record the choice
-/// under the socket's cookie. Returns the backend's address.
+/// Where a connect to VIP `ip`:`port` (network order) goes: the daemon's
+/// egress listener for an L7 service, else a backend picked round-robin.
+/// The choice is recorded under the socket's cookie.
 #[inline(always)]
 fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
     let key = VipKey { ip, port, _pad: 0 };
     let svc = KNIT_SERVICES.get_ptr(&key)?;
     // SAFETY: map values stay valid for the program's run.
     let svc = unsafe { *svc };
-    if svc.mode != MODE_L4 {
-        return None;
-    }
+    let (dst, backend_id, flags) = if svc.mode == MODE_L7 {
+        // SAFETY: as above.
+        let cfg = unsafe { *KNIT_CONFIG.get_ptr(0)? };
+        if cfg.egress_port == 0 {
+            return None;
+        }
+        ((cfg.egress_ip, cfg.egress_port), 0, CONN_L7)
+    } else {
+        let be = pick(&svc)?;
+        ((be.ip, be.port), be.backend_id, 0)
+    };
+    // SAFETY: valid context pointer for this program type.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let info = ConnInfo {
+        vip_ip: ip,
+        vip_port: port,
+        flags,
+        service_id: svc.service_id,
+        backend_id,
+    };
+    // A full LRU evicts the oldest entry; a failed insert only costs the
+    // getpeername rewrite and the counters of this one connection.
+    let _ = KNIT_CONNS.insert(&cookie, &info, 0);
+    Some(dst)
+}
+
+/// The next backend of an L4 service, round-robin.
+#[inline(always)]
+fn pick(svc: &proxy_common::maps::ServiceEntry) -> Option<proxy_common::maps::Backend> {
     let cursor = KNIT_RR.get_ptr_mut(svc.service_id)?;
     // SAFETY: a live array value. SeqCst: LLVM lowers a relaxed add whose
     // result is used to a plain `lock add` (no fetch); this gives
@@ -149,19 +176,6 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
                 slot: 0,
             })
         })?;
-    // SAFETY: as above.
-    let be = unsafe { *be };
-    // SAFETY: valid context pointer for this program type.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let info = ConnInfo {
-        vip_ip: ip,
-        vip_port: port,
-        _pad: 0,
-        service_id: svc.service_id,
-        backend_id: be.backend_id,
-    };
-    // A full LRU evicts the oldest entry; a failed insert only costs the
-    // getpeername rewrite and the counters of this one connection.
-    let _ = KNIT_CONNS.insert(&cookie, &info, 0);
-    Some((be.ip, be.port))
+    // SAFETY: map values stay valid for the program's run.
+    Some(unsafe { *be })
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
 };
 use proxy_common::maps::{
-    Backend, BackendKey, ConnInfo, Counters, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNS,
-    MAX_SERVICES, ServiceEntry, VipKey,
+    Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_CONNS, MAX_SERVICES, OrigKey, ServiceEntry, VipKey,
 };
 
 /// VIP:port -> service (written by the daemon).
@@ -32,3 +32,12 @@ pub static KNIT_SVC_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_SERVICES
 /// Backend id -> counters (daemon creates entries, kernel adds).
 #[map]
 pub static KNIT_BE_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// [0]: the daemon's egress listener and heartbeat (written by the daemon).
+#[map]
+pub static KNIT_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Client end (address, port) of a connection to the egress listener -> the
+/// VIP it dialed (kernel writes on establish, removes on close; daemon reads).
+#[map]
+pub static KNIT_ORIG: LruHashMap<OrigKey, ConnInfo> = LruHashMap::pinned(MAX_CONNS, 0);

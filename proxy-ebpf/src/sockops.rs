@@ -7,9 +7,9 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
-use proxy_common::maps::Counters;
+use proxy_common::maps::{CONN_L7, Counters, OrigKey};
 
-use crate::maps::{KNIT_BE_STATS, KNIT_CONNS, KNIT_SVC_STATS};
+use crate::maps::{KNIT_BE_STATS, KNIT_CONNS, KNIT_ORIG, KNIT_SVC_STATS};
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
@@ -32,6 +32,28 @@ fn add(field: *mut u64, v: u64) {
 #[inline(always)]
 fn bump(c: *mut Counters, f: impl Fn(*mut Counters)) {
     f(c)
+}
+
+const AF_INET6: u32 = 10;
+
+/// This socket's local end, as the egress listener will see its peer.
+#[inline(always)]
+fn local_end(ctx: &SockOpsContext) -> OrigKey {
+    // Both fields are read unconditionally and volatile: a branch would let
+    // LLVM select between two ctx pointers and load through the result,
+    // which the 6.1 verifier rejects ("dereference of modified ctx ptr").
+    // SAFETY: valid context pointer; plain field reads.
+    let (ip4, ip6) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.ops).local_ip4),
+            core::ptr::read_volatile(&raw const (*ctx.ops).local_ip6[3]),
+        )
+    };
+    OrigKey {
+        ip: if ctx.family() == AF_INET6 { ip6 } else { ip4 },
+        port: ctx.local_port() as u16,
+        _pad: 0,
+    }
 }
 
 pub fn try_sockops(ctx: &SockOpsContext) {
@@ -67,6 +89,11 @@ pub fn try_sockops(ctx: &SockOpsContext) {
                 // SAFETY: as above; a plain store, racing adds only delay ejection.
                 unsafe { (*be).consecutive_failures = 0 };
             }
+            if info.flags & CONN_L7 != 0 {
+                // The egress listener looks the VIP up by our address on accept;
+                // the entry is in place before the final ACK reaches it.
+                let _ = KNIT_ORIG.insert(&local_end(ctx), &info, 0);
+            }
         }
         _ => {
             if ctx.arg(1) != TCP_CLOSE {
@@ -95,6 +122,9 @@ pub fn try_sockops(ctx: &SockOpsContext) {
                         add(&raw mut (*c).bytes_received, received);
                     }
                 });
+            }
+            if info.flags & CONN_L7 != 0 {
+                let _ = KNIT_ORIG.remove(&local_end(ctx));
             }
             let _ = KNIT_CONNS.remove(&cookie);
         }

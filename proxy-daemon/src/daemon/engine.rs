@@ -6,10 +6,14 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr, TcpListener},
     path::PathBuf,
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use proxy_common::maps::MODE_L4;
+use proxy_common::maps::{MODE_L4, MODE_L7};
 use proxy_config::{AppProtocol, DaemonConfig};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -20,8 +24,12 @@ use crate::{
     datapath::{Datapath, DesiredAlias},
     hosts::HostsFile,
     outlier::Outliers,
-    registry::{ServiceRecord, Store, TaskPort, TaskRecord},
+    proxy::{AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RouteTable},
+    registry::{AliasRecord, ServiceRecord, Store, TaskPort, TaskRecord},
 };
+
+/// ECS Service Connect's per-request timeout when the service sets none.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A task that asked to start but never reported running is dropped after this.
 const START_GRACE_MS: u64 = 30_000;
@@ -38,6 +46,16 @@ pub struct Engine {
     pub outliers: Outliers,
     pub started: Instant,
     last_hosts: Option<Vec<(String, Ipv4Addr)>>,
+    pub proxy: Arc<Proxy>,
+    /// Round-robin cursors of L7 aliases, by alias id (outlive route tables).
+    cursors: BTreeMap<u32, Arc<AtomicUsize>>,
+    /// Passive health and in-flight counts of L7 endpoints, by backend id.
+    health: BTreeMap<u32, Arc<EndpointHealth>>,
+    ingress: IngressListeners,
+}
+
+fn is_l7(a: &AliasRecord) -> bool {
+    a.spec.app_protocol != AppProtocol::Tcp
 }
 
 fn now_ms() -> u64 {
@@ -68,6 +86,7 @@ impl Engine {
         store: Store,
         dp: Datapath,
         cgroup_root: PathBuf,
+        proxy: Arc<Proxy>,
     ) -> anyhow::Result<Self> {
         let hosts = HostsFile::new(cfg.hosts_file.clone(), &cfg.cgroup);
         let services = store.services()?;
@@ -93,22 +112,30 @@ impl Engine {
             outliers: Outliers::default(),
             started: Instant::now(),
             last_hosts: None,
+            proxy,
+            cursors: BTreeMap::new(),
+            health: BTreeMap::new(),
+            ingress: IngressListeners::default(),
         };
+        let ids: Vec<String> = e.tasks.keys().cloned().collect();
+        for id in ids {
+            e.start_ingress(&id);
+        }
         e.reconcile()?;
         Ok(e)
     }
 
     /// Is this endpoint in rotation now?
-    fn eligible(&self, t: &TaskRecord, p: &TaskPort, now: Instant) -> bool {
-        t.pid.is_some() && p.ready && !t.draining && !self.outliers.is_ejected(p.backend_id, now)
+    fn eligible(&self, t: &TaskRecord, p: &TaskPort) -> bool {
+        t.pid.is_some() && p.ready && !t.draining && !self.outliers.is_ejected(p.backend_id)
     }
 
-    fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort, now: Instant) -> &'static str {
+    fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort) -> &'static str {
         if t.draining {
             "draining"
         } else if t.pid.is_none() || !p.ready {
             "starting"
-        } else if self.outliers.is_ejected(p.backend_id, now) {
+        } else if self.outliers.is_ejected(p.backend_id) {
             "ejected"
         } else {
             "healthy"
@@ -117,30 +144,53 @@ impl Engine {
 
     /// Make the kernel maps and the hosts block match the registry.
     pub fn reconcile(&mut self) -> anyhow::Result<()> {
-        let now = Instant::now();
         let addr = self.cfg.host.address;
         let mut desired = Vec::new();
         let mut names = BTreeMap::new();
+        let mut routes = RouteTable::default();
         for s in &self.services {
             for a in &s.aliases {
                 let mut backends = Vec::new();
                 for t in self.tasks.values().filter(|t| t.service == s.spec.name) {
                     for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
-                        if self.eligible(t, p, now) {
+                        if self.eligible(t, p) {
                             backends.push((addr, p.port, p.backend_id));
                         }
                     }
+                }
+                if is_l7(a) {
+                    let endpoints = backends
+                        .iter()
+                        .map(|(ip, port, id)| Endpoint {
+                            backend_id: *id,
+                            addr: SocketAddr::from((*ip, *port)),
+                            health: self.health.entry(*id).or_default().clone(),
+                        })
+                        .collect();
+                    routes.aliases.insert(
+                        a.service_id,
+                        Arc::new(AliasRoute {
+                            service: s.spec.name.clone(),
+                            dns_name: a.spec.dns_name.clone(),
+                            port: a.spec.port,
+                            protocol: a.spec.app_protocol,
+                            endpoints,
+                            request_timeout: request_timeout(a),
+                            cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                        }),
+                    );
                 }
                 desired.push(DesiredAlias {
                     vip: a.vip,
                     port: a.spec.port,
                     service_id: a.service_id,
-                    mode: MODE_L4,
+                    mode: if is_l7(a) { MODE_L7 } else { MODE_L4 },
                     backends,
                 });
                 names.insert(a.spec.dns_name.clone(), a.vip);
             }
         }
+        self.proxy.routes.store(Arc::new(routes));
         let backend_ids: BTreeSet<u32> = self
             .tasks
             .values()
@@ -178,17 +228,6 @@ impl Engine {
             Ok(p) => p,
             Err(errs) => return Response::bad_input(errs.to_string()),
         };
-        // The L7 proxy comes with a later release; refuse rather than half-serve.
-        for s in &plan.services {
-            for e in &s.endpoints {
-                if e.app_protocol != AppProtocol::Tcp {
-                    return Response::bad_input(format!(
-                        "service {:?}, port {:?}: appProtocol {} needs knit's L7 proxy, which this build does not have yet\n  fix: remove appProtocol from the port mapping to serve it as plain TCP",
-                        s.name, e.port_name, e.app_protocol
-                    ));
-                }
-            }
-        }
         let summary = match self.store.apply(&plan) {
             Ok(s) => s,
             Err(e) => return Response::failure(e.to_string()),
@@ -247,6 +286,7 @@ impl Engine {
                 port,
                 backend_id,
                 ready: false,
+                ingress_port: None,
             });
         }
         let cg = self.cgroup_root.join(service).join(&task_id);
@@ -272,6 +312,7 @@ impl Engine {
             return Response::failure(e.to_string());
         }
         self.tasks.insert(task_id.clone(), rec);
+        self.start_ingress(&task_id);
         info!(task = %task_id, service, "task starting");
         Response::ok(&TaskPlan {
             task_id,
@@ -302,7 +343,9 @@ impl Engine {
         info!(task = %task_id, why, "deregistering task");
         for p in &t.ports {
             self.outliers.forget(p.backend_id);
+            self.health.remove(&p.backend_id);
         }
+        self.ingress.stop(task_id);
         self.store.remove_task(task_id)?;
         self.reconcile()?;
         if cgroup::is_populated(&t.cgroup) {
@@ -373,6 +416,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Is every connection and request of a draining task over?
+    fn drained(&self, t: &TaskRecord) -> bool {
+        t.ports.iter().all(|p| {
+            self.dp
+                .maps
+                .backend_counters(p.backend_id)
+                .is_none_or(|c| c.active == 0)
+                && self
+                    .health
+                    .get(&p.backend_id)
+                    .is_none_or(|h| h.inflight.load(Ordering::Relaxed) == 0)
+        })
+    }
+
+    /// Failures in a row of an endpoint: for L7 the 5xx answers and failed
+    /// connects the proxy saw, for L4 the failed connects the kernel saw.
+    fn consecutive_failures(&self, backend_id: u32, l7: bool) -> Option<u64> {
+        if l7 {
+            Some(self.health.get(&backend_id).map_or(0, |h| {
+                u64::from(h.consecutive_failures.load(Ordering::Relaxed))
+            }))
+        } else {
+            self.dp
+                .maps
+                .backend_counters(backend_id)
+                .map(|c| c.consecutive_failures)
+        }
+    }
+
     /// One pass of the monitor: task liveness, draining, outliers.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
@@ -386,14 +458,7 @@ impl Engine {
                     && now_ms().saturating_sub(t.started_unix_ms) > START_GRACE_MS
                 {
                     Some((t.id.clone(), "it never started"))
-                } else if t.draining
-                    && t.ports.iter().all(|p| {
-                        self.dp
-                            .maps
-                            .backend_counters(p.backend_id)
-                            .is_none_or(|c| c.active == 0)
-                    })
-                {
+                } else if t.draining && self.drained(t) {
                     Some((t.id.clone(), "drained"))
                 } else {
                     None
@@ -403,13 +468,17 @@ impl Engine {
         for (id, why) in gone {
             self.task_gone(&id, why)?;
         }
-        let mut changed = self.outliers.expire(now, |id| {
-            self.dp
-                .maps
-                .backend_counters(id)
-                .map_or(0, |c| c.consecutive_failures)
-        });
+        let l7_ids: BTreeSet<u32> = self.health.keys().copied().collect();
+        let returning: Vec<u32> = self.outliers.due(now);
+        for id in returning {
+            let c = self
+                .consecutive_failures(id, l7_ids.contains(&id))
+                .unwrap_or(0);
+            self.outliers.restore(id, c);
+        }
+        let mut changed = false;
         let cfg = self.cfg.outlier.clone();
+        let mut ejections = Vec::new();
         for s in &self.services {
             for a in &s.aliases {
                 let members: Vec<u32> = self
@@ -424,35 +493,33 @@ impl Engine {
                     .map(|p| p.backend_id)
                     .collect();
                 for id in &members {
-                    let Some(c) = self.dp.maps.backend_counters(*id) else {
+                    let Some(consecutive) = self.consecutive_failures(*id, is_l7(a)) else {
                         continue;
                     };
-                    let ejected = members
-                        .iter()
-                        .filter(|m| self.outliers.is_ejected(**m, now))
-                        .count();
-                    if self.outliers.observe(
-                        &cfg,
-                        *id,
-                        c.consecutive_failures,
-                        members.len(),
-                        ejected,
-                        now,
-                    ) {
-                        warn!(backend = id, service = %s.spec.name, failures = c.consecutive_failures, "ejecting an endpoint whose connects fail");
-                        changed = true;
-                    }
+                    ejections.push((s.spec.name.clone(), *id, consecutive, members.clone()));
                 }
             }
         }
-        if changed {
+        for (service, id, consecutive, members) in ejections {
+            let ejected = members
+                .iter()
+                .filter(|m| self.outliers.is_ejected(**m))
+                .count();
+            if self
+                .outliers
+                .observe(&cfg, id, consecutive, members.len(), ejected, now)
+            {
+                warn!(backend = id, service = %service, failures = consecutive, "ejecting an endpoint that keeps failing");
+                changed = true;
+            }
+        }
+        if changed || self.outliers.take_returned() {
             self.reconcile()?;
         }
         Ok(())
     }
 
     pub fn service_rows(&self) -> Vec<ServiceRow> {
-        let now = Instant::now();
         let mut rows = Vec::new();
         for s in &self.services {
             for a in &s.aliases {
@@ -480,7 +547,7 @@ impl Engine {
                     port: a.spec.port,
                     vip: a.vip.to_string(),
                     protocol: a.spec.app_protocol.to_string(),
-                    healthy: eps.iter().filter(|(t, p)| self.eligible(t, p, now)).count(),
+                    healthy: eps.iter().filter(|(t, p)| self.eligible(t, p)).count(),
                     endpoints: eps.len(),
                     new_connections: c.new_conns,
                     active_connections: c.active,
@@ -508,7 +575,6 @@ impl Engine {
     }
 
     pub fn endpoint_rows(&self, service: Option<&str>) -> Vec<EndpointRow> {
-        let now = Instant::now();
         let addr = self.cfg.host.address;
         self.tasks
             .values()
@@ -525,7 +591,7 @@ impl Engine {
                         task: t.id.clone(),
                         port_name: p.name.clone(),
                         address: SocketAddr::from((addr, p.port)).to_string(),
-                        state: self.endpoint_state(t, p, now).to_string(),
+                        state: self.endpoint_state(t, p).to_string(),
                         new_connections: c.new_conns,
                         active_connections: c.active,
                         failed_connects: c.failed,
@@ -557,6 +623,76 @@ impl Engine {
             tasks: self.tasks.len(),
             tracked_connections: self.dp.maps.tracked_connections(),
         }
+    }
+}
+
+impl Engine {
+    /// Start ingress listeners for a task's L7 ports (once per port).
+    fn start_ingress(&mut self, task_id: &str) {
+        let Some(t) = self.tasks.get(task_id).cloned() else {
+            return;
+        };
+        let Some(s) = self.services.iter().find(|s| s.spec.name == t.service) else {
+            return;
+        };
+        let addr = self.cfg.host.address;
+        let mut changed = false;
+        let mut ports = t.ports.clone();
+        for p in &mut ports {
+            let Some(a) = s
+                .aliases
+                .iter()
+                .find(|a| a.spec.port_name == p.name && is_l7(a))
+            else {
+                continue;
+            };
+            let route = Arc::new(AliasRoute {
+                service: s.spec.name.clone(),
+                dns_name: a.spec.dns_name.clone(),
+                port: a.spec.port,
+                protocol: a.spec.app_protocol,
+                endpoints: vec![Endpoint {
+                    backend_id: p.backend_id,
+                    addr: SocketAddr::from((addr, p.port)),
+                    health: self.health.entry(p.backend_id).or_default().clone(),
+                }],
+                request_timeout: request_timeout(a),
+                cursor: Arc::default(),
+            });
+            // Keep the port a task had (a restarted daemon listens again there).
+            let want = p.ingress_port.or(a.spec.ingress_port_override).unwrap_or(0);
+            match self.ingress.start(
+                &t.id,
+                &p.name,
+                SocketAddr::from((addr, want)),
+                route,
+                self.proxy.clone(),
+            ) {
+                Ok(port) => {
+                    changed |= p.ingress_port != Some(port);
+                    p.ingress_port = Some(port);
+                }
+                Err(e) => {
+                    warn!(task = %t.id, port = %p.name, error = %e, "could not start the ingress listener")
+                }
+            }
+        }
+        if changed && let Some(rec) = self.tasks.get_mut(task_id) {
+            rec.ports = ports;
+            let rec = rec.clone();
+            if let Err(e) = self.store.put_task(&rec) {
+                warn!(task = %task_id, error = %e, "recording the ingress port");
+            }
+        }
+    }
+}
+
+/// An alias's per-request timeout: its own, ECS's 15 s default, or none (0).
+fn request_timeout(a: &AliasRecord) -> Option<Duration> {
+    match a.spec.per_request_timeout_s {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(u64::from(s))),
+        None => Some(DEFAULT_REQUEST_TIMEOUT),
     }
 }
 

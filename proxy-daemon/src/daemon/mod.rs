@@ -11,12 +11,18 @@ use proxy_config::DaemonConfig;
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 use tracing::{info, warn};
 
-use crate::{cgroup, datapath::Datapath, registry::Store};
+use crate::{cgroup, datapath::Datapath, proxy::Proxy, registry::Store};
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "knit daemon needs root: it loads eBPF programs (CAP_BPF, CAP_NET_ADMIN) and manages cgroups (CAP_SYS_ADMIN)"
+        );
+    }
+    if cfg.registry.backend != proxy_config::RegistryBackend::Embedded {
+        bail!(
+            "registry backend {:?} is not in this build of knit yet; use backend = \"embedded\" (one host)",
+            cfg.registry.backend
         );
     }
     let mount = cgroup::cgroup2_mount()?;
@@ -32,14 +38,46 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         adopted = dp.adopted,
         "datapath ready"
     );
+    let mut dp = dp;
     let listener = bind_socket(&cfg.socket)?;
     let interval = Duration::from_millis(cfg.outlier.interval_ms.max(10));
+    // The egress listener: the connect hook sends tasks' L7 connects here.
+    let egress = tokio::net::TcpListener::bind((cfg.host.address, 0))
+        .await
+        .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?;
+    let egress_addr = match egress.local_addr()? {
+        std::net::SocketAddr::V4(a) => a,
+        a => bail!("the egress listener must be IPv4, got {a}"),
+    };
+    let orig = dp
+        .maps
+        .take_orig()
+        .context("the map of proxied connections was already taken")?;
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = Arc::new(Proxy::new(
+        orig,
+        events_tx,
+        cfg.outlier.consecutive_failures,
+    ));
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
         store,
         dp,
         cgroup_root,
+        proxy.clone(),
     )?));
+    engine.lock().await.dp.maps.set_egress(egress_addr)?;
+    info!(egress = %egress_addr, "L7 egress listener");
+    tokio::spawn(crate::proxy::serve_egress(egress, proxy));
+    // An endpoint the proxy sees failing is looked at at once, not at the next tick.
+    let on_events = engine.clone();
+    tokio::spawn(async move {
+        while events.recv().await.is_some() {
+            if let Err(e) = on_events.lock().await.tick() {
+                warn!(error = %format!("{e:#}"), "outlier check");
+            }
+        }
+    });
     notify_ready();
     info!(socket = %cfg.socket.display(), "knit daemon ready");
 

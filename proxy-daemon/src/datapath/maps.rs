@@ -8,11 +8,12 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError},
+    maps::{Array, HashMap, MapData, MapError},
 };
 use proxy_common::maps::{
-    Backend, BackendKey, ConnInfo, Counters, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNS,
-    MAP_SERVICE_STATS, MAP_SERVICES, ServiceEntry, VipKey,
+    Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_CONFIG, MAP_CONNS, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, OrigKey, ServiceEntry,
+    VipKey,
 };
 
 use super::DatapathError;
@@ -37,6 +38,9 @@ pub struct Maps {
     svc_stats: HashMap<MapData, u32, Counters>,
     be_stats: HashMap<MapData, u32, Counters>,
     conns: HashMap<MapData, u64, ConnInfo>,
+    config: Array<MapData, DatapathConfig>,
+    /// Handed to the L7 proxy once (it reads it on every accept).
+    orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -83,7 +87,27 @@ impl Maps {
             svc_stats: take(ebpf, MAP_SERVICE_STATS)?,
             be_stats: take(ebpf, MAP_BACKEND_STATS)?,
             conns: take(ebpf, MAP_CONNS)?,
+            config: {
+                let m = ebpf
+                    .take_map(MAP_CONFIG)
+                    .ok_or(DatapathError::MissingMap(MAP_CONFIG))?;
+                Array::try_from(m).map_err(map_err(MAP_CONFIG))?
+            },
+            orig: Some(take(ebpf, MAP_ORIG)?),
         })
+    }
+
+    /// The map of proxied connections' original VIPs, for the L7 proxy.
+    pub fn take_orig(&mut self) -> Option<HashMap<MapData, OrigKey, ConnInfo>> {
+        self.orig.take()
+    }
+
+    /// Tell the connect hook where the egress listener is.
+    pub fn set_egress(&mut self, addr: std::net::SocketAddrV4) -> Result<(), DatapathError> {
+        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
+        cfg.egress_ip = u32::from(*addr.ip()).to_be();
+        cfg.egress_port = addr.port().to_be();
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
     }
 
     /// Make the maps route exactly `desired`, and hold counters for exactly

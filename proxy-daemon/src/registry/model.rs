@@ -32,6 +32,10 @@ pub struct TaskPort {
     /// The port accepted a connection: the endpoint may get traffic.
     #[serde(default)]
     pub ready: bool,
+    /// For an L7 port: the daemon's ingress listener for it (other hosts'
+    /// requests arrive there).
+    #[serde(default)]
+    pub ingress_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

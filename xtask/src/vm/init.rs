@@ -1,4 +1,5 @@
-//! The guest's `/init`, a busybox sh script: set up what a normal Linux host
+//! The guest's `/init`, a POSIX sh script (run by the host's dash, or busybox
+//! sh where the host has no sh to lend): set up what a normal Linux host
 //! gives a test (proc, sys, cgroup2, bpffs, tmpfs, loopback, modules), run
 //! every test executable, and say how it went with `KNIT-VM:` marker lines
 //! that [`super::report`] reads from the console.
@@ -9,8 +10,8 @@ pub const MARK: &str = "KNIT-VM:";
 
 pub struct Init<'a> {
     pub tests: &'a [PathBuf],
-    /// (name, guest path) of each module, in load order.
-    pub modules: &'a [(String, PathBuf)],
+    /// (guest path, parameters) of each module, in load order.
+    pub modules: &'a [(PathBuf, &'a str)],
     /// Where the tests run (cargo runs them from their package dir).
     pub workdir: Option<&'a Path>,
     pub filter: Option<&'a str>,
@@ -44,8 +45,8 @@ must ip link set lo up
 ulimit -n 65536
 "#,
     );
-    for (name, path) in init.modules {
-        let _ = writeln!(s, "must insmod {} # {name}", quote(&path.to_string_lossy()));
+    for (path, params) in init.modules {
+        let _ = writeln!(s, "must insmod {} {params}", quote(&path.to_string_lossy()));
     }
     let _ = writeln!(
         s,

@@ -31,6 +31,9 @@ const WANTED: &[&str] = &[
     "act_bpf",
 ];
 
+/// Module parameters: dummy would otherwise add a `dummy0` nobody asked for.
+const PARAMS: &[(&str, &str)] = &[("dummy", "numdummies=0")];
+
 pub struct Kernel {
     /// The bzImage qemu boots.
     pub image: PathBuf,
@@ -43,6 +46,8 @@ pub struct Module {
     pub name: String,
     /// The `.ko` file, uncompressed (busybox insmod cannot decompress).
     pub file: PathBuf,
+    /// For insmod, after the file.
+    pub params: &'static str,
 }
 
 impl Kernel {
@@ -211,9 +216,14 @@ fn stage(
     for dep in modinfo_depends(&bytes) {
         stage(&dep, index, dest, seen, ordered)?;
     }
+    let params = PARAMS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, p)| p);
     ordered.push(Module {
         name: name.to_owned(),
         file,
+        params,
     });
     Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 
 use super::init::MARK;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
     Failed,
@@ -38,17 +38,19 @@ pub struct Report {
 
 pub fn parse(console: &str) -> Report {
     let mut report = Report::default();
-    // A test whose "test NAME ... " line came without its result (its own
-    // output went in between): the result is then alone on a later line.
-    let mut pending: Option<String> = None;
+    // A test whose "test NAME ... " line came without its result because the
+    // test's children wrote to the console (libtest captures only the test's
+    // own output). Its result ends a later line, possibly glued to their
+    // output; the last such line before the next test wins.
+    let mut pending: Option<(String, Option<Outcome>)> = None;
     for line in console.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(rest) = line.strip_prefix(MARK) {
+            settle(&mut report, &mut pending);
             let rest = rest.trim();
             if rest == "pass" || rest == "fail" {
                 report.verdict = Some(rest == "pass");
             } else if let Some(path) = rest.strip_prefix("run ") {
-                pending = None;
                 report.binaries.push(Binary {
                     path: path.to_owned(),
                     exit: None,
@@ -57,9 +59,6 @@ pub fn parse(console: &str) -> Report {
             } else if let Some(exit) = rest.strip_prefix("exit ") {
                 if let Some(bin) = report.binaries.last_mut() {
                     bin.exit = exit.split_whitespace().next().and_then(|c| c.parse().ok());
-                    if let Some(name) = pending.take() {
-                        bin.tests.push((name, Outcome::Unfinished));
-                    }
                 }
             } else if let Some(what) = rest.strip_prefix("setup failed: ") {
                 report.setup_failures.push(what.to_owned());
@@ -68,47 +67,55 @@ pub fn parse(console: &str) -> Report {
             }
             continue;
         }
-        let Some(bin) = report.binaries.last_mut() else {
+        if report.binaries.is_empty() {
             continue;
-        };
-        if let Some((name, result)) = line
-            .strip_prefix("test ")
-            .and_then(|r| r.split_once(" ..."))
-        {
-            if let Some(name) = pending.take() {
-                bin.tests.push((name, Outcome::Unfinished));
-            }
-            match outcome(result.trim()) {
-                Some(o) => bin.tests.push((name.to_owned(), o)),
-                None => pending = Some(name.to_owned()),
+        }
+        if let Some(rest) = line.strip_prefix("test ") {
+            settle(&mut report, &mut pending);
+            // Not "test result: ...", which has no " ...".
+            if let Some((name, result)) = rest.split_once(" ...") {
+                pending = Some((name.to_owned(), trailing_outcome(result)));
             }
         } else if let Some(name) = line
             .strip_prefix("---- ")
             .and_then(|r| r.strip_suffix(" stdout ----"))
         {
             // libtest's failure report: authoritative whatever we read before.
-            match bin.tests.iter_mut().find(|(n, _)| n == name) {
-                Some(entry) => entry.1 = Outcome::Failed,
-                None => bin.tests.push((name.to_owned(), Outcome::Failed)),
+            settle(&mut report, &mut pending);
+            if let Some(bin) = report.binaries.last_mut() {
+                match bin.tests.iter_mut().find(|(n, _)| n == name) {
+                    Some(entry) => entry.1 = Outcome::Failed,
+                    None => bin.tests.push((name.to_owned(), Outcome::Failed)),
+                }
             }
-        } else if let Some(o) = pending.as_ref().and_then(|_| outcome(line.trim())) {
-            if let Some(name) = pending.take() {
-                bin.tests.push((name, o));
-            }
+        } else if let Some((_, seen)) = &mut pending
+            && let Some(o) = trailing_outcome(line)
+        {
+            *seen = Some(o);
         }
     }
-    if let (Some(name), Some(bin)) = (pending, report.binaries.last_mut()) {
-        bin.tests.push((name, Outcome::Unfinished));
-    }
+    settle(&mut report, &mut pending);
     report
 }
 
-fn outcome(result: &str) -> Option<Outcome> {
-    match result {
-        "ok" => Some(Outcome::Ok),
-        "FAILED" => Some(Outcome::Failed),
-        r if r.starts_with("ignored") => Some(Outcome::Ignored),
-        _ => None,
+/// Record the pending test: with the result seen last, or as unfinished.
+fn settle(report: &mut Report, pending: &mut Option<(String, Option<Outcome>)>) {
+    if let (Some((name, seen)), Some(bin)) = (pending.take(), report.binaries.last_mut()) {
+        bin.tests.push((name, seen.unwrap_or(Outcome::Unfinished)));
+    }
+}
+
+/// The libtest result a line ends with, if any.
+fn trailing_outcome(line: &str) -> Option<Outcome> {
+    let line = line.trim_end();
+    if line.ends_with("ok") {
+        Some(Outcome::Ok)
+    } else if line.ends_with("FAILED") {
+        Some(Outcome::Failed)
+    } else if line.ends_with("ignored") || line.contains("ignored, ") {
+        Some(Outcome::Ignored)
+    } else {
+        None
     }
 }
 
@@ -129,10 +136,11 @@ impl Report {
             let n = |o| bin.tests.iter().filter(|(_, x)| *x == o).count();
             let exit = bin.exit.map_or("none: cut short".into(), |c| c.to_string());
             println!(
-                "{}: {} passed, {} failed, {} ignored (exit {exit})",
+                "{}: {} passed, {} failed, {} did not finish, {} ignored (exit {exit})",
                 bin.path,
                 n(Outcome::Ok),
-                n(Outcome::Failed) + n(Outcome::Unfinished),
+                n(Outcome::Failed),
+                n(Outcome::Unfinished),
                 n(Outcome::Ignored)
             );
             for (name, o) in &bin.tests {
@@ -198,5 +206,79 @@ impl Report {
             return Ok(());
         }
         bail!("VM tests failed:\n  - {}", why.join("\n  - "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &str = "\
+[    0.5] early noise\r
+KNIT-VM: kernel 6.1.0-56-cloud-amd64, 2 cpus, 3927 MiB\r
+KNIT-VM: run /t/a\r
+running 4 tests\r
+test fine ... ok\r
+test noisy ... child output\r
+no-newlineok\r
+test skipped ... ignored, needs a VM\r
+test broken ... FAILED\r
+---- broken stdout ----\r
+test result: FAILED. 2 passed; 1 failed; 1 ignored\r
+KNIT-VM: exit 101 /t/a\r
+KNIT-VM: run /t/b\r
+test dies ... Aborted\r
+KNIT-VM: exit 134 /t/b\r
+KNIT-VM: run /t/c\r
+test hangs ... ";
+
+    #[test]
+    fn reads_results_glued_output_crashes_and_cut_short_runs() {
+        let r = parse(CONSOLE);
+        let tests = |i: usize| -> Vec<(&str, Outcome)> {
+            r.binaries[i]
+                .tests
+                .iter()
+                .map(|(n, o)| (n.as_str(), *o))
+                .collect()
+        };
+        assert_eq!(r.binaries.len(), 3);
+        assert_eq!(
+            tests(0),
+            [
+                ("fine", Outcome::Ok),
+                ("noisy", Outcome::Ok),
+                ("skipped", Outcome::Ignored),
+                ("broken", Outcome::Failed)
+            ]
+        );
+        assert_eq!(r.binaries[0].exit, Some(101));
+        assert_eq!(tests(1), [("dies", Outcome::Unfinished)]);
+        assert_eq!(tests(2), [("hangs", Outcome::Unfinished)]);
+        assert_eq!(r.binaries[2].exit, None);
+        assert_eq!(r.verdict, None);
+        assert!(r.verdict(false, Duration::from_secs(1), None).is_err());
+    }
+
+    #[test]
+    fn passes_only_with_the_marker_and_at_least_one_test() {
+        let ok = "KNIT-VM: run /t/a\ntest x ... ok\nKNIT-VM: exit 0 /t/a\nKNIT-VM: pass\n";
+        assert!(
+            parse(ok)
+                .verdict(false, Duration::from_secs(1), None)
+                .is_ok()
+        );
+        let none = "KNIT-VM: run /t/a\nKNIT-VM: exit 0 /t/a\nKNIT-VM: pass\n";
+        assert!(
+            parse(none)
+                .verdict(false, Duration::from_secs(1), None)
+                .is_err()
+        );
+        let no_marker = "KNIT-VM: run /t/a\ntest x ... ok\nKNIT-VM: exit 0 /t/a\n";
+        assert!(
+            parse(no_marker)
+                .verdict(false, Duration::from_secs(1), None)
+                .is_err()
+        );
     }
 }

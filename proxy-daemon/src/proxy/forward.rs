@@ -1,0 +1,354 @@
+//! One request's way through the proxy: pick an endpoint round-robin, send,
+//! retry on another endpoint when that is safe, time out, answer errors a
+//! client can act on (503 nothing healthy, 502 upstream broke, 504 timeout).
+use std::{convert::Infallible, sync::Arc, sync::atomic::Ordering, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    body::{Body, Incoming},
+    header::{self, HeaderValue},
+    http::request::Parts,
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use proxy_config::AppProtocol;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::{
+    AliasRoute, Endpoint, Proxy, ProxyEvent,
+    body::{Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming},
+    pool::SendError,
+    upgrade,
+};
+
+/// At most this many retries per request (ECS Service Connect's agent: 2).
+const MAX_RETRIES: usize = 2;
+/// Bodies up to this size are kept so that a request can be replayed.
+const MAX_REPLAY_BODY: usize = 64 * 1024;
+/// Largest request head the proxy reads (more: 431).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// gRPC status UNAVAILABLE.
+const GRPC_UNAVAILABLE: &[u8] = b"14";
+
+/// Where a connection's requests go.
+#[derive(Clone)]
+pub enum Target {
+    /// The alias the task dialed (by kernel id); looked up per request so
+    /// that keep-alive connections follow endpoint changes.
+    Alias(u32),
+    /// A fixed route (an ingress listener to its local app).
+    Fixed(Arc<AliasRoute>),
+}
+
+/// Serve one downstream connection (HTTP/1.1 or HTTP/2, detected).
+pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Proxy>) {
+    let svc = service_fn(move |req| {
+        let (target, proxy) = (target.clone(), proxy.clone());
+        async move { Ok::<_, Infallible>(handle(req, &target, &proxy).await) }
+    });
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().max_buf_size(MAX_HEADER_BYTES);
+    b.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
+    if let Err(e) = b
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
+        debug!(error = %e, "downstream connection");
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    target: &Target,
+    proxy: &Arc<Proxy>,
+) -> Response<ProxyBody> {
+    let alias = match target {
+        Target::Alias(id) => match proxy.routes.load().aliases.get(id) {
+            Some(a) => a.clone(),
+            None => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this service is no longer routed",
+                );
+            }
+        },
+        Target::Fixed(a) => a.clone(),
+    };
+    if is_upgrade(&req) {
+        return upgrade::forward(req, &alias, proxy).await;
+    }
+    let version = req.version();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let mut body = match ReqBody::read(&parts, body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let start = Instant::now();
+    proxy.budget.request(start);
+    let deadline = alias
+        .request_timeout
+        .map(|t| tokio::time::Instant::from_std(start + t));
+    let h2 = matches!(alias.protocol, AppProtocol::Http2 | AppProtocol::Grpc);
+    let mut tried = Vec::new();
+    let mut retries = 0;
+    loop {
+        let Some(ep) = alias.pick(&tried).cloned() else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy endpoint for this service",
+            );
+        };
+        tried.push(ep.backend_id);
+        let mut may_retry = |replay_ok: bool| {
+            replay_ok && retries < MAX_RETRIES && proxy.budget.try_retry(Instant::now()) && {
+                retries += 1;
+                true
+            }
+        };
+        let acquired = within(deadline, proxy.pools.acquire(ep.addr, h2)).await;
+        let (mut sender, reused) = match acquired {
+            None => return timeout_response(),
+            Some(Err(e)) => {
+                debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "connect failed");
+                proxy.failure(&ep);
+                // Nothing was sent: any request may go elsewhere.
+                if may_retry(true) {
+                    continue;
+                }
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no endpoint of this service accepted a connection",
+                );
+            }
+            Some(Ok(s)) => s,
+        };
+        let Some(b) = body.for_attempt() else {
+            return error_response(StatusCode::BAD_GATEWAY, "the request could not be replayed");
+        };
+        let guard = InflightGuard::new(ep.health.clone());
+        let req = upstream_request(&parts, b, &alias, h2);
+        let mut sent = within(deadline, sender.send(req)).await;
+        if let Some(Err(SendError::NotSent(req, e))) = sent {
+            // A pooled connection the endpoint had closed: not a failure of
+            // the endpoint; the request never left, so send it on a new one.
+            debug!(endpoint = %ep.addr, reused, error = %e, "stale pooled connection");
+            sent = match within(deadline, proxy.pools.connect(ep.addr, h2)).await {
+                None => None,
+                Some(Ok(s)) => {
+                    sender = s;
+                    within(deadline, sender.send(req)).await
+                }
+                Some(Err(_)) => Some(Err(SendError::Failed(e))),
+            };
+        }
+        match sent {
+            None => {
+                proxy.failure(&ep);
+                return timeout_response();
+            }
+            Some(Err(SendError::NotSent(_, e) | SendError::Failed(e))) => {
+                debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "upstream failed before answering");
+                proxy.failure(&ep);
+                if may_retry(body.replayable() && idempotent(&parts.method)) {
+                    continue;
+                }
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "the service's endpoint closed the connection before answering",
+                );
+            }
+            Some(Ok(resp)) => {
+                let unavailable = resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                    || resp.headers().get("grpc-status").map(HeaderValue::as_bytes)
+                        == Some(GRPC_UNAVAILABLE);
+                if resp.status().is_server_error() || unavailable {
+                    proxy.failure(&ep);
+                } else {
+                    proxy.success(&ep);
+                }
+                if unavailable && may_retry(body.replayable()) {
+                    release(proxy, &ep, sender);
+                    continue;
+                }
+                release(proxy, &ep, sender);
+                return downstream_response(resp, version, guard);
+            }
+        }
+    }
+}
+
+fn release(proxy: &Arc<Proxy>, ep: &Endpoint, sender: super::pool::Sender) {
+    let (p, addr) = (proxy.clone(), ep.addr);
+    tokio::spawn(async move { p.pools.release(addr, sender).await });
+}
+
+async fn within<F: Future>(deadline: Option<tokio::time::Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+fn timeout_response() -> Response<ProxyBody> {
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "the service did not answer within its per-request timeout",
+    )
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE)
+}
+
+/// The request body: kept whole when small (it can be replayed), else
+/// streamed once.
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl ReqBody {
+    async fn read(parts: &Parts, body: Incoming) -> Result<Self, Response<ProxyBody>> {
+        let small = body.is_end_stream()
+            || body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= MAX_REPLAY_BODY as u64);
+        // gRPC streams stay streams, whatever their first frames look like.
+        if !small
+            || parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+                && !body.is_end_stream()
+        {
+            return Ok(ReqBody::Streaming(Some(body)));
+        }
+        match Limited::new(body, MAX_REPLAY_BODY).collect().await {
+            Ok(c) => Ok(ReqBody::Buffered(c.to_bytes())),
+            Err(_) => Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, ReqBody::Buffered(_))
+    }
+
+    fn for_attempt(&mut self) -> Option<ProxyBody> {
+        match self {
+            ReqBody::Buffered(b) if b.is_empty() => Some(empty()),
+            ReqBody::Buffered(b) => Some(full(b.clone())),
+            ReqBody::Streaming(b) => b.take().map(incoming),
+        }
+    }
+}
+
+/// Headers that belong to one hop, never forwarded (RFC 9110 7.6.1).
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+    if h.get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        h.remove(header::TE);
+    }
+}
+
+fn upstream_request(
+    parts: &Parts,
+    body: ProxyBody,
+    alias: &AliasRoute,
+    h2: bool,
+) -> Request<ProxyBody> {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| format!("{}:{}", alias.dns_name, alias.port));
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut b = Request::builder().method(parts.method.clone());
+    b = if h2 {
+        b.version(Version::HTTP_2).uri(
+            Uri::try_from(format!("http://{authority}{path}"))
+                .unwrap_or_else(|_| parts.uri.clone()),
+        )
+    } else {
+        b.version(Version::HTTP_11).uri(path)
+    };
+    let mut req = b.body(body).unwrap_or_else(|_| Request::new(empty()));
+    *req.headers_mut() = parts.headers.clone();
+    if h2 {
+        req.headers_mut().remove(header::HOST);
+    } else if !req.headers().contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    req
+}
+
+fn downstream_response(
+    resp: Response<Incoming>,
+    version: Version,
+    guard: InflightGuard,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = version;
+    Response::from_parts(parts, Guarded::new(incoming(body), guard).boxed())
+}
+
+impl Proxy {
+    /// A 5xx or a failed connect: one more in a row for the endpoint.
+    pub(super) fn failure(&self, ep: &Endpoint) {
+        let n = ep
+            .health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if n >= self.failure_threshold {
+            let _ = self.events.send(ProxyEvent::Failing {
+                backend_id: ep.backend_id,
+            });
+        }
+    }
+
+    pub(super) fn success(&self, ep: &Endpoint) {
+        ep.health.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}

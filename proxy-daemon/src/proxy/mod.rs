@@ -1,0 +1,106 @@
+//! The L7 proxy: HTTP/1.1, HTTP/2 (cleartext) and gRPC through the daemon.
+//!
+//! The connect hook sends a task's connect to an L7 VIP to the egress
+//! listener; on accept the proxy reads the VIP the task dialed from
+//! `KNIT_ORIG` (keyed by the task's end of the connection) and serves the
+//! connection with that alias's route: round-robin per request, retries,
+//! outlier reports, timeouts and draining. Ingress listeners (one per L7
+//! task port) take traffic from other hosts to the local app.
+mod body;
+mod budget;
+mod forward;
+mod ingress;
+mod pool;
+mod routes;
+mod upgrade;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use aya::maps::{HashMap, MapData};
+pub use ingress::IngressListeners;
+use proxy_common::maps::{ConnInfo, OrigKey};
+pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable};
+use tokio::{net::TcpListener, sync::mpsc};
+use tracing::{debug, warn};
+
+use self::{budget::RetryBudget, pool::Pools};
+
+/// What the proxy tells the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyEvent {
+    /// An endpoint reached the consecutive-failure threshold.
+    Failing { backend_id: u32 },
+}
+
+/// Shared by every connection the proxy serves.
+pub struct Proxy {
+    pub routes: ArcSwap<RouteTable>,
+    orig: HashMap<MapData, OrigKey, ConnInfo>,
+    pools: Pools,
+    budget: RetryBudget,
+    events: mpsc::UnboundedSender<ProxyEvent>,
+    /// Consecutive failures (5xx, connect failures) that report an endpoint.
+    failure_threshold: u32,
+}
+
+impl Proxy {
+    pub fn new(
+        orig: HashMap<MapData, OrigKey, ConnInfo>,
+        events: mpsc::UnboundedSender<ProxyEvent>,
+        failure_threshold: u32,
+    ) -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            orig,
+            pools: Pools::default(),
+            budget: RetryBudget::default(),
+            events,
+            failure_threshold,
+        }
+    }
+
+    /// The alias a task dialed (its kernel id), from the kernel's record of
+    /// its connection.
+    fn alias_of(&self, peer: SocketAddr) -> Option<u32> {
+        let SocketAddr::V4(peer) = peer else {
+            return None;
+        };
+        let key = OrigKey {
+            ip: u32::from(*peer.ip()).to_be(),
+            port: peer.port(),
+            _pad: 0,
+        };
+        let info = self.orig.get(&key, 0).ok()?;
+        self.routes
+            .load()
+            .aliases
+            .contains_key(&info.service_id)
+            .then_some(info.service_id)
+    }
+}
+
+/// Accept on the egress listener until the task is dropped.
+pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "egress accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(alias) = proxy.alias_of(peer) else {
+            // Not a task's connection to a VIP (or one we no longer route).
+            debug!(%peer, "egress: no VIP recorded for this connection; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(forward::serve_connection(
+            stream,
+            forward::Target::Alias(alias),
+            proxy.clone(),
+        ));
+    }
+}

@@ -1,0 +1,105 @@
+//! The proxy's routing table: what each L7 alias routes to now. The engine
+//! builds a new table on every change and swaps it in; per-alias cursors and
+//! per-endpoint health live in `Arc`s that outlive table versions.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use proxy_config::AppProtocol;
+
+/// One endpoint's passive health and load, shared across table versions.
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    /// 5xx answers and connect failures in a row.
+    pub consecutive_failures: AtomicU32,
+    /// Requests in flight (until their response body ends).
+    pub inflight: AtomicUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub backend_id: u32,
+    pub addr: SocketAddr,
+    pub health: Arc<EndpointHealth>,
+}
+
+#[derive(Debug)]
+pub struct AliasRoute {
+    pub service: String,
+    pub dns_name: String,
+    pub port: u16,
+    pub protocol: AppProtocol,
+    /// Endpoints in rotation (healthy, not ejected, not draining).
+    pub endpoints: Vec<Endpoint>,
+    /// None: no per-request timeout.
+    pub request_timeout: Option<Duration>,
+    pub cursor: Arc<AtomicUsize>,
+}
+
+impl AliasRoute {
+    /// The next endpoint round-robin, skipping those already `tried` while
+    /// others are left.
+    pub fn pick(&self, tried: &[u32]) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        for _ in 0..n {
+            let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+            let e = &self.endpoints[i];
+            if !tried.contains(&e.backend_id) {
+                return Some(e);
+            }
+        }
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        self.endpoints.get(i)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// By the kernel's alias id (`ConnInfo::service_id`).
+    pub aliases: HashMap<u32, Arc<AliasRoute>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(n: u32) -> AliasRoute {
+        AliasRoute {
+            service: "s".into(),
+            dns_name: "s".into(),
+            port: 80,
+            protocol: AppProtocol::Http,
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    backend_id: i,
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    health: Arc::default(),
+                })
+                .collect(),
+            request_timeout: None,
+            cursor: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn round_robin_and_skips_tried() {
+        let r = route(3);
+        let picks: Vec<u32> = (0..6)
+            .filter_map(|_| r.pick(&[]).map(|e| e.backend_id))
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let p = r.pick(&[0]).map(|e| e.backend_id);
+        assert!(p == Some(1) || p == Some(2));
+        assert!(r.pick(&[0, 1, 2]).is_some(), "all tried: still one");
+        assert!(route(0).pick(&[]).is_none());
+    }
+}

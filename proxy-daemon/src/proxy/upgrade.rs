@@ -1,0 +1,91 @@
+//! HTTP/1.1 upgrades (WebSocket and the like): the request goes to one
+//! endpoint on a connection of its own; after `101 Switching Protocols` the
+//! two sides are spliced byte for byte.
+use std::sync::Arc;
+
+use hyper::{Request, Response, StatusCode, body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::{
+    AliasRoute, Proxy,
+    body::{ProxyBody, error_response, incoming},
+    pool::CONNECT_TIMEOUT,
+};
+
+pub async fn forward(
+    mut req: Request<Incoming>,
+    alias: &AliasRoute,
+    proxy: &Arc<Proxy>,
+) -> Response<ProxyBody> {
+    let Some(ep) = alias.pick(&[]).cloned() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy endpoint for this service",
+        );
+    };
+    let downstream = hyper::upgrade::on(&mut req);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            proxy.failure(&ep);
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service's endpoint did not accept a connection",
+            );
+        }
+    };
+    let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
+        Ok(x) => x,
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "the service's endpoint broke the connection",
+            );
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upgraded upstream connection");
+        }
+    });
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut up = Request::from_parts(parts, incoming(body));
+    *up.uri_mut() = match path.parse() {
+        Ok(u) => u,
+        Err(_) => return error_response(StatusCode::BAD_REQUEST, "bad request target"),
+    };
+    let mut resp = match sender.send_request(up).await {
+        Ok(r) => r,
+        Err(_) => {
+            proxy.failure(&ep);
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "the service's endpoint closed the connection before answering",
+            );
+        }
+    };
+    proxy.success(&ep);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match (downstream.await, upstream.await) {
+                (Ok(d), Ok(u)) => {
+                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                        debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                (d, u) => debug!(down = d.is_ok(), up = u.is_ok(), "upgrade did not complete"),
+            }
+        });
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, incoming(body))
+}
