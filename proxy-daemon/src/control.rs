@@ -119,6 +119,8 @@ pub struct EndpointRow {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub ejections: u32,
+    /// The ingress listener of an L7 port (other hosts' requests arrive there).
+    pub ingress_port: Option<u16>,
 }
 
 /// The answer to `Status`.

@@ -598,6 +598,7 @@ impl Engine {
                         bytes_sent: c.bytes_sent,
                         bytes_received: c.bytes_received,
                         ejections: self.outliers.ejections(p.backend_id),
+                        ingress_port: p.ingress_port,
                     }
                 })
             })

@@ -5,6 +5,11 @@
 //! knit-testbin echo --id NAME [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
 //! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--hosts FILE]
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
+//! knit-testbin http --id NAME --port-env VAR [--always STATUS]
+//! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
+//!     [--method M --body-bytes B] [--hosts FILE] [--duration-ms D]
+//! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
+//! knit-testbin raw --target HOST:PORT --send TEXT [--repeat-header N] [--hosts FILE]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -17,20 +22,22 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
+mod http;
+
+pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn num(args: &[String], name: &str, default: u64) -> Result<u64> {
+pub(crate) fn num(args: &[String], name: &str, default: u64) -> Result<u64> {
     match arg(args, name) {
         Some(v) => v.parse().with_context(|| format!("{name} {v}")),
         None => Ok(default),
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -43,7 +50,11 @@ fn main() -> Result<()> {
         Some("echo") => echo(&args),
         Some("client") => client(&args),
         Some("hold") => hold(&args),
-        _ => bail!("usage: knit-testbin echo|client|hold ..."),
+        Some("http") => http::server(&args),
+        Some("http-client") => http::client(&args),
+        Some("ws-client") => http::ws_client(&args),
+        Some("raw") => raw(&args),
+        _ => bail!("usage: knit-testbin echo|client|hold|http|http-client|ws-client ..."),
     }
 }
 
@@ -106,6 +117,11 @@ fn serve(s: TcpStream, id: &str) {
 /// HOST:PORT, with HOST looked up in `--hosts FILE` when given.
 fn resolve(args: &[String]) -> Result<SocketAddr> {
     let target = arg(args, "--target").context("--target")?;
+    resolve_target(args, &target)
+}
+
+/// HOST:PORT, with HOST looked up in `--hosts FILE` when given.
+pub(crate) fn resolve_target(args: &[String], target: &str) -> Result<SocketAddr> {
     let (host, port) = target.rsplit_once(':').context("--target HOST:PORT")?;
     let port: u16 = port.parse()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -230,5 +246,43 @@ fn hold(args: &[String]) -> Result<()> {
         "{}",
         json!({"backend": id.trim(), "ok": ok, "failed": failed})
     );
+    Ok(())
+}
+
+/// Send raw bytes (`\r\n` written as `\\r\\n` on the command line) and
+/// print the status line that comes back, and whether the peer closed.
+fn raw(args: &[String]) -> Result<()> {
+    use std::io::Read;
+    let addr = resolve(args)?;
+    let mut text = arg(args, "--send")
+        .context("--send")?
+        .replace("\\r", "\r")
+        .replace("\\n", "\n");
+    let repeat = num(args, "--big-header-bytes", 0)? as usize;
+    if repeat > 0 {
+        // A request whose head is `repeat` bytes of one header.
+        text = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(repeat)
+        );
+    }
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(text.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+        if buf.len() > 1 << 20 {
+            break false;
+        }
+    };
+    let answer = String::from_utf8_lossy(&buf);
+    let status = answer.lines().next().unwrap_or_default().to_string();
+    println!("{}", json!({"status_line": status, "closed": closed}));
     Ok(())
 }

@@ -1,0 +1,370 @@
+//! HTTP peers: a server (HTTP/1.1 and h2c on one port, WebSocket echo) that
+//! says who it is, and clients that report what they saw as JSON.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    header::{self, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, handshake::derive_accept_key, protocol::Role},
+};
+
+use crate::{arg, num, resolve_target};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Serve until killed. Every answer carries `x-backend: <id>`.
+pub fn server(args: &[String]) -> Result<()> {
+    let id = arg(args, "--id").context("--id")?;
+    let var = arg(args, "--port-env").context("--port-env")?;
+    let port: u16 = std::env::var(&var)
+        .with_context(|| format!("${var}"))?
+        .parse()?;
+    let always: Option<u16> = arg(args, "--always").map(|s| s.parse()).transpose()?;
+    // Requests served so far, rewritten on each request (for tests to read).
+    let count_file = arg(args, "--count-file");
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let host = std::env::var("KNIT_HOST_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
+    let addr: SocketAddr = format!("{host}:{port}").parse()?;
+    runtime()?.block_on(async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
+        let id: Arc<str> = id.into();
+        loop {
+            let (s, _) = l.accept().await?;
+            let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
+                    async move {
+                        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        if let Some(f) = &count_file {
+                            let _ = std::fs::write(f, n.to_string());
+                        }
+                        Ok::<_, Infallible>(route(req, &id, always).await)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+async fn route(req: Request<Incoming>, id: &str, always: Option<u16>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut resp = if let Some(code) = always {
+        let mut r = Response::new(full(id.to_string()));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else if path == "/ws" {
+        websocket(req)
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(id.to_string()));
+        *r.status_mut() = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        r
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full(id.to_string()))
+    } else if path == "/echo" {
+        Response::new(req.into_body().boxed())
+    } else if path == "/trailers" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("x-trailer", HeaderValue::from_static("yes"));
+        let frames = vec![
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from(id.to_string()))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+    } else {
+        Response::new(full(id.to_string()))
+    };
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-backend", v);
+    }
+    resp
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut r = Response::new(full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else { return };
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() || ws.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+/// scheme://host:port/path -> (authority, resolved address, path)
+fn parse_url(args: &[String], url: &str) -> Result<(String, SocketAddr, String)> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .context("URL needs a scheme")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Ok((
+        authority.to_string(),
+        resolve_target(args, authority)?,
+        path.to_string(),
+    ))
+}
+
+enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+async fn connect(addr: SocketAddr, h2: bool) -> Result<Conn> {
+    let io = TokioIo::new(TcpStream::connect(addr).await?);
+    Ok(if h2 {
+        let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(c);
+        Conn::H2(s)
+    } else {
+        let (s, c) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(c);
+        Conn::H1(s)
+    })
+}
+
+#[derive(Default)]
+struct Tally {
+    statuses: BTreeMap<u16, u64>,
+    by_backend: BTreeMap<String, u64>,
+    errors: Vec<String>,
+    failed: u64,
+    mismatched: u64,
+    trailers: u64,
+    latencies_us: Vec<u64>,
+    timeline: Vec<serde_json::Value>,
+}
+
+/// Send requests on keep-alive connections and report what came back.
+pub fn client(args: &[String]) -> Result<()> {
+    let url = arg(args, "--url").context("--url")?;
+    let (authority, addr, path) = parse_url(args, &url)?;
+    let count = num(args, "--count", 0)?;
+    let duration = Duration::from_millis(num(args, "--duration-ms", 0)?.min(120_000));
+    let conc = num(args, "--concurrency", 1)?.max(1);
+    let h2 = args.iter().any(|a| a == "--h2");
+    let method: hyper::Method = arg(args, "--method")
+        .unwrap_or_else(|| "GET".into())
+        .parse()?;
+    let body_bytes = num(args, "--body-bytes", 0)? as usize;
+    let payload: Bytes = (0..body_bytes)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    runtime()?.block_on(async {
+        let mut workers = Vec::new();
+        for _ in 0..conc {
+            let (tally, next, authority, path, method, payload) = (
+                tally.clone(),
+                next.clone(),
+                authority.clone(),
+                path.clone(),
+                method.clone(),
+                payload.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                let mut conn: Option<Conn> = None;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if (count > 0 && i >= count)
+                        || (count == 0 && start.elapsed() >= duration)
+                        || start.elapsed() > Duration::from_secs(120)
+                    {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let r = one(&mut conn, addr, h2, &authority, &path, &method, &payload).await;
+                    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                    match r {
+                        Ok((status, backend, echoed, trailers)) => {
+                            *t.statuses.entry(status).or_default() += 1;
+                            *t.by_backend.entry(backend.clone()).or_default() += 1;
+                            if path.starts_with("/echo") && echoed != payload {
+                                t.mismatched += 1;
+                            }
+                            t.trailers += u64::from(trailers);
+                            t.latencies_us.push(t0.elapsed().as_micros() as u64);
+                            t.timeline.push(json!([crate::now_ms(), status, backend]));
+                        }
+                        Err(e) => {
+                            conn = None;
+                            t.failed += 1;
+                            if t.errors.len() < 10 {
+                                t.errors.push(format!("{e:#}"));
+                            }
+                            t.timeline.push(json!([crate::now_ms(), 0, null]));
+                        }
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            let _ = w.await;
+        }
+    });
+    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    t.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        t.latencies_us
+            .get(((t.latencies_us.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let ok: u64 = t
+        .statuses
+        .iter()
+        .filter(|(s, _)| (200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    let report = json!({
+        "ok": ok, "failed": t.failed, "statuses": t.statuses, "by_backend": t.by_backend,
+        "errors": t.errors, "mismatched": t.mismatched, "trailers": t.trailers,
+        "p50_us": pct(0.5), "p99_us": pct(0.99), "timeline": t.timeline,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+async fn one(
+    conn: &mut Option<Conn>,
+    addr: SocketAddr,
+    h2: bool,
+    authority: &str,
+    path: &str,
+    method: &hyper::Method,
+    payload: &Bytes,
+) -> Result<(u16, String, Bytes, bool)> {
+    if conn.is_none() {
+        *conn = Some(connect(addr, h2).await?);
+    }
+    let body = if payload.is_empty() {
+        full(Bytes::new())
+    } else {
+        full(payload.clone())
+    };
+    let mut b = Request::builder()
+        .method(method.clone())
+        .header(header::HOST, authority);
+    b = if h2 {
+        b.uri(format!("http://{authority}{path}"))
+    } else {
+        b.uri(path)
+    };
+    let req = b.body(body)?;
+    let resp = match conn.as_mut() {
+        Some(Conn::H1(s)) => {
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+        Some(Conn::H2(s)) => s.send_request(req).await?,
+        None => bail!("no connection"),
+    };
+    let status = resp.status().as_u16();
+    let backend = resp
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let collected = resp.into_body().collect().await?;
+    let trailers = collected
+        .trailers()
+        .is_some_and(|t| t.contains_key("x-trailer"));
+    Ok((status, backend, collected.to_bytes(), trailers))
+}
+
+/// Open a WebSocket through the alias and check that messages come back.
+pub fn ws_client(args: &[String]) -> Result<()> {
+    let url = arg(args, "--url").context("--url")?;
+    let (authority, addr, path) = parse_url(args, &url)?;
+    let n = num(args, "--messages", 10)?.min(10_000);
+    runtime()?.block_on(async move {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut ws, resp) =
+            tokio_tungstenite::client_async(format!("ws://{authority}{path}"), stream).await?;
+        let backend = resp
+            .headers()
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        let (mut ok, mut bad) = (0u64, 0u64);
+        for i in 0..n {
+            let m = format!("message {i} {}", "x".repeat((i % 100) as usize));
+            ws.send(Message::text(m.clone())).await?;
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == m => ok += 1,
+                _ => bad += 1,
+            }
+        }
+        let _ = ws.close(None).await;
+        println!("{}", json!({"ok": ok, "bad": bad, "backend": backend}));
+        Ok(())
+    })
+}

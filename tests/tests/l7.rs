@@ -1,0 +1,438 @@
+//! L7 services (appProtocol http / http2) through the daemon's proxy,
+//! driven by real HTTP servers and clients running as knit tasks.
+use std::{
+    collections::BTreeMap,
+    process::Stdio,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, ensure};
+use knit_tests::{Knit, client_service, testbin};
+use serde_json::Value;
+
+fn tb() -> String {
+    testbin().display().to_string()
+}
+
+fn http_task_definition(family: &str, proto: &str) -> String {
+    format!(
+        r#"{{"family": "{family}", "containerDefinitions": [{{"name": "app", "image": "unused",
+            "portMappings": [{{"name": "web", "appProtocol": "{proto}"}}]}}]}}"#
+    )
+}
+
+fn http_service(name: &str, alias: &str, port: u16, timeout: &str) -> String {
+    format!(
+        r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
+            "serviceConnectConfiguration": {{"enabled": true,
+              "services": [{{"portName": "web", "discoveryName": "{name}",
+                             "clientAliases": [{{"dnsName": "{alias}", "port": {port}}}]{timeout}}}]}}}}"#
+    )
+}
+
+/// Apply service `web` (alias web:8080, `proto`) and a client-only service,
+/// then start HTTP backends with the given extra arguments each.
+fn setup(k: &mut Knit, proto: &str, timeout: &str, backends: &[(&str, &[&str])]) -> Result<()> {
+    let (ctd, csvc) = client_service("client");
+    k.apply(&[
+        ("web-td.json", &http_task_definition("web", proto)),
+        ("web-svc.json", &http_service("web", "web", 8080, timeout)),
+        ("c-td.json", &ctd),
+        ("c-svc.json", &csvc),
+    ])?;
+    for (id, extra) in backends {
+        start(k, id, extra)?;
+    }
+    k.wait_healthy("web", backends.len())
+}
+
+fn start(k: &mut Knit, id: &str, extra: &[&str]) -> Result<()> {
+    let tb = tb();
+    let mut cmd = vec![
+        tb.as_str(),
+        "http",
+        "--id",
+        id,
+        "--port-env",
+        "KNIT_PORT_WEB",
+    ];
+    cmd.extend_from_slice(extra);
+    k.run("web", &cmd)
+}
+
+fn client(k: &Knit, args: &[&str]) -> Result<Value> {
+    let hosts = k.hosts.display().to_string();
+    let tb = tb();
+    let mut cmd = vec![tb.as_str(), "http-client", "--hosts", hosts.as_str()];
+    cmd.extend_from_slice(args);
+    k.run_json("client", &cmd)
+}
+
+fn by_backend(r: &Value) -> BTreeMap<String, u64> {
+    serde_json::from_value(r["by_backend"].clone()).unwrap_or_default()
+}
+
+fn non_2xx(r: &Value) -> u64 {
+    r["statuses"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('2'))
+                .map(|(_, v)| v.as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn l7_http1_balances_per_request_and_bodies_are_exact() -> Result<()> {
+    let mut k = Knit::start("l7h1", "")?;
+    setup(&mut k, "http", "", &[("w0", &[]), ("w1", &[]), ("w2", &[])])?;
+    let r = client(
+        &k,
+        &[
+            "--url",
+            "http://web:8080/",
+            "--count",
+            "3000",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    assert_eq!(r["ok"], 3000, "{}", r["statuses"]);
+    let c = by_backend(&r);
+    assert_eq!(c.len(), 3, "{c:?}");
+    for (b, n) in &c {
+        assert!((950..=1050).contains(n), "{b} got {n} of 3000: {c:?}");
+    }
+    // Bodies byte-exact, small (replayable) and large (streamed).
+    for size in ["1", "1024", "200000", "3000000"] {
+        let r = client(
+            &k,
+            &[
+                "--url",
+                "http://web:8080/echo",
+                "--method",
+                "POST",
+                "--body-bytes",
+                size,
+                "--count",
+                "6",
+            ],
+        )?;
+        assert_eq!(r["ok"], 6, "{size}: {r}");
+        assert_eq!(r["mismatched"], 0, "{size}: {r}");
+    }
+    // An outsider dialing the VIP is refused; the ingress listener serves the app.
+    let eps = k.json(&["endpoints", "web"])?;
+    let ingress = eps[0]["ingress_port"].as_u64().context("an ingress port")?;
+    let direct = std::process::Command::new(tb())
+        .args([
+            "http-client",
+            "--url",
+            &format!("http://127.0.0.1:{ingress}/"),
+            "--count",
+            "3",
+        ])
+        .output()?;
+    let d: Value = serde_json::from_slice(&direct.stdout)?;
+    assert_eq!(d["ok"], 3, "{d}");
+    assert_eq!(
+        by_backend(&d).len(),
+        1,
+        "ingress serves its own task only: {d}"
+    );
+    Ok(())
+}
+
+#[test]
+fn l7_h2c_balances_streams_and_keeps_trailers() -> Result<()> {
+    let mut k = Knit::start("l7h2", "")?;
+    setup(
+        &mut k,
+        "http2",
+        "",
+        &[("w0", &[]), ("w1", &[]), ("w2", &[])],
+    )?;
+    let r = client(
+        &k,
+        &[
+            "--url",
+            "http://web:8080/",
+            "--h2",
+            "--count",
+            "600",
+            "--concurrency",
+            "3",
+        ],
+    )?;
+    assert_eq!(r["ok"], 600, "{r}");
+    let c = by_backend(&r);
+    for (b, n) in &c {
+        assert!((180..=220).contains(n), "{b} got {n} of 600: {c:?}");
+    }
+    let r = client(
+        &k,
+        &["--url", "http://web:8080/trailers", "--h2", "--count", "5"],
+    )?;
+    assert_eq!(r["trailers"], 5, "trailers arrive: {r}");
+    let r = client(
+        &k,
+        &[
+            "--url",
+            "http://web:8080/echo",
+            "--h2",
+            "--method",
+            "POST",
+            "--body-bytes",
+            "500000",
+            "--count",
+            "4",
+        ],
+    )?;
+    assert_eq!(
+        (r["ok"].as_u64(), r["mismatched"].as_u64()),
+        (Some(4), Some(0)),
+        "{r}"
+    );
+    // HTTP/1.1 clients of an h2 service are served too.
+    let r = client(&k, &["--url", "http://web:8080/", "--count", "30"])?;
+    assert_eq!(r["ok"], 30, "{r}");
+    Ok(())
+}
+
+#[test]
+fn l7_failing_endpoint_is_ejected_and_clients_see_no_error() -> Result<()> {
+    let mut k = Knit::start("l7ej", "")?;
+    let count_file = k.dir.path().join("bad.count").display().to_string();
+    setup(
+        &mut k,
+        "http",
+        "",
+        &[
+            ("w0", &[]),
+            ("w1", &[]),
+            ("bad", &["--always", "503", "--count-file", &count_file]),
+        ],
+    )?;
+    let r = client(&k, &["--url", "http://web:8080/", "--count", "1000"])?;
+    assert_eq!(r["ok"], 1000, "the client saw errors: {}", r["statuses"]);
+    assert!(!by_backend(&r).contains_key("bad"));
+    let served: u64 = std::fs::read_to_string(&count_file)?.trim().parse()?;
+    // Ejected at its 5th failure in a row (a request or two may race the ejection).
+    ensure!(
+        (5..=7).contains(&served),
+        "the failing endpoint served {served} requests"
+    );
+    let eps = k.json(&["endpoints", "web"])?;
+    let bad = eps
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter(|e| e["state"] == "ejected")
+        .count();
+    assert_eq!(bad, 1, "{eps}");
+    Ok(())
+}
+
+#[test]
+fn l7_slow_endpoint_gets_504_at_the_configured_timeout() -> Result<()> {
+    let mut k = Knit::start("l7slow", "")?;
+    setup(
+        &mut k,
+        "http",
+        r#", "timeout": {"perRequestTimeoutSeconds": 1}"#,
+        &[("w0", &[])],
+    )?;
+    let t = Instant::now();
+    let r = client(&k, &["--url", "http://web:8080/slow/3000", "--count", "1"])?;
+    let took = t.elapsed();
+    assert_eq!(r["statuses"]["504"], 1, "{r}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    // A fast request on the same service still works.
+    let r = client(&k, &["--url", "http://web:8080/slow/10", "--count", "2"])?;
+    assert_eq!(r["ok"], 2, "{r}");
+    Ok(())
+}
+
+#[test]
+fn l7_websocket_and_bad_requests() -> Result<()> {
+    let mut k = Knit::start("l7ws", "")?;
+    setup(&mut k, "http", "", &[("w0", &[])])?;
+    let hosts = k.hosts.display().to_string();
+    let ws = k.run_json(
+        "client",
+        &[
+            &tb(),
+            "ws-client",
+            "--url",
+            "ws://web:8080/ws",
+            "--messages",
+            "200",
+            "--hosts",
+            &hosts,
+        ],
+    )?;
+    assert_eq!(
+        (ws["ok"].as_u64(), ws["bad"].as_u64()),
+        (Some(200), Some(0)),
+        "{ws}"
+    );
+    // A malformed request: 400 and the connection closes; the daemon lives on.
+    let raw = k.run_json(
+        "client",
+        &[
+            &tb(),
+            "raw",
+            "--target",
+            "web:8080",
+            "--hosts",
+            &hosts,
+            "--send",
+            "GARBAGE / HTTP/9.9\\r\\n\\r\\n",
+        ],
+    )?;
+    assert!(
+        raw["status_line"]
+            .as_str()
+            .is_some_and(|s| s.contains(" 400")),
+        "{raw}"
+    );
+    assert_eq!(raw["closed"], true, "{raw}");
+    let big = k.run_json(
+        "client",
+        &[
+            &tb(),
+            "raw",
+            "--target",
+            "web:8080",
+            "--hosts",
+            &hosts,
+            "--send",
+            "-",
+            "--big-header-bytes",
+            "200000",
+        ],
+    )?;
+    assert!(
+        big["status_line"]
+            .as_str()
+            .is_some_and(|s| s.contains(" 431")),
+        "{big}"
+    );
+    let r = client(&k, &["--url", "http://web:8080/", "--count", "3"])?;
+    assert_eq!(r["ok"], 3, "still serving: {r}");
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn l7_kill9_of_an_endpoint_under_load_loses_no_idempotent_request() -> Result<()> {
+    let mut k = Knit::start("l7kill", "")?;
+    let pid_dir = k.dir.path().to_path_buf();
+    setup(&mut k, "http", "", &[("w0", &[]), ("w1", &[]), ("w2", &[])])?;
+    let hosts = k.hosts.display().to_string();
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb(),
+            "http-client",
+            "--hosts",
+            &hosts,
+            "--url",
+            "http://web:8080/slow/5",
+            "--duration-ms",
+            "4000",
+            "--concurrency",
+            "4",
+        ],
+        Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    // The endpoint's process: the only one in its task's cgroup.
+    let eps = k.json(&["endpoints", "web"])?;
+    let task = eps[1]["task"].as_str().context("task")?.to_string();
+    let procs = std::fs::read_to_string(k.cgroup.join("web").join(&task).join("cgroup.procs"))?;
+    let pid: i32 = procs.lines().next().context("a pid")?.trim().parse()?;
+    let killed_at = now_ms();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let _ = pid_dir;
+    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    assert_eq!(r["failed"], 0, "{}", r["errors"]);
+    assert_eq!(
+        non_2xx(&r),
+        0,
+        "GETs are retried elsewhere: {}",
+        r["statuses"]
+    );
+    let after = r["timeline"]
+        .as_array()
+        .context("timeline")?
+        .iter()
+        .filter(|e| e[0].as_u64().unwrap_or(0) > killed_at + 500)
+        .count();
+    ensure!(after > 100, "load went on after the kill: {after}");
+    Ok(())
+}
+
+#[test]
+fn l7_rolling_restart_under_load_has_no_errors() -> Result<()> {
+    let mut k = Knit::start("l7roll", "")?;
+    setup(&mut k, "http", "", &[("a0", &[]), ("a1", &[]), ("a2", &[])])?;
+    let hosts = k.hosts.display().to_string();
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb(),
+            "http-client",
+            "--hosts",
+            &hosts,
+            "--url",
+            "http://web:8080/slow/2",
+            "--duration-ms",
+            "9000",
+            "--concurrency",
+            "4",
+        ],
+        Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let old: Vec<String> = k
+        .json(&["endpoints", "web"])?
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter_map(|e| e["task"].as_str().map(String::from))
+        .collect();
+    for (i, task) in old.iter().enumerate() {
+        start(&mut k, &format!("b{i}"), &[])?;
+        k.wait_healthy("web", 4)?;
+        k.ok(&["drain", "--task", task])?;
+        knit_tests::wait_for("the old task to leave", Duration::from_secs(10), || {
+            let eps = k.json(&["endpoints", "web"]).ok()?;
+            (!eps.as_array()?.iter().any(|e| e["task"] == task.as_str())).then_some(())
+        })?;
+    }
+    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    assert_eq!(r["failed"], 0, "{}", r["errors"]);
+    assert_eq!(non_2xx(&r), 0, "{}", r["statuses"]);
+    let c = by_backend(&r);
+    ensure!(
+        c.keys().any(|b| b.starts_with('a'))
+            && c.keys().filter(|b| b.starts_with('b')).count() == 3,
+        "{c:?}"
+    );
+    Ok(())
+}
