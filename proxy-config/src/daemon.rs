@@ -44,6 +44,10 @@ pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
 pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
 /// `outlier.interval_ms`: how often the daemon reads the kernel's counters.
 pub const DEFAULT_OUTLIER_INTERVAL_MS: u64 = 100;
+/// `proxy.drain_timeout_ms`: how long a draining endpoint's requests and
+/// connections may take before it is deregistered anyway (ECS's agent waits
+/// 20 s, `LISTENER_DRAIN_WAIT_TIME_S`).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 20_000;
 
 /// knit.toml. Every key is optional; [`Default`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,24 @@ pub struct DaemonConfig {
     pub host: HostConfig,
     /// `[outlier]`.
     pub outlier: OutlierConfig,
+    /// `[proxy]`.
+    pub proxy: ProxyConfig,
+}
+
+/// `[proxy]`: the L7 proxy and draining.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Longest drain, in milliseconds. Default 20000.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -86,6 +108,7 @@ impl Default for DaemonConfig {
             registry: RegistryConfig::default(),
             host: HostConfig::default(),
             outlier: OutlierConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -158,7 +181,7 @@ impl Default for HostConfig {
 pub struct OutlierConfig {
     /// Consecutive failures that eject a target; at least 1. Default 5.
     pub consecutive_failures: u32,
-    /// First ejection, in milliseconds; doubles per repeat. Default 30000.
+    /// First ejection, in milliseconds; the n-th lasts n times this. Default 30000.
     pub base_ejection_ms: u64,
     /// Longest ejection, in milliseconds; at least `base_ejection_ms`. Default 300000.
     pub max_ejection_ms: u64,

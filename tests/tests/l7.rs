@@ -436,3 +436,40 @@ fn l7_rolling_restart_under_load_has_no_errors() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn l7_idle_connections_are_closed_at_the_idle_timeout() -> Result<()> {
+    let mut k = Knit::start("l7idle", "")?;
+    setup(
+        &mut k,
+        "http",
+        r#", "timeout": {"idleTimeoutSeconds": 1}"#,
+        &[("w0", &[])],
+    )?;
+    let hosts = k.hosts.display().to_string();
+    let t = Instant::now();
+    // Connect and say nothing: the proxy closes the connection.
+    let raw = k.run_json(
+        "client",
+        &[
+            &tb(),
+            "raw",
+            "--target",
+            "web:8080",
+            "--hosts",
+            &hosts,
+            "--send",
+            "",
+        ],
+    )?;
+    let took = t.elapsed();
+    assert_eq!(raw["closed"], true, "{raw}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Busy connections are not idle: requests spaced under the timeout go on.
+    let r = client(&k, &["--url", "http://web:8080/slow/300", "--count", "8"])?;
+    assert_eq!(r["ok"], 8, "{r}");
+    Ok(())
+}

@@ -30,6 +30,8 @@ use crate::{
 
 /// ECS Service Connect's per-request timeout when the service sets none.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// ECS Service Connect's idle timeout for HTTP, HTTP/2 and gRPC.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A task that asked to start but never reported running is dropped after this.
 const START_GRACE_MS: u64 = 30_000;
@@ -176,6 +178,7 @@ impl Engine {
                             protocol: a.spec.app_protocol,
                             endpoints,
                             request_timeout: request_timeout(a),
+                            idle_timeout: idle_timeout(a),
                             cursor: self.cursors.entry(a.service_id).or_default().clone(),
                         }),
                     );
@@ -307,6 +310,7 @@ impl Engine {
             ports,
             started_unix_ms: now_ms(),
             draining: false,
+            drain_started_unix_ms: 0,
         };
         if let Err(e) = self.store.put_task(&rec) {
             return Response::failure(e.to_string());
@@ -372,7 +376,10 @@ impl Engine {
         }
         for id in &ids {
             if let Some(t) = self.tasks.get_mut(id) {
-                t.draining = true;
+                if !t.draining {
+                    t.draining = true;
+                    t.drain_started_unix_ms = now_ms();
+                }
                 let rec = t.clone();
                 if let Err(e) = self.store.put_task(&rec) {
                     return Response::failure(e.to_string());
@@ -460,6 +467,11 @@ impl Engine {
                     Some((t.id.clone(), "it never started"))
                 } else if t.draining && self.drained(t) {
                     Some((t.id.clone(), "drained"))
+                } else if t.draining
+                    && now_ms().saturating_sub(t.drain_started_unix_ms)
+                        > self.cfg.proxy.drain_timeout_ms
+                {
+                    Some((t.id.clone(), "its drain timed out"))
                 } else {
                     None
                 }
@@ -658,6 +670,7 @@ impl Engine {
                     health: self.health.entry(p.backend_id).or_default().clone(),
                 }],
                 request_timeout: request_timeout(a),
+                idle_timeout: idle_timeout(a),
                 cursor: Arc::default(),
             });
             // Keep the port a task had (a restarted daemon listens again there).
@@ -694,6 +707,15 @@ fn request_timeout(a: &AliasRecord) -> Option<Duration> {
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(u64::from(s))),
         None => Some(DEFAULT_REQUEST_TIMEOUT),
+    }
+}
+
+/// An L7 alias's idle timeout: its own, ECS's 300 s default, or none (0).
+fn idle_timeout(a: &AliasRecord) -> Option<Duration> {
+    match a.spec.idle_timeout_s {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(u64::from(s))),
+        None => Some(DEFAULT_IDLE_TIMEOUT),
     }
 }
 

@@ -23,6 +23,7 @@ use tracing::debug;
 use super::{
     AliasRoute, Endpoint, Proxy, ProxyEvent,
     body::{Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming},
+    idle::{Activity, Tracked},
     pool::SendError,
     upgrade,
 };
@@ -48,6 +49,15 @@ pub enum Target {
 
 /// Serve one downstream connection (HTTP/1.1 or HTTP/2, detected).
 pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Proxy>) {
+    let idle = match &target {
+        Target::Alias(id) => proxy
+            .routes
+            .load()
+            .aliases
+            .get(id)
+            .and_then(|a| a.idle_timeout),
+        Target::Fixed(a) => a.idle_timeout,
+    };
     let svc = service_fn(move |req| {
         let (target, proxy) = (target.clone(), proxy.clone());
         async move { Ok::<_, Infallible>(handle(req, &target, &proxy).await) }
@@ -55,11 +65,22 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().max_buf_size(MAX_HEADER_BYTES);
     b.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
-    if let Err(e) = b
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .await
-    {
-        debug!(error = %e, "downstream connection");
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let conn = b.serve_connection_with_upgrades(io, svc);
+    match idle {
+        Some(idle) => tokio::select! {
+            r = conn => if let Err(e) = r {
+                debug!(error = %e, "downstream connection");
+            },
+            // Dropping the connection closes it.
+            () = activity.idle_for(idle) => debug!(?idle, "closing an idle downstream connection"),
+        },
+        None => {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "downstream connection");
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 mod body;
 mod budget;
 mod forward;
+mod idle;
 mod ingress;
 mod pool;
 mod routes;

@@ -39,6 +39,8 @@ pub struct AliasRoute {
     pub endpoints: Vec<Endpoint>,
     /// None: no per-request timeout.
     pub request_timeout: Option<Duration>,
+    /// None: downstream connections may stay idle forever.
+    pub idle_timeout: Option<Duration>,
     pub cursor: Arc<AtomicUsize>,
 }
 
@@ -86,6 +88,7 @@ mod tests {
                 })
                 .collect(),
             request_timeout: None,
+            idle_timeout: None,
             cursor: Arc::default(),
         }
     }

@@ -50,4 +50,7 @@ pub struct TaskRecord {
     /// Drained: out of rotation, waiting for its connections to end.
     #[serde(default)]
     pub draining: bool,
+    /// When the drain began (ms since the epoch; 0: not draining).
+    #[serde(default)]
+    pub drain_started_unix_ms: u64,
 }
