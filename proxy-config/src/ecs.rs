@@ -101,6 +101,18 @@ pub(crate) struct ServiceConnectServiceJson {
     pub(crate) client_aliases: Option<Vec<ClientAliasJson>>,
     pub(crate) ingress_port_override: Option<Int>,
     pub(crate) timeout: Option<TimeoutJson>,
+    /// knit's extension (ECS has no such field): outlier detection per service.
+    pub(crate) outlier_detection: Option<OutlierJson>,
+}
+
+/// `serviceConnectConfiguration.services[].outlierDetection` (knit only).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct OutlierJson {
+    pub(crate) consecutive_failures: Option<Int>,
+    pub(crate) base_ejection_seconds: Option<Int>,
+    pub(crate) max_ejection_seconds: Option<Int>,
+    pub(crate) max_ejection_percent: Option<Int>,
 }
 
 /// `serviceConnectConfiguration.services[].clientAliases[]`.

@@ -160,6 +160,23 @@ pub struct EndpointSpec {
     /// `timeout.perRequestTimeoutSeconds` (0 = off); `None` = knit's default.
     /// Always `None` for TCP endpoints.
     pub per_request_timeout_s: Option<u32>,
+    /// `outlierDetection` (a knit extension); `None` = the daemon's `[outlier]`.
+    #[serde(default)]
+    pub outlier: Option<OutlierSpec>,
+}
+
+/// Outlier detection for one service; each `None` falls back to the
+/// daemon's `[outlier]` setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierSpec {
+    /// `consecutiveFailures`: 1..=1000.
+    pub consecutive_failures: Option<u32>,
+    /// `baseEjectionSeconds`: 1..=86400.
+    pub base_ejection_s: Option<u32>,
+    /// `maxEjectionSeconds`: 1..=86400, at least the base.
+    pub max_ejection_s: Option<u32>,
+    /// `maxEjectionPercent`: 0..=100.
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// A service (`aws ecs create-service` input) as knit uses it.

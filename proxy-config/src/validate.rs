@@ -52,6 +52,7 @@ pub(crate) struct LocalEntry {
     pub(crate) ingress_port_override: Option<u16>,
     pub(crate) idle_timeout_s: Option<u32>,
     pub(crate) per_request_timeout_s: Option<u32>,
+    pub(crate) outlier: Option<crate::model::OutlierSpec>,
 }
 
 /// `clientAliases[0]`.

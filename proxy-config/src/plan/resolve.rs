@@ -139,6 +139,7 @@ pub(super) fn endpoint(
         ingress_port_override: e.ingress_port_override,
         idle_timeout_s: e.idle_timeout_s,
         per_request_timeout_s: e.per_request_timeout_s,
+        outlier: e.outlier.clone(),
     })
 }
 

@@ -67,6 +67,7 @@ fn ecs_full_example_from_the_seed_parses() {
             ingress_port_override: None,
             idle_timeout_s: None,
             per_request_timeout_s: None,
+            outlier: None,
         }],
     };
     assert_eq!(p.services, vec![want]);

@@ -208,6 +208,61 @@ fn sc_entry(
             )
         });
     }
+    let outlier = entry.outlier_detection.map(|o| {
+        let mut field = |v: Option<crate::ecs::Int>,
+                         name: &str,
+                         range: std::ops::RangeInclusive<i128>,
+                         fix: &str| {
+            v.and_then(|v| {
+                ranged::<u32>(
+                    v,
+                    range,
+                    name,
+                    fix,
+                    loc,
+                    &format!("{at}.outlierDetection.{name}"),
+                    report,
+                )
+            })
+        };
+        let spec = crate::model::OutlierSpec {
+            consecutive_failures: field(
+                o.consecutive_failures,
+                "consecutiveFailures",
+                1..=1000,
+                "use 1 to 1000",
+            ),
+            base_ejection_s: field(
+                o.base_ejection_seconds,
+                "baseEjectionSeconds",
+                1..=86400,
+                "use 1 to 86400 seconds",
+            ),
+            max_ejection_s: field(
+                o.max_ejection_seconds,
+                "maxEjectionSeconds",
+                1..=86400,
+                "use 1 to 86400 seconds",
+            ),
+            max_ejection_percent: field(
+                o.max_ejection_percent,
+                "maxEjectionPercent",
+                0..=100,
+                "use 0 to 100",
+            ),
+        };
+        if let (Some(b), Some(m)) = (spec.base_ejection_s, spec.max_ejection_s)
+            && m < b
+        {
+            report.error(
+                loc,
+                &format!("{at}.outlierDetection.maxEjectionSeconds"),
+                format!("maxEjectionSeconds {m} is below baseEjectionSeconds {b}"),
+                "make maxEjectionSeconds at least baseEjectionSeconds",
+            );
+        }
+        spec
+    });
     let Some(port_name) = entry.port_name else {
         report.error(
             loc,
@@ -225,6 +280,7 @@ fn sc_entry(
         ingress_port_override,
         idle_timeout_s,
         per_request_timeout_s,
+        outlier,
     })
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use proxy_common::maps::{MODE_L4, MODE_L7};
-use proxy_config::{AppProtocol, DaemonConfig};
+use proxy_config::{AppProtocol, DaemonConfig, OutlierConfig};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -178,6 +178,8 @@ impl Engine {
                             protocol: a.spec.app_protocol,
                             endpoints,
                             request_timeout: request_timeout(a),
+                            failure_threshold: outlier_config(&self.cfg.outlier, a)
+                                .consecutive_failures,
                             idle_timeout: idle_timeout(a),
                             cursor: self.cursors.entry(a.service_id).or_default().clone(),
                         }),
@@ -508,11 +510,17 @@ impl Engine {
                     let Some(consecutive) = self.consecutive_failures(*id, is_l7(a)) else {
                         continue;
                     };
-                    ejections.push((s.spec.name.clone(), *id, consecutive, members.clone()));
+                    ejections.push((
+                        s.spec.name.clone(),
+                        *id,
+                        consecutive,
+                        members.clone(),
+                        outlier_config(&cfg, a),
+                    ));
                 }
             }
         }
-        for (service, id, consecutive, members) in ejections {
+        for (service, id, consecutive, members, cfg) in ejections {
             let ejected = members
                 .iter()
                 .filter(|m| self.outliers.is_ejected(**m))
@@ -670,6 +678,7 @@ impl Engine {
                     health: self.health.entry(p.backend_id).or_default().clone(),
                 }],
                 request_timeout: request_timeout(a),
+                failure_threshold: outlier_config(&self.cfg.outlier, a).consecutive_failures,
                 idle_timeout: idle_timeout(a),
                 cursor: Arc::default(),
             });
@@ -708,6 +717,23 @@ fn request_timeout(a: &AliasRecord) -> Option<Duration> {
         Some(s) => Some(Duration::from_secs(u64::from(s))),
         None => Some(DEFAULT_REQUEST_TIMEOUT),
     }
+}
+
+/// An alias's outlier detection: the daemon's `[outlier]`, overridden by
+/// the service's `outlierDetection` where it sets a value.
+fn outlier_config(base: &OutlierConfig, a: &AliasRecord) -> OutlierConfig {
+    let mut c = base.clone();
+    if let Some(o) = &a.spec.outlier {
+        c.consecutive_failures = o.consecutive_failures.unwrap_or(c.consecutive_failures);
+        c.base_ejection_ms = o
+            .base_ejection_s
+            .map_or(c.base_ejection_ms, |s| u64::from(s) * 1000);
+        c.max_ejection_ms = o
+            .max_ejection_s
+            .map_or(c.max_ejection_ms, |s| u64::from(s) * 1000);
+        c.max_ejection_percent = o.max_ejection_percent.unwrap_or(c.max_ejection_percent);
+    }
+    c
 }
 
 /// An L7 alias's idle timeout: its own, ECS's 300 s default, or none (0).

@@ -54,11 +54,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         .take_orig()
         .context("the map of proxied connections was already taken")?;
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = Arc::new(Proxy::new(
-        orig,
-        events_tx,
-        cfg.outlier.consecutive_failures,
-    ));
+    let proxy = Arc::new(Proxy::new(orig, events_tx));
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
         store,

@@ -138,7 +138,7 @@ async fn handle(
             None => return timeout_response(),
             Some(Err(e)) => {
                 debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "connect failed");
-                proxy.failure(&ep);
+                proxy.failure(&alias, &ep);
                 // Nothing was sent: any request may go elsewhere.
                 if may_retry(true) {
                     continue;
@@ -171,12 +171,12 @@ async fn handle(
         }
         match sent {
             None => {
-                proxy.failure(&ep);
+                proxy.failure(&alias, &ep);
                 return timeout_response();
             }
             Some(Err(SendError::NotSent(_, e) | SendError::Failed(e))) => {
                 debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "upstream failed before answering");
-                proxy.failure(&ep);
+                proxy.failure(&alias, &ep);
                 if may_retry(body.replayable() && idempotent(&parts.method)) {
                     continue;
                 }
@@ -190,7 +190,7 @@ async fn handle(
                     || resp.headers().get("grpc-status").map(HeaderValue::as_bytes)
                         == Some(GRPC_UNAVAILABLE);
                 if resp.status().is_server_error() || unavailable {
-                    proxy.failure(&ep);
+                    proxy.failure(&alias, &ep);
                 } else {
                     proxy.success(&ep);
                 }
@@ -356,13 +356,13 @@ fn downstream_response(
 
 impl Proxy {
     /// A 5xx or a failed connect: one more in a row for the endpoint.
-    pub(super) fn failure(&self, ep: &Endpoint) {
+    pub(super) fn failure(&self, alias: &AliasRoute, ep: &Endpoint) {
         let n = ep
             .health
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        if n >= self.failure_threshold {
+        if n >= alias.failure_threshold {
             let _ = self.events.send(ProxyEvent::Failing {
                 backend_id: ep.backend_id,
             });

@@ -41,15 +41,12 @@ pub struct Proxy {
     pools: Pools,
     budget: RetryBudget,
     events: mpsc::UnboundedSender<ProxyEvent>,
-    /// Consecutive failures (5xx, connect failures) that report an endpoint.
-    failure_threshold: u32,
 }
 
 impl Proxy {
     pub fn new(
         orig: HashMap<MapData, OrigKey, ConnInfo>,
         events: mpsc::UnboundedSender<ProxyEvent>,
-        failure_threshold: u32,
     ) -> Self {
         Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
@@ -57,7 +54,6 @@ impl Proxy {
             pools: Pools::default(),
             budget: RetryBudget::default(),
             events,
-            failure_threshold,
         }
     }
 

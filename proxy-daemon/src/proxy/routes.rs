@@ -39,6 +39,8 @@ pub struct AliasRoute {
     pub endpoints: Vec<Endpoint>,
     /// None: no per-request timeout.
     pub request_timeout: Option<Duration>,
+    /// 5xx answers or failed connects in a row that report an endpoint.
+    pub failure_threshold: u32,
     /// None: downstream connections may stay idle forever.
     pub idle_timeout: Option<Duration>,
     pub cursor: Arc<AtomicUsize>,
@@ -88,6 +90,7 @@ mod tests {
                 })
                 .collect(),
             request_timeout: None,
+            failure_threshold: 5,
             idle_timeout: None,
             cursor: Arc::default(),
         }

@@ -29,7 +29,7 @@ pub async fn forward(
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await {
         Ok(Ok(s)) => s,
         _ => {
-            proxy.failure(&ep);
+            proxy.failure(alias, &ep);
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service's endpoint did not accept a connection",
@@ -64,7 +64,7 @@ pub async fn forward(
     let mut resp = match sender.send_request(up).await {
         Ok(r) => r,
         Err(_) => {
-            proxy.failure(&ep);
+            proxy.failure(alias, &ep);
             return error_response(
                 StatusCode::BAD_GATEWAY,
                 "the service's endpoint closed the connection before answering",

@@ -322,6 +322,7 @@ mod tests {
                 ingress_port_override: None,
                 idle_timeout_s: None,
                 per_request_timeout_s: None,
+                outlier: None,
             }],
         }
     }

@@ -296,3 +296,53 @@ fn cluster_and_namespace_objects() {
         "service-connect",
     );
 }
+
+#[test]
+fn outlier_detection_per_service() {
+    let at = "$[1].serviceConnectConfiguration.services[0]";
+    let case = |extra: &str| {
+        let file = format!(
+            "[{}, {}]",
+            web_td(),
+            svc("s", &format!(r#"[{{"portName": "http", {extra}}}]"#))
+        );
+        crate::test_support::run(&[("s.json", &file)], &crate::Existing::default())
+    };
+    let good = case(
+        r#""outlierDetection": {"consecutiveFailures": 3, "baseEjectionSeconds": 2, "maxEjectionPercent": 50}"#,
+    )
+    .map(|p| p.services[0].endpoints[0].outlier.clone());
+    assert_eq!(
+        good,
+        Ok(Some(crate::OutlierSpec {
+            consecutive_failures: Some(3),
+            base_ejection_s: Some(2),
+            max_ejection_s: None,
+            max_ejection_percent: Some(50),
+        }))
+    );
+    let none = case("\"discoveryName\": \"d\"").map(|p| p.services[0].endpoints[0].outlier.clone());
+    assert_eq!(none, Ok(None));
+    let bad = |extra: &str| case(extra).map_err(|e| e.0).err().unwrap_or_default();
+    let e = bad(r#""outlierDetection": {"consecutiveFailures": 0}"#);
+    check(
+        &e[0],
+        &format!("{at}.outlierDetection.consecutiveFailures"),
+        "0 is out of range",
+        "use 1 to 1000",
+    );
+    let e = bad(r#""outlierDetection": {"maxEjectionPercent": 101}"#);
+    check(
+        &e[0],
+        &format!("{at}.outlierDetection.maxEjectionPercent"),
+        "101 is out of range",
+        "0 to 100",
+    );
+    let e = bad(r#""outlierDetection": {"baseEjectionSeconds": 60, "maxEjectionSeconds": 10}"#);
+    check(
+        &e[0],
+        &format!("{at}.outlierDetection.maxEjectionSeconds"),
+        "below baseEjectionSeconds",
+        "at least",
+    );
+}
