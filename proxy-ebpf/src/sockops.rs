@@ -7,7 +7,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
-use proxy_common::maps::{CONN_L7, Counters, OrigKey};
+use proxy_common::maps::{CONN_L7, OrigKey};
 
 use crate::maps::{KNIT_BE_STATS, KNIT_CONNS, KNIT_ORIG, KNIT_SVC_STATS};
 
@@ -27,11 +27,6 @@ fn add(field: *mut u64, v: u64) {
     // SAFETY: `field` points into a map value that lives for this run;
     // the add is an atomic BPF_XADD (result unused).
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
-}
-
-#[inline(always)]
-fn bump(c: *mut Counters, f: impl Fn(*mut Counters)) {
-    f(c)
 }
 
 const AF_INET6: u32 = 10;
@@ -80,10 +75,10 @@ pub fn try_sockops(ctx: &SockOpsContext) {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             for c in [svc, be].into_iter().flatten() {
                 // SAFETY: pointers into live map values.
-                bump(c, |c| unsafe {
+                unsafe {
                     add(&raw mut (*c).new_conns, 1);
                     add(&raw mut (*c).active, 1);
-                });
+                }
             }
             if let Some(be) = be {
                 // SAFETY: as above; a plain store, racing adds only delay ejection.
@@ -112,16 +107,17 @@ pub fn try_sockops(ctx: &SockOpsContext) {
             let received = received.saturating_sub(fin_received as u64);
             for c in [svc, be].into_iter().flatten() {
                 // SAFETY: pointers into live map values.
-                bump(c, |c| unsafe {
+                unsafe {
                     if old == TCP_SYN_SENT {
                         add(&raw mut (*c).failed, 1);
                         add(&raw mut (*c).consecutive_failures, 1);
                     } else {
+                        // -1, wrapping: BPF has an atomic add but no atomic sub.
                         add(&raw mut (*c).active, u64::MAX);
                         add(&raw mut (*c).bytes_sent, sent);
                         add(&raw mut (*c).bytes_received, received);
                     }
-                });
+                }
             }
             if info.flags & CONN_L7 != 0 {
                 let _ = KNIT_ORIG.remove(&local_end(ctx));

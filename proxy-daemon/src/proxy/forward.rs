@@ -164,7 +164,7 @@ async fn handle(
                 None => None,
                 Some(Ok(s)) => {
                     sender = s;
-                    within(deadline, sender.send(req)).await
+                    within(deadline, sender.send(*req)).await
                 }
                 Some(Err(_)) => Some(Err(SendError::Failed(e))),
             };

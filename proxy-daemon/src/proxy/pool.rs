@@ -26,7 +26,7 @@ pub enum Sender {
 
 /// A send that failed before the request left: it comes back for another try.
 pub enum SendError {
-    NotSent(Request<ProxyBody>, hyper::Error),
+    NotSent(Box<Request<ProxyBody>>, hyper::Error),
     Failed(hyper::Error),
 }
 
@@ -37,7 +37,7 @@ impl Sender {
             Sender::H2(s) => s.try_send_request(req).await,
         };
         r.map_err(|mut e| match e.take_message() {
-            Some(req) => SendError::NotSent(req, e.into_error()),
+            Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
             None => SendError::Failed(e.into_error()),
         })
     }
