@@ -479,11 +479,22 @@ fn l7_outlier_detection_is_settable_per_service() -> Result<()> {
     let mut k = Knit::start("l7od", "")?;
     let count_file = k.dir.path().join("bad.count").display().to_string();
     let od = r#", "outlierDetection": {"consecutiveFailures": 2, "baseEjectionSeconds": 1, "maxEjectionPercent": 50}"#;
-    setup(&mut k, "http", od, &[("w0", &[]), ("bad", &["--always", "503", "--count-file", &count_file])])?;
+    setup(
+        &mut k,
+        "http",
+        od,
+        &[
+            ("w0", &[]),
+            ("bad", &["--always", "503", "--count-file", &count_file]),
+        ],
+    )?;
     let r = client(&k, &["--url", "http://web:8080/", "--count", "100"])?;
     assert_eq!(r["ok"], 100, "{}", r["statuses"]);
     let served: u64 = std::fs::read_to_string(&count_file)?.trim().parse()?;
-    ensure!((2..=4).contains(&served), "ejected after 2 failures, served {served}");
+    ensure!(
+        (2..=4).contains(&served),
+        "ejected after 2 failures, served {served}"
+    );
     // Back after a second, failing again: ejected again, for twice as long.
     knit_tests::wait_for("the endpoint's return", Duration::from_secs(5), || {
         (k.endpoints_in("web", "ejected").ok()? == 0).then_some(())
@@ -491,7 +502,12 @@ fn l7_outlier_detection_is_settable_per_service() -> Result<()> {
     let r = client(&k, &["--url", "http://web:8080/", "--count", "50"])?;
     assert_eq!(r["ok"], 50, "{}", r["statuses"]);
     let eps = k.json(&["endpoints", "web"])?;
-    let ej: u64 = eps.as_array().context("rows")?.iter().filter_map(|e| e["ejections"].as_u64()).sum();
+    let ej: u64 = eps
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter_map(|e| e["ejections"].as_u64())
+        .sum();
     assert_eq!(ej, 2, "{eps}");
     Ok(())
 }

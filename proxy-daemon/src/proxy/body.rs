@@ -94,3 +94,105 @@ impl Body for Guarded {
         self.inner.size_hint()
     }
 }
+
+/// What a [`Tee`] saw of a request body.
+#[derive(Default)]
+pub struct TeeState {
+    inner: std::sync::Mutex<TeeInner>,
+    done: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TeeInner {
+    copy: bytes::BytesMut,
+    /// The body ended and `copy` holds all of it.
+    complete: bool,
+    /// Too big, trailers, an error, or dropped early: never replayable.
+    spoiled: bool,
+}
+
+impl TeeState {
+    fn update(&self, f: impl FnOnce(&mut TeeInner)) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g);
+        if g.complete || g.spoiled {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// The whole body, once it is known (waiting at most `wait`).
+    pub async fn settled(&self, wait: std::time::Duration) -> Option<Bytes> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.done.notified();
+            {
+                let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                if g.spoiled {
+                    return None;
+                }
+                if g.complete {
+                    return Some(g.copy.clone().freeze());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Streams a request body upstream and keeps a copy of it (up to the
+/// replay limit) so that it can be replayed on another endpoint.
+pub struct Tee {
+    inner: Incoming,
+    state: Arc<TeeState>,
+}
+
+impl Tee {
+    pub fn new(inner: Incoming, state: Arc<TeeState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+const TEE_LIMIT: usize = 64 * 1024;
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let end = self.inner.is_end_stream();
+        match &r {
+            Poll::Ready(Some(Ok(f))) => self.state.update(|t| match f.data_ref() {
+                Some(d) if t.copy.len() + d.len() <= TEE_LIMIT => {
+                    t.copy.extend_from_slice(d);
+                    t.complete |= end;
+                }
+                _ => t.spoiled = true,
+            }),
+            Poll::Ready(Some(Err(_))) => self.state.update(|t| t.spoiled = true),
+            Poll::Ready(None) => self.state.update(|t| t.complete = true),
+            Poll::Pending => {}
+        }
+        r.map(|o| o.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // Dropped before its end (the upstream stopped reading): incomplete.
+        self.state.update(|t| t.spoiled |= !t.complete);
+    }
+}

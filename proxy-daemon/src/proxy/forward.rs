@@ -194,7 +194,10 @@ async fn handle(
                 } else {
                     proxy.success(&ep);
                 }
-                if unavailable && may_retry(body.replayable()) {
+                // A streamed request (gRPC always is) may still be replayed
+                // when its whole body was seen and kept by the tee.
+                let replay = unavailable && body.settle().await;
+                if unavailable && may_retry(replay) {
                     release(proxy, &ep, sender);
                     continue;
                 }
@@ -236,10 +239,10 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// The request body: kept whole when small (it can be replayed), else
-/// streamed once.
+/// streamed once, with a copy of its first 64 KiB kept by a tee.
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<Incoming>, Arc<super::body::TeeState>),
 }
 
 impl ReqBody {
@@ -257,7 +260,7 @@ impl ReqBody {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
                 && !body.is_end_stream()
         {
-            return Ok(ReqBody::Streaming(Some(body)));
+            return Ok(ReqBody::Streaming(Some(body), Default::default()));
         }
         match Limited::new(body, MAX_REPLAY_BODY).collect().await {
             Ok(c) => Ok(ReqBody::Buffered(c.to_bytes())),
@@ -276,7 +279,25 @@ impl ReqBody {
         match self {
             ReqBody::Buffered(b) if b.is_empty() => Some(empty()),
             ReqBody::Buffered(b) => Some(full(b.clone())),
-            ReqBody::Streaming(b) => b.take().map(incoming),
+            ReqBody::Streaming(b, tee) => b
+                .take()
+                .map(|b| super::body::Tee::new(b, tee.clone()).boxed()),
+        }
+    }
+
+    /// After a retriable answer: whether the request can be sent again. A
+    /// streamed body can when the tee saw all of it (waiting briefly for
+    /// its end, which may race the answer).
+    async fn settle(&mut self) -> bool {
+        let ReqBody::Streaming(_, tee) = self else {
+            return true;
+        };
+        match tee.settled(std::time::Duration::from_millis(100)).await {
+            Some(copy) => {
+                *self = ReqBody::Buffered(copy);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -10,6 +10,9 @@
 //!     [--method M --body-bytes B] [--hosts FILE] [--duration-ms D]
 //! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
 //! knit-testbin raw --target HOST:PORT --send TEXT [--repeat-header N] [--hosts FILE]
+//! knit-testbin grpc-server --id NAME --port-env VAR [--unavailable]
+//! knit-testbin grpc-client --url http://HOST:PORT --kind unary|server|client|bidi --count N
+//!     [--bytes B] [--messages M] [--concurrency C] [--hosts FILE]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -22,6 +25,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+mod grpc;
 mod http;
 
 pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
@@ -54,7 +58,11 @@ fn main() -> Result<()> {
         Some("http-client") => http::client(&args),
         Some("ws-client") => http::ws_client(&args),
         Some("raw") => raw(&args),
-        _ => bail!("usage: knit-testbin echo|client|hold|http|http-client|ws-client ..."),
+        Some("grpc-server") => grpc::server(&args),
+        Some("grpc-client") => grpc::client(&args),
+        _ => bail!(
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client ..."
+        ),
     }
 }
 
