@@ -325,6 +325,64 @@ fn l7_websocket_and_bad_requests() -> Result<()> {
     );
     let r = client(&k, &["--url", "http://web:8080/", "--count", "3"])?;
     assert_eq!(r["ok"], 3, "still serving: {r}");
+    // Expect: 100-continue, and a chunked body, pass through.
+    let send = "POST /echo HTTP/1.1\\r\\nHost: web\\r\\nExpect: 100-continue\\r\\nContent-Length: 5\\r\\nConnection: close\\r\\n\\r\\nhello";
+    let c = k.run_json(
+        "client",
+        &[
+            &tb(),
+            "raw",
+            "--target",
+            "web:8080",
+            "--hosts",
+            &hosts,
+            "--send",
+            send,
+        ],
+    )?;
+    assert!(
+        c["status_lines"][0]
+            .as_str()
+            .is_some_and(|s| s.contains(" 100")),
+        "{c}"
+    );
+    assert!(
+        c["status_lines"][1]
+            .as_str()
+            .is_some_and(|s| s.contains(" 200")),
+        "{c}"
+    );
+    assert_eq!(c["body_tail"], "hello", "{c}");
+    let send = "POST /echo HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\nConnection: close\\r\\n\\r\\n3\\r\\nabc\\r\\n4\\r\\ndefg\\r\\n0\\r\\n\\r\\n";
+    let c = k.run_json(
+        "client",
+        &[
+            &tb(),
+            "raw",
+            "--target",
+            "web:8080",
+            "--hosts",
+            &hosts,
+            "--send",
+            send,
+        ],
+    )?;
+    assert!(
+        c["status_line"]
+            .as_str()
+            .is_some_and(|s| s.contains(" 200")),
+        "{c}"
+    );
+    let answer = c["answer"].as_str().unwrap_or_default();
+    let body: String = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .split("\r\n")
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert_eq!(body, "abcdefg", "chunks echoed in order: {c}");
     Ok(())
 }
 

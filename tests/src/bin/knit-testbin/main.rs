@@ -291,6 +291,11 @@ fn raw(args: &[String]) -> Result<()> {
     };
     let answer = String::from_utf8_lossy(&buf);
     let status = answer.lines().next().unwrap_or_default().to_string();
-    println!("{}", json!({"status_line": status, "closed": closed}));
+    let all: Vec<&str> = answer.lines().filter(|l| l.starts_with("HTTP/")).collect();
+    println!(
+        "{}",
+        json!({"status_line": status, "status_lines": all, "closed": closed,
+                "body_tail": answer.lines().last(), "answer": answer.chars().take(4096).collect::<String>()})
+    );
     Ok(())
 }
