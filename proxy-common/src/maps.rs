@@ -33,6 +33,10 @@ pub const MODE_L4: u32 = 0;
 /// egress listener (`KNIT_CONFIG`), which reads the VIP from `KNIT_ORIG`.
 pub const MODE_L7: u32 = 1;
 
+/// The daemon writes its heartbeat every monitor tick; one older than this
+/// (ms) makes the connect hook send L7 VIPs straight to an endpoint.
+pub const HEARTBEAT_STALE_MS: u64 = 1_500;
+
 /// `ConnInfo::flags`: the connection goes to the daemon's egress listener.
 pub const CONN_L7: u16 = 1;
 

@@ -7,7 +7,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     programs::SockAddrContext,
 };
 use proxy_common::{
@@ -130,14 +130,13 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
     let svc = KNIT_SERVICES.get_ptr(&key)?;
     // SAFETY: map values stay valid for the program's run.
     let svc = unsafe { *svc };
-    let (dst, backend_id, flags) = if svc.mode == MODE_L7 {
+    let (dst, backend_id, flags) = if svc.mode == MODE_L7 && daemon_alive() {
         // SAFETY: as above.
         let cfg = unsafe { *KNIT_CONFIG.get_ptr(0)? };
-        if cfg.egress_port == 0 {
-            return None;
-        }
         ((cfg.egress_ip, cfg.egress_port), 0, CONN_L7)
     } else {
+        // TCP services; and L7 services while the daemon is away (fail
+        // open): straight to an endpoint, as plain TCP.
         let be = pick(&svc)?;
         ((be.ip, be.port), be.backend_id, 0)
     };
@@ -155,6 +154,25 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
     let _ = KNIT_CONNS.insert(&cookie, &info, 0);
     Some(dst)
 }
+
+/// Is the daemon's egress listener up? Its heartbeat (CLOCK_MONOTONIC ns,
+/// written every monitor tick) must be fresher than [`HEARTBEAT_STALE_NS`]
+/// and an egress port published. Otherwise L7 connects go straight to an
+/// endpoint rather than to a dead (or, worse, reused) port.
+#[inline(always)]
+fn daemon_alive() -> bool {
+    let Some(cfg) = KNIT_CONFIG.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let cfg = unsafe { *cfg };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    cfg.egress_port != 0 && cfg.heartbeat_ns != 0 && now.saturating_sub(cfg.heartbeat_ns) < HEARTBEAT_STALE_NS
+}
+
+/// A heartbeat older than this means the daemon is gone.
+const HEARTBEAT_STALE_NS: u64 = proxy_common::maps::HEARTBEAT_STALE_MS * 1_000_000;
 
 /// The next backend of an L4 service, round-robin.
 #[inline(always)]

@@ -569,3 +569,58 @@ fn l7_outlier_detection_is_settable_per_service() -> Result<()> {
     assert_eq!(ej, 2, "{eps}");
     Ok(())
 }
+
+#[test]
+fn l7_fails_open_to_direct_l4_while_the_daemon_is_down() -> Result<()> {
+    let mut k = Knit::start("l7open", "")?;
+    setup(&mut k, "http", "", &[("w0", &[]), ("w1", &[])])?;
+    let hosts = k.hosts.display().to_string();
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb(),
+            "http-client",
+            "--hosts",
+            &hosts,
+            "--url",
+            "http://web:8080/",
+            "--duration-ms",
+            "6000",
+            "--concurrency",
+            "2",
+        ],
+        Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    k.kill_daemon()?;
+    let killed_at = now_ms();
+    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    let timeline = r["timeline"].as_array().context("timeline")?;
+    let late: Vec<&Value> = timeline
+        .iter()
+        .filter(|e| e[0].as_u64().unwrap_or(0) > killed_at + 2000)
+        .collect();
+    ensure!(
+        late.len() > 100,
+        "requests went on with the daemon dead: {}",
+        late.len()
+    );
+    ensure!(
+        late.iter().all(|e| e[1] == 200),
+        "failures after the heartbeat window: {}",
+        r["errors"]
+    );
+    let backends: std::collections::BTreeSet<&str> =
+        late.iter().filter_map(|e| e[2].as_str()).collect();
+    assert_eq!(
+        backends.len(),
+        2,
+        "still balanced, connection by connection: {backends:?}"
+    );
+    // The daemon comes back and takes L7 over again.
+    k.start_daemon()?;
+    let r = client(&k, &["--url", "http://web:8080/", "--count", "40"])?;
+    assert_eq!(r["ok"], 40, "{r}");
+    assert_eq!(by_backend(&r).len(), 2, "{r}");
+    Ok(())
+}

@@ -40,7 +40,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     );
     let mut dp = dp;
     let listener = bind_socket(&cfg.socket)?;
-    let interval = Duration::from_millis(cfg.outlier.interval_ms.max(10));
+    // At most 500 ms: the tick also writes the heartbeat the kernel checks.
+    let interval = Duration::from_millis(cfg.outlier.interval_ms.clamp(10, 500));
     // The egress listener: the connect hook sends tasks' L7 connects here.
     let egress = tokio::net::TcpListener::bind((cfg.host.address, 0))
         .await
@@ -62,7 +63,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         cgroup_root,
         proxy.clone(),
     )?));
-    engine.lock().await.dp.maps.set_egress(egress_addr)?;
+    {
+        let mut e = engine.lock().await;
+        e.dp.maps.set_egress(egress_addr)?;
+        e.dp.maps.heartbeat(true)?;
+    }
     info!(egress = %egress_addr, "L7 egress listener");
     tokio::spawn(crate::proxy::serve_egress(egress, proxy));
     // An endpoint the proxy sees failing is looked at at once, not at the next tick.
@@ -88,6 +93,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     }
     accept.abort();
     let mut e = engine.lock().await;
+    // L7 connects go straight to endpoints from now on (the egress
+    // listener closes with this process).
+    if let Err(err) = e.dp.maps.heartbeat(false) {
+        warn!(error = %err, "clearing the heartbeat");
+    }
     e.clear_hosts();
     let _ = std::fs::remove_file(&cfg.socket);
     // Programs, maps and links stay pinned: tasks keep balancing while the
@@ -138,6 +148,9 @@ async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
         tick.tick().await;
         let (probes, addr) = {
             let mut e = engine.lock().await;
+            if let Err(err) = e.dp.maps.heartbeat(true) {
+                warn!(error = %err, "heartbeat");
+            }
             if let Err(err) = e.tick() {
                 warn!(error = %format!("{err:#}"), "monitor");
             }

@@ -102,6 +102,20 @@ impl Maps {
         self.orig.take()
     }
 
+    /// The daemon is alive: CLOCK_MONOTONIC now, as the kernel's
+    /// `bpf_ktime_get_ns` reads it. 0 says it is gone (clean shutdown).
+    pub fn heartbeat(&mut self, alive: bool) -> Result<(), DatapathError> {
+        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
+        cfg.heartbeat_ns = if alive {
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+    }
+
     /// Tell the connect hook where the egress listener is.
     pub fn set_egress(&mut self, addr: std::net::SocketAddrV4) -> Result<(), DatapathError> {
         let mut cfg = self.config.get(&0, 0).unwrap_or_default();
