@@ -80,6 +80,20 @@ pub fn remove_tree(path: &Path) {
     let _ = std::fs::remove_dir(path);
 }
 
+/// Send `sig` to every process in `path` and below.
+pub fn signal_all(path: &Path, sig: nix::sys::signal::Signal) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                signal_all(&e.path(), sig);
+            }
+        }
+    }
+    for pid in procs(path) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
 /// Kill every process in `path` and below (cgroup.kill where the kernel has
 /// it, else SIGKILL to each pid).
 pub fn kill_all(path: &Path) {

@@ -24,12 +24,17 @@ use crate::{
     datapath::{Datapath, DesiredAlias},
     hosts::HostsFile,
     outlier::Outliers,
-    proxy::{AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RouteTable},
+    proxy::{
+        AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
+    },
     registry::{AliasRecord, ServiceRecord, Store, TaskPort, TaskRecord},
 };
 
 /// ECS Service Connect's per-request timeout when the service sets none.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long what is left of an ended task has between SIGTERM and SIGKILL
+/// (ECS's default `stopTimeout`).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// ECS Service Connect's idle timeout for HTTP, HTTP/2 and gRPC.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -51,9 +56,13 @@ pub struct Engine {
     pub proxy: Arc<Proxy>,
     /// Round-robin cursors of L7 aliases, by alias id (outlive route tables).
     cursors: BTreeMap<u32, Arc<AtomicUsize>>,
+    /// Retry budgets of L7 aliases, by alias id.
+    budgets: BTreeMap<u32, Arc<RetryBudget>>,
     /// Passive health and in-flight counts of L7 endpoints, by backend id.
     health: BTreeMap<u32, Arc<EndpointHealth>>,
     ingress: IngressListeners,
+    /// Cgroups of ended tasks being stopped: (cgroup, SIGKILL deadline).
+    stopping: Vec<(PathBuf, Instant)>,
 }
 
 fn is_l7(a: &AliasRecord) -> bool {
@@ -116,9 +125,12 @@ impl Engine {
             last_hosts: None,
             proxy,
             cursors: BTreeMap::new(),
+            budgets: BTreeMap::new(),
             health: BTreeMap::new(),
             ingress: IngressListeners::default(),
+            stopping: Vec::new(),
         };
+        e.sweep_unknown_cgroups();
         let ids: Vec<String> = e.tasks.keys().cloned().collect();
         for id in ids {
             e.start_ingress(&id);
@@ -182,6 +194,7 @@ impl Engine {
                                 .consecutive_failures,
                             idle_timeout: idle_timeout(a),
                             cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                            budget: self.budgets.entry(a.service_id).or_default().clone(),
                         }),
                     );
                 }
@@ -278,6 +291,18 @@ impl Engine {
         let mut env = BTreeMap::new();
         for (pm, backend_id) in td.port_mappings.iter().zip(ids) {
             let port = if pm.container_port != 0 {
+                // A fixed port serves one task per host: a second would
+                // fail to bind, and the readiness probe would see the first.
+                let taken = self
+                    .tasks
+                    .values()
+                    .find(|t| t.ports.iter().any(|p| p.port == pm.container_port));
+                if let Some(other) = taken {
+                    return Response::bad_input(format!(
+                        "service {service:?}: port {} (containerPort of port mapping {:?}) is already used by task {} on this host\n  fix: omit containerPort (or set it to 0) so that knit picks a port per task",
+                        pm.container_port, pm.name, other.id
+                    ));
+                }
                 pm.container_port
             } else {
                 match free_port(self.cfg.host.address) {
@@ -352,13 +377,53 @@ impl Engine {
             self.health.remove(&p.backend_id);
         }
         self.ingress.stop(task_id);
-        self.store.remove_task(task_id)?;
         self.reconcile()?;
-        if cgroup::is_populated(&t.cgroup) {
-            cgroup::kill_all(&t.cgroup);
-        }
-        cgroup::remove_tree(&t.cgroup);
+        // What is left of the task gets SIGTERM now and SIGKILL after the
+        // grace period (the monitor sees to it and removes the cgroup).
+        // The cgroup is swept at start-up if the daemon dies before that.
+        cgroup::signal_all(&t.cgroup, nix::sys::signal::Signal::SIGTERM);
+        self.stopping
+            .push((t.cgroup.clone(), Instant::now() + STOP_TIMEOUT));
+        self.store.remove_task(task_id)?;
         Ok(())
+    }
+
+    /// Finish stopping tasks: remove their cgroups once empty, SIGKILL
+    /// what outlives the grace period.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        self.stopping.retain(|(cg, deadline)| {
+            if !cgroup::is_populated(cg) {
+                cgroup::remove_tree(cg);
+                return cg.exists();
+            }
+            if now >= *deadline {
+                cgroup::kill_all(cg);
+            }
+            true
+        });
+    }
+
+    /// Task cgroups the registry does not know (a daemon that died while
+    /// stopping them): stop them the same way.
+    fn sweep_unknown_cgroups(&mut self) {
+        let known: BTreeSet<PathBuf> = self.tasks.values().map(|t| t.cgroup.clone()).collect();
+        let Ok(services) = std::fs::read_dir(&self.cgroup_root) else {
+            return;
+        };
+        for svc in services.flatten().filter(|e| e.path().is_dir()) {
+            let Ok(tasks) = std::fs::read_dir(svc.path()) else {
+                continue;
+            };
+            for task in tasks.flatten().filter(|e| e.path().is_dir()) {
+                let cg = task.path();
+                if !known.contains(&cg) {
+                    warn!(cgroup = %cg.display(), "stopping a task cgroup the registry does not know");
+                    cgroup::signal_all(&cg, nix::sys::signal::Signal::SIGTERM);
+                    self.stopping.push((cg, Instant::now() + STOP_TIMEOUT));
+                }
+            }
+        }
     }
 
     pub fn drain(&mut self, service: Option<&str>, task: Option<&str>) -> Response {
@@ -482,12 +547,19 @@ impl Engine {
         for (id, why) in gone {
             self.task_gone(&id, why)?;
         }
-        let l7_ids: BTreeSet<u32> = self.health.keys().copied().collect();
+        self.reap();
         let returning: Vec<u32> = self.outliers.due(now);
         for id in returning {
-            let c = self
-                .consecutive_failures(id, l7_ids.contains(&id))
-                .unwrap_or(0);
+            // L7 counts restart from zero (the proxy reports the endpoint
+            // again as it crosses the threshold); the kernel's L4 count is
+            // not ours to reset, so new failures count from where it is.
+            let c = match self.health.get(&id) {
+                Some(h) => {
+                    h.consecutive_failures.store(0, Ordering::Relaxed);
+                    0
+                }
+                None => self.consecutive_failures(id, false).unwrap_or(0),
+            };
             self.outliers.restore(id, c);
         }
         let mut changed = false;
@@ -681,6 +753,7 @@ impl Engine {
                 failure_threshold: outlier_config(&self.cfg.outlier, a).consecutive_failures,
                 idle_timeout: idle_timeout(a),
                 cursor: Arc::default(),
+                budget: self.budgets.entry(a.service_id).or_default().clone(),
             });
             // Keep the port a task had (a restarted daemon listens again there).
             let want = p.ingress_port.or(a.spec.ingress_port_override).unwrap_or(0);

@@ -120,9 +120,13 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Root only: every change to routing goes through this socket. The
+    // umask makes it so from its creation (no window before a chmod).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()));
+    nix::sys::stat::umask(old);
+    let l = l?;
     use std::os::unix::fs::PermissionsExt;
-    // Root only: every change to routing goes through this socket.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }

@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::Mutex,
 };
@@ -34,7 +34,9 @@ async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
     let mut line = String::new();
     loop {
         line.clear();
-        match lines.read_line(&mut line).await {
+        // Bounded read: a peer cannot make the daemon buffer without end.
+        let mut limited = (&mut lines).take(MAX_LINE as u64 + 1);
+        match limited.read_line(&mut line).await {
             Ok(0) => return,
             Ok(n) if n > MAX_LINE => {
                 let _ = reply(&mut w, &Response::bad_input("request too large")).await;

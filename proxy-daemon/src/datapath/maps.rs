@@ -137,6 +137,14 @@ impl Maps {
     ) -> Result<(), DatapathError> {
         let current: BTreeMap<VipKey, ServiceEntry> =
             self.services.iter().filter_map(Result::ok).collect();
+        // Counters first: a connect routed to a new backend must find its
+        // entry, or its close would subtract what its open never added.
+        for id in backend_ids {
+            tolerate(
+                self.be_stats.insert(*id, Counters::default(), BPF_NOEXIST),
+                MAP_BACKEND_STATS,
+            )?;
+        }
         let mut wanted = BTreeMap::new();
         for d in desired {
             let key = vip_key(d.vip, d.port);
@@ -203,12 +211,6 @@ impl Maps {
             .collect();
         for id in stale {
             tolerate(self.svc_stats.remove(&id), MAP_SERVICE_STATS)?;
-        }
-        for id in backend_ids {
-            tolerate(
-                self.be_stats.insert(*id, Counters::default(), BPF_NOEXIST),
-                MAP_BACKEND_STATS,
-            )?;
         }
         let stale: Vec<u32> = self
             .be_stats

@@ -51,13 +51,13 @@ pub enum DatapathError {
         source: std::io::Error,
     },
     #[error(
-        "loading knit's eBPF object: {0}; knit needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a kernel with BTF and cgroup BPF (Linux 5.8 or newer)"
+        "loading knit's eBPF object: {0}; knit needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and a kernel with BTF and cgroup BPF (Linux 6.1 or newer; tested on 6.1 and 6.18)"
     )]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object lacks program {0}: rebuild with `cargo xtask build-ebpf`")]
     MissingProgram(&'static str),
     #[error(
-        "{step} {hook} ({name}): {source}; this kernel may lack the {hook} hook (it needs Linux {min} or newer) or knit lacks CAP_BPF/CAP_NET_ADMIN"
+        "{step} {hook} ({name}): {source}; this kernel may lack the {hook} hook (Linux {min} or newer) or a helper knit uses (knit needs Linux 6.1 or newer), or knit lacks CAP_BPF/CAP_NET_ADMIN"
     )]
     Program {
         step: &'static str,

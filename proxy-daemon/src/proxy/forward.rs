@@ -101,18 +101,30 @@ async fn handle(
         },
         Target::Fixed(a) => a.clone(),
     };
-    if is_upgrade(&req) {
+    // On an HTTP/2 or gRPC service, `Upgrade: h2c` and the like are hop by
+    // hop: such a request goes on as a plain one.
+    if is_upgrade(&req) && alias.protocol == AppProtocol::Http {
         return upgrade::forward(req, &alias, proxy).await;
     }
     let version = req.version();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if authority_of(&parts).is_some_and(|a| a.parse::<hyper::http::uri::Authority>().is_err()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the Host header is not a valid authority",
+        );
+    }
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let mut body = match ReqBody::read(&parts, body).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
     let start = Instant::now();
-    proxy.budget.request(start);
+    alias.budget.request(start);
     let deadline = alias
         .request_timeout
         .map(|t| tokio::time::Instant::from_std(start + t));
@@ -128,7 +140,7 @@ async fn handle(
         };
         tried.push(ep.backend_id);
         let mut may_retry = |replay_ok: bool| {
-            replay_ok && retries < MAX_RETRIES && proxy.budget.try_retry(Instant::now()) && {
+            replay_ok && retries < MAX_RETRIES && alias.budget.try_retry(Instant::now()) && {
                 retries += 1;
                 true
             }
@@ -176,7 +188,11 @@ async fn handle(
             }
             Some(Err(SendError::NotSent(_, e) | SendError::Failed(e))) => {
                 debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "upstream failed before answering");
-                proxy.failure(&alias, &ep);
+                // The client's own body failing (an aborted upload) is not the
+                // endpoint's fault, nor is a pooled connection it closed.
+                if !(e.is_user() || reused && e.is_incomplete_message()) {
+                    proxy.failure(&alias, &ep);
+                }
                 if may_retry(body.replayable() && idempotent(&parts.method)) {
                     continue;
                 }
@@ -196,7 +212,10 @@ async fn handle(
                 }
                 // A streamed request (gRPC always is) may still be replayed
                 // when its whole body was seen and kept by the tee.
-                let replay = unavailable && body.settle().await;
+                // 503 / UNAVAILABLE: the endpoint did not take the request,
+                // but only idempotent methods and gRPC calls are replayed.
+                let safe = idempotent(&parts.method) || grpc;
+                let replay = unavailable && safe && body.settle().await;
                 if unavailable && may_retry(replay) {
                     release(proxy, &ep, sender);
                     continue;
@@ -235,7 +254,27 @@ fn idempotent(m: &Method) -> bool {
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE)
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The request's authority: its Host header, else the URI's (HTTP/2).
+fn authority_of(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
 }
 
 /// The request body: kept whole when small (it can be replayed), else
@@ -311,7 +350,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
     for n in named {
-        h.remove(n.as_str());
+        // A client cannot make the proxy drop what the request needs.
+        if n != "host" && n != "content-length" {
+            h.remove(n.as_str());
+        }
     }
     for n in [
         "connection",
@@ -335,13 +377,8 @@ fn upstream_request(
     alias: &AliasRoute,
     h2: bool,
 ) -> Request<ProxyBody> {
-    let authority = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| format!("{}:{}", alias.dns_name, alias.port));
+    let authority =
+        authority_of(parts).unwrap_or_else(|| format!("{}:{}", alias.dns_name, alias.port));
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut b = Request::builder().method(parts.method.clone());
     b = if h2 {
@@ -356,7 +393,23 @@ fn upstream_request(
     *req.headers_mut() = parts.headers.clone();
     if h2 {
         req.headers_mut().remove(header::HOST);
-    } else if !req.headers().contains_key(header::HOST)
+    } else {
+        // HTTP/2 may split cookies over several fields; HTTP/1.1 servers
+        // expect one (RFC 9113 8.2.3).
+        let cookies: Vec<&[u8]> = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if cookies.len() > 1
+            && let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+        {
+            req.headers_mut().insert(header::COOKIE, v);
+        }
+    }
+    if !h2
+        && !req.headers().contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(&authority)
     {
         req.headers_mut().insert(header::HOST, v);
@@ -383,7 +436,9 @@ impl Proxy {
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        if n >= alias.failure_threshold {
+        // Once, as the count crosses the threshold; the monitor re-checks
+        // every tick anyway.
+        if n == alias.failure_threshold {
             let _ = self.events.send(ProxyEvent::Failing {
                 backend_id: ep.backend_id,
             });

@@ -25,7 +25,8 @@ pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable};
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{debug, warn};
 
-use self::{budget::RetryBudget, pool::Pools};
+pub use self::budget::RetryBudget;
+use self::pool::Pools;
 
 /// What the proxy tells the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,6 @@ pub struct Proxy {
     pub routes: ArcSwap<RouteTable>,
     orig: HashMap<MapData, OrigKey, ConnInfo>,
     pools: Pools,
-    budget: RetryBudget,
     events: mpsc::UnboundedSender<ProxyEvent>,
 }
 
@@ -52,7 +52,6 @@ impl Proxy {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             orig,
             pools: Pools::default(),
-            budget: RetryBudget::default(),
             events,
         }
     }

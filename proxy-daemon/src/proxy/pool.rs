@@ -1,7 +1,13 @@
 //! Connections to endpoints, shared by all tasks' requests: HTTP/1.1
 //! connections are kept idle per endpoint and reused one request at a
 //! time; an HTTP/2 connection per endpoint carries many streams at once.
-use std::{collections::HashMap, io, net::SocketAddr, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use hyper::{
     Request, Response,
@@ -18,6 +24,13 @@ use super::body::ProxyBody;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// An idle connection older than this is not reused: servers close idle
+/// keep-alive connections (Node.js after 5 s), and reusing one they are
+/// closing races their FIN.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// An idle HTTP/1.1 connection and since when it has been idle.
+type IdleH1 = (http1::SendRequest<ProxyBody>, Instant);
 
 pub enum Sender {
     H1(http1::SendRequest<ProxyBody>),
@@ -45,7 +58,7 @@ impl Sender {
 
 #[derive(Default)]
 pub struct Pools {
-    h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<ProxyBody>>>>,
+    h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
 }
 
@@ -80,7 +93,9 @@ impl Pools {
                     map.get_mut(&addr).and_then(Vec::pop)
                 };
                 match idle {
-                    Some(s) if s.is_ready() => return Ok((Sender::H1(s), true)),
+                    Some((s, since)) if s.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT => {
+                        return Ok((Sender::H1(s), true));
+                    }
                     Some(_) => continue,
                     None => break,
                 }
@@ -127,8 +142,9 @@ impl Pools {
         }
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(addr).or_default();
+        idle.retain(|(_, since)| since.elapsed() < POOL_IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(s);
+            idle.push((s, Instant::now()));
         }
     }
 }

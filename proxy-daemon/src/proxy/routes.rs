@@ -44,6 +44,9 @@ pub struct AliasRoute {
     /// None: downstream connections may stay idle forever.
     pub idle_timeout: Option<Duration>,
     pub cursor: Arc<AtomicUsize>,
+    /// This service's retry budget (one failing service cannot spend
+    /// another's).
+    pub budget: Arc<super::RetryBudget>,
 }
 
 impl AliasRoute {
@@ -93,6 +96,7 @@ mod tests {
             failure_threshold: 5,
             idle_timeout: None,
             cursor: Arc::default(),
+            budget: Arc::default(),
         }
     }
 

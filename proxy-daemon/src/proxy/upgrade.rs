@@ -10,7 +10,7 @@ use tracing::debug;
 
 use super::{
     AliasRoute, Proxy,
-    body::{ProxyBody, error_response, incoming},
+    body::{InflightGuard, ProxyBody, error_response, incoming},
     pool::CONNECT_TIMEOUT,
 };
 
@@ -74,7 +74,10 @@ pub async fn forward(
     proxy.success(&ep);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
+        // An open WebSocket is a request in flight: a drain waits for it.
+        let guard = InflightGuard::new(ep.health.clone());
         tokio::spawn(async move {
+            let _guard = guard;
             match (downstream.await, upstream.await) {
                 (Ok(d), Ok(u)) => {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
