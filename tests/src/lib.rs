@@ -72,6 +72,8 @@ pub struct Knit {
     pub cgroup: PathBuf,
     daemon: Option<Child>,
     tasks: Vec<Child>,
+    /// The `knit` binary this daemon and its CLI calls run.
+    bin: PathBuf,
 }
 
 impl Knit {
@@ -83,6 +85,17 @@ impl Knit {
     /// As [`Knit::start`], with the hosts file to manage (default: a file of
     /// the test's own).
     pub fn start_with(name: &str, extra: &str, hosts_file: Option<PathBuf>) -> Result<Self> {
+        Self::start_full(name, extra, hosts_file, knit_bin())
+    }
+
+    /// As [`Knit::start_with`], running the `knit` binary at `bin` (for
+    /// the daemon and every CLI call), e.g. a release build for benchmarks.
+    pub fn start_full(
+        name: &str,
+        extra: &str,
+        hosts_file: Option<PathBuf>,
+        bin: PathBuf,
+    ) -> Result<Self> {
         if !nix::unistd::geteuid().is_root() {
             bail!("knit's integration tests need root (cgroups, bpffs, eBPF)");
         }
@@ -121,6 +134,7 @@ impl Knit {
             cgroup,
             daemon: None,
             tasks: Vec::new(),
+            bin,
         };
         k.start_daemon()?;
         Ok(k)
@@ -131,7 +145,7 @@ impl Knit {
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))?;
-        let child = Command::new(knit_bin())
+        let child = Command::new(&self.bin)
             .args(["daemon", "--config"])
             .arg(&self.config)
             .env("KNIT_LOG", "info")
@@ -180,7 +194,7 @@ impl Knit {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(knit_bin());
+        let mut c = Command::new(&self.bin);
         c.env("KNIT_SOCKET", &self.socket);
         c
     }

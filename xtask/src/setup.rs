@@ -62,12 +62,18 @@ fn cargo_bin() -> PathBuf {
 
 fn bpf_linker() -> Result<()> {
     let bin = cargo_bin().join("bpf-linker");
-    if succeeds(Command::new(&bin).arg("--version")) {
+    // bpf-linker links the nightly's libLLVM, which only that toolchain's
+    // lib dir holds (cargo +nightly puts it on the library path).
+    let sysroot = util::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    if succeeds(
+        Command::new(&bin)
+            .arg("--version")
+            .env("LD_LIBRARY_PATH", &lib),
+    ) {
         return Ok(());
     }
     step("setup: building bpf-linker against the nightly toolchain's LLVM (about 1-3 minutes)");
-    let sysroot = util::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-    let lib = PathBuf::from(sysroot.trim()).join("lib");
     // The nightly ships libLLVM.so.<major>.<minor>-rust-<version>; derive both.
     let so = std::fs::read_dir(&lib)
         .with_context(|| format!("reading {}", lib.display()))?

@@ -68,8 +68,3 @@ fn show(cmd: &Command) -> String {
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
-
-/// The path of the built eBPF object.
-pub fn ebpf_object() -> PathBuf {
-    root().join("proxy-ebpf/target/bpfel-unknown-none/release/proxy-ebpf")
-}

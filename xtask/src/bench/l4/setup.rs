@@ -1,0 +1,270 @@
+//! The running L4 benchmark: a knit daemon with nginx as a task of `web`,
+//! HAProxy in front of nginx, and one measured wrk run as a task of `bench`.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use knit_tests::{Knit, client_service};
+
+use super::{
+    ALIAS_PORT, CLIENT_CPU, Mode, SERVER_CPU, Scenario,
+    config::{WEB_SERVICE, haproxy_cfg, nginx_command, nginx_conf, web_task_definition},
+};
+use crate::{
+    bench::{
+        cpu::{self, Usage},
+        procs::{self, Guard},
+        wrk,
+    },
+    util,
+};
+
+/// One wrk run's results.
+pub struct Sample {
+    pub wrk: wrk::Report,
+    /// New connections the kernel counted on alias `web` meanwhile.
+    pub vip_new: u64,
+    /// CPU that processes outside the benchmark used meanwhile.
+    pub others: Usage,
+}
+
+/// The running setup. Fields drop in order: HAProxy first, then the daemon
+/// with its tasks (nginx) and cgroups.
+pub struct Bench {
+    _haproxy: Guard,
+    k: Knit,
+    pub nginx_port: u16,
+    pub haproxy_port: u16,
+    pub vip: String,
+    pub nginx_conf: String,
+    pub haproxy_cfg: String,
+}
+
+impl Bench {
+    pub fn start() -> Result<Self> {
+        let mut k = Knit::start("bench-l4", "")?;
+        let nginx_port = procs::free_port()?;
+        let haproxy_port = procs::free_port()?;
+        ensure!(nginx_port != haproxy_port, "got the same free port twice");
+        let (bench_td, bench_svc) = client_service("bench");
+        k.apply(&[
+            ("web-td.json", &web_task_definition(nginx_port)),
+            ("web-svc.json", WEB_SERVICE),
+            ("bench-td.json", &bench_td),
+            ("bench-svc.json", &bench_svc),
+        ])?;
+
+        let dir = k.dir.path().join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let nginx_conf = nginx_conf(&dir, nginx_port);
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, &nginx_conf)?;
+        let nginx_cmd = nginx_command(&dir, &conf_path);
+        let args: Vec<&str> = nginx_cmd.iter().map(String::as_str).collect();
+        k.run("web", &args)?;
+        k.wait_healthy("web", 1)
+            .with_context(|| format!("nginx did not come up; see {}", dir.display()))?;
+
+        let haproxy_cfg = haproxy_cfg(haproxy_port, nginx_port);
+        let cfg_path = k.dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, &haproxy_cfg)?;
+        // HAProxy runs outside knit, as it would in front of any backend.
+        let mut haproxy = Guard::spawn(
+            "haproxy",
+            Command::new("taskset")
+                .args(["-c", SERVER_CPU, "haproxy", "-db", "-f"])
+                .arg(&cfg_path),
+            &k.dir.path().join("haproxy.log"),
+        )?;
+        procs::wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], haproxy_port)),
+            Duration::from_secs(10),
+        )?;
+        haproxy.ensure_running()?;
+
+        let vip = web_row(&k)?["vip"]
+            .as_str()
+            .context("`knit services --json` gives web no VIP")?
+            .to_string();
+        ensure!(
+            vip.starts_with("127.255."),
+            "VIP {vip} is outside 127.255.0.0/16"
+        );
+        Ok(Self {
+            _haproxy: haproxy,
+            k,
+            nginx_port,
+            haproxy_port,
+            vip,
+            nginx_conf,
+            haproxy_cfg,
+        })
+    }
+
+    fn url(&self, s: Scenario) -> String {
+        match s {
+            Scenario::Direct => format!("http://127.0.0.1:{}/", self.nginx_port),
+            Scenario::Knit => format!("http://{}:{ALIAS_PORT}/", self.vip),
+            Scenario::Haproxy => format!("http://127.0.0.1:{}/", self.haproxy_port),
+        }
+    }
+
+    fn load(&self, s: Scenario, mode: Mode, secs: u32, connections: u32) -> wrk::Load {
+        wrk::Load {
+            url: self.url(s),
+            connections,
+            secs,
+            close: mode == Mode::Close,
+        }
+    }
+
+    /// `knit run --service bench -- taskset -c 0 wrk ...` plus its checks.
+    pub fn measure(&self, s: Scenario, mode: Mode, secs: u32, conns: u32) -> Result<Sample> {
+        let load = self.load(s, mode, secs, conns);
+        let before = self.vip_connections()?;
+        let cpu_before = cpu::Snapshot::take()?;
+        let mut cmd = self.k.cmd();
+        cmd.args([
+            "run",
+            "--service",
+            "bench",
+            "--",
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+        ])
+        .args(load.args());
+        let out = procs::run_bounded(&mut cmd, Duration::from_secs(u64::from(secs) + 30))?;
+        let others = cpu_before.usage_until(&cpu::Snapshot::take()?);
+        ensure!(
+            out.status.success(),
+            "wrk to {} failed ({}):\n{}{}",
+            load.url,
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        let r = wrk::parse(&out.stdout)?;
+        ensure!(
+            r.requests > 0,
+            "wrk completed no request to {}:\n{}",
+            load.url,
+            out.stdout
+        );
+        let grew = self
+            .vip_connections()?
+            .checked_sub(before)
+            .context("web's VIP counter went down: did the daemon restart?")?;
+        // Through the VIP every connection wrk opened is one the kernel
+        // counted: keep-alive opens `conns`, close one per request.
+        let expected = match mode {
+            Mode::KeepAlive => u64::from(conns),
+            Mode::Close => r.requests,
+        };
+        match s {
+            Scenario::Knit if grew < expected => bail!(
+                "the VIP path counted {grew} new connections for a wrk run that made at least \
+                 {expected}: the traffic did not go through the L4 short-circuit"
+            ),
+            Scenario::Direct | Scenario::Haproxy if grew != 0 => bail!(
+                "{} run to {} moved web's VIP counter by {grew}: something else uses the VIP, \
+                 the comparison is not clean",
+                s.label(),
+                load.url
+            ),
+            _ => {}
+        }
+        Ok(Sample {
+            wrk: r,
+            vip_new: grew,
+            others,
+        })
+    }
+
+    pub fn vip_connections(&self) -> Result<u64> {
+        web_row(&self.k)?["new_connections"]
+            .as_u64()
+            .context("`knit services --json` gives web no new_connections")
+    }
+
+    /// The daemon's version, and where it came from: this checkout's git
+    /// commit, or the binary named by $KNIT_BIN.
+    pub fn knit_version(&self, from_env: Option<&Path>) -> Result<String> {
+        let v = self.k.json(&["status"])?;
+        let version = v["version"].as_str().unwrap_or("?");
+        Ok(match from_env {
+            Some(bin) => format!("{version} (binary {})", bin.display()),
+            None => format!("{version}{}", git_describe()),
+        })
+    }
+
+    pub fn dir_text(&self) -> String {
+        self.k.dir.path().join("nginx").display().to_string()
+    }
+
+    /// The commands as run, with the temp dir shown as $DIR.
+    pub fn commands(&self, secs: u32) -> Vec<String> {
+        let dir = PathBuf::from("$DIR");
+        let mut c = vec![
+            format!(
+                "knit run --service web -- {}",
+                shell_words(&nginx_command(&dir, &dir.join("nginx.conf")))
+            ),
+            format!("taskset -c {SERVER_CPU} haproxy -db -f haproxy.cfg"),
+        ];
+        for mode in Mode::ALL {
+            for s in Scenario::ALL {
+                let load = self.load(s, mode, secs, mode.connections());
+                c.push(format!(
+                    "knit run --service bench -- taskset -c {CLIENT_CPU} {}",
+                    shell_words(&load.args())
+                ));
+            }
+        }
+        c
+    }
+}
+
+/// The `knit services --json` row of alias `web`.
+fn web_row(k: &Knit) -> Result<serde_json::Value> {
+    let rows = k.json(&["services"])?;
+    rows.as_array()
+        .and_then(|a| a.iter().find(|r| r["dns_name"] == "web"))
+        .cloned()
+        .with_context(|| format!("no alias web in `knit services --json`: {rows}"))
+}
+
+/// " (git abc1234, uncommitted changes)" or "" outside a git checkout.
+fn git_describe() -> String {
+    let git =
+        |args: &[&str]| util::output(Command::new("git").current_dir(util::root()).args(args)).ok();
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => {
+            let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.trim().is_empty());
+            let note = if dirty { ", uncommitted changes" } else { "" };
+            format!(" (git {}{note})", rev.trim())
+        }
+        None => String::new(),
+    }
+}
+
+/// Words joined for a shell, single-quoted where they hold anything but
+/// plain characters ($DIR is left bare so that it expands).
+fn shell_words(words: &[String]) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=$".contains(c);
+    words
+        .iter()
+        .map(|w| {
+            if w.chars().all(plain) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

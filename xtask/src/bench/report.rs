@@ -1,0 +1,221 @@
+//! BENCHMARKS.md: an intro written once (machine, tools, common method),
+//! then one `## ` section per benchmark. A benchmark replaces only its own
+//! section, so l4, l7 and propagation can be rerun independently.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+
+use super::procs::banner;
+
+/// Facts about the machine and the tools, for the intro and each section.
+pub struct Machine {
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu: String,
+    pub wrk: String,
+    pub nginx: String,
+    pub haproxy: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let first_line = |s: String| s.lines().next().unwrap_or("unknown").trim().to_string();
+        Self {
+            nproc: std::thread::available_parallelism().map_or(1, usize::from),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            cpu,
+            // "wrk debian/4.1.0-3+b2 [epoll] Copyright ..." -> up to "[epoll]".
+            wrk: first_line(banner(Command::new("wrk").arg("-v")))
+                .split(" Copyright")
+                .next()
+                .unwrap_or("wrk")
+                .to_string(),
+            nginx: first_line(banner(Command::new("nginx").arg("-v")))
+                .trim_start_matches("nginx version: ")
+                .to_string(),
+            haproxy: first_line(banner(Command::new("haproxy").arg("-v")))
+                .split(" - ")
+                .next()
+                .unwrap_or("haproxy")
+                .to_string(),
+        }
+    }
+
+    /// One line: "2 × AMD EPYC, Linux 6.1.0".
+    pub fn short(&self) -> String {
+        format!("{} × {}, Linux {}", self.nproc, self.cpu, self.kernel)
+    }
+}
+
+/// Where a run's section goes: BENCHMARKS.md for full runs; quick runs
+/// (CI's check that the benchmark works) go to target/BENCHMARKS.quick.md so
+/// that their short, noisier figures never replace the real ones.
+pub fn output_path(quick: bool) -> PathBuf {
+    let root = crate::util::root();
+    if quick {
+        root.join("target/BENCHMARKS.quick.md")
+    } else {
+        root.join("BENCHMARKS.md")
+    }
+}
+
+/// The intro of a new BENCHMARKS.md.
+pub fn intro(m: &Machine, date: &str) -> String {
+    format!(
+        "# Benchmarks\n\n\
+         Figures measured by `cargo xtask bench <which>` (`l4` today), which \
+         rewrites only its own `## ` section of this file. Compare ratios \
+         measured in the same run, not absolute figures across machines or \
+         sections.\n\n\
+         - Machine: {} CPUs (`nproc`), {}, kernel {}.\n\
+         - Tools: {}, {}, {} (Debian packages).\n\
+         - Method: every configuration runs in the same benchmark run, \
+         interleaved (A, B, C, A, B, C, ...), in rounds (3 unless a section \
+         says otherwise); tables give the median and the min–max of the \
+         rounds. On 2 CPUs the load generator \
+         is pinned to CPU 0 and the servers to CPU 1 (`taskset`), so client \
+         and server do not steal each other's core. Each section says how \
+         its own runs were made and when.\n\
+         - File created: {date}.\n",
+        m.nproc, m.cpu, m.kernel, m.wrk, m.nginx, m.haproxy
+    )
+}
+
+/// Put `section` (starting with its `## ` heading line) into `doc`: in
+/// place of the section with the same heading, else at the end.
+pub fn replace_section(doc: &str, section: &str) -> String {
+    let heading = section.lines().next().unwrap_or_default().trim_end();
+    let lines: Vec<&str> = doc.lines().collect();
+    let start = lines.iter().position(|l| l.trim_end() == heading);
+    let mut out = String::new();
+    let push_section = |out: &mut String| {
+        out.push_str(section.trim_end());
+        out.push('\n');
+    };
+    match start {
+        Some(start) => {
+            // The section runs to the next `## ` heading (not `###`),
+            // skipping fenced code, where "## " may be a shell comment.
+            let mut in_fence = false;
+            let mut end = lines.len();
+            for (i, l) in lines.iter().enumerate().skip(start + 1) {
+                if l.starts_with("```") {
+                    in_fence = !in_fence;
+                } else if !in_fence && l.starts_with("## ") {
+                    end = i;
+                    break;
+                }
+            }
+            for l in &lines[..start] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            push_section(&mut out);
+            if end < lines.len() {
+                out.push('\n');
+                for l in &lines[end..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        None => {
+            out.push_str(doc.trim_end());
+            out.push_str("\n\n");
+            push_section(&mut out);
+        }
+    }
+    out
+}
+
+/// Write `section` into the file at `path`, creating it with an intro.
+pub fn write_section(path: &Path, m: &Machine, date: &str, section: &str) -> Result<()> {
+    let doc = match std::fs::read_to_string(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => intro(m, date),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let new = replace_section(&doc, section);
+    // Write then rename, so an interrupted run never leaves half a file.
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// Now, in UTC, as "2025-01-31 14:05 UTC".
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's algorithm,
+/// to avoid a date crate for one line of output.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "# Benchmarks\n\nintro\n\n## L4\n\nold l4\n```sh\n## not a heading\n```\n\n## L7\n\nl7 figures\n";
+
+    #[test]
+    fn replaces_only_its_own_section() {
+        let out = replace_section(DOC, "## L4\n\nnew l4\n");
+        assert_eq!(
+            out,
+            "# Benchmarks\n\nintro\n\n## L4\n\nnew l4\n\n## L7\n\nl7 figures\n"
+        );
+    }
+
+    #[test]
+    fn appends_a_new_section() {
+        let out = replace_section(DOC, "## Propagation\n\np\n");
+        assert!(out.starts_with(DOC));
+        assert!(out.ends_with("l7 figures\n\n## Propagation\n\np\n"));
+    }
+
+    #[test]
+    fn last_section_is_replaced_to_the_end() {
+        let out = replace_section(DOC, "## L7\n\nnew l7\n");
+        assert!(out.contains("old l4"));
+        assert!(out.ends_with("## L7\n\nnew l7\n"));
+        assert!(!out.contains("l7 figures"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+}

@@ -1,0 +1,105 @@
+//! Summaries of repeated runs (median and range) and the number formats the
+//! tables use.
+
+/// Median, minimum and maximum of a set of runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// None for no runs. An even count takes the mean of the middle two.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut v: Vec<f64> = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let (first, last) = (*v.first()?, *v.last()?);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: first,
+            max: last,
+        })
+    }
+
+    /// The range as a share of the median: how much the runs disagree.
+    pub fn spread(&self) -> f64 {
+        if self.median == 0.0 {
+            0.0
+        } else {
+            (self.max - self.min) / self.median
+        }
+    }
+}
+
+/// A rate with thousands separators: 101234.5 -> "101,235".
+pub fn rate(x: f64) -> String {
+    let n = x.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Microseconds as "612 µs" or "1.15 ms".
+pub fn micros(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// A rate summary as "median (min–max)".
+pub fn rate_range(s: &Summary) -> String {
+    format!("{} ({}–{})", rate(s.median), rate(s.min), rate(s.max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let s = Summary::of(&[3.0, 1.0, 2.0]);
+        assert_eq!(
+            s,
+            Some(Summary {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            Summary::of(&[4.0, 1.0, 2.0, 3.0]).map(|s| s.median),
+            Some(2.5)
+        );
+        assert_eq!(Summary::of(&[]), None);
+    }
+
+    #[test]
+    fn spread_is_relative_to_the_median() {
+        let s = Summary::of(&[99.0, 100.0, 101.0]).map(|s| s.spread());
+        assert_eq!(s, Some(0.02));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(rate(101_234.5), "101,235");
+        assert_eq!(rate(999.0), "999");
+        assert_eq!(rate(1_000.0), "1,000");
+        assert_eq!(micros(612.4), "612 µs");
+        assert_eq!(micros(1150.0), "1.15 ms");
+    }
+}
