@@ -67,6 +67,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         let mut e = engine.lock().await;
         e.dp.maps.set_egress(egress_addr)?;
         e.dp.maps.heartbeat(true)?;
+        // The maps are filled (Engine::new reconciled): an older version's
+        // programs can go.
+        e.dp.retire_other_versions();
     }
     info!(egress = %egress_addr, "L7 egress listener");
     tokio::spawn(crate::proxy::serve_egress(egress, proxy));

@@ -118,7 +118,6 @@ impl Datapath {
         pins::check_bpffs(pin_root)?;
         let id = object_id();
         let dir = pin_root.join(&id);
-        pins::remove_other_versions(pin_root, &id);
         if cgroup_is_new && dir.exists() {
             warn!(dir = %dir.display(), "the knit cgroup was recreated; dropping links pinned for the old one");
             pins::remove_dir(&dir);
@@ -188,5 +187,14 @@ impl Datapath {
         }
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self { maps, adopted, dir })
+    }
+
+    /// Detach and unpin other versions' programs and maps (an upgrade).
+    /// Called once this version's maps are filled: until then the old
+    /// programs, which run first, keep routing.
+    pub fn retire_other_versions(&self) {
+        if let (Some(root), Some(id)) = (self.dir.parent(), self.dir.file_name()) {
+            pins::remove_other_versions(root, &id.to_string_lossy());
+        }
     }
 }
