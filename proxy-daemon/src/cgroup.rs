@@ -61,6 +61,26 @@ pub fn is_populated(path: &Path) -> bool {
     }
 }
 
+/// Move the calling process into the cgroup whose `cgroup.procs` is
+/// `procs`. For use between fork and exec: async-signal-safe calls only.
+pub fn join(procs: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain syscalls on a valid NUL-terminated path and a 1-byte buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // "0" means the writing process itself.
+        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 /// Pids directly in `path`.
 pub fn procs(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path.join("cgroup.procs"))

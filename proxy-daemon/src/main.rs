@@ -11,6 +11,7 @@ mod cli;
 mod control;
 mod daemon;
 mod datapath;
+mod health;
 mod hosts;
 mod outlier;
 mod proxy;

@@ -30,26 +30,6 @@ pub fn run(socket: &Path, service: &str, cmd: Vec<String>) -> i32 {
     }
 }
 
-/// Join the cgroup whose `cgroup.procs` is `procs`. Runs between fork and
-/// exec, so it only makes async-signal-safe calls.
-fn join_cgroup(procs: &CString) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on a valid NUL-terminated path and a 1-byte buffer.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // "0" means the writing process itself.
-        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if n != 1 {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
 async fn exited(socket: &Path, client: &mut Client, task_id: &str, status: i32) {
     let req = Request::TaskExited {
         task_id: task_id.to_string(),
@@ -90,9 +70,9 @@ async fn run_task(socket: &Path, service: &str, cmd: Vec<String>) -> Result<i32,
         .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
     let mut command = tokio::process::Command::new(prog);
     command.args(args).envs(&plan.env);
-    // SAFETY: join_cgroup only makes async-signal-safe syscalls.
+    // SAFETY: cgroup::join only makes async-signal-safe syscalls.
     unsafe {
-        command.pre_exec(move || join_cgroup(&procs));
+        command.pre_exec(move || crate::cgroup::join(&procs));
     }
     let mut child = match command.spawn() {
         Ok(c) => c,

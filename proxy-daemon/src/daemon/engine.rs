@@ -14,7 +14,7 @@ use std::{
 };
 
 use proxy_common::maps::{MODE_L4, MODE_L7};
-use proxy_config::{AppProtocol, DaemonConfig, OutlierConfig};
+use proxy_config::{AppProtocol, DaemonConfig, HealthCheck, OutlierConfig};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -22,6 +22,7 @@ use crate::{
     cgroup,
     control::{EndpointRow, Response, ServiceRow, StatusReport, TaskPlan},
     datapath::{Datapath, DesiredAlias},
+    health::{self, HealthState},
     hosts::HostsFile,
     outlier::Outliers,
     proxy::{
@@ -63,6 +64,8 @@ pub struct Engine {
     ingress: IngressListeners,
     /// Cgroups of ended tasks being stopped: (cgroup, SIGKILL deadline).
     stopping: Vec<(PathBuf, Instant)>,
+    /// Health-check state of tasks whose task definition has a healthCheck.
+    health_checks: BTreeMap<String, HealthState>,
 }
 
 fn is_l7(a: &AliasRecord) -> bool {
@@ -129,8 +132,21 @@ impl Engine {
             health: BTreeMap::new(),
             ingress: IngressListeners::default(),
             stopping: Vec::new(),
+            health_checks: BTreeMap::new(),
         };
         e.sweep_unknown_cgroups();
+        // Recovered tasks keep their last verdict until their next check.
+        let recovered: Vec<(String, String, Option<health::Status>)> = e
+            .tasks
+            .values()
+            .map(|t| (t.id.clone(), t.service.clone(), t.health))
+            .collect();
+        for (id, service, status) in recovered {
+            if let (Some(spec), Some(status)) = (e.health_spec(&service), status) {
+                e.health_checks
+                    .insert(id, HealthState::new(spec, status, Instant::now()));
+            }
+        }
         let ids: Vec<String> = e.tasks.keys().cloned().collect();
         for id in ids {
             e.start_ingress(&id);
@@ -141,14 +157,20 @@ impl Engine {
 
     /// Is this endpoint in rotation now?
     fn eligible(&self, t: &TaskRecord, p: &TaskPort) -> bool {
-        t.pid.is_some() && p.ready && !t.draining && !self.outliers.is_ejected(p.backend_id)
+        t.pid.is_some()
+            && p.ready
+            && !t.draining
+            && !self.outliers.is_ejected(p.backend_id)
+            && t.health.is_none_or(|h| h == health::Status::Healthy)
     }
 
     fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort) -> &'static str {
         if t.draining {
             "draining"
-        } else if t.pid.is_none() || !p.ready {
+        } else if t.pid.is_none() || !p.ready || t.health == Some(health::Status::Starting) {
             "starting"
+        } else if t.health == Some(health::Status::Unhealthy) {
+            "unhealthy"
         } else if self.outliers.is_ejected(p.backend_id) {
             "ejected"
         } else {
@@ -323,12 +345,6 @@ impl Engine {
         if let Err(e) = cgroup::ensure(&cg) {
             return Response::failure(e.to_string());
         }
-        env.insert("KNIT_TASK_ID".into(), task_id.clone());
-        env.insert("KNIT_SERVICE".into(), service.to_string());
-        env.insert(
-            "KNIT_HOST_ADDRESS".into(),
-            self.cfg.host.address.to_string(),
-        );
         let rec = TaskRecord {
             id: task_id.clone(),
             service: service.to_string(),
@@ -338,10 +354,12 @@ impl Engine {
             started_unix_ms: now_ms(),
             draining: false,
             drain_started_unix_ms: 0,
+            health: None,
         };
         if let Err(e) = self.store.put_task(&rec) {
             return Response::failure(e.to_string());
         }
+        env = self.task_env(&rec);
         self.tasks.insert(task_id.clone(), rec);
         self.start_ingress(&task_id);
         info!(task = %task_id, service, "task starting");
@@ -354,10 +372,22 @@ impl Engine {
     }
 
     pub fn task_running(&mut self, task_id: &str, pid: u32) -> Response {
+        let Some(service) = self.tasks.get(task_id).map(|t| t.service.clone()) else {
+            return Response::bad_input(format!("no task {task_id:?}"));
+        };
+        let spec = self.health_spec(&service);
         let Some(t) = self.tasks.get_mut(task_id) else {
             return Response::bad_input(format!("no task {task_id:?}"));
         };
         t.pid = Some(pid);
+        if let Some(spec) = spec {
+            // No traffic before the first passing check.
+            t.health = Some(health::Status::Starting);
+            self.health_checks.insert(
+                task_id.to_string(),
+                HealthState::new(spec, health::Status::Starting, Instant::now()),
+            );
+        }
         let rec = t.clone();
         if let Err(e) = self.store.put_task(&rec) {
             return Response::failure(e.to_string());
@@ -377,6 +407,7 @@ impl Engine {
             self.health.remove(&p.backend_id);
         }
         self.ingress.stop(task_id);
+        self.health_checks.remove(task_id);
         self.reconcile()?;
         // What is left of the task gets SIGTERM now and SIGKILL after the
         // grace period (the monitor sees to it and removes the cgroup).
@@ -720,6 +751,65 @@ impl Engine {
 }
 
 impl Engine {
+    /// The health check of a service's task definition, if it has one.
+    fn health_spec(&self, service: &str) -> Option<HealthCheck> {
+        let s = self.services.iter().find(|s| s.spec.name == service)?;
+        let tds = self.store.task_definitions().ok()?;
+        tds.get(&s.spec.task_definition)?.health_check.clone()
+    }
+
+    /// The environment of a task (and of its health checks).
+    fn task_env(&self, t: &TaskRecord) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = t
+            .ports
+            .iter()
+            .map(|p| (port_env_name(&p.name), p.port.to_string()))
+            .collect();
+        env.insert("KNIT_TASK_ID".into(), t.id.clone());
+        env.insert("KNIT_SERVICE".into(), t.service.clone());
+        env.insert(
+            "KNIT_HOST_ADDRESS".into(),
+            self.cfg.host.address.to_string(),
+        );
+        env
+    }
+
+    /// Health checks to run now: (task, check, cgroup, environment).
+    pub fn due_health_checks(
+        &mut self,
+    ) -> Vec<(String, HealthCheck, PathBuf, BTreeMap<String, String>)> {
+        let now = Instant::now();
+        let due: Vec<(String, HealthCheck)> = self
+            .health_checks
+            .iter_mut()
+            .filter_map(|(id, h)| h.start_if_due(now).then(|| (id.clone(), h.spec.clone())))
+            .collect();
+        due.into_iter()
+            .filter_map(|(id, spec)| {
+                let t = self.tasks.get(&id)?;
+                Some((id, spec, t.cgroup.clone(), self.task_env(t)))
+            })
+            .collect()
+    }
+
+    /// A check's result; a change of verdict changes the rotation.
+    pub fn record_health(&mut self, task_id: &str, passed: bool) -> anyhow::Result<()> {
+        let Some(h) = self.health_checks.get_mut(task_id) else {
+            return Ok(());
+        };
+        if !h.record(passed, Instant::now()) {
+            return Ok(());
+        }
+        let status = h.status;
+        if let Some(t) = self.tasks.get_mut(task_id) {
+            t.health = Some(status);
+            let rec = t.clone();
+            self.store.put_task(&rec)?;
+        }
+        info!(task = %task_id, ?status, "health check verdict");
+        self.reconcile()
+    }
+
     /// Start ingress listeners for a task's L7 ports (once per port).
     fn start_ingress(&mut self, task_id: &str) {
         let Some(t) = self.tasks.get(task_id).cloned() else {

@@ -161,6 +161,16 @@ async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
             if let Err(err) = e.tick() {
                 warn!(error = %format!("{err:#}"), "monitor");
             }
+            // Health checks run outside the lock; each records its verdict.
+            for (task, spec, cgroup, env) in e.due_health_checks() {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let passed = crate::health::run_check(&spec, &cgroup, &env).await;
+                    if let Err(err) = engine.lock().await.record_health(&task, passed) {
+                        warn!(error = %format!("{err:#}"), task, "recording a health check");
+                    }
+                });
+            }
             (e.unready_ports(), e.cfg.host.address)
         };
         if probes.is_empty() {

@@ -53,4 +53,7 @@ pub struct TaskRecord {
     /// When the drain began (ms since the epoch; 0: not draining).
     #[serde(default)]
     pub drain_started_unix_ms: u64,
+    /// The health check's verdict, for a task definition with one.
+    #[serde(default)]
+    pub health: Option<crate::health::Status>,
 }
