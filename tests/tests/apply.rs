@@ -65,3 +65,54 @@ fn bad_input_is_refused_whole_with_file_path_and_fix() -> Result<()> {
     assert_eq!(out.status.code(), Some(2));
     Ok(())
 }
+
+/// kill -9 of the daemon at random points during `knit apply`: after a
+/// restart each apply is either all there or not at all, and the store opens.
+#[test]
+fn apply_is_atomic_across_daemon_crashes() -> Result<()> {
+    let mut k = Knit::start("crashapply", "")?;
+    k.apply(&[("db-td.json", &tcp_task_definition("db"))])?;
+    let mut cut_off = 0;
+    for round in 0..20u64 {
+        // Three services in one apply, spread over three files.
+        let docs: Vec<(String, String)> = ["a", "b", "c"]
+            .iter()
+            .map(|x| {
+                let name = format!("r{round}{x}");
+                let json = tcp_service(&name, &name, 7000).replace(
+                    &format!("\"taskDefinition\": \"{name}\""),
+                    "\"taskDefinition\": \"db\"",
+                );
+                (format!("{name}.json"), json)
+            })
+            .collect();
+        let mut cmd = k.cmd();
+        cmd.arg("apply");
+        for (f, json) in &docs {
+            cmd.arg("-f").arg(k.file(f, json)?);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        // A pseudo-random delay from the round number (0..12 ms).
+        std::thread::sleep(std::time::Duration::from_micros((round * 7919) % 12_000));
+        k.kill_daemon()?;
+        let _ = child.wait();
+        k.start_daemon()?;
+        let names = services(&k)?;
+        let present = ["a", "b", "c"]
+            .iter()
+            .filter(|x| names.contains(&format!("\"r{round}{x}\"")))
+            .count();
+        assert!(
+            present == 0 || present == 3,
+            "round {round}: {present} of 3 services applied: {names}"
+        );
+        if present == 0 {
+            cut_off += 1;
+        }
+    }
+    eprintln!("{cut_off} of 20 applies were cut off by the kill");
+    Ok(())
+}
