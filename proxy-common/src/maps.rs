@@ -13,6 +13,7 @@ pub const MAP_SERVICE_STATS: &str = "KNIT_SVC_STATS";
 pub const MAP_BACKEND_STATS: &str = "KNIT_BE_STATS";
 pub const MAP_CONFIG: &str = "KNIT_CONFIG";
 pub const MAP_ORIG: &str = "KNIT_ORIG";
+pub const MAP_TASK_NS: &str = "KNIT_TASK_NS";
 
 /// Most services (client aliases) one host can hold; service ids are below this.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -20,6 +21,8 @@ pub const MAX_SERVICES: u32 = 16_384;
 pub const MAX_BACKEND_SLOTS: u32 = 131_072;
 /// Most backends (endpoints) with counters.
 pub const MAX_BACKENDS: u32 = 131_072;
+/// Tasks (cgroups) with a namespace.
+pub const MAX_TASKS: u32 = 65_536;
 /// Connections tracked at once (LRU: the oldest entry goes when full).
 pub const MAX_CONNS: u32 = 262_144;
 
@@ -61,7 +64,9 @@ pub struct ServiceEntry {
     pub backend_count: u32,
     /// [`MODE_L4`] or [`MODE_L7`].
     pub mode: u32,
-    pub _pad: u32,
+    /// The namespace the alias belongs to; only tasks of that namespace
+    /// (`KNIT_TASK_NS`) are routed.
+    pub ns_id: u32,
 }
 
 /// Key of `KNIT_BACKENDS`.

@@ -7,7 +7,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     programs::SockAddrContext,
 };
 use proxy_common::{
@@ -15,7 +15,7 @@ use proxy_common::{
     select::pick_slot,
 };
 
-use crate::maps::{KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_RR, KNIT_SERVICES};
+use crate::maps::{KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_RR, KNIT_SERVICES, KNIT_TASK_NS};
 
 const SOCK_STREAM: u32 = 1;
 
@@ -130,6 +130,14 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
     let svc = KNIT_SERVICES.get_ptr(&key)?;
     // SAFETY: map values stay valid for the program's run.
     let svc = unsafe { *svc };
+    // Only tasks of the alias's namespace are routed; any other task is
+    // refused, as if the name did not exist for it.
+    // SAFETY: a helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: as above.
+    if KNIT_TASK_NS.get_ptr(&cgroup).map(|ns| unsafe { *ns }) != Some(svc.ns_id) {
+        return None;
+    }
     let (dst, backend_id, flags) = if svc.mode == MODE_L7 && daemon_alive() {
         // SAFETY: as above.
         let cfg = unsafe { *KNIT_CONFIG.get_ptr(0)? };
@@ -168,7 +176,9 @@ fn daemon_alive() -> bool {
     let cfg = unsafe { *cfg };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    cfg.egress_port != 0 && cfg.heartbeat_ns != 0 && now.saturating_sub(cfg.heartbeat_ns) < HEARTBEAT_STALE_NS
+    cfg.egress_port != 0
+        && cfg.heartbeat_ns != 0
+        && now.saturating_sub(cfg.heartbeat_ns) < HEARTBEAT_STALE_NS
 }
 
 /// A heartbeat older than this means the daemon is gone.

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use proxy_common::maps::{
     Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNS, MAX_SERVICES, OrigKey, ServiceEntry, VipKey,
+    MAX_CONNS, MAX_SERVICES, MAX_TASKS, OrigKey, ServiceEntry, VipKey,
 };
 
 /// VIP:port -> service (written by the daemon).
@@ -41,3 +41,8 @@ pub static KNIT_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 /// VIP it dialed (kernel writes on establish, removes on close; daemon reads).
 #[map]
 pub static KNIT_ORIG: LruHashMap<OrigKey, ConnInfo> = LruHashMap::pinned(MAX_CONNS, 0);
+
+/// A task's cgroup id -> its service's namespace (written by the daemon
+/// before the task runs).
+#[map]
+pub static KNIT_TASK_NS: HashMap<u64, u32> = HashMap::pinned(MAX_TASKS, 0);

@@ -224,6 +224,7 @@ impl Engine {
                     vip: a.vip,
                     port: a.spec.port,
                     service_id: a.service_id,
+                    ns_id: s.ns_id,
                     mode: if is_l7(a) { MODE_L7 } else { MODE_L4 },
                     backends,
                 });
@@ -236,7 +237,21 @@ impl Engine {
             .values()
             .flat_map(|t| t.ports.iter().map(|p| p.backend_id))
             .collect();
-        self.dp.maps.sync(&desired, &backend_ids)?;
+        // Each task's cgroup id (its directory's inode) -> its namespace.
+        let task_ns: BTreeMap<u64, u32> = self
+            .tasks
+            .values()
+            .filter_map(|t| {
+                let ns = self
+                    .services
+                    .iter()
+                    .find(|s| s.spec.name == t.service)?
+                    .ns_id;
+                let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&t.cgroup).ok()?);
+                Some((ino, ns))
+            })
+            .collect();
+        self.dp.maps.sync(&desired, &backend_ids, &task_ns)?;
         let names: Vec<(String, Ipv4Addr)> = names.into_iter().collect();
         if self.last_hosts.as_ref() != Some(&names) {
             if let Err(e) = self.hosts.write(&names) {
@@ -362,6 +377,10 @@ impl Engine {
         env = self.task_env(&rec);
         self.tasks.insert(task_id.clone(), rec);
         self.start_ingress(&task_id);
+        // The kernel must know the task's namespace before it connects.
+        if let Err(e) = self.reconcile() {
+            return Response::failure(format!("{e:#}"));
+        }
         info!(task = %task_id, service, "task starting");
         Response::ok(&TaskPlan {
             task_id,

@@ -12,8 +12,8 @@ use aya::{
 };
 use proxy_common::maps::{
     Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONFIG, MAP_CONNS, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, OrigKey, ServiceEntry,
-    VipKey,
+    MAP_CONFIG, MAP_CONNS, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TASK_NS, OrigKey,
+    ServiceEntry, VipKey,
 };
 
 use super::DatapathError;
@@ -28,6 +28,8 @@ pub struct DesiredAlias {
     pub port: u16,
     pub service_id: u32,
     pub mode: u32,
+    /// The alias's namespace id.
+    pub ns_id: u32,
     /// Eligible backends in slot order: (address, port, backend id).
     pub backends: Vec<(Ipv4Addr, u16, u32)>,
 }
@@ -39,6 +41,7 @@ pub struct Maps {
     be_stats: HashMap<MapData, u32, Counters>,
     conns: HashMap<MapData, u64, ConnInfo>,
     config: Array<MapData, DatapathConfig>,
+    task_ns: HashMap<MapData, u64, u32>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
 }
@@ -94,6 +97,7 @@ impl Maps {
                 Array::try_from(m).map_err(map_err(MAP_CONFIG))?
             },
             orig: Some(take(ebpf, MAP_ORIG)?),
+            task_ns: take(ebpf, MAP_TASK_NS)?,
         })
     }
 
@@ -134,7 +138,25 @@ impl Maps {
         &mut self,
         desired: &[DesiredAlias],
         backend_ids: &BTreeSet<u32>,
+        task_ns: &BTreeMap<u64, u32>,
     ) -> Result<(), DatapathError> {
+        // Tasks' namespaces first: a task may connect as soon as it exists.
+        for (cg, ns) in task_ns {
+            if self.task_ns.get(cg, 0).ok() != Some(*ns) {
+                self.task_ns
+                    .insert(*cg, *ns, 0)
+                    .map_err(map_err(MAP_TASK_NS))?;
+            }
+        }
+        let stale: Vec<u64> = self
+            .task_ns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !task_ns.contains_key(k))
+            .collect();
+        for k in stale {
+            tolerate(self.task_ns.remove(&k), MAP_TASK_NS)?;
+        }
         let current: BTreeMap<VipKey, ServiceEntry> =
             self.services.iter().filter_map(Result::ok).collect();
         // Counters first: a connect routed to a new backend must find its
@@ -154,7 +176,7 @@ impl Maps {
                 service_id: d.service_id,
                 backend_count: n,
                 mode: d.mode,
-                _pad: 0,
+                ns_id: d.ns_id,
             };
             tolerate(
                 self.svc_stats

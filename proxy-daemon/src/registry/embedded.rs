@@ -21,6 +21,7 @@ const TASKDEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_defini
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const VIPS: TableDefinition<&str, u64> = TableDefinition::new("vips");
 const ALIAS_IDS: TableDefinition<&str, u64> = TableDefinition::new("alias_ids");
+const NS_IDS: TableDefinition<&str, u64> = TableDefinition::new("namespace_ids");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
@@ -71,6 +72,7 @@ impl Store {
             }
             w.open_table(VIPS).map_err(dberr)?;
             w.open_table(ALIAS_IDS).map_err(dberr)?;
+            w.open_table(NS_IDS).map_err(dberr)?;
         }
         w.commit().map_err(dberr)?;
         Ok(Self { db })
@@ -296,8 +298,30 @@ fn service_record(
             vip: Ipv4Addr::from(0x7fff_0000u32 | vip as u32),
         });
     }
+    let ns_id = {
+        let mut ids = w.open_table(NS_IDS).map_err(dberr)?;
+        let found = ids
+            .get(spec.namespace.as_str())
+            .map_err(dberr)?
+            .map(|v| v.value());
+        match found {
+            Some(v) => v,
+            None => {
+                let mut meta = w.open_table(META).map_err(dberr)?;
+                let next = meta
+                    .get("next_namespace_id")
+                    .map_err(dberr)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
+                meta.insert("next_namespace_id", next + 1).map_err(dberr)?;
+                ids.insert(spec.namespace.as_str(), next).map_err(dberr)?;
+                next
+            }
+        }
+    };
     Ok(ServiceRecord {
         spec: spec.clone(),
+        ns_id: ns_id as u32,
         aliases,
     })
 }

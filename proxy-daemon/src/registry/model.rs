@@ -17,6 +17,9 @@ pub struct AliasRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub spec: ServiceSpec,
+    /// The kernel's id for the service's namespace (1 and up).
+    #[serde(default)]
+    pub ns_id: u32,
     pub aliases: Vec<AliasRecord>,
 }
 
