@@ -138,4 +138,7 @@ pub struct StatusReport {
     pub aliases: usize,
     pub tasks: usize,
     pub tracked_connections: usize,
+    /// The admin HTTP address (metrics, read-only API).
+    #[serde(default)]
+    pub admin: String,
 }

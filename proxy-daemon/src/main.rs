@@ -13,6 +13,7 @@ mod daemon;
 mod datapath;
 mod health;
 mod hosts;
+mod metrics;
 mod outlier;
 mod proxy;
 mod registry;

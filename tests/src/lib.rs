@@ -116,12 +116,18 @@ impl Knit {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\nbpf_pin_dir = {:?}\ncgroup = {:?}\nsocket = {:?}\nhosts_file = {:?}\n{extra}\n",
+                "state_dir = {:?}\nbpf_pin_dir = {:?}\ncgroup = {:?}\nsocket = {:?}\nhosts_file = {:?}\n{extra}\n{}",
                 dir.path().join("state"),
                 pin_dir,
                 unique,
                 socket,
-                hosts
+                hosts,
+                // Side by side with other daemons: any free admin port.
+                if extra.contains("[admin]") {
+                    ""
+                } else {
+                    "[admin]\nlisten = \"127.0.0.1:0\"\n"
+                },
             ),
         )?;
         let mut k = Self {

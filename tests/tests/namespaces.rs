@@ -34,13 +34,29 @@ fn a_task_reaches_only_its_namespaces_aliases() -> Result<()> {
         ("cb.json", &cb),
     ])?;
     let tb = testbin().display().to_string();
-    k.run("dba", &[&tb, "echo", "--id", "a0", "--port-env", "KNIT_PORT_TCP"])?;
+    k.run(
+        "dba",
+        &[&tb, "echo", "--id", "a0", "--port-env", "KNIT_PORT_TCP"],
+    )?;
     k.wait_healthy("dba", 1)?;
     let hosts = k.hosts.display().to_string();
-    let ok = k.run_json("client-a", &[&tb, "client", "--target", "dba:7300", "--hosts", &hosts, "--count", "5"])?;
+    let ok = k.run_json(
+        "client-a",
+        &[
+            &tb, "client", "--target", "dba:7300", "--hosts", &hosts, "--count", "5",
+        ],
+    )?;
     assert_eq!(ok["ok"], 5, "namespace a reaches its own alias: {ok}");
-    let denied = k.run_json("client-b", &[&tb, "client", "--target", "dba:7300", "--hosts", &hosts, "--count", "3"])?;
-    assert_eq!(denied["failed"], 3, "namespace b must not reach a's alias: {denied}");
+    let denied = k.run_json(
+        "client-b",
+        &[
+            &tb, "client", "--target", "dba:7300", "--hosts", &hosts, "--count", "3",
+        ],
+    )?;
+    assert_eq!(
+        denied["failed"], 3,
+        "namespace b must not reach a's alias: {denied}"
+    );
     let err = denied["errors"][0].as_str().context("an error")?;
     assert!(err.contains("Connection refused"), "{err}");
     Ok(())

@@ -93,7 +93,8 @@ pub fn status(s: &StatusReport) -> String {
          hosts file:   {}\n\
          services:     {} ({} client aliases)\n\
          tasks:        {}\n\
-         connections:  {} tracked by the connect hook\n",
+         connections:  {} tracked by the connect hook\n\
+         admin:        http://{}/ (metrics, API)\n",
         s.version,
         s.pid,
         s.uptime_s,
@@ -105,6 +106,7 @@ pub fn status(s: &StatusReport) -> String {
         s.services,
         s.aliases,
         s.tasks,
-        s.tracked_connections
+        s.tracked_connections,
+        s.admin
     )
 }

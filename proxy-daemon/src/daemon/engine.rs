@@ -24,6 +24,7 @@ use crate::{
     datapath::{Datapath, DesiredAlias},
     health::{self, HealthState},
     hosts::HostsFile,
+    metrics::{EndpointLabels, ServiceLabels, Snapshot, TargetLabels},
     outlier::Outliers,
     proxy::{
         AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
@@ -66,6 +67,8 @@ pub struct Engine {
     stopping: Vec<(PathBuf, Instant)>,
     /// Health-check state of tasks whose task definition has a healthCheck.
     health_checks: BTreeMap<String, HealthState>,
+    /// Where the admin HTTP listens (set once bound).
+    pub admin: String,
 }
 
 fn is_l7(a: &AliasRecord) -> bool {
@@ -133,6 +136,7 @@ impl Engine {
             ingress: IngressListeners::default(),
             stopping: Vec::new(),
             health_checks: BTreeMap::new(),
+            admin: String::new(),
         };
         e.sweep_unknown_cgroups();
         // Recovered tasks keep their last verdict until their next check.
@@ -187,26 +191,37 @@ impl Engine {
         for s in &self.services {
             for a in &s.aliases {
                 let mut backends = Vec::new();
+                let mut owners = Vec::new();
                 for t in self.tasks.values().filter(|t| t.service == s.spec.name) {
                     for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
                         if self.eligible(t, p) {
                             backends.push((addr, p.port, p.backend_id));
+                            owners.push(t.id.clone());
                         }
                     }
                 }
                 if is_l7(a) {
+                    let (labels, target) = alias_labels(s, a);
                     let endpoints = backends
                         .iter()
-                        .map(|(ip, port, id)| Endpoint {
+                        .zip(&owners)
+                        .map(|((ip, port, id), task)| Endpoint {
                             backend_id: *id,
                             addr: SocketAddr::from((*ip, *port)),
                             health: self.health.entry(*id).or_default().clone(),
+                            labels: Arc::new(endpoint_labels(
+                                &target,
+                                task,
+                                SocketAddr::from((*ip, *port)),
+                            )),
                         })
                         .collect();
                     routes.aliases.insert(
                         a.service_id,
                         Arc::new(AliasRoute {
                             service: s.spec.name.clone(),
+                            labels,
+                            target,
                             dns_name: a.spec.dns_name.clone(),
                             port: a.spec.port,
                             protocol: a.spec.app_protocol,
@@ -747,6 +762,46 @@ impl Engine {
             .collect()
     }
 
+    /// Kernel counters and endpoint states for a metrics scrape.
+    pub fn metrics_snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        let addr = self.cfg.host.address;
+        for s in &self.services {
+            for a in &s.aliases {
+                let (labels, target) = alias_labels(s, a);
+                let c = self
+                    .dp
+                    .maps
+                    .service_counters(a.service_id)
+                    .unwrap_or_default();
+                snap.services.push((
+                    labels,
+                    c.active.min(i64::MAX as u64),
+                    c.new_conns,
+                    c.bytes_sent + c.bytes_received,
+                    c.failed,
+                ));
+                for t in self.tasks.values().filter(|t| t.service == s.spec.name) {
+                    for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
+                        let c = self
+                            .dp
+                            .maps
+                            .backend_counters(p.backend_id)
+                            .unwrap_or_default();
+                        snap.endpoints.push((
+                            endpoint_labels(&target, &t.id, SocketAddr::from((addr, p.port))),
+                            self.eligible(t, p),
+                            u64::from(self.outliers.ejections(p.backend_id)),
+                            c.new_conns,
+                            c.bytes_sent + c.bytes_received,
+                        ));
+                    }
+                }
+            }
+        }
+        snap
+    }
+
     pub fn status(&self) -> StatusReport {
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -765,6 +820,7 @@ impl Engine {
             aliases: self.services.iter().map(|s| s.aliases.len()).sum(),
             tasks: self.tasks.len(),
             tracked_connections: self.dp.maps.tracked_connections(),
+            admin: self.admin.clone(),
         }
     }
 }
@@ -848,6 +904,8 @@ impl Engine {
             else {
                 continue;
             };
+            let (labels, target) = alias_labels(s, a);
+            let app = SocketAddr::from((addr, p.port));
             let route = Arc::new(AliasRoute {
                 service: s.spec.name.clone(),
                 dns_name: a.spec.dns_name.clone(),
@@ -855,9 +913,12 @@ impl Engine {
                 protocol: a.spec.app_protocol,
                 endpoints: vec![Endpoint {
                     backend_id: p.backend_id,
-                    addr: SocketAddr::from((addr, p.port)),
+                    addr: app,
                     health: self.health.entry(p.backend_id).or_default().clone(),
+                    labels: Arc::new(endpoint_labels(&target, &t.id, app)),
                 }],
+                labels,
+                target,
                 request_timeout: request_timeout(a),
                 failure_threshold: outlier_config(&self.cfg.outlier, a).consecutive_failures,
                 idle_timeout: idle_timeout(a),
@@ -898,6 +959,32 @@ fn request_timeout(a: &AliasRecord) -> Option<Duration> {
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(u64::from(s))),
         None => Some(DEFAULT_REQUEST_TIMEOUT),
+    }
+}
+
+/// An alias's metric labels: server side and client side.
+fn alias_labels(s: &ServiceRecord, a: &AliasRecord) -> (ServiceLabels, TargetLabels) {
+    (
+        ServiceLabels {
+            namespace: s.spec.namespace.clone(),
+            service: s.spec.name.clone(),
+            discovery_name: a.spec.discovery_name.clone(),
+        },
+        TargetLabels {
+            namespace: s.spec.namespace.clone(),
+            service: s.spec.name.clone(),
+            target_discovery_name: a.spec.discovery_name.clone(),
+        },
+    )
+}
+
+fn endpoint_labels(t: &TargetLabels, task: &str, addr: SocketAddr) -> EndpointLabels {
+    EndpointLabels {
+        namespace: t.namespace.clone(),
+        service: t.service.clone(),
+        target_discovery_name: t.target_discovery_name.clone(),
+        task: task.to_string(),
+        endpoint: addr.to_string(),
     }
 }
 

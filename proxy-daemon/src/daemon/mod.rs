@@ -1,5 +1,6 @@
 //! `knit daemon`: start-up checks, the control socket, the monitor loop and
 //! clean shutdown.
+mod admin;
 mod engine;
 mod server;
 
@@ -72,6 +73,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         e.dp.retire_other_versions();
     }
     info!(egress = %egress_addr, "L7 egress listener");
+    let admin = tokio::net::TcpListener::bind(cfg.admin.listen).await.with_context(|| {
+        format!(
+            "binding the admin listener on {}: set [admin] listen in the config to a free address",
+            cfg.admin.listen
+        )
+    })?;
+    let admin_addr = admin.local_addr()?;
+    engine.lock().await.admin = admin_addr.to_string();
+    info!(admin = %admin_addr, "admin HTTP (metrics, API)");
+    tokio::spawn(admin::serve(admin, engine.clone(), proxy.clone()));
     tokio::spawn(crate::proxy::serve_egress(egress, proxy));
     // An endpoint the proxy sees failing is looked at at once, not at the next tick.
     let on_events = engine.clone();

@@ -12,6 +12,7 @@ use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     header::{CONTENT_TYPE, HeaderValue},
 };
+use prometheus_client::metrics::counter::Counter;
 
 use super::routes::EndpointHealth;
 
@@ -60,17 +61,20 @@ impl Drop for InflightGuard {
     }
 }
 
-/// A response body that keeps its request in flight until it ends.
+/// A response body that keeps its request in flight until it ends, and
+/// counts its bytes.
 pub struct Guarded {
     inner: ProxyBody,
     _guard: InflightGuard,
+    bytes: Counter,
 }
 
 impl Guarded {
-    pub fn new(inner: ProxyBody, guard: InflightGuard) -> Self {
+    pub fn new(inner: ProxyBody, guard: InflightGuard, bytes: Counter) -> Self {
         Self {
             inner,
             _guard: guard,
+            bytes,
         }
     }
 }
@@ -83,7 +87,13 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.bytes.inc_by(d.len() as u64);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -146,11 +156,16 @@ impl TeeState {
 pub struct Tee {
     inner: Incoming,
     state: Arc<TeeState>,
+    bytes: Counter,
 }
 
 impl Tee {
-    pub fn new(inner: Incoming, state: Arc<TeeState>) -> Self {
-        Self { inner, state }
+    pub fn new(inner: Incoming, state: Arc<TeeState>, bytes: Counter) -> Self {
+        Self {
+            inner,
+            state,
+            bytes,
+        }
     }
 }
 
@@ -166,6 +181,11 @@ impl Body for Tee {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         let end = self.inner.is_end_stream();
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.bytes.inc_by(d.len() as u64);
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => self.state.update(|t| match f.data_ref() {
                 Some(d) if t.copy.len() + d.len() <= TEE_LIMIT => {

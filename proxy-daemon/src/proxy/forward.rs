@@ -16,6 +16,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
+use prometheus_client::metrics::counter::Counter;
 use proxy_config::AppProtocol;
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -101,6 +102,26 @@ async fn handle(
         },
         Target::Fixed(a) => a.clone(),
     };
+    // Requests tasks send (egress); an ingress listener's are counted where
+    // they came from.
+    if matches!(target, Target::Alias(_)) {
+        proxy
+            .metrics
+            .request_count
+            .get_or_create(&alias.labels)
+            .inc();
+        if req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        {
+            proxy
+                .metrics
+                .grpc_request_count
+                .get_or_create(&alias.labels)
+                .inc();
+        }
+    }
     // On an HTTP/2 or gRPC service, `Upgrade: h2c` and the like are hop by
     // hop: such a request goes on as a plain one.
     if is_upgrade(&req) && alias.protocol == AppProtocol::Http {
@@ -142,6 +163,7 @@ async fn handle(
         let mut may_retry = |replay_ok: bool| {
             replay_ok && retries < MAX_RETRIES && alias.budget.try_retry(Instant::now()) && {
                 retries += 1;
+                proxy.metrics.retries.get_or_create(&alias.target).inc();
                 true
             }
         };
@@ -162,11 +184,17 @@ async fn handle(
             }
             Some(Ok(s)) => s,
         };
-        let Some(b) = body.for_attempt() else {
+        let target_bytes = proxy
+            .metrics
+            .target_processed_bytes
+            .get_or_create(&alias.target)
+            .clone();
+        let Some(b) = body.for_attempt(&target_bytes) else {
             return error_response(StatusCode::BAD_GATEWAY, "the request could not be replayed");
         };
         let guard = InflightGuard::new(ep.health.clone());
         let req = upstream_request(&parts, b, &alias, h2);
+        let sent_at = Instant::now();
         let mut sent = within(deadline, sender.send(req)).await;
         if let Some(Err(SendError::NotSent(req, e))) = sent {
             // A pooled connection the endpoint had closed: not a failure of
@@ -202,6 +230,12 @@ async fn handle(
                 );
             }
             Some(Ok(resp)) => {
+                let m = &proxy.metrics;
+                m.code(&alias.target, resp.status().as_u16());
+                m.request_count_per_target.get_or_create(&ep.labels).inc();
+                m.target_response_time
+                    .get_or_create(&alias.target)
+                    .observe(sent_at.elapsed().as_secs_f64() * 1000.0);
                 let unavailable = resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     || resp.headers().get("grpc-status").map(HeaderValue::as_bytes)
                         == Some(GRPC_UNAVAILABLE);
@@ -221,7 +255,7 @@ async fn handle(
                     continue;
                 }
                 release(proxy, &ep, sender);
-                return downstream_response(resp, version, guard);
+                return downstream_response(resp, version, guard, target_bytes);
             }
         }
     }
@@ -314,13 +348,17 @@ impl ReqBody {
         matches!(self, ReqBody::Buffered(_))
     }
 
-    fn for_attempt(&mut self) -> Option<ProxyBody> {
+    /// The body for one attempt; its bytes are counted into `bytes`.
+    fn for_attempt(&mut self, bytes: &Counter) -> Option<ProxyBody> {
         match self {
             ReqBody::Buffered(b) if b.is_empty() => Some(empty()),
-            ReqBody::Buffered(b) => Some(full(b.clone())),
+            ReqBody::Buffered(b) => {
+                bytes.inc_by(b.len() as u64);
+                Some(full(b.clone()))
+            }
             ReqBody::Streaming(b, tee) => b
                 .take()
-                .map(|b| super::body::Tee::new(b, tee.clone()).boxed()),
+                .map(|b| super::body::Tee::new(b, tee.clone(), bytes.clone()).boxed()),
         }
     }
 
@@ -421,11 +459,12 @@ fn downstream_response(
     resp: Response<Incoming>,
     version: Version,
     guard: InflightGuard,
+    bytes: Counter,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = version;
-    Response::from_parts(parts, Guarded::new(incoming(body), guard).boxed())
+    Response::from_parts(parts, Guarded::new(incoming(body), guard, bytes).boxed())
 }
 
 impl Proxy {

@@ -38,6 +38,7 @@ pub enum ProxyEvent {
 /// Shared by every connection the proxy serves.
 pub struct Proxy {
     pub routes: ArcSwap<RouteTable>,
+    pub metrics: crate::metrics::ProxyMetrics,
     orig: HashMap<MapData, OrigKey, ConnInfo>,
     pools: Pools,
     events: mpsc::UnboundedSender<ProxyEvent>,
@@ -50,6 +51,7 @@ impl Proxy {
     ) -> Self {
         Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
+            metrics: crate::metrics::ProxyMetrics::default(),
             orig,
             pools: Pools::default(),
             events,

@@ -13,6 +13,8 @@ use std::{
 
 use proxy_config::AppProtocol;
 
+use crate::metrics::{EndpointLabels, ServiceLabels, TargetLabels};
+
 /// One endpoint's passive health and load, shared across table versions.
 #[derive(Debug, Default)]
 pub struct EndpointHealth {
@@ -27,11 +29,16 @@ pub struct Endpoint {
     pub backend_id: u32,
     pub addr: SocketAddr,
     pub health: Arc<EndpointHealth>,
+    /// Its metric labels.
+    pub labels: Arc<EndpointLabels>,
 }
 
 #[derive(Debug)]
 pub struct AliasRoute {
     pub service: String,
+    /// Metric labels, server side and client side.
+    pub labels: ServiceLabels,
+    pub target: TargetLabels,
     pub dns_name: String,
     pub port: u16,
     pub protocol: AppProtocol,
@@ -82,6 +89,16 @@ mod tests {
     fn route(n: u32) -> AliasRoute {
         AliasRoute {
             service: "s".into(),
+            labels: ServiceLabels {
+                namespace: "n".into(),
+                service: "s".into(),
+                discovery_name: "s".into(),
+            },
+            target: TargetLabels {
+                namespace: "n".into(),
+                service: "s".into(),
+                target_discovery_name: "s".into(),
+            },
             dns_name: "s".into(),
             port: 80,
             protocol: AppProtocol::Http,
@@ -90,6 +107,13 @@ mod tests {
                     backend_id: i,
                     addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                     health: Arc::default(),
+                    labels: Arc::new(EndpointLabels {
+                        namespace: "n".into(),
+                        service: "s".into(),
+                        target_discovery_name: "s".into(),
+                        task: format!("t{i}"),
+                        endpoint: String::new(),
+                    }),
                 })
                 .collect(),
             request_timeout: None,

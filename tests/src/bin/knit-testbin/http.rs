@@ -210,6 +210,8 @@ pub fn client(args: &[String]) -> Result<()> {
         .unwrap_or_else(|| "GET".into())
         .parse()?;
     let body_bytes = num(args, "--body-bytes", 0)? as usize;
+    let dump = args.iter().any(|a| a == "--dump-body");
+    let last_body: Arc<Mutex<String>> = Arc::default();
     let payload: Bytes = (0..body_bytes)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
@@ -217,7 +219,9 @@ pub fn client(args: &[String]) -> Result<()> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
+    let bodies = last_body.clone();
     runtime()?.block_on(async {
+        let last_body = bodies;
         let mut workers = Vec::new();
         for _ in 0..conc {
             let (tally, next, authority, path, method, payload) = (
@@ -228,6 +232,7 @@ pub fn client(args: &[String]) -> Result<()> {
                 method.clone(),
                 payload.clone(),
             );
+            let last_body = last_body.clone();
             workers.push(tokio::spawn(async move {
                 let mut conn: Option<Conn> = None;
                 loop {
@@ -243,6 +248,10 @@ pub fn client(args: &[String]) -> Result<()> {
                     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                     match r {
                         Ok((status, backend, echoed, trailers)) => {
+                            if dump {
+                                *last_body.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    String::from_utf8_lossy(&echoed).into_owned();
+                            }
                             *t.statuses.entry(status).or_default() += 1;
                             *t.by_backend.entry(backend.clone()).or_default() += 1;
                             if path.starts_with("/echo") && echoed != payload {
@@ -286,6 +295,7 @@ pub fn client(args: &[String]) -> Result<()> {
         "ok": ok, "failed": t.failed, "statuses": t.statuses, "by_backend": t.by_backend,
         "errors": t.errors, "mismatched": t.mismatched, "trailers": t.trailers,
         "p50_us": pct(0.5), "p99_us": pct(0.99), "timeline": t.timeline,
+        "body": dump.then(|| last_body.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     });
     println!("{report}");
     Ok(())

@@ -1,0 +1,96 @@
+//! The admin HTTP listener (loopback by default): `/metrics` (Prometheus
+//! text), `/api/v1/{services,endpoints,status}` (JSON), `/healthz`,
+//! `/readyz`. Read-only: every change goes through the CLI's root-only
+//! unix socket.
+use std::{convert::Infallible, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::{net::TcpListener, sync::Mutex};
+use tracing::{debug, warn};
+
+use super::engine::Engine;
+use crate::proxy::Proxy;
+
+pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, proxy: Arc<Proxy>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "admin accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (engine, proxy) = (engine.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (engine, proxy) = (engine.clone(), proxy.clone());
+                async move { Ok::<_, Infallible>(handle(req, &engine, &proxy).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(error = %e, "admin connection");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => text(StatusCode::OK, "application/json", s),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    engine: &Mutex<Engine>,
+    proxy: &Proxy,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "the admin API is read-only; change things with the knit CLI\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let snap = engine.lock().await.metrics_snapshot();
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::render(&proxy.metrics, snap),
+            )
+        }
+        "/healthz" | "/readyz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/api/v1/services" => json(&engine.lock().await.service_rows()),
+        "/api/v1/endpoints" => json(&engine.lock().await.endpoint_rows(None)),
+        "/api/v1/status" => json(&engine.lock().await.status()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /api/v1/services, /api/v1/endpoints, /api/v1/status, /healthz\n".into(),
+        ),
+    }
+}

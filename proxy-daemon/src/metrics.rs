@@ -1,0 +1,215 @@
+//! Prometheus metrics with ECS Service Connect's names, made recognisable
+//! (`RequestCount` -> `knit_request_count`, `HTTPCode_Target_2XX_Count` ->
+//! `knit_httpcode_target_2xx_count`, ...), labelled with `discovery_name`
+//! (inbound to the tasks of a discovery name) or `target_discovery_name`
+//! (as seen by clients), plus `namespace` and `service`.
+//!
+//! The proxy counts requests as they happen ([`ProxyMetrics`]); connection
+//! figures come from the kernel's counters, read at each scrape.
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Server side (ECS dimension `DiscoveryName`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub service: String,
+    pub discovery_name: String,
+}
+
+/// Client side (ECS dimension `TargetDiscoveryName`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub namespace: String,
+    pub service: String,
+    pub target_discovery_name: String,
+}
+
+/// One endpoint of a target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub namespace: String,
+    pub service: String,
+    pub target_discovery_name: String,
+    pub task: String,
+    pub endpoint: String,
+}
+
+fn response_time() -> Histogram {
+    // Milliseconds, 0.1 ms to ~100 s.
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+        5000.0, 10_000.0, 100_000.0,
+    ])
+}
+
+/// What the L7 proxy counts per request.
+pub struct ProxyMetrics {
+    pub request_count: Family<ServiceLabels, Counter>,
+    pub grpc_request_count: Family<ServiceLabels, Counter>,
+    /// `HTTPCode_Target_{2,3,4,5}XX_Count`, index 0..4.
+    pub http_code: [Family<TargetLabels, Counter>; 4],
+    pub request_count_per_target: Family<EndpointLabels, Counter>,
+    pub target_processed_bytes: Family<TargetLabels, Counter>,
+    pub target_response_time: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    pub retries: Family<TargetLabels, Counter>,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self {
+            request_count: Family::default(),
+            grpc_request_count: Family::default(),
+            http_code: Default::default(),
+            request_count_per_target: Family::default(),
+            target_processed_bytes: Family::default(),
+            target_response_time: Family::new_with_constructor(response_time),
+            retries: Family::default(),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// A response from an endpoint with `status`.
+    pub fn code(&self, t: &TargetLabels, status: u16) {
+        if let Some(f) = (200..600)
+            .contains(&status)
+            .then(|| &self.http_code[(status / 100 - 2) as usize])
+        {
+            f.get_or_create(t).inc();
+        }
+    }
+
+    /// Register the proxy's families (clones share the counts).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "request_count",
+            "Requests processed by the proxy, inbound per discovery name (ECS RequestCount)",
+            self.request_count.clone(),
+        );
+        r.register(
+            "grpc_request_count",
+            "gRPC requests processed (ECS GrpcRequestCount)",
+            self.grpc_request_count.clone(),
+        );
+        for (i, f) in self.http_code.iter().enumerate() {
+            r.register(
+                format!("httpcode_target_{}xx_count", i + 2),
+                format!(
+                    "{}xx responses from targets (ECS HTTPCode_Target_{}XX_Count)",
+                    i + 2,
+                    i + 2
+                ),
+                f.clone(),
+            );
+        }
+        r.register(
+            "request_count_per_target",
+            "Requests per target endpoint (ECS RequestCountPerTarget)",
+            self.request_count_per_target.clone(),
+        );
+        r.register(
+            "target_processed_bytes",
+            "Request and response body bytes to and from targets (ECS TargetProcessedBytes)",
+            self.target_processed_bytes.clone(),
+        );
+        r.register(
+            "target_response_time_milliseconds",
+            "From sending a request to a target to its response head (ECS TargetResponseTime)",
+            self.target_response_time.clone(),
+        );
+        r.register(
+            "retries",
+            "Requests retried on another endpoint",
+            self.retries.clone(),
+        );
+    }
+}
+
+/// Kernel-side and state figures, read at a scrape.
+#[derive(Default)]
+pub struct Snapshot {
+    pub services: Vec<(ServiceLabels, u64, u64, u64, u64)>,
+    pub endpoints: Vec<(EndpointLabels, bool, u64, u64, u64)>,
+}
+
+impl Snapshot {
+    /// Register the snapshot's figures (fresh families, set once).
+    pub fn register(self, r: &mut Registry) {
+        let active: Family<ServiceLabels, Gauge> = Family::default();
+        let new: Family<ServiceLabels, Counter> = Family::default();
+        let bytes: Family<ServiceLabels, Counter> = Family::default();
+        let failed: Family<ServiceLabels, Counter> = Family::default();
+        for (l, a, n, b, f) in &self.services {
+            active.get_or_create(l).set(*a as i64);
+            new.get_or_create(l).inc_by(*n);
+            bytes.get_or_create(l).inc_by(*b);
+            failed.get_or_create(l).inc_by(*f);
+        }
+        r.register(
+            "active_connection_count",
+            "Open connections into the tasks of a discovery name (ECS ActiveConnectionCount)",
+            active,
+        );
+        r.register(
+            "new_connection_count",
+            "Connections established (ECS NewConnectionCount)",
+            new,
+        );
+        r.register(
+            "processed_bytes",
+            "Bytes of connections, both ways, added on close (ECS ProcessedBytes)",
+            bytes,
+        );
+        r.register(
+            "failed_connection_count",
+            "Connects that never established",
+            failed,
+        );
+        let healthy: Family<EndpointLabels, Gauge> = Family::default();
+        let ejections: Family<EndpointLabels, Counter> = Family::default();
+        let conns: Family<EndpointLabels, Counter> = Family::default();
+        let ep_bytes: Family<EndpointLabels, Counter> = Family::default();
+        for (l, h, e, c, b) in &self.endpoints {
+            healthy.get_or_create(l).set(i64::from(*h));
+            ejections.get_or_create(l).inc_by(*e);
+            conns.get_or_create(l).inc_by(*c);
+            ep_bytes.get_or_create(l).inc_by(*b);
+        }
+        r.register(
+            "endpoint_healthy",
+            "1 when the endpoint is in rotation",
+            healthy,
+        );
+        r.register(
+            "endpoint_ejections",
+            "Times the endpoint was ejected by outlier detection",
+            ejections,
+        );
+        r.register(
+            "endpoint_new_connection_count",
+            "Connections established to the endpoint (TCP services)",
+            conns,
+        );
+        r.register(
+            "endpoint_processed_bytes",
+            "Bytes of the endpoint's connections, both ways (TCP services)",
+            ep_bytes,
+        );
+    }
+}
+
+/// The text exposition of everything.
+pub fn render(proxy: &ProxyMetrics, snap: Snapshot) -> String {
+    let mut r = Registry::with_prefix("knit");
+    proxy.register(&mut r);
+    snap.register(&mut r);
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    out
+}
