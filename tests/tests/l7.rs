@@ -551,7 +551,8 @@ fn l7_outlier_detection_is_settable_per_service() -> Result<()> {
     let served: u64 = std::fs::read_to_string(&count_file)?.trim().parse()?;
     ensure!(
         (2..=4).contains(&served),
-        "ejected after 2 failures, served {served}"
+        "ejected after 2 failures, served {served}; daemon log:\n{}",
+        k.daemon_log()
     );
     // Back after a second, failing again: ejected again, for twice as long.
     knit_tests::wait_for("the endpoint's return", Duration::from_secs(5), || {

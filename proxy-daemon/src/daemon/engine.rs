@@ -357,7 +357,8 @@ impl Engine {
                 }
                 pm.container_port
             } else {
-                match free_port(self.cfg.host.address) {
+                let pending: Vec<u16> = ports.iter().map(|p: &TaskPort| p.port).collect();
+                match self.alloc_port(&pending) {
                     Ok(p) => p,
                     Err(e) => return Response::failure(format!("finding a free port: {e}")),
                 }
@@ -826,6 +827,30 @@ impl Engine {
 }
 
 impl Engine {
+    /// A free port for a task or an ingress listener. Ports already handed
+    /// out (which their task may not have bound yet) are skipped, so that
+    /// two of knit's listeners never get the same one.
+    fn alloc_port(&self, pending: &[u16]) -> std::io::Result<u16> {
+        let taken: BTreeSet<u16> = self
+            .tasks
+            .values()
+            .flat_map(|t| t.ports.iter())
+            .flat_map(|p| [Some(p.port), p.ingress_port])
+            .flatten()
+            .chain(pending.iter().copied())
+            .collect();
+        for _ in 0..64 {
+            let port = free_port(self.cfg.host.address)?;
+            if !taken.contains(&port) {
+                return Ok(port);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free port found in 64 tries",
+        ))
+    }
+
     /// The health check of a service's task definition, if it has one.
     fn health_spec(&self, service: &str) -> Option<HealthCheck> {
         let s = self.services.iter().find(|s| s.spec.name == service)?;
@@ -896,6 +921,7 @@ impl Engine {
         let addr = self.cfg.host.address;
         let mut changed = false;
         let mut ports = t.ports.clone();
+        let mut assigned: Vec<u16> = Vec::new();
         for p in &mut ports {
             let Some(a) = s
                 .aliases
@@ -926,7 +952,16 @@ impl Engine {
                 budget: self.budgets.entry(a.service_id).or_default().clone(),
             });
             // Keep the port a task had (a restarted daemon listens again there).
-            let want = p.ingress_port.or(a.spec.ingress_port_override).unwrap_or(0);
+            let want = match p.ingress_port.or(a.spec.ingress_port_override) {
+                Some(port) => port,
+                None => match self.alloc_port(&assigned) {
+                    Ok(port) => port,
+                    Err(e) => {
+                        warn!(task = %t.id, error = %e, "no free port for an ingress listener");
+                        continue;
+                    }
+                },
+            };
             match self.ingress.start(
                 &t.id,
                 &p.name,
@@ -937,6 +972,7 @@ impl Engine {
                 Ok(port) => {
                     changed |= p.ingress_port != Some(port);
                     p.ingress_port = Some(port);
+                    assigned.push(port);
                 }
                 Err(e) => {
                     warn!(task = %t.id, port = %p.name, error = %e, "could not start the ingress listener")
