@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the per-host daemon (systemd runs it).
+    /// Run the per-host daemon (one per host; it serves the CLI on --socket).
     Daemon {
         /// Daemon config (TOML); a missing default file means all defaults.
         #[arg(long, default_value = DEFAULT_CONFIG)]
