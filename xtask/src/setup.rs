@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use crate::util::{self, step, succeeds};
 
 /// Debian packages: VM tests (qemu, busybox, cpio), inspection (bpftool),
-/// benchmarks (haproxy, nginx, wrk).
+/// benchmarks (haproxy, nginx, wrk, h2load from nghttp2-client).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "nginx",
     "wrk",
+    "nghttp2-client",
     "iproute2",
 ];
 
