@@ -93,7 +93,7 @@ pub fn status(s: &StatusReport) -> String {
          hosts file:   {}\n\
          services:     {} ({} client aliases)\n\
          tasks:        {}\n\
-         connections:  {} tracked by the connect hook\n\
+         connections:  {} tracked by the connect hook (counted up to 10000)\n\
          admin:        http://{}/ (metrics, API)\n",
         s.version,
         s.pid,

@@ -18,6 +18,9 @@ use proxy_common::maps::{
 
 use super::DatapathError;
 
+/// `knit status` stops counting tracked connections here.
+pub const MAX_COUNTED_CONNS: usize = 10_000;
+
 /// BPF_NOEXIST: create only; an existing entry (an adopted counter) is kept.
 const BPF_NOEXIST: u64 = 1;
 
@@ -256,8 +259,13 @@ impl Maps {
         self.be_stats.get(&backend_id, 0).ok()
     }
 
-    /// Connections the connect hook is tracking now.
+    /// Connections the connect hook is tracking now, counted up to
+    /// [`MAX_COUNTED_CONNS`] (each one is a syscall, under the engine lock).
     pub fn tracked_connections(&self) -> usize {
-        self.conns.keys().filter_map(Result::ok).count()
+        self.conns
+            .keys()
+            .take(MAX_COUNTED_CONNS)
+            .filter_map(Result::ok)
+            .count()
     }
 }
