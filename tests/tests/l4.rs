@@ -262,8 +262,9 @@ fn l4_killed_backend_leaves_rotation_and_returns() -> Result<()> {
 
 #[test]
 fn l4_failing_backend_is_ejected_then_returns() -> Result<()> {
+    // Long enough that the checks below run while b2 is out, even in the VM.
     let extra =
-        "[outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 2000\nmax_ejection_percent = 50\n";
+        "[outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 6000\nmax_ejection_percent = 50\n";
     let mut k = Knit::start("eject", extra)?;
     setup_db(&mut k, 3)?;
     let hosts_file = k.hosts.display().to_string();

@@ -567,7 +567,9 @@ fn l7_outlier_detection_is_settable_per_service() -> Result<()> {
         .iter()
         .filter_map(|e| e["ejections"].as_u64())
         .sum();
-    assert_eq!(ej, 2, "{eps}");
+    // Twice at least (more on a slow machine, where the run outlasts the
+    // second ejection).
+    assert!(ej >= 2, "{eps}");
     Ok(())
 }
 
