@@ -142,9 +142,11 @@ impl Pools {
         }
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(addr).or_default();
-        idle.retain(|(_, since)| since.elapsed() < POOL_IDLE_TIMEOUT);
+        // One clock read, not one per idle connection.
+        let now = Instant::now();
+        idle.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((s, Instant::now()));
+            idle.push((s, now));
         }
     }
 }

@@ -126,6 +126,41 @@ pub fn wait_quiet(max_cpus: f64, limit: Duration) -> Result<Usage> {
     }
 }
 
+/// CPU time (utime + stime + reaped children's) of `pid` and of its live
+/// descendants (an nginx master and its worker), in clock ticks; None when
+/// `pid` is gone.
+pub fn tree_ticks(pid: u32) -> Result<Option<u64>> {
+    let procs = read_procs()?;
+    let root = pid as i32;
+    if !procs.contains_key(&root) {
+        return Ok(None);
+    }
+    let under = |mut p: i32| {
+        for _ in 0..64 {
+            if p == root {
+                return true;
+            }
+            match procs.get(&p) {
+                Some(x) if x.ppid > 0 => p = x.ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    Ok(Some(
+        procs
+            .iter()
+            .filter(|&(&p, _)| under(p))
+            .map(|(_, x)| x.ticks)
+            .sum(),
+    ))
+}
+
+/// Clock ticks as seconds of CPU.
+pub fn ticks_to_secs(ticks: u64) -> f64 {
+    ticks as f64 / clock_ticks_per_sec()
+}
+
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions; it only reads a constant.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -176,6 +211,12 @@ mod tests {
         assert_eq!(p.comm, "my (odd) prog");
         assert_eq!(p.ppid, 77);
         assert_eq!(p.ticks, 250 + 50 + 7 + 3);
+    }
+
+    #[test]
+    fn tree_ticks_of_this_process() -> Result<()> {
+        assert!(tree_ticks(std::process::id())?.is_some());
+        Ok(())
     }
 
     #[test]

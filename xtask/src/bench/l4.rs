@@ -12,19 +12,18 @@
 //! connection wrk made through the VIP (and not at all otherwise), which
 //! proves the knit runs took the VIP path and the others did not. A run
 //! during which other processes used the CPUs is repeated (see `cpu`).
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 
 use super::{
-    cpu::{self, Usage},
+    cpu::Usage,
+    knit,
     report::{self, Machine},
+    rounds::{self, Plan},
     stats, wrk,
 };
-use crate::{build, util};
+use crate::util;
 
 mod config;
 mod setup;
@@ -39,10 +38,6 @@ const KEEPALIVE_CONNS: u32 = 64;
 const CLOSE_CONNS: u32 = 16;
 /// The client alias port of `web`.
 const ALIAS_PORT: u16 = 8080;
-/// Other processes may use this much CPU (in CPUs) during a run before the
-/// run counts as disturbed: idle Debian stays well under it, a build or a
-/// VM test is far above.
-const MAX_OTHERS: f64 = 0.05;
 /// CPU for wrk, and for the servers (nginx and HAProxy share it).
 const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
@@ -88,15 +83,6 @@ impl Mode {
             Mode::Close => CLOSE_CONNS,
         }
     }
-}
-
-/// How long and how often.
-#[derive(Debug, Clone, Copy)]
-pub struct Plan {
-    pub secs: u32,
-    /// A discarded run per cell before round 1 (0: none).
-    pub warmup_secs: u32,
-    pub rounds: usize,
 }
 
 /// One measured wrk run.
@@ -148,10 +134,10 @@ pub fn run(quick: bool) -> Result<()> {
         std::thread::available_parallelism().map_or(1, usize::from) >= 2,
         "the L4 benchmark pins wrk to CPU {CLIENT_CPU} and the servers to CPU {SERVER_CPU}; it needs 2 CPUs"
     );
-    let knit_bin = knit_binary()?;
+    let bin = knit::binary()?;
 
     util::step("l4: starting a knit daemon, nginx (service web) and HAProxy");
-    let bench = Bench::start()?;
+    let bench = Bench::start(&bin)?;
     println!(
         "nginx on 127.0.0.1:{}, VIP {}:{ALIAS_PORT}, HAProxy on 127.0.0.1:{}",
         bench.nginx_port, bench.vip, bench.haproxy_port
@@ -178,7 +164,7 @@ pub fn run(quick: bool) -> Result<()> {
     }
 
     util::step("l4: waiting for other processes to leave the CPUs alone");
-    settle(if quick { 30 } else { 120 })?;
+    rounds::settle(if quick { 30 } else { 120 })?;
 
     if plan.warmup_secs > 0 {
         util::step(&format!(
@@ -207,7 +193,7 @@ pub fn run(quick: bool) -> Result<()> {
         runs: rounds.runs,
         runs_repeated: rounds.repeated,
         disturbed_used: rounds.disturbed_used,
-        knit_version: bench.knit_version(knit_bin.as_deref())?,
+        knit_version: knit::version(&bench.k, &bin)?,
         commands: bench.commands(plan.secs),
         nginx_conf: bench.nginx_conf.replace(&bench.dir_text(), "$DIR"),
         haproxy_cfg: bench.haproxy_cfg.clone(),
@@ -219,106 +205,59 @@ pub fn run(quick: bool) -> Result<()> {
     let path = report::output_path(quick);
     report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
     println!("wrote the ## L4 section of {}", path.display());
-    Ok(())
-}
-
-/// The release `knit` to measure: built here, or the one $KNIT_BIN names
-/// (to measure another build, or when this tree does not build). The path
-/// when it came from $KNIT_BIN.
-fn knit_binary() -> Result<Option<PathBuf>> {
-    if let Some(bin) = std::env::var_os("KNIT_BIN") {
-        let bin = PathBuf::from(bin);
-        ensure!(bin.exists(), "KNIT_BIN={} does not exist", bin.display());
-        println!("measuring KNIT_BIN={} (not building)", bin.display());
-        return Ok(Some(bin));
-    }
-    build::all(true)?;
-    let bin = util::root().join("target/release/knit");
-    ensure!(bin.exists(), "{} was not built", bin.display());
-    // SAFETY: nothing but this thread runs yet (setup and the build only ran
-    // child processes), so no one reads the environment concurrently. The
-    // knit-tests harness reads KNIT_BIN each time it starts `knit`; without
-    // it, it would look next to this (debug) xtask binary.
-    unsafe { std::env::set_var("KNIT_BIN", &bin) };
-    Ok(None)
-}
-
-/// Wait up to `secs` for other processes to go quiet; measure anyway after.
-fn settle(secs: u64) -> Result<()> {
-    let limit = Duration::from_secs(secs);
-    let u = cpu::wait_quiet(MAX_OTHERS, limit)?;
-    if u.cpus > MAX_OTHERS {
-        println!(
-            "  WARNING: after {limit:?} other processes still use {}; measuring anyway",
-            u.describe()
-        );
-    } else {
-        println!("  quiet: other processes use {}", u.describe());
+    if !quick {
+        report::update_readme("l4", &table::headline(&outcome)?)?;
     }
     Ok(())
 }
 
-struct Rounds {
-    runs: Vec<Run>,
-    /// Disturbed runs measured again and left out.
-    repeated: usize,
-    /// Disturbed runs kept, for want of a quiet one before the deadline.
-    disturbed_used: usize,
-}
-
-/// `plan.rounds` rounds, each every mode × scenario in the same order. A
-/// run during which other processes took CPU did not get the machine the
-/// others got, so it is measured again once the machine is quiet, until the
-/// measuring phase has taken twice its planned time (plus two minutes);
-/// after that a disturbed run is kept and the table says so.
+/// `plan.rounds` rounds, each every mode × scenario in the same order;
+/// disturbed runs are measured again (see `rounds::measure`).
 fn measure_rounds(bench: &Bench, plan: Plan, settle_secs: u64) -> Result<Rounds> {
-    let planned =
-        u64::from(plan.secs) * (plan.rounds * Mode::ALL.len() * Scenario::ALL.len()) as u64;
-    let deadline = Instant::now() + Duration::from_secs(2 * planned + 120);
-    let mut out = Rounds {
-        runs: Vec::new(),
-        repeated: 0,
-        disturbed_used: 0,
-    };
-    for round in 1..=plan.rounds {
-        for mode in Mode::ALL {
-            for s in Scenario::ALL {
-                let label = format!("round {round}/{}", plan.rounds);
-                let mut m = bench.measure(s, mode, plan.secs, mode.connections())?;
-                progress(&label, s, mode, &m.wrk, &m.others);
-                while m.others.cpus > MAX_OTHERS {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        println!("  disturbed, but out of time for repeats: kept and reported");
-                        out.disturbed_used += 1;
-                        break;
-                    }
-                    println!(
-                        "  disturbed: other processes used {}; measuring it again",
-                        m.others.describe()
-                    );
-                    settle(settle_secs.min(left.as_secs().max(1)))?;
-                    m = bench.measure(s, mode, plan.secs, mode.connections())?;
-                    progress(&label, s, mode, &m.wrk, &m.others);
-                    out.repeated += 1;
-                }
+    let cells: Vec<(Mode, Scenario)> = Mode::ALL
+        .into_iter()
+        .flat_map(|m| Scenario::ALL.map(|s| (m, s)))
+        .collect();
+    // Repeats may take the measuring to twice its plan plus two minutes.
+    let planned = u64::from(plan.secs) * (plan.rounds * cells.len()) as u64;
+    let r = rounds::measure(
+        &cells,
+        plan.rounds,
+        2 * planned + 120,
+        settle_secs,
+        |(mode, s)| bench.measure(s, mode, plan.secs, mode.connections()),
+        |label, (mode, s), m: &Sample| progress(label, s, mode, &m.wrk, &m.others),
+    )?;
+    Ok(Rounds {
+        runs: r
+            .runs
+            .into_iter()
+            .map(|k| {
+                let (mode, scenario) = k.cell;
                 let Sample {
                     wrk,
                     vip_new,
                     others,
-                } = m;
-                out.runs.push(Run {
-                    scenario: s,
+                } = k.sample;
+                Run {
+                    scenario,
                     mode,
-                    round,
+                    round: k.round,
                     wrk,
                     vip_new,
                     others,
-                });
-            }
-        }
-    }
-    Ok(out)
+                }
+            })
+            .collect(),
+        repeated: r.repeated,
+        disturbed_used: r.disturbed_used,
+    })
+}
+
+struct Rounds {
+    runs: Vec<Run>,
+    repeated: usize,
+    disturbed_used: usize,
 }
 
 fn progress(what: &str, s: Scenario, mode: Mode, r: &wrk::Report, others: &Usage) {

@@ -13,6 +13,9 @@ use anyhow::{Context, Result, bail};
 pub struct Guard {
     child: Child,
     what: String,
+    /// SIGTERM first, and SIGKILL only after a grace period: for servers
+    /// whose workers must be stopped by their master (nginx).
+    graceful: bool,
 }
 
 impl Guard {
@@ -29,7 +32,21 @@ impl Guard {
         Ok(Self {
             child,
             what: what.to_string(),
+            graceful: false,
         })
+    }
+
+    /// As [`Guard::spawn`]; on drop the process gets SIGTERM and up to 5 s
+    /// to stop its own children (an nginx master its workers) before
+    /// SIGKILL, and any descendant left then is killed too.
+    pub fn spawn_graceful(what: &str, cmd: &mut Command, log: &std::path::Path) -> Result<Self> {
+        let mut g = Self::spawn(what, cmd, log)?;
+        g.graceful = true;
+        Ok(g)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Fail when the process has already exited (a bad config, a port taken).
@@ -43,9 +60,69 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
+            let pid = self.child.id() as i32;
+            let left = descendants(pid);
+            // SAFETY: kill(2) on our own child, which is not reaped yet
+            // (try_wait saw it running), so the pid is still its.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for p in left {
+                // A worker that outlived its master was re-parented; a pid
+                // that was reused since would have a live parent of its own.
+                if still_orphan_of(p) {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Live descendants of `pid` (from /proc's parent links).
+fn descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: i32 = e.file_name().to_str()?.parse().ok()?;
+            Some((p, ppid_of(p)?))
+        })
+        .collect();
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &parents {
+            if pp == parent && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pid` exists and was re-parented to init, or its parent is gone.
+fn still_orphan_of(pid: i32) -> bool {
+    ppid_of(pid).is_some_and(|pp| pp == 1 || !std::path::Path::new(&format!("/proc/{pp}")).exists())
 }
 
 /// What a bounded command printed.

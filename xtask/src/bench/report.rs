@@ -74,7 +74,7 @@ pub fn output_path(quick: bool) -> PathBuf {
 pub fn intro(m: &Machine, date: &str) -> String {
     format!(
         "# Benchmarks\n\n\
-         Figures measured by `cargo xtask bench <which>` (`l4` today), which \
+         Figures measured by `cargo xtask bench <which>` (`l4`, `l7`), which \
          rewrites only its own `## ` section of this file. Compare ratios \
          measured in the same run, not absolute figures across machines or \
          sections.\n\n\
@@ -153,6 +153,94 @@ pub fn write_section(path: &Path, m: &Machine, date: &str, section: &str) -> Res
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
+/// README.md's "## Benchmarks" section has one bullet per benchmark,
+/// "- `<key>`: ...": a full run replaces its own with `line`, whose figures
+/// come from the section it just wrote, so the README never quotes numbers
+/// BENCHMARKS.md does not hold. A README without that section is left
+/// alone (with a note).
+pub fn update_readme(key: &str, line: &str) -> Result<()> {
+    let path = crate::util::root().join("README.md");
+    let doc =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(new) = replace_bullet(&doc, key, line) else {
+        println!(
+            "README.md has no \"## Benchmarks\" section; not adding the `{key}` line:\n{line}"
+        );
+        return Ok(());
+    };
+    if new != doc {
+        let tmp = path.with_extension("md.tmp");
+        std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        println!("updated the `{key}` line of {}", path.display());
+    }
+    Ok(())
+}
+
+/// `doc` with the bullet "- `<key>`..." of its "## Benchmarks" section
+/// (up to a blank line, the next bullet or heading) replaced by `line`, or
+/// `line` added after the section's last line; None without the section.
+pub fn replace_bullet(doc: &str, key: &str, line: &str) -> Option<String> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let start = lines.iter().position(|l| l.trim_end() == "## Benchmarks")?;
+    let end = lines
+        .iter()
+        .enumerate()
+        .skip(start + 1)
+        .find(|(_, l)| l.starts_with("## "))
+        .map_or(lines.len(), |(i, _)| i);
+    let prefix = format!("- `{key}`");
+    let mut out: Vec<&str> = Vec::with_capacity(lines.len() + 1);
+    match (start + 1..end).find(|&i| lines[i].starts_with(&prefix)) {
+        Some(b) => {
+            let after = (b + 1..end)
+                .find(|&i| {
+                    let l = lines[i];
+                    l.trim().is_empty() || l.starts_with("- ") || l.starts_with('#')
+                })
+                .unwrap_or(end);
+            out.extend(&lines[..b]);
+            out.push(line);
+            out.extend(&lines[after..]);
+        }
+        None => {
+            // After the section's last non-blank line.
+            let last = (start..end)
+                .rev()
+                .find(|&i| !lines[i].trim().is_empty())
+                .unwrap_or(start);
+            out.extend(&lines[..=last]);
+            if !lines[last].starts_with("- ") {
+                out.push("");
+            }
+            out.push(line);
+            out.extend(&lines[last + 1..]);
+        }
+    }
+    let mut s = out.join("\n");
+    if doc.ends_with('\n') {
+        s.push('\n');
+    }
+    Some(s)
+}
+
+/// Words joined for a shell, single-quoted where they hold anything but
+/// plain characters ($DIR is left bare so that it expands).
+pub fn shell_words(words: &[String]) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=$".contains(c);
+    words
+        .iter()
+        .map(|w| {
+            if w.chars().all(plain) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Now, in UTC, as "2025-01-31 14:05 UTC".
 pub fn now_utc() -> String {
     let secs = std::time::SystemTime::now()
@@ -210,6 +298,37 @@ mod tests {
         assert!(out.contains("old l4"));
         assert!(out.ends_with("## L7\n\nnew l7\n"));
         assert!(!out.contains("l7 figures"));
+    }
+
+    const README: &str = "# knit\n\n## Benchmarks\n\nIntro.\n\n- `l4`: old l4\n  continued\n- `l7`: old l7\n\n## Next\n\ntext\n";
+
+    #[test]
+    fn replaces_its_own_bullet() {
+        let out = replace_bullet(README, "l4", "- `l4`: new").expect("section");
+        assert_eq!(
+            out,
+            "# knit\n\n## Benchmarks\n\nIntro.\n\n- `l4`: new\n- `l7`: old l7\n\n## Next\n\ntext\n"
+        );
+        let out = replace_bullet(README, "l7", "- `l7`: new").expect("section");
+        assert!(out.contains("- `l4`: old l4\n  continued\n- `l7`: new\n\n## Next"));
+    }
+
+    #[test]
+    fn adds_a_missing_bullet_at_the_end_of_the_section() {
+        let out = replace_bullet(README, "prop", "- `prop`: p").expect("section");
+        assert!(out.contains("- `l7`: old l7\n- `prop`: p\n\n## Next"));
+        let bare = "## Benchmarks\n\nSome text.\n";
+        assert_eq!(
+            replace_bullet(bare, "l7", "- `l7`: x").as_deref(),
+            Some("## Benchmarks\n\nSome text.\n\n- `l7`: x\n")
+        );
+        assert_eq!(replace_bullet("# no section\n", "l7", "x"), None);
+    }
+
+    #[test]
+    fn shell_quoting() {
+        let w = ["nginx", "-g", "daemon off;", "$DIR/x", "it's"].map(String::from);
+        assert_eq!(shell_words(&w), r"nginx -g 'daemon off;' $DIR/x 'it'\''s'");
     }
 
     #[test]

@@ -1,11 +1,6 @@
 //! The running L4 benchmark: a knit daemon with nginx as a task of `web`,
 //! HAProxy in front of nginx, and one measured wrk run as a task of `bench`.
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use knit_tests::{Knit, client_service};
@@ -14,13 +9,13 @@ use super::{
     ALIAS_PORT, CLIENT_CPU, Mode, SERVER_CPU, Scenario,
     config::{WEB_SERVICE, haproxy_cfg, nginx_command, nginx_conf, web_task_definition},
 };
-use crate::{
-    bench::{
-        cpu::{self, Usage},
-        procs::{self, Guard},
-        wrk,
-    },
-    util,
+use crate::bench::{
+    cpu::{self, Usage},
+    knit,
+    procs::{self, Guard},
+    report::shell_words,
+    rounds::Disturbance,
+    wrk,
 };
 
 /// One wrk run's results.
@@ -32,11 +27,17 @@ pub struct Sample {
     pub others: Usage,
 }
 
+impl Disturbance for Sample {
+    fn others(&self) -> &Usage {
+        &self.others
+    }
+}
+
 /// The running setup. Fields drop in order: HAProxy first, then the daemon
 /// with its tasks (nginx) and cgroups.
 pub struct Bench {
     _haproxy: Guard,
-    k: Knit,
+    pub k: Knit,
     pub nginx_port: u16,
     pub haproxy_port: u16,
     pub vip: String,
@@ -45,8 +46,8 @@ pub struct Bench {
 }
 
 impl Bench {
-    pub fn start() -> Result<Self> {
-        let mut k = Knit::start("bench-l4", "")?;
+    pub fn start(bin: &knit::Binary) -> Result<Self> {
+        let mut k = knit::start("bench-l4", "", bin)?;
         let nginx_port = procs::free_port()?;
         let haproxy_port = procs::free_port()?;
         ensure!(nginx_port != haproxy_port, "got the same free port twice");
@@ -191,17 +192,6 @@ impl Bench {
             .context("`knit services --json` gives web no new_connections")
     }
 
-    /// The daemon's version, and where it came from: this checkout's git
-    /// commit, or the binary named by $KNIT_BIN.
-    pub fn knit_version(&self, from_env: Option<&Path>) -> Result<String> {
-        let v = self.k.json(&["status"])?;
-        let version = v["version"].as_str().unwrap_or("?");
-        Ok(match from_env {
-            Some(bin) => format!("{version} (binary {})", bin.display()),
-            None => format!("{version}{}", git_describe()),
-        })
-    }
-
     pub fn dir_text(&self) -> String {
         self.k.dir.path().join("nginx").display().to_string()
     }
@@ -236,35 +226,4 @@ fn web_row(k: &Knit) -> Result<serde_json::Value> {
         .and_then(|a| a.iter().find(|r| r["dns_name"] == "web"))
         .cloned()
         .with_context(|| format!("no alias web in `knit services --json`: {rows}"))
-}
-
-/// " (git abc1234, uncommitted changes)" or "" outside a git checkout.
-fn git_describe() -> String {
-    let git =
-        |args: &[&str]| util::output(Command::new("git").current_dir(util::root()).args(args)).ok();
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(rev) => {
-            let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.trim().is_empty());
-            let note = if dirty { ", uncommitted changes" } else { "" };
-            format!(" (git {}{note})", rev.trim())
-        }
-        None => String::new(),
-    }
-}
-
-/// Words joined for a shell, single-quoted where they hold anything but
-/// plain characters ($DIR is left bare so that it expands).
-fn shell_words(words: &[String]) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=$".contains(c);
-    words
-        .iter()
-        .map(|w| {
-            if w.chars().all(plain) {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

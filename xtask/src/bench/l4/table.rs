@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use super::{Mode, Outcome, Scenario};
 use crate::bench::{
+    rounds,
     stats::{Summary, micros, rate_range},
     wrk,
 };
@@ -76,6 +77,39 @@ fn goal_line(o: &Outcome, mode: Mode, what: &str, goal: f64) -> Result<String> {
     Ok(format!(
         "- {what} within {:.0}% of direct (knit ÷ direct ≥ {goal:.2}): measured {ratio:.3}{pair}: **{verdict}**{caveat}.\n",
         tolerance * 100.0
+    ))
+}
+
+/// The README's one line for this benchmark, from the same medians.
+pub fn headline(o: &Outcome) -> Result<String> {
+    let ratio = |mode| -> Result<(f64, &'static str)> {
+        let r = rps(o, Scenario::Knit, mode)?.median / rps(o, Scenario::Direct, mode)?.median;
+        let goal = match mode {
+            Mode::KeepAlive => KEEPALIVE_GOAL,
+            Mode::Close => NEW_CONN_GOAL,
+        };
+        // As in `goal_line`: rounds that spread wider than the tolerance
+        // being judged make the verdict not conclusive.
+        let noise = rps(o, Scenario::Knit, mode)?
+            .spread()
+            .max(rps(o, Scenario::Direct, mode)?.spread());
+        Ok((
+            r,
+            match (r >= goal, noise > 1.0 - goal) {
+                (true, false) => "met",
+                (false, false) => "not met",
+                (true, true) => "met, not conclusive",
+                (false, true) => "not met, not conclusive",
+            },
+        ))
+    };
+    let (ka, ka_v) = ratio(Mode::KeepAlive)?;
+    let (cl, cl_v) = ratio(Mode::Close)?;
+    Ok(format!(
+        "- `l4`: the L4 short-circuit against direct connections and HAProxy `mode tcp` (wrk). \
+         knit ÷ direct: {ka:.3} keep-alive requests/s (goal ≥ {KEEPALIVE_GOAL:.2}, {ka_v}), \
+         {cl:.3} new connections/s (goal ≥ {NEW_CONN_GOAL:.2}, {cl_v}). Measured {}.",
+        o.date
     ))
 }
 
@@ -225,23 +259,7 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
 
 /// How much other processes used the CPUs during the runs in the table.
 fn quiet(o: &Outcome) -> String {
-    let worst = o
-        .runs
-        .iter()
-        .max_by(|a, b| a.others.cpus.total_cmp(&b.others.cpus));
-    let repeated = match o.runs_repeated {
-        0 => String::new(),
-        n => format!(" {n} disturbed run(s) were measured again and left out."),
-    };
-    match worst {
-        Some(w) => format!(
-            "Processes outside the benchmark used at most {} during a run in the table \
-             (counted from /proc; a run above {:.0}% of a CPU is measured again).{repeated}",
-            w.others.describe(),
-            super::MAX_OTHERS * 100.0
-        ),
-        None => String::new(),
-    }
+    rounds::quiet_note(o.runs.iter().map(|r| &r.others), o.runs_repeated)
 }
 
 fn method(o: &Outcome, s: &mut String) -> Result<()> {

@@ -1,0 +1,555 @@
+//! The running L7 benchmark: a knit daemon (pinned to the servers' CPU)
+//! with nginx as the task of `web`, HAProxy and an nginx proxy in front of
+//! that nginx, and one measured load-generator run as a task of `bench`.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use knit_tests::{Knit, client_service};
+
+use super::{
+    ALIAS_PORT, CLIENT_CPU, Cell, MIN_PROXY_CPU_US, Measured, Proto, SERVER_CPU, Sample, Scenario,
+    Timing,
+    config::{
+        backend_conf, haproxy_cfg, nginx_command, proxy_conf, web_service, web_task_definition,
+    },
+};
+use crate::{
+    bench::{
+        cpu, h2load, knit,
+        procs::{self, Guard},
+        report::shell_words,
+        wrk,
+    },
+    util,
+};
+
+/// Ports of one HTTP/1.1 and one h2c listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub h1: u16,
+    pub h2: u16,
+}
+
+impl Ports {
+    fn of(&self, p: Proto) -> u16 {
+        match p {
+            Proto::H1 => self.h1,
+            Proto::H2c => self.h2,
+        }
+    }
+}
+
+/// The running setup. Fields drop in order: the proxies first, then the
+/// daemon with its tasks (nginx) and cgroups.
+pub struct Bench {
+    nginx_proxy: Guard,
+    haproxy: Guard,
+    pub k: Knit,
+    daemon_pid: u32,
+    pub backend: Ports,
+    pub haproxy_ports: Ports,
+    pub proxy_ports: Ports,
+    /// VIPs of `web` and `web2`.
+    pub vips: [String; 2],
+    pub backend_conf: String,
+    pub proxy_conf: String,
+    pub haproxy_cfg: String,
+    /// What was pinned where, for the report.
+    pub pinning: String,
+    /// The daemon's admin address (its `/metrics` count the proxy's
+    /// requests); None for a knit without one (then the check falls back
+    /// to the daemon's CPU time).
+    admin: Option<String>,
+}
+
+impl Bench {
+    pub fn start(bin: &knit::Binary) -> Result<Self> {
+        let mut k = knit::start("bench-l7", "", bin)?;
+        let mut ports = Vec::new();
+        while ports.len() < 6 {
+            let p = procs::free_port()?;
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let backend = Ports {
+            h1: ports[0],
+            h2: ports[1],
+        };
+        let haproxy_ports = Ports {
+            h1: ports[2],
+            h2: ports[3],
+        };
+        let proxy_ports = Ports {
+            h1: ports[4],
+            h2: ports[5],
+        };
+        let (bench_td, bench_svc) = client_service("bench");
+        k.apply(&[
+            ("web-td.json", &web_task_definition(backend.h1, backend.h2)),
+            ("web-svc.json", &web_service()),
+            ("bench-td.json", &bench_td),
+            ("bench-svc.json", &bench_svc),
+        ])?;
+
+        // The backend, a knit task.
+        let dir = k.dir.path().join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let backend_conf = backend_conf(&dir, backend.h1, backend.h2);
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, &backend_conf)?;
+        let cmd = nginx_command(&dir, &conf_path);
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        k.run("web", &args)?;
+        k.wait_healthy("web", 2)
+            .with_context(|| format!("nginx did not come up; see {}", dir.display()))?;
+
+        // The proxies run outside knit, as they would in front of any
+        // backend, pinned beside it.
+        let haproxy_cfg = haproxy_cfg(haproxy_ports.h1, haproxy_ports.h2, backend.h1, backend.h2);
+        let cfg_path = k.dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, &haproxy_cfg)?;
+        let mut haproxy = Guard::spawn(
+            "haproxy",
+            Command::new("taskset")
+                .args(["-c", SERVER_CPU, "haproxy", "-db", "-f"])
+                .arg(&cfg_path),
+            &k.dir.path().join("haproxy.log"),
+        )?;
+        let pdir = k.dir.path().join("nginx-proxy");
+        std::fs::create_dir_all(&pdir)?;
+        let proxy_conf = proxy_conf(&pdir, proxy_ports.h1, proxy_ports.h2, backend.h1);
+        let pconf_path = pdir.join("nginx.conf");
+        std::fs::write(&pconf_path, &proxy_conf)?;
+        let pcmd = nginx_command(&pdir, &pconf_path);
+        let mut nginx_proxy = Guard::spawn_graceful(
+            "nginx proxy",
+            Command::new(&pcmd[0]).args(&pcmd[1..]),
+            &pdir.join("stdout.log"),
+        )?;
+        for port in [
+            haproxy_ports.h1,
+            haproxy_ports.h2,
+            proxy_ports.h1,
+            proxy_ports.h2,
+        ] {
+            procs::wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(10),
+            )?;
+        }
+        haproxy.ensure_running()?;
+        nginx_proxy.ensure_running()?;
+
+        // Pin every thread of the daemon (tokio's workers included) to the
+        // servers' CPU, as HAProxy and the nginx proxy are; threads it
+        // starts later inherit the mask.
+        let daemon_pid = k.daemon_pid().context("the daemon is not running")?;
+        util::output(Command::new("taskset").args([
+            "-a",
+            "-p",
+            "-c",
+            SERVER_CPU,
+            &daemon_pid.to_string(),
+        ]))
+        .context("pinning the knit daemon")?;
+        let threads = std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let pinning = format!(
+            "load generator `taskset -c {CLIENT_CPU}`; nginx (backend), HAProxy and the nginx \
+             proxy `taskset -c {SERVER_CPU}` at start; the knit daemon `taskset -a -p -c \
+             {SERVER_CPU} <pid>` right after it started (all its {threads} threads)"
+        );
+
+        let vips = [vip_of(&k, "web")?, vip_of(&k, "web2")?];
+        let admin = k.json(&["status"])?["admin"].as_str().map(str::to_string);
+        // The L7 aliases must have their endpoint, and be L7.
+        let eps = k.json(&["endpoints", "web"])?;
+        ensure!(
+            eps.as_array().is_some_and(|a| !a.is_empty()),
+            "`knit endpoints web --json` lists no endpoint: {eps}"
+        );
+        Ok(Self {
+            nginx_proxy,
+            haproxy,
+            k,
+            daemon_pid,
+            backend,
+            haproxy_ports,
+            proxy_ports,
+            vips,
+            backend_conf,
+            proxy_conf,
+            haproxy_cfg,
+            pinning,
+            admin,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "nginx on 127.0.0.1:{} (HTTP/1.1) and :{} (h2c); VIPs {}:{ALIAS_PORT} (web) and \
+             {}:{ALIAS_PORT} (web2); HAProxy on :{} and :{}; nginx proxy on :{} and :{}",
+            self.backend.h1,
+            self.backend.h2,
+            self.vips[0],
+            self.vips[1],
+            self.haproxy_ports.h1,
+            self.haproxy_ports.h2,
+            self.proxy_ports.h1,
+            self.proxy_ports.h2
+        )
+    }
+
+    fn url(&self, c: Cell) -> String {
+        let host = match c.scenario {
+            Scenario::Direct => format!("127.0.0.1:{}", self.backend.of(c.proto)),
+            Scenario::Knit => format!("{}:{ALIAS_PORT}", self.vips[c.proto as usize]),
+            Scenario::Haproxy => format!("127.0.0.1:{}", self.haproxy_ports.of(c.proto)),
+            Scenario::Nginx => format!("127.0.0.1:{}", self.proxy_ports.of(c.proto)),
+        };
+        format!("http://{host}/")
+    }
+
+    /// The load generator's command line. HTTP/1.1 has no streams:
+    /// wrk opens connections × streams connections.
+    fn load_args(
+        &self,
+        c: Cell,
+        secs: u32,
+        (conns, streams): (u32, u32),
+        log: &Path,
+    ) -> Vec<String> {
+        match c.proto {
+            Proto::H1 => wrk::Load {
+                url: self.url(c),
+                connections: conns * streams,
+                secs,
+                close: false,
+            }
+            .args(),
+            Proto::H2c => h2load::Load {
+                url: self.url(c),
+                connections: conns,
+                streams,
+                secs,
+                log: log.to_path_buf(),
+            }
+            .args(),
+        }
+    }
+
+    /// CPU ticks of the scenario's proxy, if it has one.
+    fn proxy_ticks(&self, s: Scenario) -> Result<Option<u64>> {
+        let pid = match s {
+            Scenario::Direct => return Ok(None),
+            Scenario::Knit => self.daemon_pid,
+            Scenario::Haproxy => self.haproxy.pid(),
+            Scenario::Nginx => self.nginx_proxy.pid(),
+        };
+        cpu::tree_ticks(pid)?
+            .with_context(|| format!("the {} process ({pid}) is gone", s.label()))
+            .map(Some)
+    }
+
+    fn daemon_ticks(&self) -> Result<u64> {
+        cpu::tree_ticks(self.daemon_pid)?.context("the knit daemon is gone")
+    }
+
+    /// `knit run --service bench -- taskset -c 0 wrk|h2load ...` plus its
+    /// checks.
+    pub fn measure(&self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
+        let log = self.k.dir.path().join("h2load.log");
+        let args = self.load_args(c, secs, shape, &log);
+        let url = self.url(c);
+        let vip_before = self.vip_connections()?;
+        let req_before = self.proxied_requests()?;
+        let proxy_before = self.proxy_ticks(c.scenario)?;
+        let daemon_before = self.daemon_ticks()?;
+        let cpu_before = cpu::Snapshot::take()?;
+        let mut cmd = self.k.cmd();
+        cmd.args([
+            "run",
+            "--service",
+            "bench",
+            "--",
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+        ])
+        .args(&args);
+        let out = procs::run_bounded(&mut cmd, Duration::from_secs(u64::from(secs) + 30))?;
+        let others = cpu_before.usage_until(&cpu::Snapshot::take()?);
+        let daemon_cpu_secs =
+            cpu::ticks_to_secs(self.daemon_ticks()?.saturating_sub(daemon_before));
+        let proxy_cpu_secs = match (proxy_before, self.proxy_ticks(c.scenario)?) {
+            (Some(a), Some(b)) => Some(cpu::ticks_to_secs(b.saturating_sub(a))),
+            _ => None,
+        };
+        ensure!(
+            out.status.success(),
+            "{} to {url} failed ({}):\n{}{}",
+            c.proto.tool(),
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        let m = match c.proto {
+            Proto::H1 => {
+                let r = wrk::parse(&out.stdout)?;
+                Measured {
+                    requests: r.requests,
+                    rps: r.rps,
+                    p50_us: r.p50_us,
+                    p99_us: r.p99_us,
+                    errors: r.errors(),
+                    error_text: r.describe_errors(),
+                }
+            }
+            Proto::H2c => {
+                let r = h2load::parse(&out.stdout, &log)?;
+                let _ = std::fs::remove_file(&log);
+                Measured {
+                    requests: r.succeeded,
+                    rps: r.rps,
+                    p50_us: r.p50_us,
+                    p99_us: r.p99_us,
+                    errors: r.errors(),
+                    error_text: r.describe_errors(),
+                }
+            }
+        };
+        ensure!(
+            m.requests > 0,
+            "{} completed no request to {url}:\n{}",
+            c.proto.tool(),
+            out.stdout
+        );
+        let vip_after = self.vip_connections()?;
+        let proxied = match (req_before, self.proxied_requests()?) {
+            (Some(a), Some(b)) => Some([0, 1].map(|i| b[i].saturating_sub(a[i]))),
+            _ => None,
+        };
+        let mut grew = [0; 2];
+        for i in 0..2 {
+            grew[i] = vip_after[i]
+                .checked_sub(vip_before[i])
+                .context("a VIP counter went down: did the daemon restart?")?;
+        }
+        let conns = u64::from(match c.proto {
+            Proto::H1 => shape.0 * shape.1,
+            Proto::H2c => shape.0,
+        });
+        let mine = c.proto as usize;
+        match c.scenario {
+            Scenario::Knit => {
+                // The connect hook sent the load generator's connections to
+                // the alias (the kernel counted them) ...
+                if grew[mine] < conns || grew[1 - mine] != 0 {
+                    bail!(
+                        "alias {} counted {} new connections (and the other alias {}) for a \
+                         run that opened {conns} to its VIP: the traffic did not take the \
+                         VIP path",
+                        c.proto.alias(),
+                        grew[mine],
+                        grew[1 - mine]
+                    );
+                }
+                // ... and the daemon's proxy served the requests (the
+                // kernel's fail-open path goes straight to nginx): it
+                // counted at least those the load generator completed, or
+                // without metrics, it burned CPU for them.
+                match proxied {
+                    Some(n) if n[mine] < m.requests => bail!(
+                        "the proxy counted {} requests to {} during a run that completed {} \
+                         through its VIP: the requests did not go through the proxy",
+                        n[mine],
+                        c.proto.alias(),
+                        m.requests
+                    ),
+                    Some(_) => {}
+                    None => {
+                        let us = daemon_cpu_secs * 1e6 / m.requests as f64;
+                        if us < MIN_PROXY_CPU_US {
+                            bail!(
+                                "the knit daemon used {us:.2} µs of CPU per request during a \
+                                 run through {url}: it did not proxy them (fail-open?)"
+                            );
+                        }
+                    }
+                }
+            }
+            _ if grew != [0, 0] || proxied.is_some_and(|n| n != [0, 0]) => bail!(
+                "{} run to {url} moved the VIP counters by {grew:?} and the proxy's request \
+                 counts by {proxied:?}: something else uses the VIPs, the comparison is not \
+                 clean",
+                c.scenario.label()
+            ),
+            _ => {}
+        }
+        Ok(Sample {
+            m,
+            vip_new: grew,
+            proxied,
+            proxy_cpu_secs,
+            daemon_cpu_secs,
+            others,
+        })
+    }
+
+    /// New connections the kernel counted on `web` and `web2`.
+    pub fn vip_connections(&self) -> Result<[u64; 2]> {
+        let rows = self.k.json(&["services"])?;
+        let get = |alias: &str| -> Result<u64> {
+            rows.as_array()
+                .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
+                .and_then(|r| r["new_connections"].as_u64())
+                .with_context(|| format!("no new_connections for alias {alias}: {rows}"))
+        };
+        Ok([get("web")?, get("web2")?])
+    }
+
+    /// Requests the proxy counted for `web` and `web2` (from the daemon's
+    /// `/metrics`, `knit_request_count_total`); None without an admin
+    /// address.
+    pub fn proxied_requests(&self) -> Result<Option<[u64; 2]>> {
+        let Some(admin) = &self.admin else {
+            return Ok(None);
+        };
+        let text = http_get(admin, "/metrics")?;
+        Ok(Some([
+            request_count(&text, "web"),
+            request_count(&text, "web2"),
+        ]))
+    }
+
+    pub fn dir_text(&self) -> String {
+        self.k.dir.path().join("nginx").display().to_string()
+    }
+
+    pub fn proxy_dir_text(&self) -> String {
+        self.k.dir.path().join("nginx-proxy").display().to_string()
+    }
+
+    /// The commands as run, with the temp dir shown as $DIR.
+    pub fn commands(&self, t: &Timing) -> Vec<String> {
+        let dir = PathBuf::from("$DIR");
+        let (n, p) = (dir.join("nginx"), dir.join("nginx-proxy"));
+        let mut c = vec![
+            format!(
+                "knit run --service web -- {}",
+                shell_words(&nginx_command(&n, &n.join("nginx.conf")))
+            ),
+            shell_words(&nginx_command(&p, &p.join("nginx.conf"))),
+            format!("taskset -c {SERVER_CPU} haproxy -db -f $DIR/haproxy.cfg"),
+            format!("taskset -a -p -c {SERVER_CPU} <knit daemon pid>"),
+        ];
+        for cell in super::Cell::all() {
+            let args = self.load_args(
+                cell,
+                t.secs(cell.load),
+                cell.load.shape(cell.proto),
+                &dir.join("h2load.log"),
+            );
+            c.push(format!(
+                "knit run --service bench -- taskset -c {CLIENT_CPU} {}",
+                shell_words(&args)
+            ));
+        }
+        c
+    }
+}
+
+/// The VIP of alias `alias` from `knit services --json`.
+fn vip_of(k: &Knit, alias: &str) -> Result<String> {
+    let rows = k.json(&["services"])?;
+    let vip = rows
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
+        .and_then(|r| r["vip"].as_str())
+        .with_context(|| format!("no alias {alias} with a VIP in `knit services --json`: {rows}"))?
+        .to_string();
+    ensure!(
+        vip.starts_with("127.255."),
+        "VIP {vip} of {alias} is outside 127.255.0.0/16"
+    );
+    Ok(vip)
+}
+
+/// GET `path` from the daemon's admin listener on loopback (HTTP/1.1,
+/// `Connection: close`): the body.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let sock: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("admin address {addr:?}"))?;
+    ensure!(
+        sock.ip().is_loopback(),
+        "admin address {addr} is not on loopback"
+    );
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .with_context(|| format!("connecting to the admin listener {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP response from {addr}{path}"))?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {addr}{path}: {}",
+        head.lines().next().unwrap_or_default()
+    );
+    ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "GET {addr}{path} came chunked; expected a plain body"
+    );
+    Ok(body.to_string())
+}
+
+/// The sum of `knit_request_count_total` samples labelled
+/// `discovery_name="<name>"` in Prometheus text.
+fn request_count(metrics: &str, name: &str) -> u64 {
+    let label = format!("discovery_name=\"{name}\"");
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("knit_request_count_total{")?;
+            let (labels, value) = rest.rsplit_once("} ")?;
+            labels
+                .split(',')
+                .any(|kv| kv == label)
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_requests_of_one_discovery_name() {
+        let m = "# HELP knit_request_count Requests\n\
+                 knit_request_count_total{namespace=\"default\",service=\"web\",discovery_name=\"web\"} 130\n\
+                 knit_request_count_total{namespace=\"default\",service=\"web\",discovery_name=\"web2\"} 7\n\
+                 knit_request_count_per_target_total{namespace=\"default\",target_discovery_name=\"web\"} 9\n";
+        assert_eq!(request_count(m, "web"), 130);
+        assert_eq!(request_count(m, "web2"), 7);
+        assert_eq!(request_count(m, "db"), 0);
+    }
+}

@@ -1,0 +1,618 @@
+//! The `## L7` section of BENCHMARKS.md: tables per protocol and load, the
+//! goals judged from the measured medians (never written in by hand), the
+//! checks, and how it was run.
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+
+use super::{Cell, H1_CONNS, H2_CONNS, H2_STREAMS, Load, Outcome, Proto, Sample, Scenario};
+use crate::bench::{
+    rounds,
+    stats::{Summary, micros, rate, rate_range},
+};
+
+/// The issue's goals: knit's requests/s at least HAProxy's; at most this
+/// much added to direct's p50.
+const MAX_ADDED_P50_US: f64 = 100.0;
+
+fn samples(o: &Outcome, p: Proto, l: Load, s: Scenario) -> impl Iterator<Item = &Sample> {
+    let want = Cell {
+        proto: p,
+        load: l,
+        scenario: s,
+    };
+    o.runs
+        .iter()
+        .filter(move |r| r.cell == want)
+        .map(|r| &r.sample)
+}
+
+fn summary(
+    o: &Outcome,
+    p: Proto,
+    l: Load,
+    s: Scenario,
+    f: impl Fn(&Sample) -> Option<f64>,
+) -> Result<Summary> {
+    let v: Vec<f64> = samples(o, p, l, s).filter_map(f).collect();
+    Summary::of(&v).with_context(|| format!("no {} {} {} runs", p.label(), l.label(), s.label()))
+}
+
+fn rps(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    summary(o, p, l, s, |x| Some(x.m.rps))
+}
+
+fn p50(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    summary(o, p, l, s, |x| Some(x.m.p50_us))
+}
+
+fn p99(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    summary(o, p, l, s, |x| Some(x.m.p99_us))
+}
+
+/// The proxy's CPU µs per request. For knit, the daemon's CPU in the
+/// direct runs of the same protocol and load (its monitor, and registering
+/// the load generator's task: work that is not proxying) is taken out.
+fn cpu(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    let base = if s == Scenario::Knit {
+        summary(o, p, l, Scenario::Direct, |x| Some(x.daemon_cpu_secs))?.median
+    } else {
+        0.0
+    };
+    summary(o, p, l, s, |x| {
+        let secs = x.proxy_cpu_secs?;
+        (x.m.requests > 0).then(|| (secs - base).max(0.0) * 1e6 / x.m.requests as f64)
+    })
+}
+
+/// The proxy's CPU µs per request (median), or "—" for direct.
+fn cpu_per_request(o: &Outcome, p: Proto, l: Load, s: Scenario) -> String {
+    cpu(o, p, l, s).map_or("—".into(), |c| format!("{:.1} µs", c.median))
+}
+
+/// "+12 µs" / "−3 µs".
+fn signed_micros(us: f64) -> String {
+    if us < 0.0 {
+        format!("−{}", micros(-us))
+    } else {
+        format!("+{}", micros(us))
+    }
+}
+
+/// `a ÷ b` within each round: the ratio with the machine's slow drift
+/// taken out, as a range across rounds.
+fn paired(o: &Outcome, p: Proto, l: Load, a: Scenario, b: Scenario) -> Option<Summary> {
+    let rounds = o.runs.iter().map(|r| r.round).max().unwrap_or(0);
+    let ratios: Vec<f64> = (1..=rounds)
+        .filter_map(|round| {
+            let find = |s| {
+                o.runs
+                    .iter()
+                    .find(|r| {
+                        r.round == round
+                            && r.cell
+                                == Cell {
+                                    proto: p,
+                                    load: l,
+                                    scenario: s,
+                                }
+                    })
+                    .map(|r| r.sample.m.rps)
+            };
+            Some(find(a)? / find(b)?)
+        })
+        .collect();
+    Summary::of(&ratios)
+}
+
+fn load_heading(p: Proto, l: Load) -> String {
+    match (p, l) {
+        (Proto::H1, Load::Saturate) => format!("{H1_CONNS} keep-alive connections"),
+        (Proto::H2c, Load::Saturate) => format!(
+            "{H2_CONNS} connections × {H2_STREAMS} concurrent streams = {} requests in flight",
+            H2_CONNS * H2_STREAMS
+        ),
+        (_, Load::Serial) => "one connection, one request at a time".into(),
+    }
+}
+
+fn saturation_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
+    let l = Load::Saturate;
+    writeln!(
+        s,
+        "**{} ({}), {}**: throughput, and latency under load.\n",
+        p.label(),
+        p.tool(),
+        load_heading(p, l)
+    )?;
+    s.push_str(
+        "| scenario | req/s (median, min–max) | ratio to direct | p50 | p99 | added p50 vs direct | proxy CPU per request |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let d_rps = rps(o, p, l, Scenario::Direct)?;
+    let d_p50 = p50(o, p, l, Scenario::Direct)?;
+    for sc in Scenario::ALL {
+        let r = rps(o, p, l, sc)?;
+        let m = p50(o, p, l, sc)?;
+        writeln!(
+            s,
+            "| {} | {} | {:.3} | {} | {} | {} | {} |",
+            label(p, sc),
+            rate_range(&r),
+            r.median / d_rps.median,
+            micros(m.median),
+            micros(p99(o, p, l, sc)?.median),
+            if sc == Scenario::Direct {
+                "—".into()
+            } else {
+                signed_micros(m.median - d_p50.median)
+            },
+            cpu_per_request(o, p, l, sc)
+        )?;
+    }
+    s.push('\n');
+    Ok(())
+}
+
+fn serial_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
+    let l = Load::Serial;
+    writeln!(
+        s,
+        "**{} ({}), {}**: the latency one hop adds.\n",
+        p.label(),
+        p.tool(),
+        load_heading(p, l)
+    )?;
+    s.push_str(
+        "| scenario | req/s | p50 (median, min–max) | p99 | added p50 vs direct | proxy CPU per request |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let d_p50 = p50(o, p, l, Scenario::Direct)?;
+    for sc in Scenario::ALL {
+        let m = p50(o, p, l, sc)?;
+        writeln!(
+            s,
+            "| {} | {} | {} ({}–{}) | {} | {} | {} |",
+            label(p, sc),
+            rate(rps(o, p, l, sc)?.median),
+            micros(m.median),
+            micros(m.min),
+            micros(m.max),
+            micros(p99(o, p, l, sc)?.median),
+            if sc == Scenario::Direct {
+                "—".into()
+            } else {
+                signed_micros(m.median - d_p50.median)
+            },
+            cpu_per_request(o, p, l, sc)
+        )?;
+    }
+    s.push('\n');
+    Ok(())
+}
+
+fn label(p: Proto, sc: Scenario) -> String {
+    match (p, sc) {
+        (Proto::H2c, Scenario::Nginx) => "nginx proxy (HTTP/1.1 upstream)".into(),
+        (Proto::H2c, Scenario::Haproxy) => "HAProxy http (h2 upstream)".into(),
+        (Proto::H2c, Scenario::Knit) => "knit VIP (L7 proxy, h2 upstream)".into(),
+        _ => sc.label().into(),
+    }
+}
+
+/// A goal judged from medians: met or not, and whether the rounds' own
+/// spread is wider than the margin (then the verdict is not conclusive).
+struct Verdict {
+    met: bool,
+    /// Why the verdict is not conclusive, if it is not.
+    inconclusive: Option<String>,
+}
+
+impl Verdict {
+    fn new(met: bool, noise: f64, margin: f64, why: impl FnOnce() -> String) -> Self {
+        Self {
+            met,
+            inconclusive: (noise > margin).then(why),
+        }
+    }
+
+    /// "**met**" / "**not met** (not conclusive: ...)".
+    fn long(&self) -> String {
+        let v = if self.met { "met" } else { "not met" };
+        match &self.inconclusive {
+            Some(why) => format!("**{v}** (not conclusive: {why})"),
+            None => format!("**{v}**"),
+        }
+    }
+
+    /// "met" / "not met, not conclusive".
+    fn short(&self) -> &'static str {
+        match (self.met, self.inconclusive.is_some()) {
+            (true, false) => "met",
+            (false, false) => "not met",
+            (true, true) => "met, not conclusive",
+            (false, true) => "not met, not conclusive",
+        }
+    }
+}
+
+/// Goal 1: knit's requests/s at least HAProxy's, at saturation.
+struct Throughput {
+    knit: Summary,
+    haproxy: Summary,
+    ratio: f64,
+    verdict: Verdict,
+}
+
+fn throughput(o: &Outcome, p: Proto) -> Result<Throughput> {
+    let l = Load::Saturate;
+    let knit = rps(o, p, l, Scenario::Knit)?;
+    let haproxy = rps(o, p, l, Scenario::Haproxy)?;
+    let ratio = knit.median / haproxy.median;
+    let noise = knit.spread().max(haproxy.spread());
+    let margin = (ratio - 1.0).abs();
+    let verdict = Verdict::new(ratio >= 1.0, noise, margin, || {
+        format!(
+            "knit's or HAProxy's own rounds spread {:.1}%, more than the {:.1}% between them",
+            noise * 100.0,
+            margin * 100.0
+        )
+    });
+    Ok(Throughput {
+        knit,
+        haproxy,
+        ratio,
+        verdict,
+    })
+}
+
+fn throughput_goal(o: &Outcome, p: Proto) -> Result<String> {
+    let t = throughput(o, p)?;
+    let pair = paired(o, p, Load::Saturate, Scenario::Knit, Scenario::Haproxy)
+        .map(|x| format!(", per round {:.3}–{:.3}", x.min, x.max))
+        .unwrap_or_default();
+    Ok(format!(
+        "- {}: knit's requests/s ≥ HAProxy's: {} vs {} req/s, knit ÷ HAProxy {:.3}{pair}: {}.\n",
+        p.label(),
+        rate(t.knit.median),
+        rate(t.haproxy.median),
+        t.ratio,
+        t.verdict.long()
+    ))
+}
+
+/// Goal 2: at most 100 µs added to direct's p50, one connection, serial.
+struct Latency {
+    knit: Summary,
+    direct: Summary,
+    added: f64,
+    verdict: Verdict,
+}
+
+fn latency(o: &Outcome, p: Proto) -> Result<Latency> {
+    let knit = p50(o, p, Load::Serial, Scenario::Knit)?;
+    let direct = p50(o, p, Load::Serial, Scenario::Direct)?;
+    let added = knit.median - direct.median;
+    let noise = (knit.max - knit.min).max(direct.max - direct.min);
+    let margin = (MAX_ADDED_P50_US - added).abs();
+    let verdict = Verdict::new(added <= MAX_ADDED_P50_US, noise, margin, || {
+        format!(
+            "knit's or direct's p50 varies by {} across rounds, more than the {} margin",
+            micros(noise),
+            micros(margin)
+        )
+    });
+    Ok(Latency {
+        knit,
+        direct,
+        added,
+        verdict,
+    })
+}
+
+fn latency_goal(o: &Outcome, p: Proto) -> Result<String> {
+    let t = latency(o, p)?;
+    let ha = p50(o, p, Load::Serial, Scenario::Haproxy)?.median - t.direct.median;
+    let loaded = p50(o, p, Load::Saturate, Scenario::Knit)?.median
+        - p50(o, p, Load::Saturate, Scenario::Direct)?.median;
+    Ok(format!(
+        "- {}: knit adds ≤ {} to p50 (one connection, serial requests: the cost of the hop): \
+         knit {} vs direct {}, added {} (HAProxy adds {}): {}. Under load the added p50 is {}; \
+         with a fixed number of requests in flight p50 is mostly queueing (about in-flight ÷ \
+         rate), so it follows the throughput gap rather than the hop's cost.\n",
+        p.label(),
+        micros(MAX_ADDED_P50_US),
+        micros(t.knit.median),
+        micros(t.direct.median),
+        signed_micros(t.added),
+        signed_micros(ha),
+        t.verdict.long(),
+        signed_micros(loaded)
+    ))
+}
+
+/// The README's one line for this benchmark: the goals' figures, from the
+/// same medians as the section.
+pub fn headline(o: &Outcome) -> Result<String> {
+    let (t1, t2) = (throughput(o, Proto::H1)?, throughput(o, Proto::H2c)?);
+    let (l1, l2) = (latency(o, Proto::H1)?, latency(o, Proto::H2c)?);
+    Ok(format!(
+        "- `l7`: the daemon's L7 proxy against direct requests, HAProxy `mode http` and nginx \
+         `proxy_pass`, HTTP/1.1 (wrk) and h2c (h2load). Requests/s knit ÷ HAProxy: {:.2} \
+         HTTP/1.1 ({}), {:.2} h2c ({}) (goal ≥ 1). p50 added to direct, one connection: {} \
+         HTTP/1.1 ({}), {} h2c ({}) (goal ≤ {}). Measured {}.",
+        t1.ratio,
+        t1.verdict.short(),
+        t2.ratio,
+        t2.verdict.short(),
+        signed_micros(l1.added),
+        l1.verdict.short(),
+        signed_micros(l2.added),
+        l2.verdict.short(),
+        micros(MAX_ADDED_P50_US),
+        o.date
+    ))
+}
+
+fn cpu_line(o: &Outcome, p: Proto) -> Result<String> {
+    let per = |sc| cpu(o, p, Load::Saturate, sc);
+    let (k, h, n) = (
+        per(Scenario::Knit)?,
+        per(Scenario::Haproxy)?,
+        per(Scenario::Nginx)?,
+    );
+    let k1 = cpu(o, p, Load::Serial, Scenario::Knit)?;
+    let h1 = cpu(o, p, Load::Serial, Scenario::Haproxy)?;
+    Ok(format!(
+        "- {}: the knit daemon used {:.1} µs of CPU per request at saturation ({:.3} vCPU per \
+         1k req/s), HAProxy {:.1} µs, the nginx proxy {:.1} µs (knit ÷ HAProxy {:.2}); with one \
+         connection, knit {:.1} µs and HAProxy {:.1} µs.\n",
+        p.label(),
+        k.median,
+        k.median / 1000.0,
+        h.median,
+        n.median,
+        k.median / h.median,
+        k1.median,
+        h1.median
+    ))
+}
+
+pub fn render(o: &Outcome) -> Result<String> {
+    let mut s = String::from("## L7\n\n");
+    let run_cmd = if o.quick {
+        "cargo xtask bench l7 --quick"
+    } else {
+        "cargo xtask bench l7"
+    };
+    let t = &o.timing;
+    let warmup = if t.plan.warmup_secs > 0 {
+        format!(
+            " after a {} s warm-up run per saturation cell",
+            t.plan.warmup_secs
+        )
+    } else {
+        " (no warm-up beyond the 1 s sanity runs)".into()
+    };
+    writeln!(
+        s,
+        "Measured {} by `{run_cmd}` on {}, knit {}: {} rounds, {} s per saturation run and {} s \
+         per one-connection run{warmup}; measuring took {} s (the build not counted).\n",
+        o.date,
+        o.machine.short(),
+        o.knit_version,
+        t.plan.rounds,
+        t.plan.secs,
+        t.serial_secs,
+        o.elapsed.as_secs()
+    )?;
+    if o.disturbed_used > 0 {
+        writeln!(
+            s,
+            "**Warning: {} of the {} runs in these tables ran while other processes used the \
+             CPUs, and no quiet repeat came in time; figures from a busy machine are noisy. \
+             Rerun on a quiet machine.**\n",
+            o.disturbed_used,
+            o.runs.len()
+        )?;
+    }
+    s.push_str(
+        "The load generator sends `GET /` to nginx (`return 200 \"ok\"`) four ways: straight to \
+         nginx (**direct**); to the VIP of a knit alias, which the kernel's `connect4` hook \
+         sends to the knit daemon's L7 proxy, which balances per request over the alias's \
+         endpoints (**knit VIP**: `web:8080`, appProtocol `http`, for HTTP/1.1; `web2:8080`, \
+         `http2`, for h2c); through **HAProxy** in `mode http`; and through **nginx as a \
+         proxy** (`proxy_pass` to an upstream with `keepalive 64`). HTTP/1.1 runs use wrk, h2c \
+         runs (HTTP/2 with prior knowledge) h2load. nginx cannot proxy to an upstream in \
+         HTTP/2 (`proxy_pass` speaks HTTP/1.x), so the nginx proxy's h2c front goes to nginx's \
+         HTTP/1.1 port; knit and HAProxy speak h2 to nginx's h2c port. \"Proxy CPU per \
+         request\" is the proxy process's CPU time (utime + stime from `/proc/<pid>/stat`, \
+         all threads, an nginx master with its worker) over the requests of the run, for knit \
+         less what the daemon used during the direct runs (its monitor, and registering the \
+         load generator's task); on this machine the proxy shares CPU 1 with nginx, so at saturation the two split one \
+         CPU.\n\n",
+    );
+    for p in Proto::ALL {
+        writeln!(s, "### {}\n", p.label())?;
+        saturation_table(o, p, &mut s)?;
+        serial_table(o, p, &mut s)?;
+    }
+    s.push_str("### Goals\n\nJudged from the medians above:\n\n");
+    for p in Proto::ALL {
+        s.push_str(&throughput_goal(o, p)?);
+    }
+    for p in Proto::ALL {
+        s.push_str(&latency_goal(o, p)?);
+    }
+    s.push_str("\nProxy CPU:\n\n");
+    for p in Proto::ALL {
+        s.push_str(&cpu_line(o, p)?);
+    }
+    let d1 = rps(o, Proto::H1, Load::Saturate, Scenario::Direct)?;
+    let d2 = rps(o, Proto::H2c, Load::Saturate, Scenario::Direct)?;
+    writeln!(
+        s,
+        "\nNoise: direct's own rounds differ by {:.1}% (HTTP/1.1) and {:.1}% (h2c) from min to \
+         max at saturation; a smaller difference between scenarios is within the noise of \
+         this machine.\n",
+        d1.spread() * 100.0,
+        d2.spread() * 100.0
+    )?;
+    checks(o, &mut s)?;
+    method(o, &mut s)?;
+    Ok(s)
+}
+
+fn checks(o: &Outcome, s: &mut String) -> Result<()> {
+    s.push_str("### Checks\n\n");
+    s.push_str("Before measuring, a 1 s run through each path (4 requests in flight):\n\n");
+    for l in &o.sanity {
+        writeln!(s, "- {l}")?;
+    }
+    let is_knit = |r: &&rounds::Kept<Cell, Sample>| r.cell.scenario == Scenario::Knit;
+    let sum = |knit: bool, f: &dyn Fn(&Sample) -> u64| -> u64 {
+        o.runs
+            .iter()
+            .filter(|r| is_knit(r) == knit)
+            .map(|r| f(&r.sample))
+            .sum()
+    };
+    let per_alias = |i: usize, f: &dyn Fn(&Sample) -> u64| -> u64 {
+        o.runs
+            .iter()
+            .filter(is_knit)
+            .filter(|r| r.cell.proto as usize == i)
+            .map(|r| f(&r.sample))
+            .sum()
+    };
+    let conns = [0, 1].map(|i| per_alias(i, &|x| x.vip_new[i]));
+    let other_conns = sum(false, &|x| x.vip_new.iter().sum());
+    write!(
+        s,
+        "\nDuring the knit runs in the tables the kernel counted {} new connections on alias \
+         `web` and {} on `web2` (`knit services --json`, `new_connections`: the connect hook \
+         took them to the proxy), and {other_conns} on either during the other runs. ",
+        conns[0], conns[1],
+    )?;
+    if o.runs.iter().all(|r| r.sample.proxied.is_some()) {
+        let counted = |x: &Sample| x.proxied.map_or(0, |p| p.iter().sum());
+        write!(
+            s,
+            "The proxy counted {} requests (`knit_request_count_total` on the daemon's \
+             `/metrics`) during the knit runs, at least the {} the load generators completed \
+             (it also counts those cut off at the end), and {} during the other runs: the knit \
+             figures are the proxy's, not the kernel's fail-open path (straight to nginx), \
+             and the others did not touch it. ",
+            sum(true, &counted),
+            sum(true, &|x| x.m.requests),
+            sum(false, &counted),
+        )?;
+    } else {
+        let knit_min = o
+            .runs
+            .iter()
+            .filter(is_knit)
+            .filter_map(|r| r.sample.proxy_us_per_request())
+            .fold(f64::INFINITY, f64::min);
+        write!(
+            s,
+            "This knit has no request metrics; the daemon used at least {knit_min:.1} µs of CPU \
+             per request in every knit run, which the kernel's fail-open path (straight to \
+             nginx) would not cost it. ",
+        )?;
+    }
+    write!(
+        s,
+        "Each run is checked, and the benchmark stops otherwise. {}",
+        rounds::quiet_note(o.runs.iter().map(|r| &r.sample.others), o.runs_repeated)
+    )?;
+    let bad: Vec<String> = o
+        .runs
+        .iter()
+        .filter(|r| r.sample.m.errors > 0)
+        .map(|r| {
+            format!(
+                "round {} {} {} {}: {}",
+                r.round,
+                r.cell.proto.label(),
+                r.cell.load.label(),
+                r.cell.scenario.label(),
+                r.sample.m.error_text
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        s.push_str(" No run had socket errors, failed requests or non-2xx responses.\n\n");
+    } else {
+        s.push_str(" Errors in these runs:\n\n");
+        for b in bad {
+            writeln!(s, "- {b}")?;
+        }
+        s.push('\n');
+    }
+    Ok(())
+}
+
+fn method(o: &Outcome, s: &mut String) -> Result<()> {
+    let t = &o.timing;
+    writeln!(
+        s,
+        "### Method\n\n\
+         - Backend: {}, one worker (`worker_processes 1`), `access_log off`, \
+         `keepalive_requests 1000000` (which also bounds h2 connections) so that no run \
+         reconnects; an HTTP/1.1 port and an h2c port (`listen ... http2`); started with \
+         `knit run --service web`, a real knit backend with two L7 aliases.\n\
+         - Clients: {} (HTTP/1.1) and {} (h2c, Debian's `nghttp2-client`), one thread each, \
+         run with `knit run --service bench` (a client-only service) in every scenario, so all \
+         pay the same cgroup hooks. Saturation: {H1_CONNS} keep-alive connections (wrk), \
+         {H2_CONNS} connections × {H2_STREAMS} streams (h2load). Latency: 1 connection, one \
+         request at a time. wrk's p50/p99 are its own; h2load prints no percentiles, so they \
+         come from its `--log-file` (every request's time).\n\
+         - Proxies: {}, `mode http`, `nbthread 1`, `option http-keep-alive`, `http-reuse \
+         always` (`proto h2` on the h2c front and to nginx's h2c port); nginx ({}) as a proxy, \
+         one worker, upstream `keepalive 64` and `keepalive_requests 1000000`, \
+         `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`; the knit daemon as \
+         built (its tokio runtime's default worker threads, all on one CPU here; HTTP/1.1 \
+         connections to endpoints pooled, one HTTP/2 connection per endpoint). HAProxy and \
+         the nginx proxy run outside knit, as they would in front of any backend.\n\
+         - Pinning: {}. One CPU serves the proxy and nginx: that is the cost of a userspace \
+         hop on this machine.\n\
+         - Order: a 1 s sanity run per path, {}then {} rounds; each round runs, per protocol, \
+         the saturation runs (direct, knit, HAProxy, nginx) then the one-connection runs in \
+         the same order ({} s and {} s). Medians of the rounds. wrk and h2load are closed-loop \
+         tools: latencies compare within this table only.\n",
+        o.machine.nginx,
+        o.machine.wrk,
+        o.h2load,
+        o.machine.haproxy,
+        o.machine.nginx,
+        o.pinning,
+        if t.plan.warmup_secs > 0 {
+            format!(
+                "a {} s warm-up run per saturation cell, ",
+                t.plan.warmup_secs
+            )
+        } else {
+            String::new()
+        },
+        t.plan.rounds,
+        t.plan.secs,
+        t.serial_secs,
+    )?;
+    s.push_str(
+        "Commands ($DIR is the daemon's temp dir; ports are picked free each run):\n\n```sh\n",
+    );
+    for c in &o.commands {
+        writeln!(s, "{c}")?;
+    }
+    s.push_str(
+        "```\n\n<details><summary>nginx.conf (backend), nginx.conf (proxy) and haproxy.cfg</summary>\n\n```nginx\n",
+    );
+    s.push_str(o.backend_conf.trim_end());
+    s.push_str("\n```\n\n```nginx\n");
+    s.push_str(o.proxy_conf.trim_end());
+    s.push_str("\n```\n\n```haproxy\n");
+    s.push_str(o.haproxy_cfg.trim_end());
+    s.push_str("\n```\n\n</details>\n");
+    Ok(())
+}
