@@ -72,15 +72,44 @@ impl Default for ProxyMetrics {
     }
 }
 
-impl ProxyMetrics {
+/// One alias's series, looked up once when its route is built, so that a
+/// request only does atomic adds (no label hashing on the hot path).
+#[derive(Debug, Clone)]
+pub struct AliasCounters {
+    pub requests: Counter,
+    pub grpc_requests: Counter,
+    /// 2xx..5xx responses from targets.
+    pub codes: [Counter; 4],
+    pub bytes: Counter,
+    pub response_time: Histogram,
+    pub retries: Counter,
+}
+
+impl AliasCounters {
     /// A response from an endpoint with `status`.
-    pub fn code(&self, t: &TargetLabels, status: u16) {
-        if let Some(f) = (200..600)
-            .contains(&status)
-            .then(|| &self.http_code[(status / 100 - 2) as usize])
-        {
-            f.get_or_create(t).inc();
+    pub fn code(&self, status: u16) {
+        if (200..600).contains(&status) {
+            self.codes[(status / 100 - 2) as usize].inc();
         }
+    }
+}
+
+impl ProxyMetrics {
+    /// The series of an alias (server side `s`, client side `t`).
+    pub fn for_alias(&self, s: &ServiceLabels, t: &TargetLabels) -> AliasCounters {
+        AliasCounters {
+            requests: self.request_count.get_or_create(s).clone(),
+            grpc_requests: self.grpc_request_count.get_or_create(s).clone(),
+            codes: std::array::from_fn(|i| self.http_code[i].get_or_create(t).clone()),
+            bytes: self.target_processed_bytes.get_or_create(t).clone(),
+            response_time: self.target_response_time.get_or_create(t).clone(),
+            retries: self.retries.get_or_create(t).clone(),
+        }
+    }
+
+    /// The request counter of one endpoint.
+    pub fn for_endpoint(&self, e: &EndpointLabels) -> Counter {
+        self.request_count_per_target.get_or_create(e).clone()
     }
 
     /// Register the proxy's families (clones share the counts).

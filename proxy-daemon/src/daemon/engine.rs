@@ -24,7 +24,7 @@ use crate::{
     datapath::{Datapath, DesiredAlias},
     health::{self, HealthState},
     hosts::HostsFile,
-    metrics::{EndpointLabels, ServiceLabels, Snapshot, TargetLabels},
+    metrics::{EndpointLabels, ProxyMetrics, ServiceLabels, Snapshot, TargetLabels},
     outlier::Outliers,
     proxy::{
         AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
@@ -201,39 +201,26 @@ impl Engine {
                     }
                 }
                 if is_l7(a) {
-                    let (labels, target) = alias_labels(s, a);
-                    let endpoints = backends
+                    let eps: Vec<(String, SocketAddr, u32)> = backends
                         .iter()
                         .zip(&owners)
-                        .map(|((ip, port, id), task)| Endpoint {
-                            backend_id: *id,
-                            addr: SocketAddr::from((*ip, *port)),
-                            health: self.health.entry(*id).or_default().clone(),
-                            labels: Arc::new(endpoint_labels(
-                                &target,
-                                task,
-                                SocketAddr::from((*ip, *port)),
-                            )),
+                        .map(|((ip, port, id), task)| {
+                            (task.clone(), SocketAddr::from((*ip, *port)), *id)
                         })
                         .collect();
-                    routes.aliases.insert(
-                        a.service_id,
-                        Arc::new(AliasRoute {
-                            service: s.spec.name.clone(),
-                            labels,
-                            target,
-                            dns_name: a.spec.dns_name.clone(),
-                            port: a.spec.port,
-                            protocol: a.spec.app_protocol,
-                            endpoints,
-                            request_timeout: request_timeout(a),
-                            failure_threshold: outlier_config(&self.cfg.outlier, a)
-                                .consecutive_failures,
-                            idle_timeout: idle_timeout(a),
-                            cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                    let route = build_route(
+                        s,
+                        a,
+                        &eps,
+                        RouteParts {
+                            health: &mut self.health,
                             budget: self.budgets.entry(a.service_id).or_default().clone(),
-                        }),
+                            cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                            outlier: &self.cfg.outlier,
+                            metrics: &self.proxy.metrics,
+                        },
                     );
+                    routes.aliases.insert(a.service_id, route);
                 }
                 desired.push(DesiredAlias {
                     vip: a.vip,
@@ -930,27 +917,20 @@ impl Engine {
             else {
                 continue;
             };
-            let (labels, target) = alias_labels(s, a);
             let app = SocketAddr::from((addr, p.port));
-            let route = Arc::new(AliasRoute {
-                service: s.spec.name.clone(),
-                dns_name: a.spec.dns_name.clone(),
-                port: a.spec.port,
-                protocol: a.spec.app_protocol,
-                endpoints: vec![Endpoint {
-                    backend_id: p.backend_id,
-                    addr: app,
-                    health: self.health.entry(p.backend_id).or_default().clone(),
-                    labels: Arc::new(endpoint_labels(&target, &t.id, app)),
-                }],
-                labels,
-                target,
-                request_timeout: request_timeout(a),
-                failure_threshold: outlier_config(&self.cfg.outlier, a).consecutive_failures,
-                idle_timeout: idle_timeout(a),
-                cursor: Arc::default(),
-                budget: self.budgets.entry(a.service_id).or_default().clone(),
-            });
+            let route = build_route(
+                s,
+                a,
+                &[(t.id.clone(), app, p.backend_id)],
+                RouteParts {
+                    health: &mut self.health,
+                    budget: self.budgets.entry(a.service_id).or_default().clone(),
+                    // Its own cursor: one endpoint, nothing to rotate.
+                    cursor: Arc::default(),
+                    outlier: &self.cfg.outlier,
+                    metrics: &self.proxy.metrics,
+                },
+            );
             // Keep the port a task had (a restarted daemon listens again there).
             let want = match p.ingress_port.or(a.spec.ingress_port_override) {
                 Some(port) => port,
@@ -996,6 +976,50 @@ fn request_timeout(a: &AliasRecord) -> Option<Duration> {
         Some(s) => Some(Duration::from_secs(u64::from(s))),
         None => Some(DEFAULT_REQUEST_TIMEOUT),
     }
+}
+
+/// What a route shares with the engine's longer-lived state.
+struct RouteParts<'a> {
+    health: &'a mut BTreeMap<u32, Arc<EndpointHealth>>,
+    budget: Arc<RetryBudget>,
+    cursor: Arc<AtomicUsize>,
+    outlier: &'a OutlierConfig,
+    metrics: &'a ProxyMetrics,
+}
+
+/// The L7 route of alias `a` of service `s` over `endpoints` (task, address,
+/// backend id), with its metric series looked up once.
+fn build_route(
+    s: &ServiceRecord,
+    a: &AliasRecord,
+    endpoints: &[(String, SocketAddr, u32)],
+    parts: RouteParts<'_>,
+) -> Arc<AliasRoute> {
+    let (labels, target) = alias_labels(s, a);
+    let endpoints = endpoints
+        .iter()
+        .map(|(task, addr, id)| Endpoint {
+            backend_id: *id,
+            addr: *addr,
+            health: parts.health.entry(*id).or_default().clone(),
+            requests: parts
+                .metrics
+                .for_endpoint(&endpoint_labels(&target, task, *addr)),
+        })
+        .collect();
+    Arc::new(AliasRoute {
+        service: s.spec.name.clone(),
+        counters: parts.metrics.for_alias(&labels, &target),
+        dns_name: a.spec.dns_name.clone(),
+        port: a.spec.port,
+        protocol: a.spec.app_protocol,
+        endpoints,
+        request_timeout: request_timeout(a),
+        failure_threshold: outlier_config(parts.outlier, a).consecutive_failures,
+        idle_timeout: idle_timeout(a),
+        cursor: parts.cursor,
+        budget: parts.budget,
+    })
 }
 
 /// An alias's metric labels: server side and client side.

@@ -105,21 +105,13 @@ async fn handle(
     // Requests tasks send (egress); an ingress listener's are counted where
     // they came from.
     if matches!(target, Target::Alias(_)) {
-        proxy
-            .metrics
-            .request_count
-            .get_or_create(&alias.labels)
-            .inc();
+        alias.counters.requests.inc();
         if req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
         {
-            proxy
-                .metrics
-                .grpc_request_count
-                .get_or_create(&alias.labels)
-                .inc();
+            alias.counters.grpc_requests.inc();
         }
     }
     // On an HTTP/2 or gRPC service, `Upgrade: h2c` and the like are hop by
@@ -163,7 +155,7 @@ async fn handle(
         let mut may_retry = |replay_ok: bool| {
             replay_ok && retries < MAX_RETRIES && alias.budget.try_retry(Instant::now()) && {
                 retries += 1;
-                proxy.metrics.retries.get_or_create(&alias.target).inc();
+                alias.counters.retries.inc();
                 true
             }
         };
@@ -184,11 +176,7 @@ async fn handle(
             }
             Some(Ok(s)) => s,
         };
-        let target_bytes = proxy
-            .metrics
-            .target_processed_bytes
-            .get_or_create(&alias.target)
-            .clone();
+        let target_bytes = alias.counters.bytes.clone();
         let Some(b) = body.for_attempt(&target_bytes) else {
             return error_response(StatusCode::BAD_GATEWAY, "the request could not be replayed");
         };
@@ -230,11 +218,10 @@ async fn handle(
                 );
             }
             Some(Ok(resp)) => {
-                let m = &proxy.metrics;
-                m.code(&alias.target, resp.status().as_u16());
-                m.request_count_per_target.get_or_create(&ep.labels).inc();
-                m.target_response_time
-                    .get_or_create(&alias.target)
+                let m = &alias.counters;
+                m.code(resp.status().as_u16());
+                ep.requests.inc();
+                m.response_time
                     .observe(sent_at.elapsed().as_secs_f64() * 1000.0);
                 let unavailable = resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     || resp.headers().get("grpc-status").map(HeaderValue::as_bytes)

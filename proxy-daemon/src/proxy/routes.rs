@@ -13,7 +13,9 @@ use std::{
 
 use proxy_config::AppProtocol;
 
-use crate::metrics::{EndpointLabels, ServiceLabels, TargetLabels};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::AliasCounters;
 
 /// One endpoint's passive health and load, shared across table versions.
 #[derive(Debug, Default)]
@@ -29,16 +31,15 @@ pub struct Endpoint {
     pub backend_id: u32,
     pub addr: SocketAddr,
     pub health: Arc<EndpointHealth>,
-    /// Its metric labels.
-    pub labels: Arc<EndpointLabels>,
+    /// Requests answered by it (`request_count_per_target`).
+    pub requests: Counter,
 }
 
 #[derive(Debug)]
 pub struct AliasRoute {
     pub service: String,
-    /// Metric labels, server side and client side.
-    pub labels: ServiceLabels,
-    pub target: TargetLabels,
+    /// Its metric series.
+    pub counters: AliasCounters,
     pub dns_name: String,
     pub port: u16,
     pub protocol: AppProtocol,
@@ -89,16 +90,18 @@ mod tests {
     fn route(n: u32) -> AliasRoute {
         AliasRoute {
             service: "s".into(),
-            labels: ServiceLabels {
-                namespace: "n".into(),
-                service: "s".into(),
-                discovery_name: "s".into(),
-            },
-            target: TargetLabels {
-                namespace: "n".into(),
-                service: "s".into(),
-                target_discovery_name: "s".into(),
-            },
+            counters: crate::metrics::ProxyMetrics::default().for_alias(
+                &crate::metrics::ServiceLabels {
+                    namespace: "n".into(),
+                    service: "s".into(),
+                    discovery_name: "s".into(),
+                },
+                &crate::metrics::TargetLabels {
+                    namespace: "n".into(),
+                    service: "s".into(),
+                    target_discovery_name: "s".into(),
+                },
+            ),
             dns_name: "s".into(),
             port: 80,
             protocol: AppProtocol::Http,
@@ -107,13 +110,7 @@ mod tests {
                     backend_id: i,
                     addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                     health: Arc::default(),
-                    labels: Arc::new(EndpointLabels {
-                        namespace: "n".into(),
-                        service: "s".into(),
-                        target_discovery_name: "s".into(),
-                        task: format!("t{i}"),
-                        endpoint: String::new(),
-                    }),
+                    requests: Counter::default(),
                 })
                 .collect(),
             request_timeout: None,
