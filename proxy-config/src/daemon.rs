@@ -30,6 +30,12 @@ pub const DEFAULT_HOSTS_FILE: &str = "/etc/hosts";
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 /// `registry.endpoints` for the etcd backend.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// `registry.prefix`: the etcd key prefix of one knit cluster.
+pub const DEFAULT_ETCD_PREFIX: &str = "/knit";
+/// `registry.lease_ttl_s`: a host's endpoints outlive its daemon this long.
+pub const DEFAULT_LEASE_TTL_S: u64 = 10;
+/// `registry.timeout_ms`: longest wait for one etcd request.
+pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 5_000;
 /// `host.address`: where other hosts reach this host's ingress listeners.
 pub const DEFAULT_HOST_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// `outlier.consecutive_failures`: failures in a row that eject a target.
@@ -148,6 +154,15 @@ pub struct RegistryConfig {
     pub backend: RegistryBackend,
     /// etcd endpoints (etcd backend only). Default `["http://127.0.0.1:2379"]`.
     pub endpoints: Vec<String>,
+    /// Key prefix of this knit cluster in etcd. Default `/knit`.
+    pub prefix: String,
+    /// Lease of this host's endpoints in etcd, in seconds: a host whose
+    /// daemon stops keeping it alive leaves every other host's view this
+    /// long after. Default 10.
+    pub lease_ttl_s: u64,
+    /// Longest wait for one etcd request (apply, task start), in
+    /// milliseconds. Default 5000.
+    pub timeout_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -155,6 +170,9 @@ impl Default for RegistryConfig {
         RegistryConfig {
             backend: RegistryBackend::Embedded,
             endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
+            prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            lease_ttl_s: DEFAULT_LEASE_TTL_S,
+            timeout_ms: DEFAULT_ETCD_TIMEOUT_MS,
         }
     }
 }
@@ -165,12 +183,16 @@ impl Default for RegistryConfig {
 pub struct HostConfig {
     /// Where other hosts reach this host's ingress listeners. Default `127.0.0.1`.
     pub address: Ipv4Addr,
+    /// This host's name in the registry (unique in the fleet). Default:
+    /// the machine's host name.
+    pub name: Option<String>,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             address: DEFAULT_HOST_ADDRESS,
+            name: None,
         }
     }
 }
@@ -341,6 +363,40 @@ fn validate(c: &DaemonConfig) -> Result<(), (&'static str, String, String)> {
             "outlier.interval_ms",
             "is 0".to_owned(),
             "use 1 or more milliseconds (default 100)".to_owned(),
+        ));
+    }
+    if c.registry.lease_ttl_s < 2 {
+        return Err((
+            "registry.lease_ttl_s",
+            format!("is {}", c.registry.lease_ttl_s),
+            "use 2 seconds or more (default 10): the lease is renewed every third of it".to_owned(),
+        ));
+    }
+    if c.registry.timeout_ms == 0 {
+        return Err((
+            "registry.timeout_ms",
+            "is 0".to_owned(),
+            "use 1 or more milliseconds (default 5000)".to_owned(),
+        ));
+    }
+    if !c.registry.prefix.starts_with('/') || c.registry.prefix.ends_with('/') {
+        return Err((
+            "registry.prefix",
+            format!("is {:?}", c.registry.prefix),
+            "start it with / and do not end it with /, e.g. \"/knit\"".to_owned(),
+        ));
+    }
+    if let Some(name) = &c.host.name
+        && (name.is_empty()
+            || name.len() > 253
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.')))
+    {
+        return Err((
+            "host.name",
+            format!("is {name:?}"),
+            "use 1 to 253 letters, digits, '-', '_' or '.'".to_owned(),
         ));
     }
     if c.registry.backend == RegistryBackend::Etcd && c.registry.endpoints.is_empty() {

@@ -111,6 +111,9 @@ pub struct EndpointRow {
     pub service: String,
     pub task: String,
     pub port_name: String,
+    /// The host that runs the task (its registry name).
+    #[serde(default)]
+    pub host: String,
     pub address: String,
     pub state: String,
     pub new_connections: u64,
@@ -137,6 +140,12 @@ pub struct StatusReport {
     pub services: usize,
     pub aliases: usize,
     pub tasks: usize,
+    /// Other hosts' tasks this host routes to (etcd).
+    #[serde(default)]
+    pub remote_tasks: usize,
+    /// `embedded`, or etcd with this host's name and the session's state.
+    #[serde(default)]
+    pub registry: String,
     pub tracked_connections: usize,
     /// The admin HTTP address (metrics, read-only API).
     #[serde(default)]

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use crate::util::{self, step, succeeds};
 
 /// Debian packages: VM tests (qemu, busybox, cpio), inspection (bpftool),
-/// benchmarks (haproxy, nginx, wrk, h2load from nghttp2-client).
+/// benchmarks (haproxy, nginx, wrk, h2load from nghttp2-client), the etcd
+/// registry (etcd-server and etcdctl for tests, protoc to build the etcd
+/// client's gRPC code).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -19,6 +21,10 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "iproute2",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 pub fn run() -> Result<()> {

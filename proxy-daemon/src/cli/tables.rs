@@ -57,6 +57,7 @@ pub fn endpoints(rows: &[EndpointRow]) -> String {
         "SERVICE",
         "TASK",
         "PORT",
+        "HOST",
         "ADDRESS",
         "STATE",
         "CONNS",
@@ -71,6 +72,11 @@ pub fn endpoints(rows: &[EndpointRow]) -> String {
             r.service.clone(),
             r.task.clone(),
             r.port_name.clone(),
+            if r.host.is_empty() {
+                "-".into()
+            } else {
+                r.host.clone()
+            },
             r.address.clone(),
             r.state.clone(),
             r.new_connections.to_string(),
@@ -90,9 +96,10 @@ pub fn status(s: &StatusReport) -> String {
          datapath:     {} ({})\n\
          cgroup:       {}\n\
          state:        {}\n\
+         registry:     {}\n\
          hosts file:   {}\n\
          services:     {} ({} client aliases)\n\
-         tasks:        {}\n\
+         tasks:        {} here, {} on other hosts\n\
          connections:  {} tracked by the connect hook (counted up to 10000)\n\
          admin:        http://{}/ (metrics, API)\n",
         s.version,
@@ -102,10 +109,12 @@ pub fn status(s: &StatusReport) -> String {
         s.pin_dir,
         s.cgroup,
         s.state_dir,
+        s.registry,
         s.hosts_file,
         s.services,
         s.aliases,
         s.tasks,
+        s.remote_tasks,
         s.tracked_connections,
         s.admin
     )

@@ -14,7 +14,7 @@ use std::{
 };
 
 use proxy_common::maps::{MODE_L4, MODE_L7};
-use proxy_config::{AppProtocol, DaemonConfig, HealthCheck, OutlierConfig};
+use proxy_config::{AppProtocol, DaemonConfig, HealthCheck, OutlierConfig, TaskDefinition};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -29,8 +29,54 @@ use crate::{
     proxy::{
         AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
     },
-    registry::{AliasRecord, ServiceRecord, Store, TaskPort, TaskRecord},
+    registry::{
+        AliasRecord, ConfigState, HostedTask, ServiceRecord, Store, TaskPort, TaskRecord,
+        etcd::Etcd,
+    },
 };
+
+/// Which registry holds the shared state.
+pub enum Shared {
+    /// `store` (one host).
+    Embedded,
+    /// etcd (a fleet); `store` keeps only this host's tasks.
+    Etcd(Arc<Etcd>),
+}
+
+/// One task of a service as routing sees it: the record, the address of
+/// its host, and whether it runs here.
+#[derive(Clone, Copy)]
+struct Member<'a> {
+    task: &'a TaskRecord,
+    address: Ipv4Addr,
+    local: bool,
+}
+
+/// Every task each service has, here and on other hosts.
+fn members_by_service<'a>(
+    tasks: &'a BTreeMap<String, TaskRecord>,
+    remote: &'a BTreeMap<String, Arc<HostedTask>>,
+    address: Ipv4Addr,
+) -> BTreeMap<&'a str, Vec<Member<'a>>> {
+    let mut out: BTreeMap<&str, Vec<Member>> = BTreeMap::new();
+    for t in tasks.values() {
+        out.entry(t.service.as_str()).or_default().push(Member {
+            task: t,
+            address,
+            local: true,
+        });
+    }
+    for h in remote.values() {
+        out.entry(h.task.service.as_str())
+            .or_default()
+            .push(Member {
+                task: &h.task,
+                address: h.address,
+                local: false,
+            });
+    }
+    out
+}
 
 /// ECS Service Connect's per-request timeout when the service sets none.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -46,12 +92,17 @@ const START_GRACE_MS: u64 = 30_000;
 pub struct Engine {
     pub cfg: DaemonConfig,
     pub store: Store,
+    pub shared: Shared,
     pub dp: Datapath,
     pub hosts: HostsFile,
     /// `<cgroup2 mount>/<cfg.cgroup>`.
     pub cgroup_root: PathBuf,
     pub services: Vec<ServiceRecord>,
+    pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// This host's tasks.
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Other hosts' tasks (etcd), by task id.
+    pub remote: BTreeMap<String, Arc<HostedTask>>,
     pub outliers: Outliers,
     pub started: Instant,
     last_hosts: Option<Vec<(String, Ipv4Addr)>>,
@@ -69,6 +120,16 @@ pub struct Engine {
     health_checks: BTreeMap<String, HealthState>,
     /// Where the admin HTTP listens (set once bound).
     pub admin: String,
+}
+
+/// Is this endpoint in rotation now? (Running, its port accepted a
+/// connection, not draining, not ejected, healthy if it has a check.)
+fn eligible(outliers: &Outliers, t: &TaskRecord, p: &TaskPort) -> bool {
+    t.pid.is_some()
+        && p.ready
+        && !t.draining
+        && !outliers.is_ejected(p.backend_id)
+        && t.health.is_none_or(|h| h == health::Status::Healthy)
 }
 
 fn is_l7(a: &AliasRecord) -> bool {
@@ -101,12 +162,12 @@ impl Engine {
     pub fn new(
         cfg: DaemonConfig,
         store: Store,
+        shared: Shared,
         dp: Datapath,
         cgroup_root: PathBuf,
         proxy: Arc<Proxy>,
     ) -> anyhow::Result<Self> {
         let hosts = HostsFile::new(cfg.hosts_file.clone(), &cfg.cgroup);
-        let services = store.services()?;
         let mut tasks = BTreeMap::new();
         for t in store.tasks()? {
             if cgroup::is_populated(&t.cgroup) {
@@ -115,17 +176,23 @@ impl Engine {
             } else {
                 info!(task = %t.id, "a task ended while the daemon was away; deregistering it");
                 store.remove_task(&t.id)?;
+                if let Shared::Etcd(etcd) = &shared {
+                    etcd.withdraw(&t.id);
+                }
                 cgroup::remove_tree(&t.cgroup);
             }
         }
         let mut e = Self {
             cfg,
             store,
+            shared,
             dp,
             hosts,
             cgroup_root,
-            services,
+            services: Vec::new(),
+            task_definitions: BTreeMap::new(),
             tasks,
+            remote: BTreeMap::new(),
             outliers: Outliers::default(),
             started: Instant::now(),
             last_hosts: None,
@@ -138,6 +205,12 @@ impl Engine {
             health_checks: BTreeMap::new(),
             admin: String::new(),
         };
+        e.load_shared()?;
+        if let Shared::Etcd(etcd) = &e.shared {
+            for t in e.tasks.values() {
+                etcd.publish(t);
+            }
+        }
         e.sweep_unknown_cgroups();
         // Recovered tasks keep their last verdict until their next check.
         let recovered: Vec<(String, String, Option<health::Status>)> = e
@@ -161,11 +234,50 @@ impl Engine {
 
     /// Is this endpoint in rotation now?
     fn eligible(&self, t: &TaskRecord, p: &TaskPort) -> bool {
-        t.pid.is_some()
-            && p.ready
-            && !t.draining
-            && !self.outliers.is_ejected(p.backend_id)
-            && t.health.is_none_or(|h| h == health::Status::Healthy)
+        eligible(&self.outliers, t, p)
+    }
+
+    /// Read the shared state again (after an apply, or when etcd's view
+    /// changed) and route by it.
+    fn load_shared(&mut self) -> anyhow::Result<()> {
+        let config: ConfigState = match &self.shared {
+            Shared::Embedded => self.store.config()?,
+            Shared::Etcd(etcd) => {
+                let v = etcd.view();
+                self.remote = v.remote.clone();
+                v.config.clone()
+            }
+        };
+        self.services = config.services.into_values().collect();
+        self.task_definitions = config.task_definitions;
+        Ok(())
+    }
+
+    /// etcd's view changed: route by it.
+    pub fn refresh_shared(&mut self) -> anyhow::Result<()> {
+        self.load_shared()?;
+        let known: BTreeSet<u32> = self
+            .remote
+            .values()
+            .flat_map(|h| h.task.ports.iter().map(|p| p.backend_id))
+            .chain(
+                self.tasks
+                    .values()
+                    .flat_map(|t| t.ports.iter().map(|p| p.backend_id)),
+            )
+            .collect();
+        // Endpoints that left the fleet take their passive health along.
+        self.health.retain(|id, _| known.contains(id));
+        self.reconcile()
+    }
+
+    /// Save one of this host's tasks: locally, and for the fleet.
+    fn save_task(&self, rec: &TaskRecord) -> Result<(), crate::registry::RegistryError> {
+        self.store.put_task(rec)?;
+        if let Shared::Etcd(etcd) = &self.shared {
+            etcd.publish(rec);
+        }
+        Ok(())
     }
 
     fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort) -> &'static str {
@@ -184,30 +296,40 @@ impl Engine {
 
     /// Make the kernel maps and the hosts block match the registry.
     pub fn reconcile(&mut self) -> anyhow::Result<()> {
-        let addr = self.cfg.host.address;
         let mut desired = Vec::new();
         let mut names = BTreeMap::new();
         let mut routes = RouteTable::default();
+        let members = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
+        let mut backend_ids = BTreeSet::new();
         for s in &self.services {
+            let members = members.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
                 let mut backends = Vec::new();
-                let mut owners = Vec::new();
-                for t in self.tasks.values().filter(|t| t.service == s.spec.name) {
-                    for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
-                        if self.eligible(t, p) {
-                            backends.push((addr, p.port, p.backend_id));
-                            owners.push(t.id.clone());
+                // The proxy's endpoints: a local task's port, or the ingress
+                // listener of the host that runs it.
+                let mut eps: Vec<(String, SocketAddr, u32)> = Vec::new();
+                for m in members {
+                    for p in m.task.ports.iter().filter(|p| p.name == a.spec.port_name) {
+                        backend_ids.insert(p.backend_id);
+                        if !eligible(&self.outliers, m.task, p) {
+                            continue;
+                        }
+                        backends.push((m.address, p.port, p.backend_id));
+                        let port = if m.local {
+                            Some(p.port)
+                        } else {
+                            p.ingress_port
+                        };
+                        if let Some(port) = port {
+                            eps.push((
+                                m.task.id.clone(),
+                                SocketAddr::from((m.address, port)),
+                                p.backend_id,
+                            ));
                         }
                     }
                 }
                 if is_l7(a) {
-                    let eps: Vec<(String, SocketAddr, u32)> = backends
-                        .iter()
-                        .zip(&owners)
-                        .map(|((ip, port, id), task)| {
-                            (task.clone(), SocketAddr::from((*ip, *port)), *id)
-                        })
-                        .collect();
                     let route = build_route(
                         s,
                         a,
@@ -234,11 +356,11 @@ impl Engine {
             }
         }
         self.proxy.routes.store(Arc::new(routes));
-        let backend_ids: BTreeSet<u32> = self
-            .tasks
-            .values()
-            .flat_map(|t| t.ports.iter().map(|p| p.backend_id))
-            .collect();
+        backend_ids.extend(
+            self.tasks
+                .values()
+                .flat_map(|t| t.ports.iter().map(|p| p.backend_id)),
+        );
         // Each task's cgroup id (its directory's inode) -> its namespace.
         let task_ns: BTreeMap<u64, u32> = self
             .tasks
@@ -273,25 +395,31 @@ impl Engine {
     }
 
     pub fn apply(&mut self, files: Vec<(String, String)>) -> Response {
-        let existing = match self.store.existing(&self.cfg.default_namespace) {
-            Ok(e) => e,
-            Err(e) => return Response::failure(e.to_string()),
-        };
         let files: Vec<(String, Vec<u8>)> = files
             .into_iter()
             .map(|(n, c)| (n, c.into_bytes()))
             .collect();
-        let plan = match proxy_config::plan(&files, &existing) {
-            Ok(p) => p,
-            Err(errs) => return Response::bad_input(errs.to_string()),
+        let default = self.cfg.default_namespace.clone();
+        let plan = |state: &ConfigState| proxy_config::plan(&files, &state.existing(&default));
+        let result = match &self.shared {
+            Shared::Embedded => {
+                self.store
+                    .config()
+                    .map(|state| plan(&state))
+                    .and_then(|p| match p {
+                        Ok(p) => self.store.apply(&p).map(Ok),
+                        Err(errs) => Ok(Err(errs)),
+                    })
+            }
+            Shared::Etcd(etcd) => etcd.apply(plan),
         };
-        let summary = match self.store.apply(&plan) {
-            Ok(s) => s,
+        let summary = match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(errs)) => return Response::bad_input(errs.to_string()),
             Err(e) => return Response::failure(e.to_string()),
         };
-        match self.store.services() {
-            Ok(s) => self.services = s,
-            Err(e) => return Response::failure(e.to_string()),
+        if let Err(e) = self.load_shared() {
+            return Response::failure(format!("{e:#}"));
         }
         if let Err(e) = self.reconcile() {
             return Response::failure(format!("applied, but updating the datapath failed: {e:#}"));
@@ -312,17 +440,21 @@ impl Engine {
                 }
             ));
         };
-        let tds = match self.store.task_definitions() {
-            Ok(t) => t,
-            Err(e) => return Response::failure(e.to_string()),
-        };
-        let Some(td) = tds.get(&svc.spec.task_definition) else {
+        let Some(td) = self
+            .task_definitions
+            .get(&svc.spec.task_definition)
+            .cloned()
+        else {
             return Response::bad_input(format!(
                 "service {service:?} uses task definition {:?}, which is not registered\n  fix: knit apply -f its task definition",
                 svc.spec.task_definition
             ));
         };
-        let (task_id, ids) = match self.store.reserve_task(service, td.port_mappings.len()) {
+        let reserved = match &self.shared {
+            Shared::Embedded => self.store.reserve_task(service, td.port_mappings.len()),
+            Shared::Etcd(etcd) => etcd.reserve_task(service, td.port_mappings.len()),
+        };
+        let (task_id, ids) = match reserved {
             Ok(r) => r,
             Err(e) => return Response::failure(e.to_string()),
         };
@@ -374,7 +506,7 @@ impl Engine {
             drain_started_unix_ms: 0,
             health: None,
         };
-        if let Err(e) = self.store.put_task(&rec) {
+        if let Err(e) = self.save_task(&rec) {
             return Response::failure(e.to_string());
         }
         env = self.task_env(&rec);
@@ -411,7 +543,7 @@ impl Engine {
             );
         }
         let rec = t.clone();
-        if let Err(e) = self.store.put_task(&rec) {
+        if let Err(e) = self.save_task(&rec) {
             return Response::failure(e.to_string());
         }
         info!(task = %task_id, pid, "task running");
@@ -438,6 +570,9 @@ impl Engine {
         self.stopping
             .push((t.cgroup.clone(), Instant::now() + STOP_TIMEOUT));
         self.store.remove_task(task_id)?;
+        if let Shared::Etcd(etcd) = &self.shared {
+            etcd.withdraw(task_id);
+        }
         Ok(())
     }
 
@@ -501,7 +636,7 @@ impl Engine {
                     t.drain_started_unix_ms = now_ms();
                 }
                 let rec = t.clone();
-                if let Err(e) = self.store.put_task(&rec) {
+                if let Err(e) = self.save_task(&rec) {
                     return Response::failure(e.to_string());
                 }
             }
@@ -533,7 +668,7 @@ impl Engine {
                     p.ready = true;
                 }
                 let rec = t.clone();
-                self.store.put_task(&rec)?;
+                self.save_task(&rec)?;
                 info!(task = %task, port = %port, "endpoint ready");
             }
         }
@@ -618,14 +753,16 @@ impl Engine {
         let mut changed = false;
         let cfg = self.cfg.outlier.clone();
         let mut ejections = Vec::new();
+        let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         for s in &self.services {
+            let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
-                let members: Vec<u32> = self
-                    .tasks
-                    .values()
-                    .filter(|t| t.service == s.spec.name && t.pid.is_some() && !t.draining)
-                    .flat_map(|t| {
-                        t.ports
+                let members: Vec<u32> = all
+                    .iter()
+                    .filter(|m| m.task.pid.is_some() && !m.task.draining)
+                    .flat_map(|m| {
+                        m.task
+                            .ports
                             .iter()
                             .filter(|p| p.name == a.spec.port_name && p.ready)
                     })
@@ -666,17 +803,18 @@ impl Engine {
 
     pub fn service_rows(&self) -> Vec<ServiceRow> {
         let mut rows = Vec::new();
+        let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         for s in &self.services {
+            let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
-                let eps: Vec<(&TaskRecord, &TaskPort)> = self
-                    .tasks
-                    .values()
-                    .filter(|t| t.service == s.spec.name)
-                    .flat_map(|t| {
-                        t.ports
+                let eps: Vec<(&TaskRecord, &TaskPort)> = all
+                    .iter()
+                    .flat_map(|m| {
+                        m.task
+                            .ports
                             .iter()
                             .filter(|p| p.name == a.spec.port_name)
-                            .map(move |p| (t, p))
+                            .map(move |p| (m.task, p))
                     })
                     .collect();
                 let c = self
@@ -720,11 +858,20 @@ impl Engine {
     }
 
     pub fn endpoint_rows(&self, service: Option<&str>) -> Vec<EndpointRow> {
-        let addr = self.cfg.host.address;
-        self.tasks
-            .values()
-            .filter(|t| service.is_none_or(|s| t.service == s))
-            .flat_map(|t| {
+        let own = self.host_name();
+        members_by_service(&self.tasks, &self.remote, self.cfg.host.address)
+            .into_values()
+            .flatten()
+            .filter(|m| service.is_none_or(|s| m.task.service == s))
+            .flat_map(|m| {
+                let t = m.task;
+                let host = if m.local {
+                    own.clone()
+                } else {
+                    self.remote
+                        .get(&t.id)
+                        .map_or_else(String::new, |h| h.host.clone())
+                };
                 t.ports.iter().map(move |p| {
                     let c = self
                         .dp
@@ -735,7 +882,8 @@ impl Engine {
                         service: t.service.clone(),
                         task: t.id.clone(),
                         port_name: p.name.clone(),
-                        address: SocketAddr::from((addr, p.port)).to_string(),
+                        host: host.clone(),
+                        address: SocketAddr::from((m.address, p.port)).to_string(),
                         state: self.endpoint_state(t, p).to_string(),
                         new_connections: c.new_conns,
                         active_connections: c.active,
@@ -753,8 +901,9 @@ impl Engine {
     /// Kernel counters and endpoint states for a metrics scrape.
     pub fn metrics_snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
-        let addr = self.cfg.host.address;
+        let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         for s in &self.services {
+            let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
                 let (labels, target) = alias_labels(s, a);
                 let c = self
@@ -769,15 +918,23 @@ impl Engine {
                     c.bytes_sent + c.bytes_received,
                     c.failed,
                 ));
-                for t in self.tasks.values().filter(|t| t.service == s.spec.name) {
+                for m in all {
+                    let t = m.task;
                     for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
                         let c = self
                             .dp
                             .maps
                             .backend_counters(p.backend_id)
                             .unwrap_or_default();
+                        // As the proxy labels it: another host's L7 endpoint
+                        // is reached at that host's ingress listener.
+                        let port = if !m.local && is_l7(a) {
+                            p.ingress_port.unwrap_or(p.port)
+                        } else {
+                            p.port
+                        };
                         snap.endpoints.push((
-                            endpoint_labels(&target, &t.id, SocketAddr::from((addr, p.port))),
+                            endpoint_labels(&target, &t.id, SocketAddr::from((m.address, port))),
                             self.eligible(t, p),
                             u64::from(self.outliers.ejections(p.backend_id)),
                             c.new_conns,
@@ -788,6 +945,14 @@ impl Engine {
             }
         }
         snap
+    }
+
+    /// This host's name in the registry.
+    pub fn host_name(&self) -> String {
+        match &self.shared {
+            Shared::Etcd(etcd) => etcd.host().to_string(),
+            Shared::Embedded => self.cfg.host.name.clone().unwrap_or_default(),
+        }
     }
 
     pub fn status(&self) -> StatusReport {
@@ -807,6 +972,23 @@ impl Engine {
             services: self.services.len(),
             aliases: self.services.iter().map(|s| s.aliases.len()).sum(),
             tasks: self.tasks.len(),
+            remote_tasks: self.remote.len(),
+            registry: match &self.shared {
+                Shared::Embedded => "embedded".into(),
+                Shared::Etcd(etcd) => {
+                    let v = etcd.view();
+                    format!(
+                        "etcd as host {:?}: {} (revision {})",
+                        etcd.host(),
+                        if v.connected {
+                            "connected"
+                        } else {
+                            "unreachable, serving the last known view"
+                        },
+                        v.revision
+                    )
+                }
+            },
             tracked_connections: self.dp.maps.tracked_connections(),
             admin: self.admin.clone(),
         }
@@ -841,8 +1023,10 @@ impl Engine {
     /// The health check of a service's task definition, if it has one.
     fn health_spec(&self, service: &str) -> Option<HealthCheck> {
         let s = self.services.iter().find(|s| s.spec.name == service)?;
-        let tds = self.store.task_definitions().ok()?;
-        tds.get(&s.spec.task_definition)?.health_check.clone()
+        self.task_definitions
+            .get(&s.spec.task_definition)?
+            .health_check
+            .clone()
     }
 
     /// The environment of a task (and of its health checks).
@@ -891,7 +1075,7 @@ impl Engine {
         if let Some(t) = self.tasks.get_mut(task_id) {
             t.health = Some(status);
             let rec = t.clone();
-            self.store.put_task(&rec)?;
+            self.save_task(&rec)?;
         }
         info!(task = %task_id, ?status, "health check verdict");
         self.reconcile()
@@ -962,7 +1146,7 @@ impl Engine {
         if changed && let Some(rec) = self.tasks.get_mut(task_id) {
             rec.ports = ports;
             let rec = rec.clone();
-            if let Err(e) = self.store.put_task(&rec) {
+            if let Err(e) = self.save_task(&rec) {
                 warn!(task = %task_id, error = %e, "recording the ingress port");
             }
         }

@@ -7,23 +7,22 @@ mod server;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use engine::Engine;
-use proxy_config::DaemonConfig;
+use engine::{Engine, Shared};
+use proxy_config::{DaemonConfig, RegistryBackend};
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 use tracing::{info, warn};
 
-use crate::{cgroup, datapath::Datapath, proxy::Proxy, registry::Store};
+use crate::{
+    cgroup,
+    datapath::Datapath,
+    proxy::Proxy,
+    registry::{Store, etcd::Etcd},
+};
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "knit daemon needs root: it loads eBPF programs (CAP_BPF, CAP_NET_ADMIN) and manages cgroups (CAP_SYS_ADMIN)"
-        );
-    }
-    if cfg.registry.backend != proxy_config::RegistryBackend::Embedded {
-        bail!(
-            "registry backend {:?} is not in this build of knit yet; use backend = \"embedded\" (one host)",
-            cfg.registry.backend
         );
     }
     let mount = cgroup::cgroup2_mount()?;
@@ -32,6 +31,27 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir)?;
+    let shared = match cfg.registry.backend {
+        RegistryBackend::Embedded => Shared::Embedded,
+        RegistryBackend::Etcd => {
+            let host = match &cfg.host.name {
+                Some(n) => n.clone(),
+                None => nix::unistd::gethostname()?.into_string().map_err(|_| {
+                    anyhow::anyhow!(
+                        "this machine's host name is not UTF-8: set [host] name in the config"
+                    )
+                })?,
+            };
+            let etcd = Etcd::new(&cfg, host.clone()).await?;
+            match etcd.initial_sync().await {
+                Ok(()) => info!(host, endpoints = ?cfg.registry.endpoints, "etcd registry"),
+                Err(e) => {
+                    warn!(error = %e, "starting without the shared registry; it is read as soon as etcd answers")
+                }
+            }
+            Shared::Etcd(etcd)
+        }
+    };
     let dp = Datapath::open(&cfg.bpf_pin_dir, &cgroup_root, cgroup_is_new)?;
     info!(
         cgroup = %cgroup_root.display(),
@@ -60,6 +80,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
         store,
+        shared,
         dp,
         cgroup_root,
         proxy.clone(),
@@ -73,6 +94,20 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         e.dp.retire_other_versions();
     }
     info!(egress = %egress_addr, "L7 egress listener");
+    if let Shared::Etcd(etcd) = &engine.lock().await.shared {
+        // The session keeps the view; every change of it is routed at once.
+        tokio::spawn(etcd.clone().run());
+        let changed = etcd.changed.clone();
+        let on_change = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                if let Err(e) = on_change.lock().await.refresh_shared() {
+                    warn!(error = %format!("{e:#}"), "routing by the registry's new state");
+                }
+            }
+        });
+    }
     let admin = tokio::net::TcpListener::bind(cfg.admin.listen).await.with_context(|| {
         format!(
             "binding the admin listener on {}: set [admin] listen in the config to a free address",

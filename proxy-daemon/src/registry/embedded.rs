@@ -1,19 +1,19 @@
 //! The embedded registry: one redb file, `<state_dir>/registry.redb`.
 //!
-//! Tables map string keys to JSON values. Ids and VIPs are handed out from
-//! counters in `meta` inside the same transaction that uses them.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    path::Path,
-};
+//! Tables map string keys to JSON values (ids and counters to integers).
+//! An apply loads the shared state into a [`ConfigState`] and writes back
+//! what it changed inside one write transaction: all of it or nothing.
+//! This host's tasks live here with either registry backend.
+use std::{collections::BTreeMap, path::Path};
 
-use proxy_common::maps::MAX_SERVICES;
-use proxy_config::{ApplyPlan, Existing, ServiceSpec, TaskDefinition};
+use proxy_config::ApplyPlan;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{AliasRecord, RegistryError, ServiceRecord, TaskRecord};
+use super::{
+    RegistryError, TaskRecord,
+    state::{ApplySummary, Change, ConfigState},
+};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
@@ -24,9 +24,6 @@ const ALIAS_IDS: TableDefinition<&str, u64> = TableDefinition::new("alias_ids");
 const NS_IDS: TableDefinition<&str, u64> = TableDefinition::new("namespace_ids");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
-
-/// First VIP offset in 127.255.0.0/16 (127.255.0.1).
-const FIRST_VIP: u64 = 1;
 
 fn dberr<E: Into<redb::Error>>(e: E) -> RegistryError {
     RegistryError::Db(Box::new(e.into()))
@@ -46,14 +43,6 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RegistryErr
 
 pub struct Store {
     db: Database,
-}
-
-/// What an apply changed, for the CLI's answer.
-#[derive(Debug, Default, Serialize)]
-pub struct ApplySummary {
-    pub namespaces: Vec<String>,
-    pub task_definitions: Vec<String>,
-    pub services: Vec<String>,
 }
 
 impl Store {
@@ -78,12 +67,17 @@ impl Store {
         Ok(Self { db })
     }
 
-    fn read_all<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<T>, RegistryError> {
+    /// Everything the shared registry holds, as of one transaction.
+    pub fn config(&self) -> Result<ConfigState, RegistryError> {
+        let w = self.db.begin_write().map_err(dberr)?;
+        let state = load(&w)?;
+        w.abort().map_err(dberr)?;
+        Ok(state)
+    }
+
+    pub fn tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
         let r = self.db.begin_read().map_err(dberr)?;
-        let t = r.open_table(table).map_err(dberr)?;
+        let t = r.open_table(TASKS).map_err(dberr)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(dberr)? {
             let (k, v) = row.map_err(dberr)?;
@@ -92,97 +86,12 @@ impl Store {
         Ok(out)
     }
 
-    /// The default namespace a cluster document set, if any.
-    pub fn default_namespace(&self) -> Result<Option<String>, RegistryError> {
-        let r = self.db.begin_read().map_err(dberr)?;
-        let t = r.open_table(SETTINGS).map_err(dberr)?;
-        match t.get("default_namespace").map_err(dberr)? {
-            Some(v) => Ok(Some(decode("default_namespace", v.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn namespaces(&self) -> Result<BTreeSet<String>, RegistryError> {
-        Ok(self.read_all::<String>(NAMESPACES)?.into_iter().collect())
-    }
-
-    pub fn task_definitions(&self) -> Result<BTreeMap<String, TaskDefinition>, RegistryError> {
-        Ok(self
-            .read_all::<TaskDefinition>(TASKDEFS)?
-            .into_iter()
-            .map(|t| (t.family.clone(), t))
-            .collect())
-    }
-
-    pub fn services(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
-        self.read_all(SERVICES)
-    }
-
-    pub fn tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
-        self.read_all(TASKS)
-    }
-
-    /// The registry as the validator needs to see it.
-    pub fn existing(&self, config_default: &str) -> Result<Existing, RegistryError> {
-        let default_namespace = self
-            .default_namespace()?
-            .unwrap_or_else(|| config_default.to_string());
-        let mut namespaces = self.namespaces()?;
-        namespaces.insert(default_namespace.clone());
-        namespaces.insert(config_default.to_string());
-        Ok(Existing {
-            default_namespace,
-            namespaces,
-            task_definitions: self.task_definitions()?,
-            services: self
-                .services()?
-                .into_iter()
-                .map(|s| (s.spec.name.clone(), s.spec))
-                .collect(),
-        })
-    }
-
-    /// Write a validated plan in one transaction: new namespaces, task
-    /// definitions (next revision), and services with their aliases' VIPs and
-    /// kernel ids (kept stable for an alias that already had them).
+    /// Write a validated plan in one transaction.
     pub fn apply(&self, plan: &ApplyPlan) -> Result<ApplySummary, RegistryError> {
         let w = self.db.begin_write().map_err(dberr)?;
-        let mut summary = ApplySummary::default();
-        {
-            let mut ns = w.open_table(NAMESPACES).map_err(dberr)?;
-            for n in plan.namespaces.iter().chain(plan.default_namespace.iter()) {
-                ns.insert(n.as_str(), encode(n).as_slice()).map_err(dberr)?;
-                summary.namespaces.push(n.clone());
-            }
-        }
-        if let Some(d) = &plan.default_namespace {
-            let mut s = w.open_table(SETTINGS).map_err(dberr)?;
-            s.insert("default_namespace", encode(d).as_slice())
-                .map_err(dberr)?;
-        }
-        {
-            let mut t = w.open_table(TASKDEFS).map_err(dberr)?;
-            for td in &plan.task_definitions {
-                let prev = match t.get(td.family.as_str()).map_err(dberr)? {
-                    Some(v) => decode::<TaskDefinition>(&td.family, v.value())?.revision,
-                    None => 0,
-                };
-                let mut td = td.clone();
-                td.revision = prev + 1;
-                t.insert(td.family.as_str(), encode(&td).as_slice())
-                    .map_err(dberr)?;
-                summary
-                    .task_definitions
-                    .push(format!("{}:{}", td.family, td.revision));
-            }
-        }
-        for spec in &plan.services {
-            let rec = service_record(&w, spec)?;
-            let mut t = w.open_table(SERVICES).map_err(dberr)?;
-            t.insert(spec.name.as_str(), encode(&rec).as_slice())
-                .map_err(dberr)?;
-            summary.services.push(spec.name.clone());
-        }
+        let mut state = load(&w)?;
+        let (summary, changes) = state.apply(plan)?;
+        write(&w, &changes)?;
         w.commit().map_err(dberr)?;
         Ok(summary)
     }
@@ -213,123 +122,88 @@ impl Store {
         n: usize,
     ) -> Result<(String, Vec<u32>), RegistryError> {
         let w = self.db.begin_write().map_err(dberr)?;
-        let (task_no, ids) = {
-            let mut m = w.open_table(META).map_err(dberr)?;
-            let task_no = m
-                .get("next_task")
-                .map_err(dberr)?
-                .map(|v| v.value())
-                .unwrap_or(1);
-            m.insert("next_task", task_no + 1).map_err(dberr)?;
-            let first = m
-                .get("next_backend_id")
-                .map_err(dberr)?
-                .map(|v| v.value())
-                .unwrap_or(1);
-            m.insert("next_backend_id", first + n as u64)
-                .map_err(dberr)?;
-            (task_no, (0..n).map(|i| (first + i as u64) as u32).collect())
+        let mut state = ConfigState {
+            counters: load_u64(&w, META)?,
+            ..ConfigState::default()
         };
+        let (reserved, changes) = state.reserve_task(service, n);
+        write(&w, &changes)?;
         w.commit().map_err(dberr)?;
-        Ok((format!("{service}-{task_no}"), ids))
+        Ok(reserved)
     }
 }
 
-fn service_record(
+fn load_json<T: DeserializeOwned>(
     w: &WriteTransaction,
-    spec: &ServiceSpec,
-) -> Result<ServiceRecord, RegistryError> {
-    let mut aliases = Vec::new();
-    for e in &spec.endpoints {
-        let vip_key = format!("{}\0{}", spec.namespace, e.dns_name);
-        let id_key = format!("{}\0{}\0{}", spec.namespace, e.dns_name, e.port);
-        let vip = {
-            let mut vips = w.open_table(VIPS).map_err(dberr)?;
-            let found = vips
-                .get(vip_key.as_str())
-                .map_err(dberr)?
-                .map(|v| v.value());
-            match found {
-                Some(v) => v,
-                None => {
-                    let mut meta = w.open_table(META).map_err(dberr)?;
-                    let mut next = meta
-                        .get("next_vip")
-                        .map_err(dberr)?
-                        .map(|v| v.value())
-                        .unwrap_or(FIRST_VIP);
-                    // Skip .0 and .255 in the last octet: some tools treat them as special.
-                    while next & 0xff == 0 || next & 0xff == 0xff {
-                        next += 1;
-                    }
-                    if next > 0xfffe {
-                        return Err(RegistryError::VipsExhausted);
-                    }
-                    meta.insert("next_vip", next + 1).map_err(dberr)?;
-                    vips.insert(vip_key.as_str(), next).map_err(dberr)?;
-                    next
-                }
-            }
-        };
-        let service_id = {
-            let mut ids = w.open_table(ALIAS_IDS).map_err(dberr)?;
-            let found = ids.get(id_key.as_str()).map_err(dberr)?.map(|v| v.value());
-            match found {
-                Some(v) => v,
-                None => {
-                    let mut meta = w.open_table(META).map_err(dberr)?;
-                    let next = meta
-                        .get("next_service_id")
-                        .map_err(dberr)?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    if next >= u64::from(MAX_SERVICES) {
-                        return Err(RegistryError::AliasIdsExhausted(MAX_SERVICES));
-                    }
-                    meta.insert("next_service_id", next + 1).map_err(dberr)?;
-                    ids.insert(id_key.as_str(), next).map_err(dberr)?;
-                    next
-                }
-            }
-        };
-        aliases.push(AliasRecord {
-            spec: e.clone(),
-            service_id: service_id as u32,
-            vip: Ipv4Addr::from(0x7fff_0000u32 | vip as u32),
-        });
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<BTreeMap<String, T>, RegistryError> {
+    let t = w.open_table(table).map_err(dberr)?;
+    let mut out = BTreeMap::new();
+    for row in t.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        out.insert(k.value().to_string(), decode(k.value(), v.value())?);
     }
-    let ns_id = {
-        let mut ids = w.open_table(NS_IDS).map_err(dberr)?;
-        let found = ids
-            .get(spec.namespace.as_str())
-            .map_err(dberr)?
-            .map(|v| v.value());
-        match found {
-            Some(v) => v,
-            None => {
-                let mut meta = w.open_table(META).map_err(dberr)?;
-                let next = meta
-                    .get("next_namespace_id")
-                    .map_err(dberr)?
-                    .map(|v| v.value())
-                    .unwrap_or(1);
-                meta.insert("next_namespace_id", next + 1).map_err(dberr)?;
-                ids.insert(spec.namespace.as_str(), next).map_err(dberr)?;
-                next
-            }
-        }
-    };
-    Ok(ServiceRecord {
-        spec: spec.clone(),
-        ns_id: ns_id as u32,
-        aliases,
+    Ok(out)
+}
+
+fn load_u64(
+    w: &WriteTransaction,
+    table: TableDefinition<&str, u64>,
+) -> Result<BTreeMap<String, u64>, RegistryError> {
+    let t = w.open_table(table).map_err(dberr)?;
+    let mut out = BTreeMap::new();
+    for row in t.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        out.insert(k.value().to_string(), v.value());
+    }
+    Ok(out)
+}
+
+fn load(w: &WriteTransaction) -> Result<ConfigState, RegistryError> {
+    let mut settings: BTreeMap<String, String> = load_json(w, SETTINGS)?;
+    Ok(ConfigState {
+        default_namespace: settings.remove("default_namespace"),
+        namespaces: load_json::<String>(w, NAMESPACES)?.into_values().collect(),
+        task_definitions: load_json(w, TASKDEFS)?,
+        services: load_json(w, SERVICES)?,
+        vips: load_u64(w, VIPS)?,
+        alias_ids: load_u64(w, ALIAS_IDS)?,
+        ns_ids: load_u64(w, NS_IDS)?,
+        counters: load_u64(w, META)?,
     })
+}
+
+fn write(w: &WriteTransaction, changes: &[Change]) -> Result<(), RegistryError> {
+    let put = |table: TableDefinition<&str, &[u8]>, k: &str, v: Vec<u8>| {
+        let mut t = w.open_table(table).map_err(dberr)?;
+        t.insert(k, v.as_slice()).map_err(dberr)?;
+        Ok::<(), RegistryError>(())
+    };
+    let put_u64 = |table: TableDefinition<&str, u64>, k: &str, v: u64| {
+        let mut t = w.open_table(table).map_err(dberr)?;
+        t.insert(k, v).map_err(dberr)?;
+        Ok::<(), RegistryError>(())
+    };
+    for c in changes {
+        match c {
+            Change::Namespace(n) => put(NAMESPACES, n, encode(n))?,
+            Change::DefaultNamespace(n) => put(SETTINGS, "default_namespace", encode(n))?,
+            Change::TaskDefinition(td) => put(TASKDEFS, &td.family, encode(td))?,
+            Change::Service(s) => put(SERVICES, &s.spec.name, encode(s))?,
+            Change::Vip(k, v) => put_u64(VIPS, k, *v)?,
+            Change::AliasId(k, v) => put_u64(ALIAS_IDS, k, *v)?,
+            Change::NamespaceId(k, v) => put_u64(NS_IDS, k, *v)?,
+            Change::Counter(k, v) => put_u64(META, k, *v)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proxy_config::{AppProtocol, EndpointSpec};
+    use proxy_config::{AppProtocol, EndpointSpec, ServiceSpec};
+    use std::net::Ipv4Addr;
 
     fn svc(name: &str, dns: &str, port: u16) -> ServiceSpec {
         ServiceSpec {
@@ -369,13 +243,13 @@ mod tests {
             s.apply(&plan(vec![svc("db", "db", 6379)]))?;
         }
         let s = Store::open(dir.path())?;
-        let svcs = s.services()?;
+        let svcs = s.config()?.services;
         let db = svcs
-            .iter()
+            .values()
             .find(|s| s.spec.name == "db")
             .map(|s| s.aliases[0].clone());
         let web = svcs
-            .iter()
+            .values()
             .find(|s| s.spec.name == "web")
             .map(|s| s.aliases[0].clone());
         let (db, web) = (db.expect("db"), web.expect("web"));

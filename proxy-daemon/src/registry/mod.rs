@@ -1,14 +1,21 @@
 //! The namespace registry: namespaces, task definitions, services with their
 //! client aliases (VIP and kernel id each), and the tasks of this host.
 //!
-//! Today's backend is the embedded crash-safe store ([`embedded::Store`], redb
-//! in `state_dir`); every change is one ACID transaction, so an apply is
-//! either all there or not at all.
+//! Two backends hold the shared part (namespaces, task definitions,
+//! services, ids): the embedded crash-safe store ([`embedded::Store`], redb
+//! in `state_dir`, one host) and etcd ([`etcd::Etcd`], a fleet). Either
+//! way every change is one transaction, computed by [`state::ConfigState`],
+//! so an apply is all there or not at all. This host's own tasks are always
+//! kept in the embedded store; with etcd they are also published under the
+//! host's lease for every other host to route to.
 pub mod embedded;
+pub mod etcd;
 mod model;
+pub mod state;
 
 pub use embedded::Store;
-pub use model::{AliasRecord, ServiceRecord, TaskPort, TaskRecord};
+pub use model::{AliasRecord, HostedTask, ServiceRecord, TaskPort, TaskRecord};
+pub use state::ConfigState;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -27,6 +34,12 @@ pub enum RegistryError {
         key: String,
         source: serde_json::Error,
     },
+    #[error(
+        "etcd ({endpoints}) did not answer: {reason}. Check that etcd runs and that [registry] endpoints in the daemon's config point at it"
+    )]
+    Etcd { endpoints: String, reason: String },
+    #[error("etcd record {key}: {reason}")]
+    EtcdRecord { key: String, reason: String },
     #[error("the VIP range 127.255.0.0/16 is full")]
     VipsExhausted,
     #[error("too many client aliases on this host (at most {0})")]

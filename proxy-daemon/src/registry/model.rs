@@ -60,3 +60,11 @@ pub struct TaskRecord {
     #[serde(default)]
     pub health: Option<crate::health::Status>,
 }
+
+/// A task as the fleet sees it: which host runs it and where that host is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostedTask {
+    pub host: String,
+    pub address: Ipv4Addr,
+    pub task: TaskRecord,
+}

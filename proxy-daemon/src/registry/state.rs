@@ -1,0 +1,205 @@
+//! The shared registry's contents as one value, and the one place that
+//! changes them. Both backends load what they need into a [`ConfigState`],
+//! let it compute an apply or a task reservation, and write back the
+//! [`Change`]s it lists, in one transaction (redb) or one compare-and-swap
+//! (etcd). So VIPs, alias ids, namespace ids, task numbers and endpoint ids
+//! are handed out by the same code whichever store holds them.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use proxy_common::maps::MAX_SERVICES;
+use proxy_config::{ApplyPlan, Existing, ServiceSpec, TaskDefinition};
+use serde::Serialize;
+
+use super::{AliasRecord, RegistryError, ServiceRecord};
+
+/// First VIP offset in 127.255.0.0/16 (127.255.0.1).
+const FIRST_VIP: u64 = 1;
+/// Counter names.
+pub const NEXT_VIP: &str = "next_vip";
+pub const NEXT_SERVICE_ID: &str = "next_service_id";
+pub const NEXT_NAMESPACE_ID: &str = "next_namespace_id";
+pub const NEXT_TASK: &str = "next_task";
+pub const NEXT_BACKEND_ID: &str = "next_backend_id";
+
+/// Namespaces, task definitions, services and the ids handed out so far.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigState {
+    pub default_namespace: Option<String>,
+    pub namespaces: BTreeSet<String>,
+    pub task_definitions: BTreeMap<String, TaskDefinition>,
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// `<namespace>/<dnsName>` -> VIP offset in 127.255.0.0/16.
+    pub vips: BTreeMap<String, u64>,
+    /// `<namespace>/<dnsName>/<port>` -> alias id.
+    pub alias_ids: BTreeMap<String, u64>,
+    /// namespace -> namespace id.
+    pub ns_ids: BTreeMap<String, u64>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One record an apply or a reservation wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Namespace(String),
+    DefaultNamespace(String),
+    TaskDefinition(TaskDefinition),
+    Service(ServiceRecord),
+    Vip(String, u64),
+    AliasId(String, u64),
+    NamespaceId(String, u64),
+    Counter(&'static str, u64),
+}
+
+/// What an apply changed, for the CLI's answer.
+#[derive(Debug, Default, Serialize)]
+pub struct ApplySummary {
+    pub namespaces: Vec<String>,
+    pub task_definitions: Vec<String>,
+    pub services: Vec<String>,
+}
+
+impl ConfigState {
+    /// The registry as the validator needs to see it.
+    pub fn existing(&self, config_default: &str) -> Existing {
+        let default_namespace = self
+            .default_namespace
+            .clone()
+            .unwrap_or_else(|| config_default.to_string());
+        let mut namespaces = self.namespaces.clone();
+        namespaces.insert(default_namespace.clone());
+        namespaces.insert(config_default.to_string());
+        Existing {
+            default_namespace,
+            namespaces,
+            task_definitions: self.task_definitions.clone(),
+            services: self
+                .services
+                .values()
+                .map(|s| (s.spec.name.clone(), s.spec.clone()))
+                .collect(),
+        }
+    }
+
+    fn counter(&self, name: &str, default: u64) -> u64 {
+        self.counters.get(name).copied().unwrap_or(default)
+    }
+
+    fn set_counter(&mut self, name: &'static str, v: u64, out: &mut Vec<Change>) {
+        self.counters.insert(name.to_string(), v);
+        out.push(Change::Counter(name, v));
+    }
+
+    /// Apply a validated plan: new namespaces, task definitions (next
+    /// revision), and services with their aliases' VIPs and kernel ids (kept
+    /// for an alias that already had them).
+    pub fn apply(
+        &mut self,
+        plan: &ApplyPlan,
+    ) -> Result<(ApplySummary, Vec<Change>), RegistryError> {
+        let mut out = Vec::new();
+        let mut summary = ApplySummary::default();
+        for n in plan.namespaces.iter().chain(plan.default_namespace.iter()) {
+            self.namespaces.insert(n.clone());
+            out.push(Change::Namespace(n.clone()));
+            summary.namespaces.push(n.clone());
+        }
+        if let Some(d) = &plan.default_namespace {
+            self.default_namespace = Some(d.clone());
+            out.push(Change::DefaultNamespace(d.clone()));
+        }
+        for td in &plan.task_definitions {
+            let prev = self
+                .task_definitions
+                .get(&td.family)
+                .map_or(0, |t| t.revision);
+            let mut td = td.clone();
+            td.revision = prev + 1;
+            summary
+                .task_definitions
+                .push(format!("{}:{}", td.family, td.revision));
+            self.task_definitions.insert(td.family.clone(), td.clone());
+            out.push(Change::TaskDefinition(td));
+        }
+        for spec in &plan.services {
+            let rec = self.service_record(spec, &mut out)?;
+            self.services.insert(spec.name.clone(), rec.clone());
+            out.push(Change::Service(rec));
+            summary.services.push(spec.name.clone());
+        }
+        Ok((summary, out))
+    }
+
+    fn service_record(
+        &mut self,
+        spec: &ServiceSpec,
+        out: &mut Vec<Change>,
+    ) -> Result<ServiceRecord, RegistryError> {
+        let mut aliases = Vec::new();
+        for e in &spec.endpoints {
+            let vip_key = format!("{}/{}", spec.namespace, e.dns_name);
+            let id_key = format!("{}/{}/{}", spec.namespace, e.dns_name, e.port);
+            let vip = match self.vips.get(&vip_key) {
+                Some(v) => *v,
+                None => {
+                    let mut next = self.counter(NEXT_VIP, FIRST_VIP);
+                    // Skip .0 and .255 in the last octet: some tools treat them as special.
+                    while next & 0xff == 0 || next & 0xff == 0xff {
+                        next += 1;
+                    }
+                    if next > 0xfffe {
+                        return Err(RegistryError::VipsExhausted);
+                    }
+                    self.set_counter(NEXT_VIP, next + 1, out);
+                    self.vips.insert(vip_key.clone(), next);
+                    out.push(Change::Vip(vip_key, next));
+                    next
+                }
+            };
+            let service_id = match self.alias_ids.get(&id_key) {
+                Some(v) => *v,
+                None => {
+                    let next = self.counter(NEXT_SERVICE_ID, 0);
+                    if next >= u64::from(MAX_SERVICES) {
+                        return Err(RegistryError::AliasIdsExhausted(MAX_SERVICES));
+                    }
+                    self.set_counter(NEXT_SERVICE_ID, next + 1, out);
+                    self.alias_ids.insert(id_key.clone(), next);
+                    out.push(Change::AliasId(id_key, next));
+                    next
+                }
+            };
+            aliases.push(AliasRecord {
+                spec: e.clone(),
+                service_id: service_id as u32,
+                vip: Ipv4Addr::from(0x7fff_0000u32 | vip as u32),
+            });
+        }
+        let ns_id = match self.ns_ids.get(&spec.namespace) {
+            Some(v) => *v,
+            None => {
+                let next = self.counter(NEXT_NAMESPACE_ID, 1);
+                self.set_counter(NEXT_NAMESPACE_ID, next + 1, out);
+                self.ns_ids.insert(spec.namespace.clone(), next);
+                out.push(Change::NamespaceId(spec.namespace.clone(), next));
+                next
+            }
+        };
+        Ok(ServiceRecord {
+            spec: spec.clone(),
+            ns_id: ns_id as u32,
+            aliases,
+        })
+    }
+
+    /// A task number and `n` fresh endpoint ids for a task of `service`.
+    pub fn reserve_task(&mut self, service: &str, n: usize) -> ((String, Vec<u32>), Vec<Change>) {
+        let mut out = Vec::new();
+        let task_no = self.counter(NEXT_TASK, 1);
+        self.set_counter(NEXT_TASK, task_no + 1, &mut out);
+        let first = self.counter(NEXT_BACKEND_ID, 1);
+        self.set_counter(NEXT_BACKEND_ID, first + n as u64, &mut out);
+        let ids = (0..n).map(|i| (first + i as u64) as u32).collect();
+        ((format!("{service}-{task_no}"), ids), out)
+    }
+}
