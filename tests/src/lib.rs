@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod fleet;
+
 /// Where cargo put the binaries: the running executable's directory, or its
 /// parent for test executables (target/<profile>/deps/<test>).
 fn bin_dir() -> PathBuf {
@@ -74,6 +76,9 @@ pub struct Knit {
     tasks: Vec<Child>,
     /// The `knit` binary this daemon and its CLI calls run.
     bin: PathBuf,
+    /// The network namespace (under /run/netns) the daemon and its tasks
+    /// run in; None: the test's own.
+    netns: Option<String>,
 }
 
 impl Knit {
@@ -88,6 +93,15 @@ impl Knit {
         Self::start_full(name, extra, hosts_file, knit_bin())
     }
 
+    /// As [`Knit::start`], with the daemon, the CLI and so every task in
+    /// network namespace `netns` (a "host" of a [`fleet::Fleet`]).
+    pub fn start_in(name: &str, extra: &str, netns: &str) -> Result<Self> {
+        let mut k = Self::prepare(name, extra, None, knit_bin())?;
+        k.netns = Some(netns.to_string());
+        k.start_daemon()?;
+        Ok(k)
+    }
+
     /// As [`Knit::start_with`], running the `knit` binary at `bin` (for
     /// the daemon and every CLI call), e.g. a release build for benchmarks.
     pub fn start_full(
@@ -96,6 +110,12 @@ impl Knit {
         hosts_file: Option<PathBuf>,
         bin: PathBuf,
     ) -> Result<Self> {
+        let mut k = Self::prepare(name, extra, hosts_file, bin)?;
+        k.start_daemon()?;
+        Ok(k)
+    }
+
+    fn prepare(name: &str, extra: &str, hosts_file: Option<PathBuf>, bin: PathBuf) -> Result<Self> {
         if !nix::unistd::geteuid().is_root() {
             bail!("knit's integration tests need root (cgroups, bpffs, eBPF)");
         }
@@ -130,7 +150,7 @@ impl Knit {
                 },
             ),
         )?;
-        let mut k = Self {
+        Ok(Self {
             dir,
             name: unique,
             socket,
@@ -141,9 +161,22 @@ impl Knit {
             daemon: None,
             tasks: Vec::new(),
             bin,
-        };
-        k.start_daemon()?;
-        Ok(k)
+            netns: None,
+        })
+    }
+
+    /// A command for the `knit` binary, in the daemon's network namespace.
+    fn knit_command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        }
     }
 
     pub fn start_daemon(&mut self) -> Result<()> {
@@ -151,7 +184,8 @@ impl Knit {
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))?;
-        let child = Command::new(&self.bin)
+        let child = self
+            .knit_command()
             .args(["daemon", "--config"])
             .arg(&self.config)
             .env("KNIT_LOG", "info")
@@ -200,7 +234,7 @@ impl Knit {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = self.knit_command();
         c.env("KNIT_SOCKET", &self.socket);
         c
     }

@@ -210,6 +210,16 @@ impl Engine {
             for t in e.tasks.values() {
                 etcd.publish(t);
             }
+            // Learn this host's fleet index now, so that tasks can start
+            // even if etcd goes away later.
+            if e.store.host_index()?.is_none() {
+                match etcd.host_index() {
+                    Ok(i) => e.store.set_host_index(i)?,
+                    Err(err) => {
+                        warn!(error = %err, "no fleet index yet; tasks start once etcd answers")
+                    }
+                }
+            }
         }
         e.sweep_unknown_cgroups();
         // Recovered tasks keep their last verdict until their next check.
@@ -450,10 +460,34 @@ impl Engine {
                 svc.spec.task_definition
             ));
         };
-        let reserved = match &self.shared {
-            Shared::Embedded => self.store.reserve_task(service, td.port_mappings.len()),
-            Shared::Etcd(etcd) => etcd.reserve_task(service, td.port_mappings.len()),
+        // Ids come from this host's own counters: a task starts also while
+        // etcd is away (once this host has its fleet index).
+        let host = match &self.shared {
+            Shared::Embedded => None,
+            Shared::Etcd(etcd) => {
+                let index = match self.store.host_index() {
+                    Ok(Some(i)) => i,
+                    Ok(None) => match etcd
+                        .host_index()
+                        .and_then(|i| self.store.set_host_index(i).map(|()| i))
+                    {
+                        Ok(i) => i,
+                        Err(e) => {
+                            return Response::failure(format!(
+                                "this host has no index in the fleet yet (it gets one from etcd once): {e}"
+                            ));
+                        }
+                    },
+                    Err(e) => return Response::failure(e.to_string()),
+                };
+                Some((etcd.host().to_string(), index))
+            }
         };
+        let reserved = self.store.reserve_task(
+            service,
+            td.port_mappings.len(),
+            host.as_ref().map(|(n, i)| (n.as_str(), *i)),
+        );
         let (task_id, ids) = match reserved {
             Ok(r) => r,
             Err(e) => return Response::failure(e.to_string()),

@@ -86,6 +86,21 @@ impl Store {
         Ok(out)
     }
 
+    /// This host's index in its fleet, once known.
+    pub fn host_index(&self) -> Result<Option<u32>, RegistryError> {
+        let r = self.db.begin_read().map_err(dberr)?;
+        let t = r.open_table(META).map_err(dberr)?;
+        Ok(t.get("host_index")
+            .map_err(dberr)?
+            .map(|v| v.value() as u32))
+    }
+
+    pub fn set_host_index(&self, index: u32) -> Result<(), RegistryError> {
+        let w = self.db.begin_write().map_err(dberr)?;
+        write(&w, &[Change::HostIndex(String::new(), u64::from(index))])?;
+        w.commit().map_err(dberr)
+    }
+
     /// Write a validated plan in one transaction.
     pub fn apply(&self, plan: &ApplyPlan) -> Result<ApplySummary, RegistryError> {
         let w = self.db.begin_write().map_err(dberr)?;
@@ -120,13 +135,14 @@ impl Store {
         &self,
         service: &str,
         n: usize,
+        host: Option<(&str, u32)>,
     ) -> Result<(String, Vec<u32>), RegistryError> {
         let w = self.db.begin_write().map_err(dberr)?;
         let mut state = ConfigState {
             counters: load_u64(&w, META)?,
             ..ConfigState::default()
         };
-        let (reserved, changes) = state.reserve_task(service, n);
+        let (reserved, changes) = state.reserve_task(service, n, host);
         write(&w, &changes)?;
         w.commit().map_err(dberr)?;
         Ok(reserved)
@@ -169,6 +185,7 @@ fn load(w: &WriteTransaction) -> Result<ConfigState, RegistryError> {
         vips: load_u64(w, VIPS)?,
         alias_ids: load_u64(w, ALIAS_IDS)?,
         ns_ids: load_u64(w, NS_IDS)?,
+        host_indexes: BTreeMap::new(),
         counters: load_u64(w, META)?,
     })
 }
@@ -194,6 +211,8 @@ fn write(w: &WriteTransaction, changes: &[Change]) -> Result<(), RegistryError> 
             Change::AliasId(k, v) => put_u64(ALIAS_IDS, k, *v)?,
             Change::NamespaceId(k, v) => put_u64(NS_IDS, k, *v)?,
             Change::Counter(k, v) => put_u64(META, k, *v)?,
+            // Kept here as this host's own (see `host_index`).
+            Change::HostIndex(_, v) => put_u64(META, "host_index", *v)?,
         }
     }
     Ok(())
@@ -263,8 +282,8 @@ mod tests {
     fn task_ids_and_backend_ids_are_fresh() -> Result<(), RegistryError> {
         let dir = tempfile::tempdir().map_err(|e| RegistryError::Db(Box::new(e.into())))?;
         let s = Store::open(dir.path())?;
-        let (a, ia) = s.reserve_task("db", 2)?;
-        let (b, ib) = s.reserve_task("db", 1)?;
+        let (a, ia) = s.reserve_task("db", 2, None)?;
+        let (b, ib) = s.reserve_task("db", 1, None)?;
         assert_ne!(a, b);
         assert_eq!(ia.len(), 2);
         assert!(!ia.contains(&ib[0]));

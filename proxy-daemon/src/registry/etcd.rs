@@ -68,6 +68,7 @@ enum Key<'a> {
     Vip(&'a str),
     AliasId(&'a str),
     NamespaceId(&'a str),
+    HostIndex(&'a str),
     Counter(&'a str),
     Task { host: &'a str, id: &'a str },
     Other,
@@ -86,6 +87,7 @@ fn parse_key(rel: &str) -> Key<'_> {
             "vips" => Key::Vip(name),
             "alias_ids" => Key::AliasId(name),
             "namespace_ids" => Key::NamespaceId(name),
+            "host_indexes" => Key::HostIndex(name),
             "counters" => Key::Counter(name),
             _ => Key::Other,
         };
@@ -107,6 +109,7 @@ fn change_key(c: &Change) -> String {
         Change::Vip(k, _) => format!("config/vips/{k}"),
         Change::AliasId(k, _) => format!("config/alias_ids/{k}"),
         Change::NamespaceId(k, _) => format!("config/namespace_ids/{k}"),
+        Change::HostIndex(k, _) => format!("config/host_indexes/{k}"),
         Change::Counter(k, _) => format!("config/counters/{k}"),
     }
 }
@@ -117,9 +120,10 @@ fn change_value(c: &Change) -> Vec<u8> {
         Change::Namespace(n) | Change::DefaultNamespace(n) => serde_json::to_vec(n),
         Change::TaskDefinition(td) => serde_json::to_vec(td),
         Change::Service(s) => serde_json::to_vec(s),
-        Change::Vip(_, v) | Change::AliasId(_, v) | Change::NamespaceId(_, v) => {
-            serde_json::to_vec(v)
-        }
+        Change::Vip(_, v)
+        | Change::AliasId(_, v)
+        | Change::NamespaceId(_, v)
+        | Change::HostIndex(_, v) => serde_json::to_vec(v),
         Change::Counter(_, v) => serde_json::to_vec(v),
     }
     .unwrap_or_default()
@@ -161,6 +165,7 @@ impl View {
             (Key::Vip(k), v) => set_id(&mut c.vips, rel, k, v)?,
             (Key::AliasId(k), v) => set_id(&mut c.alias_ids, rel, k, v)?,
             (Key::NamespaceId(k), v) => set_id(&mut c.ns_ids, rel, k, v)?,
+            (Key::HostIndex(k), v) => set_id(&mut c.host_indexes, rel, k, v)?,
             (Key::Counter(k), v) => set_id(&mut c.counters, rel, k, v)?,
             (Key::Task { host, .. }, _) if host == own => {}
             (Key::Task { id, .. }, Some(v)) => {
@@ -277,6 +282,13 @@ impl Etcd {
         }
     }
 
+    fn no_answer(&self) -> RegistryError {
+        self.err(format!(
+            "no answer in {} ms. Check that etcd runs and that [registry] endpoints in the daemon's config point at it",
+            self.timeout.as_millis()
+        ))
+    }
+
     /// Run `f` to completion from synchronous code on the runtime, within
     /// the request timeout.
     fn block<T>(
@@ -288,7 +300,7 @@ impl Etcd {
             tokio::runtime::Handle::current().block_on(async {
                 match tokio::time::timeout(timeout, f).await {
                     Ok(r) => r,
-                    Err(_) => Err(self.err(format!("no answer in {} ms", timeout.as_millis()))),
+                    Err(_) => Err(self.no_answer()),
                 }
             })
         })
@@ -325,12 +337,12 @@ impl Etcd {
 
     /// Write `changes` if nobody wrote since `guard_rev`; false if somebody did.
     async fn commit(&self, guard_rev: i64, changes: &[Change]) -> Result<bool, RegistryError> {
-        if changes.len() + 1 > MAX_TXN_OPS {
-            return Err(self.err(format!(
-                "this apply makes {} writes, more than one etcd transaction takes ({MAX_TXN_OPS}, etcd's --max-txn-ops): apply fewer services per file set",
-                changes.len() + 1
-            )));
+        // A counter may move several times in one apply: its last value counts.
+        let mut last: BTreeMap<String, &Change> = BTreeMap::new();
+        for c in changes {
+            last.insert(change_key(c), c);
         }
+        let changes: Vec<&Change> = last.into_values().collect();
         let guard = format!("{}/config/revision", self.prefix);
         let cmp = if guard_rev == 0 {
             Compare::create_revision(guard.clone(), CompareOp::Equal, 0)
@@ -347,6 +359,12 @@ impl Etcd {
                 )
             })
             .collect();
+        if ops.len() + 1 > MAX_TXN_OPS {
+            return Err(self.err(format!(
+                "this change makes {} writes, more than one etcd transaction takes ({MAX_TXN_OPS}, etcd's --max-txn-ops): apply fewer services at once",
+                ops.len() + 1
+            )));
+        }
         ops.push(TxnOp::put(guard, self.host.as_bytes(), None));
         let mut c = self.client.clone();
         let resp = c
@@ -385,18 +403,14 @@ impl Etcd {
         })
     }
 
-    /// A fleet-unique task id and endpoint ids.
-    pub fn reserve_task(
-        &self,
-        service: &str,
-        n: usize,
-    ) -> Result<(String, Vec<u32>), RegistryError> {
+    /// This host's index in the fleet (handed out once, on first use).
+    pub fn host_index(&self) -> Result<u32, RegistryError> {
         self.block(async {
             for _ in 0..MAX_CONFLICTS {
                 let (mut state, rev) = self.read_config().await?;
-                let (reserved, changes) = state.reserve_task(service, n);
-                if self.commit(rev, &changes).await? {
-                    return Ok(reserved);
+                let (index, changes) = state.host_index(&self.host)?;
+                if changes.is_empty() || self.commit(rev, &changes).await? {
+                    return Ok(index);
                 }
             }
             Err(self.err("other hosts kept writing at the same time; try again"))
@@ -440,9 +454,7 @@ impl Etcd {
         );
         let resp = match tokio::time::timeout(self.timeout, get).await {
             Ok(r) => r.map_err(|e| self.err(e))?,
-            Err(_) => {
-                return Err(self.err(format!("no answer in {} ms", self.timeout.as_millis())));
-            }
+            Err(_) => return Err(self.no_answer()),
         };
         let rev = resp.header().map_or(0, |h| h.revision());
         self.view().reset(resp.kvs(), &self.prefix, &self.host, rev);

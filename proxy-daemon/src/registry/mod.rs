@@ -34,14 +34,14 @@ pub enum RegistryError {
         key: String,
         source: serde_json::Error,
     },
-    #[error(
-        "etcd ({endpoints}) did not answer: {reason}. Check that etcd runs and that [registry] endpoints in the daemon's config point at it"
-    )]
+    #[error("etcd at {endpoints}: {reason}")]
     Etcd { endpoints: String, reason: String },
     #[error("etcd record {key}: {reason}")]
     EtcdRecord { key: String, reason: String },
     #[error("the VIP range 127.255.0.0/16 is full")]
     VipsExhausted,
+    #[error("too many hosts in one fleet (at most {0})")]
+    HostsExhausted(u64),
     #[error("too many client aliases on this host (at most {0})")]
     AliasIdsExhausted(u32),
 }

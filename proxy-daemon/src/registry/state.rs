@@ -21,6 +21,14 @@ pub const NEXT_SERVICE_ID: &str = "next_service_id";
 pub const NEXT_NAMESPACE_ID: &str = "next_namespace_id";
 pub const NEXT_TASK: &str = "next_task";
 pub const NEXT_BACKEND_ID: &str = "next_backend_id";
+pub const NEXT_HOST_INDEX: &str = "next_host_index";
+
+/// Endpoint ids of a fleet: the host's index in the upper bits, the host's
+/// own counter in these lower ones. So a host hands out ids by itself (also
+/// while etcd is away) and they never collide with another host's.
+pub const HOST_ID_SHIFT: u32 = 20;
+/// Hosts of one fleet (index 1 and up; 0 is a lone host's).
+pub const MAX_HOSTS: u64 = (1 << (32 - HOST_ID_SHIFT)) - 1;
 
 /// Namespaces, task definitions, services and the ids handed out so far.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +43,8 @@ pub struct ConfigState {
     pub alias_ids: BTreeMap<String, u64>,
     /// namespace -> namespace id.
     pub ns_ids: BTreeMap<String, u64>,
+    /// host name -> host index (etcd).
+    pub host_indexes: BTreeMap<String, u64>,
     pub counters: BTreeMap<String, u64>,
 }
 
@@ -48,6 +58,7 @@ pub enum Change {
     Vip(String, u64),
     AliasId(String, u64),
     NamespaceId(String, u64),
+    HostIndex(String, u64),
     Counter(&'static str, u64),
 }
 
@@ -192,14 +203,52 @@ impl ConfigState {
         })
     }
 
-    /// A task number and `n` fresh endpoint ids for a task of `service`.
-    pub fn reserve_task(&mut self, service: &str, n: usize) -> ((String, Vec<u32>), Vec<Change>) {
+    /// A task id and `n` fresh endpoint ids for a task of `service`, from
+    /// this host's counters. In a fleet (`host`: name and index) the id
+    /// carries the host's name and the endpoint ids its index.
+    pub fn reserve_task(
+        &mut self,
+        service: &str,
+        n: usize,
+        host: Option<(&str, u32)>,
+    ) -> ((String, Vec<u32>), Vec<Change>) {
         let mut out = Vec::new();
         let task_no = self.counter(NEXT_TASK, 1);
         self.set_counter(NEXT_TASK, task_no + 1, &mut out);
         let first = self.counter(NEXT_BACKEND_ID, 1);
         self.set_counter(NEXT_BACKEND_ID, first + n as u64, &mut out);
-        let ids = (0..n).map(|i| (first + i as u64) as u32).collect();
-        ((format!("{service}-{task_no}"), ids), out)
+        match host {
+            None => {
+                let ids = (0..n).map(|i| (first + i as u64) as u32).collect();
+                ((format!("{service}-{task_no}"), ids), out)
+            }
+            Some((name, index)) => {
+                let low = (1u64 << HOST_ID_SHIFT) - 1;
+                // The low bits wrap after a million endpoints; 0 is skipped.
+                let ids = (0..n as u64)
+                    .map(|i| {
+                        let local = (first + i) % low + 1;
+                        ((u64::from(index) << HOST_ID_SHIFT) | local) as u32
+                    })
+                    .collect();
+                ((format!("{service}-{name}-{task_no}"), ids), out)
+            }
+        }
+    }
+
+    /// This host's index in the fleet, handed out on first use.
+    pub fn host_index(&mut self, host: &str) -> Result<(u32, Vec<Change>), RegistryError> {
+        let mut out = Vec::new();
+        if let Some(i) = self.host_indexes.get(host) {
+            return Ok((*i as u32, out));
+        }
+        let next = self.counter(NEXT_HOST_INDEX, 1);
+        if next > MAX_HOSTS {
+            return Err(RegistryError::HostsExhausted(MAX_HOSTS));
+        }
+        self.set_counter(NEXT_HOST_INDEX, next + 1, &mut out);
+        self.host_indexes.insert(host.to_string(), next);
+        out.push(Change::HostIndex(host.to_string(), next));
+        Ok((next as u32, out))
     }
 }

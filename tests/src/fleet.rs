@@ -1,0 +1,233 @@
+//! Several hosts on one machine: a network namespace per host, joined by
+//! veth pairs to a bridge in a namespace of its own, with addresses that
+//! exist only inside those namespaces (10.77.0.0/24). etcd runs in the first
+//! host; each host runs a daemon of its own (cgroup, pin dir, state dir,
+//! socket, hosts file) inside its namespace, and so do its tasks.
+//!
+//! Everything is removed on drop, also when the test fails.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Knit, wait_for};
+
+/// The fleet's subnet: it exists only inside the test's namespaces.
+pub const SUBNET: &str = "10.77.0";
+/// etcd's client port on the first host.
+pub const ETCD_PORT: u16 = 2379;
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Network namespaces, deleted on drop (which also removes their links).
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A one-member etcd cluster in a host's namespace.
+pub struct Etcd {
+    pub url: String,
+    netns: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    fn new(netns: &str, address: &str) -> Result<Self> {
+        let mut e = Self {
+            url: format!("http://{address}:{ETCD_PORT}"),
+            netns: netns.to_string(),
+            dir: tempfile::Builder::new()
+                .prefix("knit-test-etcd")
+                .tempdir()?,
+            child: None,
+        };
+        e.start()?;
+        Ok(e)
+    }
+
+    fn nsenter(&self, prog: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(prog);
+        c
+    }
+
+    /// Start etcd (again: it keeps its data directory).
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))?;
+        let peer = "http://127.0.0.1:2380";
+        let child = self
+            .nsenter("etcd")
+            .args(["--name", "knit-test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("knit-test={peer}")])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context(
+                "starting etcd (Debian package etcd-server; `cargo xtask setup` installs it)",
+            )?;
+        self.child = Some(child);
+        wait_for("etcd to answer", Duration::from_secs(30), || {
+            self.nsenter("etcdctl")
+                .args(["--endpoints", &self.url, "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?
+                .success()
+                .then_some(())
+        })
+        .with_context(|| format!("etcd's log:\n{}", self.log()))
+    }
+
+    /// Stop etcd (SIGTERM, then wait).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// `etcdctl get --prefix KEY --keys-only`: the keys.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let out = self
+            .nsenter("etcdctl")
+            .args([
+                "--endpoints",
+                &self.url,
+                "get",
+                "--prefix",
+                "--keys-only",
+                prefix,
+            ])
+            .env("ETCDCTL_API", "3")
+            .output()?;
+        if !out.status.success() {
+            bail!("etcdctl get: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `n` hosts with a daemon each, sharing etcd.
+pub struct Fleet {
+    /// Host i (0-based) is named `h{i+1}` and has address 10.77.0.{i+1}.
+    pub hosts: Vec<Knit>,
+    pub etcd: Etcd,
+    /// Dropped last: the daemons and etcd are gone by then.
+    _namespaces: Namespaces,
+}
+
+impl Fleet {
+    /// Build the network, start etcd on the first host, then a daemon per
+    /// host with `extra` TOML added to each config.
+    pub fn start(name: &str, n: usize, extra: &str) -> Result<Self> {
+        let tag = format!("kn{}{}", std::process::id() % 100_000, name);
+        let bridge = format!("{tag}-br");
+        let mut namespaces = Namespaces(Vec::new());
+        ip(&["netns", "add", &bridge])?;
+        namespaces.0.push(bridge.clone());
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
+        let mut names = Vec::new();
+        for i in 1..=n {
+            let ns = format!("{tag}-h{i}");
+            ip(&["netns", "add", &ns])?;
+            namespaces.0.push(ns.clone());
+            let peer = format!("p{i}");
+            ip(&[
+                "link", "add", "name", "eth0", "netns", &ns, "type", "veth", "peer", "name", &peer,
+                "netns", &bridge,
+            ])?;
+            ip(&["-n", &bridge, "link", "set", &peer, "master", "br0"])?;
+            ip(&["-n", &bridge, "link", "set", &peer, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{SUBNET}.{i}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            names.push(ns);
+        }
+        let etcd = Etcd::new(&names[0], &format!("{SUBNET}.1"))?;
+        let mut hosts = Vec::new();
+        for (i, ns) in names.iter().enumerate() {
+            let conf = format!(
+                "[registry]\nbackend = \"etcd\"\nendpoints = [{:?}]\nlease_ttl_s = 3\n\n[host]\naddress = \"{SUBNET}.{}\"\nname = \"h{}\"\n\n{extra}",
+                etcd.url,
+                i + 1,
+                i + 1
+            );
+            hosts.push(Knit::start_in(&format!("{name}-h{}", i + 1), &conf, ns)?);
+        }
+        Ok(Self {
+            hosts,
+            etcd,
+            _namespaces: namespaces,
+        })
+    }
+
+    /// The hosts file of host `i` (its tasks resolve aliases with it).
+    pub fn hosts_file(&self, i: usize) -> PathBuf {
+        self.hosts[i].hosts.clone()
+    }
+}
