@@ -114,6 +114,9 @@ pub struct EndpointRow {
     /// The host that runs the task (its registry name).
     #[serde(default)]
     pub host: String,
+    /// The kernel's id of this endpoint (keys its counters).
+    #[serde(default)]
+    pub backend_id: u32,
     pub address: String,
     pub state: String,
     pub new_connections: u64,

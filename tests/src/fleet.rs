@@ -176,6 +176,11 @@ impl Fleet {
     /// Build the network, start etcd on the first host, then a daemon per
     /// host with `extra` TOML added to each config.
     pub fn start(name: &str, n: usize, extra: &str) -> Result<Self> {
+        Self::start_full(name, n, extra, crate::knit_bin())
+    }
+
+    /// As [`Fleet::start`], running the `knit` binary at `bin`.
+    pub fn start_full(name: &str, n: usize, extra: &str, bin: PathBuf) -> Result<Self> {
         let tag = format!("kn{}{}", std::process::id() % 100_000, name);
         let bridge = format!("{tag}-br");
         let mut namespaces = Namespaces(Vec::new());
@@ -217,7 +222,12 @@ impl Fleet {
                 i + 1,
                 i + 1
             );
-            hosts.push(Knit::start_in(&format!("{name}-h{}", i + 1), &conf, ns)?);
+            hosts.push(Knit::start_in(
+                &format!("{name}-h{}", i + 1),
+                &conf,
+                ns,
+                bin.clone(),
+            )?);
         }
         Ok(Self {
             hosts,

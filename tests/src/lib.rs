@@ -95,8 +95,8 @@ impl Knit {
 
     /// As [`Knit::start`], with the daemon, the CLI and so every task in
     /// network namespace `netns` (a "host" of a [`fleet::Fleet`]).
-    pub fn start_in(name: &str, extra: &str, netns: &str) -> Result<Self> {
-        let mut k = Self::prepare(name, extra, None, knit_bin())?;
+    pub fn start_in(name: &str, extra: &str, netns: &str, bin: PathBuf) -> Result<Self> {
+        let mut k = Self::prepare(name, extra, None, bin)?;
         k.netns = Some(netns.to_string());
         k.start_daemon()?;
         Ok(k)

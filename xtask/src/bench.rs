@@ -9,6 +9,9 @@
 //! - `l7`: the daemon's L7 proxy (reached through an L7 alias's VIP) against
 //!   direct requests, HAProxy in `mode http` and nginx as a proxy, over
 //!   HTTP/1.1 (wrk) and h2c (h2load), in one run.
+//! - `propagation`: a fleet of hosts sharing etcd: how fast a task's
+//!   health reaches another host's kernel map, and the cost of 1,000
+//!   services with 10,000 endpoints.
 //!
 //! Submodules: `knit` (the release binary and its daemon), `wrk` and
 //! `h2load` (running and parsing the load generators), `cpu` (who else uses
@@ -25,20 +28,22 @@ mod knit;
 mod l4;
 mod l7;
 mod procs;
+mod propagation;
 mod report;
 mod rounds;
 mod stats;
 mod wrk;
 
 /// The benchmarks `which` may name.
-const KNOWN: &[&str] = &["l4", "l7"];
+const KNOWN: &[&str] = &["l4", "l7", "propagation"];
 
 pub fn run(which: &str, quick: bool) -> Result<()> {
     match which {
         "l4" => l4::run(quick),
         "l7" => l7::run(quick),
+        "propagation" => propagation::run(quick),
         other => bail!(
-            "no benchmark {other:?}; known: {}\n  fix: cargo xtask bench l4|l7 [--quick]",
+            "no benchmark {other:?}; known: {}\n  fix: cargo xtask bench l4|l7|propagation [--quick]",
             KNOWN.join(", ")
         ),
     }

@@ -50,7 +50,7 @@ enum Cmd {
     },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
     Bench {
-        /// Which benchmark: l4 or l7.
+        /// Which benchmark: l4, l7 or propagation.
         #[arg(default_value = "l4")]
         which: String,
         /// Fewer and shorter runs (for CI).

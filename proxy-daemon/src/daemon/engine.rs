@@ -917,6 +917,7 @@ impl Engine {
                         task: t.id.clone(),
                         port_name: p.name.clone(),
                         host: host.clone(),
+                        backend_id: p.backend_id,
                         address: SocketAddr::from((m.address, p.port)).to_string(),
                         state: self.endpoint_state(t, p).to_string(),
                         new_connections: c.new_conns,

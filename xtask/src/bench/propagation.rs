@@ -1,0 +1,434 @@
+//! `cargo xtask bench propagation`: how fast a change on one host reaches
+//! another host's kernel, and what a large registry costs.
+//!
+//! A fleet of three hosts (network namespaces, etcd on the first; see
+//! `knit_tests::fleet`) runs the release `knit`.
+//!
+//! 1. Propagation: tasks of service `probe` start on host 2; their health
+//!    check passes only once the benchmark allows it, and its first pass
+//!    writes the time (CLOCK_REALTIME, ns) just before it exits: the moment
+//!    the task becomes healthy. The benchmark then polls host 1's pinned
+//!    `KNIT_BACKENDS` map every 0.2 ms until the task's endpoint is in it.
+//!    The difference, over N changes one at a time, gives p50/p99/max
+//!    (goal: p99 < 100 ms).
+//! 2. Scale: 1,000 services are applied, then 10,000 endpoints of a
+//!    synthetic host are written into etcd (records as a daemon writes
+//!    them, under a lease of the benchmark; no process runs behind them and
+//!    no traffic is sent to them). Measured: how long host 1 takes to have
+//!    all of them in its kernel map (live sync), how long a fresh daemon on
+//!    host 3 (empty datapath) takes from its start (full sync), and the
+//!    daemons' resident memory before and after.
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::maps::{HashMap, Map, MapData};
+use knit_tests::{Knit, fleet::Fleet, tcp_service, wait_for};
+use proxy_common::maps::{Backend, BackendKey};
+use serde_json::json;
+
+use super::{
+    knit,
+    report::{self, Machine},
+};
+
+/// The synthetic host's address: inside the fleet's subnet, where nothing
+/// answers (nothing is ever sent there).
+const SYNTHETIC_ADDRESS: &str = "10.77.0.200";
+/// The synthetic host's fleet index (endpoint ids above every real host's).
+const SYNTHETIC_INDEX: u32 = 4000;
+/// Services per `knit apply` (one etcd transaction each).
+const SERVICES_PER_APPLY: usize = 20;
+
+struct Sizes {
+    changes: usize,
+    services: usize,
+    endpoints: usize,
+}
+
+/// Host 1's (or any host's) pinned map of backends.
+fn backends_map(k: &Knit) -> Result<HashMap<MapData, BackendKey, Backend>> {
+    let dir = std::fs::read_dir(&k.pin_dir)
+        .with_context(|| format!("reading {}", k.pin_dir.display()))?
+        .flatten()
+        .map(|e| e.path().join("KNIT_BACKENDS"))
+        .find(|p| p.exists())
+        .context("no pinned KNIT_BACKENDS map")?;
+    let data = MapData::from_pin(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    Ok(HashMap::try_from(Map::HashMap(data))?)
+}
+
+fn backend_ids(m: &HashMap<MapData, BackendKey, Backend>) -> BTreeSet<u32> {
+    m.iter()
+        .filter_map(Result::ok)
+        .map(|(_, b)| b.backend_id)
+        .collect()
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let sizes = if quick {
+        Sizes {
+            changes: 10,
+            services: 100,
+            endpoints: 1_000,
+        }
+    } else {
+        Sizes {
+            changes: 100,
+            services: 1_000,
+            endpoints: 10_000,
+        }
+    };
+    let bin = knit::binary()?;
+    let testbin = bin
+        .path
+        .parent()
+        .map(|d| d.join("knit-testbin"))
+        .filter(|p| p.exists())
+        .context(
+            "knit-testbin is not next to the knit binary (cargo xtask build --release builds both)",
+        )?;
+    println!("starting a fleet of 3 hosts (network namespaces) with etcd");
+    let mut fleet = Fleet::start_full("prop", 3, "", bin.path.clone())?;
+    let version = knit::version(&fleet.hosts[0], &bin)?;
+    let latencies = propagation(&mut fleet, &testbin, sizes.changes)?;
+    let scale = scale(&mut fleet, &sizes)?;
+    let outcome = Outcome {
+        machine: Machine::probe(),
+        date: report::now_utc(),
+        quick,
+        version,
+        latencies,
+        scale,
+    };
+    let section = outcome.render();
+    println!("\n{section}");
+    let path = report::output_path(quick);
+    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
+    println!("wrote the ## Propagation section of {}", path.display());
+    if !quick {
+        report::update_readme("propagation", &outcome.headline())?;
+    }
+    Ok(())
+}
+
+/// Milliseconds from each task's first passing check on host 2 to its
+/// endpoint in host 1's kernel map.
+fn propagation(fleet: &mut Fleet, testbin: &Path, changes: usize) -> Result<Vec<f64>> {
+    let marks = tempfile::Builder::new()
+        .prefix("knit-bench-prop")
+        .tempdir()?;
+    let m = marks.path().display();
+    let check = format!(
+        "test -e {m}/go-$KNIT_TASK_ID && {{ test -e {m}/t-$KNIT_TASK_ID || date +%s%N > {m}/t-$KNIT_TASK_ID; }}"
+    );
+    let td = format!(
+        r#"{{"family": "probe", "containerDefinitions": [{{"name": "probe",
+            "portMappings": [{{"name": "tcp"}}],
+            "healthCheck": {{"command": ["CMD-SHELL", "{check}"], "interval": 5, "timeout": 2,
+                            "retries": 1, "startPeriod": 300}}}}]}}"#
+    );
+    fleet.hosts[0].apply(&[
+        ("probe-td.json", &td),
+        ("probe-svc.json", &tcp_service("probe", "probe", 7300)),
+    ])?;
+    let map = backends_map(&fleet.hosts[0])?;
+    let tb = testbin.display().to_string();
+    let mut latencies = Vec::new();
+    let batch = 10;
+    let mut started = 0;
+    while latencies.len() < changes {
+        // A batch of tasks on host 2, listening but not yet healthy.
+        let n = batch.min(changes - latencies.len());
+        for i in 0..n {
+            let id = format!("p{}", started + i);
+            fleet.hosts[1].run(
+                "probe",
+                &[&tb, "echo", "--id", &id, "--port-env", "KNIT_PORT_TCP"],
+            )?;
+        }
+        started += n;
+        let waiting: Vec<(String, u32)> = wait_for(
+            "host 1 to see the new tasks",
+            Duration::from_secs(30),
+            || {
+                let eps = fleet.hosts[0].json(&["endpoints", "probe"]).ok()?;
+                let rows = eps.as_array()?;
+                (rows.len() == started).then(|| {
+                    rows.iter()
+                        .filter(|r| r["state"] == "starting")
+                        .filter_map(|r| {
+                            Some((
+                                r["task"].as_str()?.to_string(),
+                                r["backend_id"].as_u64()? as u32,
+                            ))
+                        })
+                        .collect()
+                })
+            },
+        )?;
+        ensure!(
+            waiting.len() == n,
+            "expected {n} starting tasks, got {waiting:?}"
+        );
+        // Their ports are ready (the daemon probes every 100 ms).
+        std::thread::sleep(Duration::from_millis(500));
+        for (task, backend) in waiting {
+            std::fs::write(marks.path().join(format!("go-{task}")), "")?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let seen = loop {
+                if backend_ids(&map).contains(&backend) {
+                    break now_ns();
+                }
+                if Instant::now() > deadline {
+                    bail!("task {task} (endpoint {backend}) never reached host 1's kernel map");
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            let passed: u128 = std::fs::read_to_string(marks.path().join(format!("t-{task}")))
+                .with_context(|| format!("task {task}'s check wrote no time"))?
+                .trim()
+                .parse()
+                .context("the check's time")?;
+            let ms = seen.saturating_sub(passed) as f64 / 1e6;
+            println!(
+                "  change {:>3}: {task} healthy on host 2 -> host 1's map in {ms:.1} ms",
+                latencies.len() + 1
+            );
+            latencies.push(ms);
+        }
+    }
+    Ok(latencies)
+}
+
+struct Scale {
+    services: usize,
+    endpoints: usize,
+    apply_s: f64,
+    live_sync_ms: f64,
+    full_sync_ms: f64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    fresh_rss_kib: u64,
+}
+
+fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
+    let a = &fleet.hosts[0];
+    let pid = a.daemon_pid().context("host 1's daemon")?;
+    let rss_before_kib = rss_kib(pid)?;
+    println!("applying {} services", sizes.services);
+    let t0 = Instant::now();
+    a.apply(&[(
+        "bulk-td.json",
+        r#"{"family": "bulk", "containerDefinitions": [{"name": "app", "image": "unused",
+            "portMappings": [{"name": "tcp"}]}]}"#,
+    )])?;
+    for chunk in (0..sizes.services)
+        .collect::<Vec<_>>()
+        .chunks(SERVICES_PER_APPLY)
+    {
+        let docs: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    r#"{{"serviceName": "svc-{i}", "taskDefinition": "bulk",
+                        "serviceConnectConfiguration": {{"enabled": true,
+                          "services": [{{"portName": "tcp", "discoveryName": "svc-{i}",
+                                         "clientAliases": [{{"dnsName": "svc-{i}", "port": 9000}}]}}]}}}}"#
+                )
+            })
+            .collect();
+        let json = format!("[{}]", docs.join(","));
+        a.apply(&[(&format!("bulk-{}.json", chunk[0]), &json)])?;
+    }
+    let apply_s = t0.elapsed().as_secs_f64();
+    let map = backends_map(a)?;
+    let before = backend_ids(&map).len();
+    println!(
+        "writing {} endpoints of a synthetic host into etcd",
+        sizes.endpoints
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut client = rt.block_on(etcd_client::Client::connect(
+        [fleet.etcd.url.as_str()],
+        None,
+    ))?;
+    let lease = rt.block_on(client.lease_grant(600, None))?.id();
+    let t0 = Instant::now();
+    let per_service = sizes.endpoints / sizes.services;
+    let mut ops = Vec::new();
+    for k in 0..sizes.endpoints {
+        let service = k / per_service;
+        let id = format!("svc-{service}-synthetic-{k}");
+        let backend_id = (SYNTHETIC_INDEX << 20) | (k as u32 + 1);
+        let record = json!({
+            "host": "synthetic",
+            "address": SYNTHETIC_ADDRESS,
+            "task": {
+                "id": id, "service": format!("svc-{service}"), "cgroup": "/nonexistent",
+                "pid": 1, "started_unix_ms": 0,
+                "ports": [{"name": "tcp", "port": 20000 + (k % 40000), "backend_id": backend_id,
+                           "ready": true}],
+            },
+        });
+        ops.push(etcd_client::TxnOp::put(
+            format!("/knit/hosts/synthetic/tasks/{id}"),
+            record.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        ));
+        if ops.len() == 100 {
+            let txn = etcd_client::Txn::new().and_then(std::mem::take(&mut ops));
+            rt.block_on(client.txn(txn))?;
+        }
+    }
+    if !ops.is_empty() {
+        rt.block_on(client.txn(etcd_client::Txn::new().and_then(ops)))?;
+    }
+    let want = before + sizes.endpoints;
+    wait_for(
+        "host 1's map to hold every endpoint",
+        Duration::from_secs(120),
+        || (backend_ids(&map).len() >= want).then_some(()),
+    )?;
+    let live_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let rss_after_kib = rss_kib(pid)?;
+    // Host 3 starts afresh: no datapath, everything from etcd.
+    let c = &mut fleet.hosts[2];
+    c.kill_daemon()?;
+    std::fs::remove_dir_all(&c.pin_dir).ok();
+    let t0 = Instant::now();
+    c.start_daemon()?;
+    let fresh = wait_for("host 3's map", Duration::from_secs(120), || {
+        backends_map(c).ok()
+    })?;
+    wait_for(
+        "host 3's map to hold every endpoint",
+        Duration::from_secs(120),
+        || (backend_ids(&fresh).len() >= want).then_some(()),
+    )?;
+    let full_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let fresh_rss_kib = rss_kib(c.daemon_pid().context("host 3's daemon")?)?;
+    rt.block_on(client.lease_revoke(lease))?;
+    Ok(Scale {
+        services: sizes.services,
+        endpoints: sizes.endpoints,
+        apply_s,
+        live_sync_ms,
+        full_sync_ms,
+        rss_before_kib,
+        rss_after_kib,
+        fresh_rss_kib,
+    })
+}
+
+struct Outcome {
+    machine: Machine,
+    date: String,
+    quick: bool,
+    version: String,
+    latencies: Vec<f64>,
+    scale: Scale,
+}
+
+impl Outcome {
+    fn percentile(&self, p: f64) -> f64 {
+        let mut v = self.latencies.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    fn render(&self) -> String {
+        let (p50, p99, max) = (
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.percentile(1.0),
+        );
+        let s = &self.scale;
+        let met = if p99 < 100.0 { "met" } else { "**not met**" };
+        format!(
+            "## Propagation (etcd)\n\n\
+             {date}, {machine}; knit {version}{quick}. `cargo xtask bench propagation`: a fleet of 3 hosts \
+             (network namespaces on this machine, etcd 3.4 on host 1, lease 3 s).\n\n\
+             **Change to kernel map.** A task on host 2 becomes healthy (its check's first pass writes \
+             the time just before it exits); host 1's pinned `KNIT_BACKENDS` map is polled every 0.2 ms \
+             until the endpoint is in it. {n} changes, one at a time.\n\n\
+             | changes | p50 | p99 | max | goal p99 < 100 ms |\n|---:|---:|---:|---:|---|\n\
+             | {n} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms | {met} |\n\n\
+             **Scale.** {services} services applied through `knit apply` ({per} per apply, one etcd \
+             transaction each) in {apply:.1} s; then {endpoints} endpoints of a synthetic host written \
+             into etcd (100 per transaction).\n\n\
+             | measure | value |\n|---|---:|\n\
+             | live sync: written -> all in host 1's kernel map | {live} |\n\
+             | full sync: a fresh daemon (empty datapath) started -> all in its kernel map | {full} |\n\
+             | host 1 daemon memory (RSS) before the services | {before} |\n\
+             | host 1 daemon memory (RSS) with {services} services, {endpoints} endpoints | {after} |\n\
+             | fresh daemon memory (RSS) after its full sync | {fresh} |\n",
+            date = self.date,
+            machine = self.machine.short(),
+            version = self.version,
+            quick = if self.quick {
+                " (--quick: fewer changes and endpoints)"
+            } else {
+                ""
+            },
+            n = self.latencies.len(),
+            services = s.services,
+            endpoints = s.endpoints,
+            per = SERVICES_PER_APPLY,
+            apply = s.apply_s,
+            live = format_ms(s.live_sync_ms),
+            full = format_ms(s.full_sync_ms),
+            before = mib(s.rss_before_kib),
+            after = mib(s.rss_after_kib),
+            fresh = mib(s.fresh_rss_kib),
+        )
+    }
+
+    fn headline(&self) -> String {
+        format!(
+            "- `propagation`: a task healthy on one host is in another host's kernel map in p50 {:.1} ms, p99 {:.1} ms over {} changes (goal p99 < 100 ms); {} endpoints sync in {} ({} RSS). See [BENCHMARKS.md](BENCHMARKS.md#propagation-etcd).",
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.latencies.len(),
+            self.scale.endpoints,
+            format_ms(self.scale.live_sync_ms),
+            mib(self.scale.rss_after_kib),
+        )
+    }
+}
+
+fn format_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
