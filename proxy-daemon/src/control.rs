@@ -86,6 +86,10 @@ pub struct TaskPlan {
     pub env: BTreeMap<String, String>,
     /// entryPoint + command of the task definition (used when no CMD is given).
     pub command: Vec<String>,
+    /// The task's namespace's view of the hosts file, and the hosts file it
+    /// is bind-mounted over for the task.
+    #[serde(default)]
+    pub hosts_view: Option<(PathBuf, PathBuf)>,
 }
 
 /// A row of `knit services`.

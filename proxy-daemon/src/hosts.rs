@@ -4,6 +4,13 @@
 //! is kept byte for byte. The file is rewritten atomically (temp file in the
 //! same directory, fsync, rename); where /etc/hosts is a bind mount that
 //! cannot be renamed over, it is rewritten in place.
+//!
+//! Each namespace also gets a view, `<state_dir>/hosts/<namespace>`: the
+//! hosts file with only that namespace's aliases in the block. `knit run`
+//! bind-mounts its task's view over the hosts file in a mount namespace of
+//! the task's own, so a task resolves only its namespace's aliases (as the
+//! kernel lets it reach only those). Views are rewritten in place, since a
+//! bind mount holds on to the file it was made from.
 use std::{
     io::{self, Write},
     net::Ipv4Addr,
@@ -67,13 +74,39 @@ impl HostsFile {
         out
     }
 
+    fn current(&self) -> io::Result<String> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write a namespace's view at `view`: the hosts file with `entries`
+    /// as our block, in place (the file keeps its inode).
+    pub fn write_view(&self, view: &Path, entries: &[(String, Ipv4Addr)]) -> io::Result<()> {
+        let next = self.render(&self.current()?, entries);
+        if std::fs::read_to_string(view).is_ok_and(|v| v == next) {
+            return Ok(());
+        }
+        if let Some(dir) = view.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(view)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        // New bytes first, then the length: a reader never sees it empty.
+        f.write_all(next.as_bytes())?;
+        f.set_len(next.len() as u64)?;
+        Ok(())
+    }
+
     /// Write `entries` as our block (an empty list removes it).
     pub fn write(&self, entries: &[(String, Ipv4Addr)]) -> io::Result<()> {
-        let current = match std::fs::read_to_string(&self.path) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e),
-        };
+        let current = self.current()?;
         let next = self.render(&current, entries);
         if next == current {
             return Ok(());
@@ -120,6 +153,30 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path)?,
             "127.0.0.1 localhost\n# mine\n::1 ip6-localhost\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_view_keeps_its_inode() -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, "127.0.0.1 localhost\n")?;
+        let h = HostsFile::new(path.clone(), "knit");
+        h.write(&[("db".into(), Ipv4Addr::new(127, 255, 0, 1))])?;
+        let view = dir.path().join("views/a");
+        h.write_view(
+            &view,
+            &[("long-name".into(), Ipv4Addr::new(127, 255, 0, 2))],
+        )?;
+        let ino = std::fs::metadata(&view)?.ino();
+        h.write_view(&view, &[("x".into(), Ipv4Addr::new(127, 255, 0, 3))])?;
+        assert_eq!(std::fs::metadata(&view)?.ino(), ino);
+        let text = std::fs::read_to_string(&view)?;
+        assert!(text.starts_with("127.0.0.1 localhost\n# BEGIN knit knit"));
+        assert!(
+            text.contains("127.255.0.3\tx\n") && !text.contains("db") && !text.contains("long")
         );
         Ok(())
     }

@@ -30,6 +30,40 @@ pub fn run(socket: &Path, service: &str, cmd: Vec<String>) -> i32 {
     }
 }
 
+/// In the child, before exec: a mount namespace of its own in which the
+/// task's namespace's view of the hosts file covers the hosts file, so it
+/// resolves only its namespace's aliases. Mounts do not propagate back.
+///
+/// # Safety
+/// Runs between fork and exec: syscalls only, no allocation.
+unsafe fn namespace_hosts(view: &CString, target: &CString) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            view.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
+    }
+}
+
 async fn exited(socket: &Path, client: &mut Client, task_id: &str, status: i32) {
     let req = Request::TaskExited {
         task_id: task_id.to_string(),
@@ -68,11 +102,26 @@ async fn run_task(socket: &Path, service: &str, cmd: Vec<String>) -> Result<i32,
     };
     let procs = CString::new(plan.cgroup.join("cgroup.procs").as_os_str().as_bytes())
         .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+    let cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))
+    };
+    let hosts = match &plan.hosts_view {
+        Some((view, target)) => Some((cstr(view)?, cstr(target)?)),
+        None => None,
+    };
     let mut command = tokio::process::Command::new(prog);
     command.args(args).envs(&plan.env);
-    // SAFETY: cgroup::join only makes async-signal-safe syscalls.
+    // SAFETY: cgroup::join and namespace_hosts only make async-signal-safe
+    // syscalls on memory prepared before the fork.
     unsafe {
-        command.pre_exec(move || crate::cgroup::join(&procs));
+        command.pre_exec(move || {
+            crate::cgroup::join(&procs)?;
+            if let Some((view, target)) = &hosts {
+                namespace_hosts(view, target)?;
+            }
+            Ok(())
+        });
     }
     let mut child = match command.spawn() {
         Ok(c) => c,

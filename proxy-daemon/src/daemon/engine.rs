@@ -105,7 +105,7 @@ pub struct Engine {
     pub remote: BTreeMap<String, Arc<HostedTask>>,
     pub outliers: Outliers,
     pub started: Instant,
-    last_hosts: Option<Vec<(String, Ipv4Addr)>>,
+    last_hosts: Option<BTreeMap<String, BTreeMap<String, Ipv4Addr>>>,
     pub proxy: Arc<Proxy>,
     /// Round-robin cursors of L7 aliases, by alias id (outlive route tables).
     cursors: BTreeMap<u32, Arc<AtomicUsize>>,
@@ -362,7 +362,10 @@ impl Engine {
                     mode: if is_l7(a) { MODE_L7 } else { MODE_L4 },
                     backends,
                 });
-                names.insert(a.spec.dns_name.clone(), a.vip);
+                names
+                    .entry(s.spec.namespace.clone())
+                    .or_insert_with(BTreeMap::new)
+                    .insert(a.spec.dns_name.clone(), a.vip);
             }
         }
         self.proxy.routes.store(Arc::new(routes));
@@ -386,15 +389,58 @@ impl Engine {
             })
             .collect();
         self.dp.maps.sync(&desired, &backend_ids, &task_ns)?;
-        let names: Vec<(String, Ipv4Addr)> = names.into_iter().collect();
+        for s in &self.services {
+            names.entry(s.spec.namespace.clone()).or_default();
+        }
         if self.last_hosts.as_ref() != Some(&names) {
-            if let Err(e) = self.hosts.write(&names) {
-                warn!(file = %self.hosts.path().display(), error = %e, "could not update the hosts file");
-            } else {
-                self.last_hosts = Some(names);
+            match self.write_hosts(&names) {
+                Ok(()) => self.last_hosts = Some(names),
+                Err(e) => {
+                    warn!(file = %self.hosts.path().display(), error = %e, "could not update the hosts file")
+                }
             }
         }
         Ok(())
+    }
+
+    /// The hosts file has every namespace's aliases (the default
+    /// namespace's first where two share a name); each namespace's view
+    /// only its own.
+    fn write_hosts(
+        &self,
+        names: &BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
+    ) -> std::io::Result<()> {
+        let mut all: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+        let default = self.default_namespace();
+        let order = names
+            .iter()
+            .filter(|(ns, _)| **ns == default)
+            .chain(names.iter().filter(|(ns, _)| **ns != default));
+        for (_, entries) in order {
+            for (name, vip) in entries {
+                all.entry(name.clone()).or_insert(*vip);
+            }
+        }
+        self.hosts.write(&all.into_iter().collect::<Vec<_>>())?;
+        for (ns, entries) in names {
+            let entries: Vec<(String, Ipv4Addr)> =
+                entries.iter().map(|(n, v)| (n.clone(), *v)).collect();
+            self.hosts.write_view(&self.hosts_view(ns), &entries)?;
+        }
+        Ok(())
+    }
+
+    /// `<state_dir>/hosts/<namespace>`.
+    fn hosts_view(&self, namespace: &str) -> PathBuf {
+        self.cfg.state_dir.join("hosts").join(namespace)
+    }
+
+    fn default_namespace(&self) -> String {
+        match &self.shared {
+            Shared::Etcd(etcd) => etcd.view().config.default_namespace.clone(),
+            Shared::Embedded => self.store.config().ok().and_then(|c| c.default_namespace),
+        }
+        .unwrap_or_else(|| self.cfg.default_namespace.clone())
     }
 
     /// Remove our block from the hosts file (clean shutdown).
@@ -450,6 +496,7 @@ impl Engine {
                 }
             ));
         };
+        let svc_namespace = svc.spec.namespace.clone();
         let Some(td) = self
             .task_definitions
             .get(&svc.spec.task_definition)
@@ -556,6 +603,10 @@ impl Engine {
             cgroup: cg,
             env,
             command: td.command.clone(),
+            hosts_view: {
+                let view = self.hosts_view(&svc_namespace);
+                view.exists().then(|| (view, self.cfg.hosts_file.clone()))
+            },
         })
     }
 

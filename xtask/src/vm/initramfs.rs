@@ -26,7 +26,10 @@ const BUSYBOX: &str = "/bin/busybox";
 /// name B`, `ip netns`, `tc ... clsact`), util-linux and bpftool, which
 /// busybox mimics at best. `sh` too (dash on Debian): Debian's busybox sh runs
 /// its own applets in preference to PATH, so `sh -c "ip ..."` would get its ip.
-const HOST_TOOLS: &[&str] = &["sh", "ip", "tc", "ss", "nsenter", "unshare", "bpftool"];
+/// etcd and etcdctl: the multi-host tests run their own etcd.
+const HOST_TOOLS: &[&str] = &[
+    "sh", "ip", "tc", "ss", "nsenter", "unshare", "bpftool", "etcd", "etcdctl",
+];
 
 /// Where /init finds the modules it loads.
 const GUEST_MODULES: &str = "/lib/modules/knit";
