@@ -152,6 +152,24 @@ impl Etcd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
+
+    /// Run `f` on a thread inside etcd's network namespace: the only place
+    /// where [`Etcd::url`] may be dialled (the fleet's addresses exist only
+    /// inside its namespaces).
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = format!("/run/netns/{}", self.netns);
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // The network namespace is per thread: this one joins it.
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("joining {path}"))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in {path} panicked"))?
+        })
+    }
 }
 
 impl Drop for Etcd {

@@ -268,44 +268,13 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
         "writing {} endpoints of a synthetic host into etcd",
         sizes.endpoints
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut client = rt.block_on(etcd_client::Client::connect(
-        [fleet.etcd.url.as_str()],
-        None,
-    ))?;
-    let lease = rt.block_on(client.lease_grant(600, None))?.id();
     let t0 = Instant::now();
-    let per_service = sizes.endpoints / sizes.services;
-    let mut ops = Vec::new();
-    for k in 0..sizes.endpoints {
-        let service = k / per_service;
-        let id = format!("svc-{service}-synthetic-{k}");
-        let backend_id = (SYNTHETIC_INDEX << 20) | (k as u32 + 1);
-        let record = json!({
-            "host": "synthetic",
-            "address": SYNTHETIC_ADDRESS,
-            "task": {
-                "id": id, "service": format!("svc-{service}"), "cgroup": "/nonexistent",
-                "pid": 1, "started_unix_ms": 0,
-                "ports": [{"name": "tcp", "port": 20000 + (k % 40000), "backend_id": backend_id,
-                           "ready": true}],
-            },
-        });
-        ops.push(etcd_client::TxnOp::put(
-            format!("/knit/hosts/synthetic/tasks/{id}"),
-            record.to_string(),
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
-        ));
-        if ops.len() == 100 {
-            let txn = etcd_client::Txn::new().and_then(std::mem::take(&mut ops));
-            rt.block_on(client.txn(txn))?;
-        }
-    }
-    if !ops.is_empty() {
-        rt.block_on(client.txn(etcd_client::Txn::new().and_then(ops)))?;
-    }
+    let url = fleet.etcd.url.clone();
+    // etcd's address exists only inside the fleet's namespaces: the writes
+    // come from a thread in there.
+    fleet
+        .etcd
+        .in_netns(|| write_synthetic(&url, sizes.services, sizes.endpoints))??;
     let want = before + sizes.endpoints;
     wait_for(
         "host 1's map to hold every endpoint",
@@ -330,7 +299,6 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
     )?;
     let full_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
     let fresh_rss_kib = rss_kib(c.daemon_pid().context("host 3's daemon")?)?;
-    rt.block_on(client.lease_revoke(lease))?;
     Ok(Scale {
         services: sizes.services,
         endpoints: sizes.endpoints,
@@ -341,6 +309,44 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
         rss_after_kib,
         fresh_rss_kib,
     })
+}
+
+/// Write `endpoints` records of a synthetic host, spread over `services`
+/// services, 100 per transaction, under a lease (they go when it ends, or
+/// with the fleet's etcd).
+fn write_synthetic(url: &str, services: usize, endpoints: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut client = rt.block_on(etcd_client::Client::connect([url], None))?;
+    let lease = rt.block_on(client.lease_grant(600, None))?.id();
+    let per_service = endpoints / services;
+    let mut ops = Vec::new();
+    for k in 0..endpoints {
+        let service = k / per_service;
+        let id = format!("svc-{service}-synthetic-{k}");
+        let backend_id = (SYNTHETIC_INDEX << 20) | (k as u32 + 1);
+        let record = json!({
+            "host": "synthetic",
+            "address": SYNTHETIC_ADDRESS,
+            "task": {
+                "id": id, "service": format!("svc-{service}"), "cgroup": "/nonexistent",
+                "pid": 1, "started_unix_ms": 0,
+                "ports": [{"name": "tcp", "port": 20000 + (k % 40000), "backend_id": backend_id,
+                           "ready": true}],
+            },
+        });
+        ops.push(etcd_client::TxnOp::put(
+            format!("/knit/hosts/synthetic/tasks/{id}"),
+            record.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        ));
+        if ops.len() == 100 || k + 1 == endpoints {
+            let txn = etcd_client::Txn::new().and_then(std::mem::take(&mut ops));
+            rt.block_on(client.txn(txn))?;
+        }
+    }
+    Ok(())
 }
 
 struct Outcome {
