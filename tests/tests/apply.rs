@@ -73,7 +73,7 @@ fn apply_is_atomic_across_daemon_crashes() -> Result<()> {
     let mut k = Knit::start("crashapply", "")?;
     k.apply(&[("db-td.json", &tcp_task_definition("db"))])?;
     let mut cut_off = 0;
-    for round in 0..20u64 {
+    for round in 0..ROUNDS {
         // Three services in one apply, spread over three files.
         let docs: Vec<(String, String)> = ["a", "b", "c"]
             .iter()
@@ -95,8 +95,8 @@ fn apply_is_atomic_across_daemon_crashes() -> Result<()> {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
-        // A pseudo-random delay from the round number (0..12 ms).
-        std::thread::sleep(std::time::Duration::from_micros((round * 7919) % 12_000));
+        // A pseudo-random delay from the round number (0..20 ms).
+        std::thread::sleep(std::time::Duration::from_micros((round * 7919) % 20_000));
         k.kill_daemon()?;
         let _ = child.wait();
         k.start_daemon()?;
@@ -113,6 +113,75 @@ fn apply_is_atomic_across_daemon_crashes() -> Result<()> {
             cut_off += 1;
         }
     }
-    eprintln!("{cut_off} of 20 applies were cut off by the kill");
+    eprintln!("{cut_off} of {ROUNDS} applies were cut off by the kill");
+    Ok(())
+}
+
+/// kill -9 rounds of `apply_is_atomic_across_daemon_crashes`.
+const ROUNDS: u64 = 50;
+
+/// Re-applying is a diff: what is equal is left alone, what changed is
+/// updated in place, and traffic to the service never stops.
+#[test]
+fn reapplying_is_a_diff_and_drops_no_traffic() -> Result<()> {
+    let mut k = Knit::start("reapply", "")?;
+    let (ctd, csvc) = knit_tests::client_service("client");
+    let td = tcp_task_definition("db");
+    let svc = tcp_service("db", "db", 7100);
+    let first = k.apply(&[
+        ("td.json", &td),
+        ("svc.json", &svc),
+        ("c.json", &ctd),
+        ("cs.json", &csvc),
+    ])?;
+    assert!(first.contains("service/db created"), "{first}");
+    assert!(first.contains("task-definition/db:1 registered"), "{first}");
+    let tb = knit_tests::testbin().display().to_string();
+    for id in ["a", "b"] {
+        k.run(
+            "db",
+            &[&tb, "echo", "--id", id, "--port-env", "KNIT_PORT_TCP"],
+        )?;
+    }
+    k.wait_healthy("db", 2)?;
+    let vip_before = k.json(&["services"])?;
+    let hosts = k.hosts.display().to_string();
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb,
+            "client",
+            "--target",
+            "db:7100",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "3000",
+            "--interval-ms",
+            "2",
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let same = k.apply(&[("td.json", &td), ("svc.json", &svc)])?;
+    assert!(same.contains("service/db unchanged"), "{same}");
+    assert!(same.contains("task-definition/db:1 unchanged"), "{same}");
+    // A real change: the service's own outlier detection.
+    let changed = svc.replace(
+        r#""discoveryName": "db","#,
+        r#""discoveryName": "db", "outlierDetection": {"consecutiveFailures": 3},"#,
+    );
+    assert_ne!(changed, svc);
+    let upd = k.apply(&[("svc2.json", &changed)])?;
+    assert!(upd.contains("service/db updated"), "{upd}");
+    let out = load.wait_with_output()?;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["failed"], 0, "traffic dropped during re-apply: {r}");
+    assert!(r["ok"].as_u64().unwrap_or(0) > 100, "{r}");
+    let vip_after = k.json(&["services"])?;
+    assert_eq!(
+        vip_before[0]["vip"], vip_after[0]["vip"],
+        "the alias kept its VIP"
+    );
     Ok(())
 }

@@ -163,24 +163,14 @@ pub fn apply(socket: &Path, files: &[PathBuf]) -> i32 {
     }
     finish(
         call::<serde_json::Value>(socket, &Request::Apply { files: contents }).map(|v| {
-            let list = |k: &str| -> Vec<String> {
-                v.get(k)
-                    .and_then(|x| x.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|s| s.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            for n in list("namespaces") {
-                println!("namespace/{n} applied");
-            }
-            for t in list("task_definitions") {
-                println!("task-definition/{t} registered");
-            }
-            for s in list("services") {
-                println!("service/{s} applied");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            for i in items {
+                println!(
+                    "{}/{} {}",
+                    i["kind"].as_str().unwrap_or("?"),
+                    i["name"].as_str().unwrap_or("?"),
+                    i["action"].as_str().unwrap_or("?")
+                );
             }
         }),
     )

@@ -480,7 +480,16 @@ impl Engine {
         if let Err(e) = self.reconcile() {
             return Response::failure(format!("applied, but updating the datapath failed: {e:#}"));
         }
-        info!(?summary, "applied");
+        let changed = summary
+            .items
+            .iter()
+            .filter(|i| i.action != "unchanged")
+            .count();
+        info!(
+            changed,
+            unchanged = summary.items.len() - changed,
+            "applied"
+        );
         Response::ok(&summary)
     }
 

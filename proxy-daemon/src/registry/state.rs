@@ -62,12 +62,27 @@ pub enum Change {
     Counter(&'static str, u64),
 }
 
-/// What an apply changed, for the CLI's answer.
+/// What an apply did to each thing it named, for the CLI's answer.
 #[derive(Debug, Default, Serialize)]
 pub struct ApplySummary {
-    pub namespaces: Vec<String>,
-    pub task_definitions: Vec<String>,
-    pub services: Vec<String>,
+    pub items: Vec<Applied>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Applied {
+    /// `namespace`, `task-definition` or `service`.
+    pub kind: &'static str,
+    /// The name (a task definition's with its revision).
+    pub name: String,
+    /// `created`, `updated` (a service) or `registered` (a task
+    /// definition's new revision), or `unchanged` (nothing written).
+    pub action: &'static str,
+}
+
+impl ApplySummary {
+    fn push(&mut self, kind: &'static str, name: String, action: &'static str) {
+        self.items.push(Applied { kind, name, action });
+    }
 }
 
 impl ConfigState {
@@ -101,9 +116,11 @@ impl ConfigState {
         out.push(Change::Counter(name, v));
     }
 
-    /// Apply a validated plan: new namespaces, task definitions (next
-    /// revision), and services with their aliases' VIPs and kernel ids (kept
-    /// for an alias that already had them).
+    /// Apply a validated plan as a diff against what is there: new
+    /// namespaces, task definitions (the next revision, when they differ
+    /// from the current one), and services with their aliases' VIPs and
+    /// kernel ids (kept for an alias that already had them). What is equal
+    /// is not written at all.
     pub fn apply(
         &mut self,
         plan: &ApplyPlan,
@@ -111,32 +128,58 @@ impl ConfigState {
         let mut out = Vec::new();
         let mut summary = ApplySummary::default();
         for n in plan.namespaces.iter().chain(plan.default_namespace.iter()) {
-            self.namespaces.insert(n.clone());
-            out.push(Change::Namespace(n.clone()));
-            summary.namespaces.push(n.clone());
+            if self.namespaces.insert(n.clone()) {
+                out.push(Change::Namespace(n.clone()));
+                summary.push("namespace", n.clone(), "created");
+            } else {
+                summary.push("namespace", n.clone(), "unchanged");
+            }
         }
-        if let Some(d) = &plan.default_namespace {
+        if let Some(d) = &plan.default_namespace
+            && self.default_namespace.as_ref() != Some(d)
+        {
             self.default_namespace = Some(d.clone());
             out.push(Change::DefaultNamespace(d.clone()));
         }
         for td in &plan.task_definitions {
-            let prev = self
-                .task_definitions
-                .get(&td.family)
-                .map_or(0, |t| t.revision);
+            let current = self.task_definitions.get(&td.family);
+            let prev = current.map_or(0, |t| t.revision);
+            if let Some(cur) = current
+                && (TaskDefinition {
+                    revision: td.revision,
+                    ..cur.clone()
+                }) == *td
+            {
+                summary.push(
+                    "task-definition",
+                    format!("{}:{}", td.family, prev),
+                    "unchanged",
+                );
+                continue;
+            }
             let mut td = td.clone();
             td.revision = prev + 1;
-            summary
-                .task_definitions
-                .push(format!("{}:{}", td.family, td.revision));
+            summary.push(
+                "task-definition",
+                format!("{}:{}", td.family, td.revision),
+                "registered",
+            );
             self.task_definitions.insert(td.family.clone(), td.clone());
             out.push(Change::TaskDefinition(td));
         }
         for spec in &plan.services {
+            let action = match self.services.get(&spec.name) {
+                Some(cur) if cur.spec == *spec => {
+                    summary.push("service", spec.name.clone(), "unchanged");
+                    continue;
+                }
+                Some(_) => "updated",
+                None => "created",
+            };
             let rec = self.service_record(spec, &mut out)?;
             self.services.insert(spec.name.clone(), rec.clone());
             out.push(Change::Service(rec));
-            summary.services.push(spec.name.clone());
+            summary.push("service", spec.name.clone(), action);
         }
         Ok((summary, out))
     }

@@ -61,6 +61,14 @@ fn backends_map(k: &Knit) -> Result<HashMap<MapData, BackendKey, Backend>> {
     Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 
+/// Endpoints of the synthetic host in a map.
+fn synthetic(m: &HashMap<MapData, BackendKey, Backend>) -> usize {
+    backend_ids(m)
+        .iter()
+        .filter(|id| *id >> 20 == SYNTHETIC_INDEX)
+        .count()
+}
+
 fn backend_ids(m: &HashMap<MapData, BackendKey, Backend>) -> BTreeSet<u32> {
     m.iter()
         .filter_map(Result::ok)
@@ -99,6 +107,19 @@ pub fn run(quick: bool) -> Result<()> {
             endpoints: 10_000,
         }
     };
+    // KNIT_BENCH_CHANGES, KNIT_BENCH_SERVICES, KNIT_BENCH_ENDPOINTS
+    // override the sizes (to look at one part closely).
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let sizes = Sizes {
+        changes: env("KNIT_BENCH_CHANGES", sizes.changes).max(1),
+        services: env("KNIT_BENCH_SERVICES", sizes.services).max(1),
+        endpoints: env("KNIT_BENCH_ENDPOINTS", sizes.endpoints).max(1),
+    };
     let bin = knit::binary()?;
     let testbin = bin
         .path
@@ -111,7 +132,7 @@ pub fn run(quick: bool) -> Result<()> {
     println!("starting a fleet of 3 hosts (network namespaces) with etcd");
     let mut fleet = Fleet::start_full("prop", 3, "", bin.path.clone())?;
     let version = knit::version(&fleet.hosts[0], &bin)?;
-    let latencies = propagation(&mut fleet, &testbin, sizes.changes)?;
+    let (latencies, _healthy) = propagation(&mut fleet, &testbin, sizes.changes)?;
     let scale = scale(&mut fleet, &sizes)?;
     let outcome = Outcome {
         machine: Machine::probe(),
@@ -134,7 +155,13 @@ pub fn run(quick: bool) -> Result<()> {
 
 /// Milliseconds from each task's first passing check on host 2 to its
 /// endpoint in host 1's kernel map.
-fn propagation(fleet: &mut Fleet, testbin: &Path, changes: usize) -> Result<Vec<f64>> {
+/// Also returns the directory of the checks' marks: the tasks stay healthy
+/// while it lives.
+fn propagation(
+    fleet: &mut Fleet,
+    testbin: &Path,
+    changes: usize,
+) -> Result<(Vec<f64>, tempfile::TempDir)> {
     let marks = tempfile::Builder::new()
         .prefix("knit-bench-prop")
         .tempdir()?;
@@ -218,7 +245,7 @@ fn propagation(fleet: &mut Fleet, testbin: &Path, changes: usize) -> Result<Vec<
             latencies.push(ms);
         }
     }
-    Ok(latencies)
+    Ok((latencies, marks))
 }
 
 struct Scale {
@@ -263,7 +290,6 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
     }
     let apply_s = t0.elapsed().as_secs_f64();
     let map = backends_map(a)?;
-    let before = backend_ids(&map).len();
     println!(
         "writing {} endpoints of a synthetic host into etcd",
         sizes.endpoints
@@ -275,11 +301,11 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
     fleet
         .etcd
         .in_netns(|| write_synthetic(&url, sizes.services, sizes.endpoints))??;
-    let want = before + sizes.endpoints;
+    let want = sizes.endpoints;
     wait_for(
         "host 1's map to hold every endpoint",
         Duration::from_secs(120),
-        || (backend_ids(&map).len() >= want).then_some(()),
+        || (synthetic(&map) >= want).then_some(()),
     )?;
     let live_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
     let rss_after_kib = rss_kib(pid)?;
@@ -295,7 +321,7 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
     wait_for(
         "host 3's map to hold every endpoint",
         Duration::from_secs(120),
-        || (backend_ids(&fresh).len() >= want).then_some(()),
+        || (synthetic(&fresh) >= want).then_some(()),
     )?;
     let full_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
     let fresh_rss_kib = rss_kib(c.daemon_pid().context("host 3's daemon")?)?;

@@ -85,6 +85,15 @@ fn echo(args: &[String]) -> Result<()> {
     }
     let gate = arg(args, "--close-while").map(PathBuf::from);
     let closed = |g: &Option<PathBuf>| g.as_deref().is_some_and(Path::exists);
+    if gate.is_none() {
+        // No gate: a plain blocking accept (idle servers cost nothing).
+        let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        loop {
+            let (s, _) = l.accept()?;
+            let id = id.clone();
+            std::thread::spawn(move || serve(s, &id));
+        }
+    }
     loop {
         while closed(&gate) {
             std::thread::sleep(Duration::from_millis(20));
