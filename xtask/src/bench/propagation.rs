@@ -442,13 +442,14 @@ impl Outcome {
 
     fn headline(&self) -> String {
         format!(
-            "- `propagation`: a task healthy on one host is in another host's kernel map in p50 {:.1} ms, p99 {:.1} ms over {} changes (goal p99 < 100 ms); {} endpoints sync in {} ({} RSS). See [BENCHMARKS.md](BENCHMARKS.md#propagation-etcd).",
+            "- `propagation`: a task healthy on one host is in another host's kernel map in p50 {:.1} ms, p99 {:.1} ms over {} changes (goal p99 < 100 ms); {} endpoints sync in {} ({} RSS). Measured {}. See [BENCHMARKS.md](BENCHMARKS.md#propagation-etcd).",
             self.percentile(0.5),
             self.percentile(0.99),
             self.latencies.len(),
             self.scale.endpoints,
             format_ms(self.scale.live_sync_ms),
             mib(self.scale.rss_after_kib),
+            self.date,
         )
     }
 }
