@@ -83,6 +83,42 @@ pub struct DaemonConfig {
     pub outlier: OutlierConfig,
     /// `[proxy]`.
     pub proxy: ProxyConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// `log.level`: the daemon's log filter.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: the daemon's own logs (on stderr; journald under systemd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info` (default), `debug`, `knit=debug,warn`...
+    /// $KNIT_LOG wins over it. SIGHUP applies a new one.
+    pub level: String,
+    /// `"text"` (default) or `"json"`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+            format: LogFormat::Text,
+        }
+    }
 }
 
 /// `[proxy]`: the L7 proxy and draining.
@@ -115,6 +151,7 @@ impl Default for DaemonConfig {
             host: HostConfig::default(),
             outlier: OutlierConfig::default(),
             proxy: ProxyConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -363,6 +400,13 @@ fn validate(c: &DaemonConfig) -> Result<(), (&'static str, String, String)> {
             "outlier.interval_ms",
             "is 0".to_owned(),
             "use 1 or more milliseconds (default 100)".to_owned(),
+        ));
+    }
+    if c.log.level.trim().is_empty() {
+        return Err((
+            "log.level",
+            "is empty".to_owned(),
+            "use a level such as \"info\" or \"debug\" (default \"info\")".to_owned(),
         ));
     }
     if c.registry.lease_ttl_s < 2 {

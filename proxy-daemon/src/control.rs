@@ -36,6 +36,10 @@ pub enum Request {
         service: Option<String>,
         task: Option<String>,
     },
+    /// Set the log filter.
+    SetLogLevel {
+        filter: String,
+    },
 }
 
 /// Exit code the CLI should use for an error: bad input or usage.
@@ -90,6 +94,23 @@ pub struct TaskPlan {
     /// is bind-mounted over for the task.
     #[serde(default)]
     pub hosts_view: Option<(PathBuf, PathBuf)>,
+}
+
+impl Request {
+    /// The request's kind, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Apply { .. } => "apply",
+            Request::Services => "services",
+            Request::Endpoints { .. } => "endpoints",
+            Request::Status => "status",
+            Request::TaskStart { .. } => "task-start",
+            Request::TaskRunning { .. } => "task-running",
+            Request::TaskExited { .. } => "task-exited",
+            Request::Drain { .. } => "drain",
+            Request::SetLogLevel { .. } => "set-log-level",
+        }
+    }
 }
 
 /// A row of `knit services`.
@@ -157,4 +178,7 @@ pub struct StatusReport {
     /// The admin HTTP address (metrics, read-only API).
     #[serde(default)]
     pub admin: String,
+    /// The configuration in effect (after SIGHUP reloads).
+    #[serde(default)]
+    pub config: Option<proxy_config::DaemonConfig>,
 }

@@ -13,10 +13,12 @@ mod daemon;
 mod datapath;
 mod health;
 mod hosts;
+mod logging;
 mod metrics;
 mod outlier;
 mod proxy;
 mod registry;
+mod systemd;
 
 const DEFAULT_CONFIG: &str = "/etc/knit/knit.toml";
 const DEFAULT_SOCKET: &str = "/run/knit/knit.sock";
@@ -76,6 +78,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set the daemon's log filter now (e.g. `debug`, `knit=debug,warn`); SIGHUP restores the config's.
+    LogLevel { filter: String },
     /// Stop new traffic to a service's or a task's endpoints; once their connections end, deregister and stop them.
     Drain {
         #[arg(long, conflicts_with = "task", required_unless_present = "task")]
@@ -95,6 +99,7 @@ fn main() {
         Cmd::Endpoints { service, json } => cli::endpoints(&cli.socket, service, json),
         Cmd::Status { json } => cli::status(&cli.socket, json),
         Cmd::Drain { service, task } => cli::drain(&cli.socket, service, task),
+        Cmd::LogLevel { filter } => cli::log_level(&cli.socket, filter),
     };
     std::process::exit(code);
 }

@@ -79,6 +79,8 @@ pub struct Knit {
     /// The network namespace (under /run/netns) the daemon and its tasks
     /// run in; None: the test's own.
     netns: Option<String>,
+    /// Extra environment of the daemon.
+    env: Vec<(String, String)>,
 }
 
 impl Knit {
@@ -162,7 +164,26 @@ impl Knit {
             tasks: Vec::new(),
             bin,
             netns: None,
+            env: Vec::new(),
         })
+    }
+
+    /// As [`Knit::start`], with extra environment for the daemon.
+    pub fn start_env(name: &str, extra: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let mut k = Self::prepare(name, extra, None, knit_bin())?;
+        k.env = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        k.start_daemon()?;
+        Ok(k)
+    }
+
+    /// Send a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.daemon_pid().context("no daemon")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
+        Ok(())
     }
 
     /// A command for the `knit` binary, in the daemon's network namespace.
@@ -189,6 +210,7 @@ impl Knit {
             .args(["daemon", "--config"])
             .arg(&self.config)
             .env("KNIT_LOG", "info")
+            .envs(self.env.iter().map(|(a, b)| (a, b)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod demo;
+mod install;
 mod setup;
 mod test;
 mod util;
@@ -59,6 +60,12 @@ enum Cmd {
     },
     /// Start a daemon, sample tasks and real traffic, and show what happened.
     Demo,
+    /// Install knit: binary, systemd unit, a commented default config.
+    Install {
+        /// Install under this directory instead of / (a staging root).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -88,6 +95,10 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Cmd::Install { root } => {
+            setup::run()?;
+            install::run(root)
         }
     }
 }

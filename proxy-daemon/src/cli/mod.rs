@@ -104,20 +104,18 @@ fn finish(r: Result<(), Failure>) -> i32 {
 }
 
 pub fn daemon(config: PathBuf, default: &str) -> i32 {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KNIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cfg = match proxy_config::load_daemon_config(&config, config != Path::new(default)) {
+    let explicit = config != Path::new(default);
+    let cfg = match proxy_config::load_daemon_config(&config, explicit) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_BAD_INPUT;
         }
     };
+    if let Err(e) = crate::logging::init(&cfg.log) {
+        eprintln!("error: {} [log] level: {e}", config.display());
+        return EXIT_BAD_INPUT;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -125,7 +123,7 @@ pub fn daemon(config: PathBuf, default: &str) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    match rt.block_on(crate::daemon::run(cfg)) {
+    match rt.block_on(crate::daemon::run(cfg, config, explicit)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -221,5 +219,17 @@ pub fn drain(socket: &Path, service: Option<String>, task: Option<String>) -> i3
                 println!("task/{id} draining");
             }
         }),
+    )
+}
+
+pub fn log_level(socket: &Path, filter: String) -> i32 {
+    finish(
+        call::<()>(
+            socket,
+            &Request::SetLogLevel {
+                filter: filter.clone(),
+            },
+        )
+        .map(|()| println!("log level: {filter}")),
     )
 }

@@ -35,6 +35,15 @@ use crate::{
     },
 };
 
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Keys whose new values are in effect.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed but take effect at the next start.
+    pub need_restart: Vec<&'static str>,
+}
+
 /// Which registry holds the shared state.
 pub enum Shared {
     /// `store` (one host).
@@ -1042,6 +1051,103 @@ impl Engine {
         snap
     }
 
+    /// One line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let registry = match &self.shared {
+            Shared::Embedded => String::new(),
+            Shared::Etcd(etcd) => {
+                if etcd.view().connected {
+                    "; etcd connected".into()
+                } else {
+                    "; etcd unreachable, serving the last known view".into()
+                }
+            }
+        };
+        format!(
+            "serving {} services; {} tasks here, {} on other hosts{registry}",
+            self.services.len(),
+            self.tasks.len(),
+            self.remote.len()
+        )
+    }
+
+    /// A new config from SIGHUP: take what can change while running.
+    pub fn reload(&mut self, new: DaemonConfig) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let old = self.cfg.clone();
+        let mut take = |key: &'static str, changed: bool, live: bool| {
+            if changed {
+                if live {
+                    report.applied.push(key);
+                } else {
+                    report.need_restart.push(key);
+                }
+            }
+        };
+        take(
+            "default_namespace",
+            old.default_namespace != new.default_namespace,
+            true,
+        );
+        take(
+            "outlier.consecutive_failures",
+            old.outlier.consecutive_failures != new.outlier.consecutive_failures,
+            true,
+        );
+        take(
+            "outlier.base_ejection_ms",
+            old.outlier.base_ejection_ms != new.outlier.base_ejection_ms,
+            true,
+        );
+        take(
+            "outlier.max_ejection_ms",
+            old.outlier.max_ejection_ms != new.outlier.max_ejection_ms,
+            true,
+        );
+        take(
+            "outlier.max_ejection_percent",
+            old.outlier.max_ejection_percent != new.outlier.max_ejection_percent,
+            true,
+        );
+        take(
+            "outlier.interval_ms",
+            old.outlier.interval_ms != new.outlier.interval_ms,
+            false,
+        );
+        take(
+            "proxy.drain_timeout_ms",
+            old.proxy.drain_timeout_ms != new.proxy.drain_timeout_ms,
+            true,
+        );
+        take("log.level", old.log.level != new.log.level, true);
+        take("log.format", old.log.format != new.log.format, false);
+        take("state_dir", old.state_dir != new.state_dir, false);
+        take("bpf_pin_dir", old.bpf_pin_dir != new.bpf_pin_dir, false);
+        take("cgroup", old.cgroup != new.cgroup, false);
+        take("socket", old.socket != new.socket, false);
+        take("hosts_file", old.hosts_file != new.hosts_file, false);
+        take("admin", old.admin != new.admin, false);
+        take("registry", old.registry != new.registry, false);
+        take("host", old.host != new.host, false);
+        // What needs a restart keeps its running value.
+        let mut cfg = old;
+        cfg.default_namespace = new.default_namespace;
+        cfg.outlier = proxy_config::OutlierConfig {
+            interval_ms: cfg.outlier.interval_ms,
+            ..new.outlier
+        };
+        cfg.proxy = new.proxy;
+        cfg.log.level = new.log.level;
+        self.cfg = cfg;
+        // Routes carry the failure threshold; the hosts file the default
+        // namespace's preference.
+        self.last_hosts = None;
+        if let Err(e) = self.reconcile() {
+            warn!(error = %format!("{e:#}"), "routing after a reload");
+        }
+        report
+    }
+
     /// This host's name in the registry.
     pub fn host_name(&self) -> String {
         match &self.shared {
@@ -1085,6 +1191,7 @@ impl Engine {
                 }
             },
             tracked_connections: self.dp.maps.tracked_connections(),
+            config: Some(self.cfg.clone()),
             admin: self.admin.clone(),
         }
     }

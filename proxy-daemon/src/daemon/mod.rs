@@ -4,7 +4,11 @@ mod admin;
 mod engine;
 mod server;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use engine::{Engine, Shared};
@@ -19,7 +23,9 @@ use crate::{
     registry::{Store, etcd::Etcd},
 };
 
-pub async fn run(cfg: DaemonConfig) -> Result<()> {
+/// Run the daemon with `cfg`, read from `config_path` (SIGHUP reads it
+/// again; `explicit`: the operator named it, so it must exist).
+pub async fn run(cfg: DaemonConfig, config_path: PathBuf, explicit: bool) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "knit daemon needs root: it loads eBPF programs (CAP_BPF, CAP_NET_ADMIN) and manages cgroups (CAP_SYS_ADMIN)"
@@ -128,18 +134,24 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             }
         }
     });
-    notify_ready();
+    crate::systemd::ready(&engine.lock().await.status_line());
     info!(socket = %cfg.socket.display(), "knit daemon ready");
 
     let monitor = tokio::spawn(monitor(engine.clone(), interval));
     let accept = tokio::spawn(server::accept(listener, engine.clone()));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-        r = monitor => warn!(?r, "monitor stopped"),
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut monitor = monitor;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => reload(&engine, &config_path, explicit).await,
+            r = &mut monitor => { warn!(?r, "monitor stopped"); break }
+        }
     }
+    crate::systemd::stopping();
     accept.abort();
     let mut e = engine.lock().await;
     // L7 connects go straight to endpoints from now on (the egress
@@ -180,27 +192,43 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Tell systemd (Type=notify) that the daemon is ready, if it is listening.
-fn notify_ready() {
-    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
+/// SIGHUP: read the config again and apply what can change while running;
+/// a config with errors is refused whole (the running one stays).
+async fn reload(engine: &Arc<Mutex<Engine>>, path: &Path, explicit: bool) {
+    crate::systemd::reloading();
+    let new = match proxy_config::load_daemon_config(path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "SIGHUP: the config has errors; keeping the running one");
+            let e = engine.lock().await;
+            crate::systemd::ready(&e.status_line());
+            return;
+        }
     };
-    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    if let Err(e) = s.send_to(b"READY=1\nSTATUS=serving", &sock) {
-        warn!(error = %e, "could not notify systemd");
+    if let Err(e) = crate::logging::set_level(&new.log.level) {
+        warn!(error = %e, "SIGHUP: keeping the running log level");
     }
+    let mut e = engine.lock().await;
+    let report = e.reload(new);
+    info!(
+        applied = ?report.applied,
+        at_next_start = ?report.need_restart,
+        "SIGHUP: config reloaded"
+    );
+    crate::systemd::ready(&e.status_line());
 }
 
 /// Liveness, readiness, draining and outliers, every `interval`.
 async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = crate::systemd::Watchdog::from_env();
     loop {
         tick.tick().await;
         let (probes, addr) = {
             let mut e = engine.lock().await;
+            // A pass that completes is what the watchdog vouches for.
+            watchdog.pass(e.status_line());
             if let Err(err) = e.dp.maps.heartbeat(true) {
                 warn!(error = %err, "heartbeat");
             }

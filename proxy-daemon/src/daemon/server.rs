@@ -67,6 +67,7 @@ async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> std
 }
 
 async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
+    tracing::debug!(request = req.name(), "control request");
     let mut e = engine.lock().await;
     match req {
         Request::Apply { files } => e.apply(files),
@@ -82,5 +83,12 @@ async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
             }
         }
         Request::Drain { service, task } => e.drain(service.as_deref(), task.as_deref()),
+        Request::SetLogLevel { filter } => match crate::logging::set_level(&filter) {
+            Ok(()) => {
+                tracing::info!(filter, "log level set");
+                Response::ok(&())
+            }
+            Err(msg) => Response::bad_input(msg),
+        },
     }
 }
