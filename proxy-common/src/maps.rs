@@ -104,6 +104,9 @@ pub struct ConnInfo {
     pub service_id: u32,
     /// The backend chosen (0 for L7: the daemon chooses per request).
     pub backend_id: u32,
+    /// The connecting task's cgroup id (its directory's inode): the L7
+    /// proxy learns the source service from it.
+    pub cgroup_id: u64,
 }
 
 /// Value of `KNIT_CONFIG[0]`: what the kernel needs to know of the daemon.

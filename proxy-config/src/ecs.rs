@@ -90,6 +90,15 @@ pub(crate) struct ServiceConnectJson {
     pub(crate) enabled: Option<bool>,
     pub(crate) namespace: Option<String>,
     pub(crate) services: Option<Vec<ServiceConnectServiceJson>>,
+    pub(crate) access_log_configuration: Option<AccessLogJson>,
+}
+
+/// `serviceConnectConfiguration.accessLogConfiguration`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessLogJson {
+    pub(crate) format: Option<String>,
+    pub(crate) include_query_parameters: Option<String>,
 }
 
 /// `serviceConnectConfiguration.services[]`.

@@ -33,7 +33,7 @@ pub use daemon::{
 };
 pub use error::{ApplyError, ApplyErrors, ConfigError};
 pub use model::{
-    AppProtocol, ApplyPlan, DEFAULT_NAMESPACE, EndpointSpec, Existing, HealthCheck, OutlierSpec,
-    PortMapping, ServiceSpec, TaskDefinition,
+    AccessLogFormat, AccessLogSpec, AppProtocol, ApplyPlan, DEFAULT_NAMESPACE, EndpointSpec,
+    Existing, HealthCheck, OutlierSpec, PortMapping, ServiceSpec, TaskDefinition,
 };
 pub use plan::plan;

@@ -196,6 +196,25 @@ pub struct ServiceSpec {
     pub namespace: String,
     /// The endpoints this service offers; empty = client-only.
     pub endpoints: Vec<EndpointSpec>,
+    /// `serviceConnectConfiguration.accessLogConfiguration`: log every HTTP
+    /// request this service's tasks send (and its ingress listeners take).
+    #[serde(default)]
+    pub access_log: Option<AccessLogSpec>,
+}
+
+/// `accessLogConfiguration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogSpec {
+    pub format: AccessLogFormat,
+    /// `includeQueryParameters` ENABLED: the path keeps its query string.
+    pub include_query: bool,
+}
+
+/// `accessLogConfiguration.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
 }
 
 /// What the registry holds before this apply; `plan` validates against it.

@@ -142,6 +142,7 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
             task_definition: family.clone(),
             namespace: namespace.to_owned(),
             endpoints,
+            access_log: svc.access_log,
         });
     }
 

@@ -37,6 +37,7 @@ pub(crate) struct LocalService {
     /// The explicit `serviceConnectConfiguration.namespace`, if any.
     pub(crate) namespace: Option<String>,
     pub(crate) entries: Vec<LocalEntry>,
+    pub(crate) access_log: Option<crate::model::AccessLogSpec>,
 }
 
 /// One `serviceConnectConfiguration.services[]` entry, checked on its own.

@@ -40,6 +40,8 @@ pub enum Request {
     SetLogLevel {
         filter: String,
     },
+    /// Cumulative counters per service and per edge (for `knit top`).
+    Stats,
 }
 
 /// Exit code the CLI should use for an error: bad input or usage.
@@ -109,8 +111,51 @@ impl Request {
             Request::TaskExited { .. } => "task-exited",
             Request::Drain { .. } => "drain",
             Request::SetLogLevel { .. } => "set-log-level",
+            Request::Stats => "stats",
         }
     }
+}
+
+/// Cumulative counters at one moment; rates come from two of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// When the counters were read (ms since the epoch).
+    pub at_unix_ms: u64,
+    pub services: Vec<ServiceStats>,
+    /// The service graph: requests between services, from real traffic.
+    pub edges: Vec<EdgeStats>,
+}
+
+/// One client alias's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub service: String,
+    pub namespace: String,
+    pub discovery_name: String,
+    pub dns_name: String,
+    pub port: u16,
+    pub protocol: String,
+    pub healthy: usize,
+    pub endpoints: usize,
+    /// HTTP/gRPC requests through the proxy (0 for TCP services).
+    pub requests: u64,
+    /// Responses 2xx, 3xx, 4xx, 5xx from targets.
+    pub codes: [u64; 4],
+    pub retries: u64,
+    /// Sum (µs) and count of response times.
+    pub latency_sum_us: u64,
+    pub latency_count: u64,
+    /// Kernel counters (TCP and the task side of L7).
+    pub new_connections: u64,
+    pub active_connections: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EdgeStats {
+    pub source: String,
+    pub target: String,
+    pub requests: u64,
 }
 
 /// A row of `knit services`.

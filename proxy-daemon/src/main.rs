@@ -73,6 +73,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Live rates per service and the service graph, redrawn every interval.
+    Top {
+        /// How often to read the counters.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many frames (default: until Ctrl-C).
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// One JSON object per frame.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the daemon's state.
     Status {
         #[arg(long)]
@@ -100,6 +112,11 @@ fn main() {
         Cmd::Status { json } => cli::status(&cli.socket, json),
         Cmd::Drain { service, task } => cli::drain(&cli.socket, service, task),
         Cmd::LogLevel { filter } => cli::log_level(&cli.socket, filter),
+        Cmd::Top {
+            interval_ms,
+            iterations,
+            json,
+        } => cli::top::top(&cli.socket, interval_ms, iterations, json),
     };
     std::process::exit(code);
 }

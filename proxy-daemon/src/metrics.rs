@@ -28,6 +28,14 @@ pub struct TargetLabels {
     pub target_discovery_name: String,
 }
 
+/// An edge of the service graph: requests a service's tasks sent to
+/// another service, seen by the egress proxy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    pub source_service: String,
+    pub target_service: String,
+}
+
 /// One endpoint of a target.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -56,6 +64,16 @@ pub struct ProxyMetrics {
     pub target_processed_bytes: Family<TargetLabels, Counter>,
     pub target_response_time: Family<TargetLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<TargetLabels, Counter>,
+    /// Access log lines the writer could not keep up with.
+    pub access_log_dropped: Counter,
+    /// The service graph, from real requests.
+    pub service_graph: Family<EdgeLabels, Counter>,
+    /// The graph's edges seen so far (the family cannot be listed).
+    edges: std::sync::RwLock<std::collections::BTreeMap<(String, String), Counter>>,
+    /// Response time sum (µs) and count per target, for rates and means
+    /// (the histogram cannot be read back); kept across route rebuilds.
+    latency_sum_us: Family<TargetLabels, Counter>,
+    latency_count: Family<TargetLabels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -68,6 +86,11 @@ impl Default for ProxyMetrics {
             target_processed_bytes: Family::default(),
             target_response_time: Family::new_with_constructor(response_time),
             retries: Family::default(),
+            access_log_dropped: Counter::default(),
+            service_graph: Family::default(),
+            edges: Default::default(),
+            latency_sum_us: Family::default(),
+            latency_count: Family::default(),
         }
     }
 }
@@ -83,9 +106,18 @@ pub struct AliasCounters {
     pub bytes: Counter,
     pub response_time: Histogram,
     pub retries: Counter,
+    pub latency_sum_us: Counter,
+    pub latency_count: Counter,
 }
 
 impl AliasCounters {
+    /// A response head after `ms` milliseconds.
+    pub fn latency(&self, ms: f64) {
+        self.response_time.observe(ms);
+        self.latency_sum_us.inc_by((ms * 1000.0) as u64);
+        self.latency_count.inc();
+    }
+
     /// A response from an endpoint with `status`.
     pub fn code(&self, status: u16) {
         if (200..600).contains(&status) {
@@ -104,7 +136,44 @@ impl ProxyMetrics {
             bytes: self.target_processed_bytes.get_or_create(t).clone(),
             response_time: self.target_response_time.get_or_create(t).clone(),
             retries: self.retries.get_or_create(t).clone(),
+            latency_sum_us: self.latency_sum_us.get_or_create(t).clone(),
+            latency_count: self.latency_count.get_or_create(t).clone(),
         }
+    }
+
+    /// The request counter of an edge of the service graph.
+    pub fn edge(&self, source: &str, target: &str) -> Counter {
+        let key = (source.to_string(), target.to_string());
+        if let Some(c) = self
+            .edges
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return c.clone();
+        }
+        let c = self
+            .service_graph
+            .get_or_create(&EdgeLabels {
+                source_service: key.0.clone(),
+                target_service: key.1.clone(),
+            })
+            .clone();
+        self.edges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, c.clone());
+        c
+    }
+
+    /// Every edge and its requests so far.
+    pub fn edges(&self) -> Vec<(String, String, u64)> {
+        self.edges
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((s, t), c)| (s.clone(), t.clone(), c.get()))
+            .collect()
     }
 
     /// The request counter of one endpoint.
@@ -154,6 +223,16 @@ impl ProxyMetrics {
             "retries",
             "Requests retried on another endpoint",
             self.retries.clone(),
+        );
+        r.register(
+            "service_graph_request_count",
+            "Requests from one service's tasks to another service (egress)",
+            self.service_graph.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
         );
     }
 }

@@ -156,6 +156,7 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
         flags,
         service_id: svc.service_id,
         backend_id,
+        cgroup_id: cgroup,
     };
     // A full LRU evicts the oldest entry; a failed insert only costs the
     // getpeername rewrite and the counters of this one connection.

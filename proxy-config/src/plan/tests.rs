@@ -69,6 +69,7 @@ fn ecs_full_example_from_the_seed_parses() {
             per_request_timeout_s: None,
             outlier: None,
         }],
+        access_log: None,
     };
     assert_eq!(p.services, vec![want]);
     // The plan round-trips through JSON (the daemon stores it).

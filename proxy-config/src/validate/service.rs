@@ -61,6 +61,7 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
     };
     let mut namespace = None;
     let mut entries = Vec::new();
+    let mut access_log = None;
     if let Some(sc) = json.service_connect_configuration {
         let at = ".serviceConnectConfiguration";
         if sc.enabled.is_none() {
@@ -83,6 +84,9 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
                 ),
             }
         }
+        if let Some(al) = sc.access_log_configuration {
+            access_log = access_log_spec(al, &loc, &format!("{at}.accessLogConfiguration"), report);
+        }
         if sc.enabled != Some(false) {
             for (i, entry) in sc.services.unwrap_or_default().into_iter().enumerate() {
                 let at = format!("{at}.services[{i}]");
@@ -96,6 +100,51 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
         family,
         namespace,
         entries,
+        access_log,
+    })
+}
+
+/// `accessLogConfiguration`: `format` TEXT or JSON (required),
+/// `includeQueryParameters` DISABLED (default) or ENABLED.
+fn access_log_spec(
+    json: crate::ecs::AccessLogJson,
+    loc: &Loc,
+    at: &str,
+    report: &mut Report,
+) -> Option<crate::model::AccessLogSpec> {
+    use crate::model::{AccessLogFormat, AccessLogSpec};
+    let format = match json.format.as_deref() {
+        Some("TEXT") => Some(AccessLogFormat::Text),
+        Some("JSON") => Some(AccessLogFormat::Json),
+        other => {
+            report.error(
+                loc,
+                &format!("{at}.format"),
+                match other {
+                    None => "format is missing".to_string(),
+                    Some(f) => format!("format {f:?} is not TEXT or JSON"),
+                },
+                "set \"format\": \"TEXT\" or \"JSON\"",
+            );
+            None
+        }
+    };
+    let include_query = match json.include_query_parameters.as_deref() {
+        None | Some("DISABLED") => Some(false),
+        Some("ENABLED") => Some(true),
+        Some(v) => {
+            report.error(
+                loc,
+                &format!("{at}.includeQueryParameters"),
+                format!("includeQueryParameters {v:?} is not ENABLED or DISABLED"),
+                "set it to \"ENABLED\" or \"DISABLED\" (the default), or leave it out",
+            );
+            None
+        }
+    };
+    Some(AccessLogSpec {
+        format: format?,
+        include_query: include_query?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The CLI side of each subcommand: build a request, print the answer.
 pub mod run;
 mod tables;
+pub mod top;
 
 use std::{
     io::{BufRead, BufReader, Write},

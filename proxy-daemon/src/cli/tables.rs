@@ -119,3 +119,42 @@ pub fn status(s: &StatusReport) -> String {
         s.admin
     )
 }
+
+/// One frame of `knit top`.
+pub fn top(f: &super::top::Frame, interval: std::time::Duration) -> String {
+    let mut t = table(&[
+        "SERVICE", "ALIAS", "PROTOCOL", "HEALTHY", "REQ/S", "5XX %", "MEAN MS", "CONN/S", "ACTIVE",
+    ]);
+    for s in &f.services {
+        t.add_row(vec![
+            s.service.clone(),
+            s.alias.clone(),
+            s.protocol.clone(),
+            format!("{}/{}", s.healthy, s.endpoints),
+            format!("{:.1}", s.requests_per_s),
+            format!("{:.1}", s.errors_5xx_pct),
+            s.mean_latency_ms
+                .map_or_else(|| "-".to_string(), |m| format!("{m:.2}")),
+            format!("{:.1}", s.new_connections_per_s),
+            s.active_connections.to_string(),
+        ]);
+    }
+    let mut out = format!(
+        "knit top: every {:.1} s (Ctrl-C ends)\n{}",
+        interval.as_secs_f64(),
+        render(t)
+    );
+    if !f.edges.is_empty() {
+        let mut e = table(&["SOURCE", "TARGET", "REQ/S"]);
+        for edge in &f.edges {
+            e.add_row(vec![
+                edge.source.clone(),
+                edge.target.clone(),
+                format!("{:.1}", edge.requests_per_s),
+            ]);
+        }
+        out.push_str("\nservice graph (HTTP and gRPC requests between services):\n");
+        out.push_str(&render(e));
+    }
+    out
+}

@@ -398,6 +398,25 @@ impl Engine {
             })
             .collect();
         self.dp.maps.sync(&desired, &backend_ids, &task_ns)?;
+        // The proxy's view of who sends: cgroup id -> service (and its
+        // access log configuration).
+        let mut sources = BTreeMap::new();
+        for t in self.tasks.values() {
+            let Some(s) = self.services.iter().find(|s| s.spec.name == t.service) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&t.cgroup) else {
+                continue;
+            };
+            sources.insert(
+                std::os::unix::fs::MetadataExt::ino(&meta),
+                Arc::new(crate::proxy::access::Source::new(
+                    t.service.clone(),
+                    s.spec.access_log,
+                )),
+            );
+        }
+        self.proxy.sources.store(Arc::new(sources));
         for s in &self.services {
             names.entry(s.spec.namespace.clone()).or_default();
         }
@@ -1051,6 +1070,67 @@ impl Engine {
         snap
     }
 
+    /// Cumulative counters per alias and per edge of the service graph.
+    pub fn stats(&self) -> crate::control::StatsReport {
+        let routes = self.proxy.routes.load();
+        let rows = self.service_rows();
+        let mut services = Vec::new();
+        for s in &self.services {
+            for a in &s.aliases {
+                let Some(row) = rows.iter().find(|r| {
+                    r.service == s.spec.name
+                        && r.dns_name == a.spec.dns_name
+                        && r.port == a.spec.port
+                }) else {
+                    continue;
+                };
+                let c = self
+                    .dp
+                    .maps
+                    .service_counters(a.service_id)
+                    .unwrap_or_default();
+                let mut st = crate::control::ServiceStats {
+                    service: s.spec.name.clone(),
+                    namespace: s.spec.namespace.clone(),
+                    discovery_name: a.spec.discovery_name.clone(),
+                    dns_name: a.spec.dns_name.clone(),
+                    port: a.spec.port,
+                    protocol: a.spec.app_protocol.to_string(),
+                    healthy: row.healthy,
+                    endpoints: row.endpoints,
+                    new_connections: c.new_conns,
+                    active_connections: c.active,
+                    bytes: c.bytes_sent + c.bytes_received,
+                    ..Default::default()
+                };
+                if let Some(r) = routes.aliases.get(&a.service_id) {
+                    let m = &r.counters;
+                    st.requests = m.requests.get();
+                    st.codes = std::array::from_fn(|i| m.codes[i].get());
+                    st.retries = m.retries.get();
+                    st.latency_sum_us = m.latency_sum_us.get();
+                    st.latency_count = m.latency_count.get();
+                }
+                services.push(st);
+            }
+        }
+        crate::control::StatsReport {
+            at_unix_ms: now_ms(),
+            services,
+            edges: self
+                .proxy
+                .metrics
+                .edges()
+                .into_iter()
+                .map(|(source, target, requests)| crate::control::EdgeStats {
+                    source,
+                    target,
+                    requests,
+                })
+                .collect(),
+        }
+    }
+
     /// One line for systemd's STATUS=.
     pub fn status_line(&self) -> String {
         let registry = match &self.shared {
@@ -1405,6 +1485,8 @@ fn build_route(
         idle_timeout: idle_timeout(a),
         cursor: parts.cursor,
         budget: parts.budget,
+        access_log: s.spec.access_log,
+        discovery_name: a.spec.discovery_name.clone(),
     })
 }
 

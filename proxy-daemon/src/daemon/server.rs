@@ -74,6 +74,7 @@ async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
         Request::Services => Response::ok(&e.service_rows()),
         Request::Endpoints { service } => Response::ok(&e.endpoint_rows(service.as_deref())),
         Request::Status => Response::ok(&e.status()),
+        Request::Stats => Response::ok(&e.stats()),
         Request::TaskStart { service } => e.task_start(&service),
         Request::TaskRunning { task_id, pid } => e.task_running(&task_id, pid),
         Request::TaskExited { task_id, status } => {

@@ -216,3 +216,74 @@ impl Drop for Tee {
         self.state.update(|t| t.spoiled |= !t.complete);
     }
 }
+
+/// A response body that writes its request's access log line when it ends
+/// (or is dropped: the client went away), with the bytes it carried.
+pub struct Logged {
+    inner: ProxyBody,
+    record: Option<super::access::Record>,
+    started: std::time::Instant,
+    bytes: u64,
+    proxy: Arc<super::Proxy>,
+}
+
+impl Logged {
+    pub fn new(
+        inner: ProxyBody,
+        record: super::access::Record,
+        started: std::time::Instant,
+        proxy: Arc<super::Proxy>,
+    ) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+            started,
+            bytes: 0,
+            proxy,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(r) = self.record.take() {
+            self.proxy
+                .access_log
+                .emit(&r, self.bytes, self.started.elapsed());
+        }
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.finish(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -23,6 +23,7 @@ use tracing::debug;
 
 use super::{
     AliasRoute, Endpoint, Proxy, ProxyEvent,
+    access::{self, Record, Source},
     body::{Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming},
     idle::{Activity, Tracked},
     pool::SendError,
@@ -41,9 +42,10 @@ const GRPC_UNAVAILABLE: &[u8] = b"14";
 /// Where a connection's requests go.
 #[derive(Clone)]
 pub enum Target {
-    /// The alias the task dialed (by kernel id); looked up per request so
-    /// that keep-alive connections follow endpoint changes.
-    Alias(u32),
+    /// The alias the task dialed (by kernel id), looked up per request so
+    /// that keep-alive connections follow endpoint changes; and the task's
+    /// service, when known.
+    Alias(u32, Option<Arc<Source>>),
     /// A fixed route (an ingress listener to its local app).
     Fixed(Arc<AliasRoute>),
 }
@@ -51,7 +53,7 @@ pub enum Target {
 /// Serve one downstream connection (HTTP/1.1 or HTTP/2, detected).
 pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Proxy>) {
     let idle = match &target {
-        Target::Alias(id) => proxy
+        Target::Alias(id, _) => proxy
             .routes
             .load()
             .aliases
@@ -61,7 +63,7 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
     };
     let svc = service_fn(move |req| {
         let (target, proxy) = (target.clone(), proxy.clone());
-        async move { Ok::<_, Infallible>(handle(req, &target, &proxy).await) }
+        async move { Ok::<_, Infallible>(logged(req, &target, &proxy).await) }
     });
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().max_buf_size(MAX_HEADER_BYTES);
@@ -85,13 +87,77 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
     }
 }
 
-async fn handle(
+/// What became of a request, for its access log line.
+#[derive(Default)]
+struct Outcome {
+    retries: u32,
+    endpoint: Option<std::net::SocketAddr>,
+    /// From the start to the response head.
+    upstream: std::time::Duration,
+    request_bytes: u64,
+    target: Option<(String, String)>,
+}
+
+/// [`handle`], with an access log line when the source service (egress)
+/// or the target service (ingress) asks for one; it is written when the
+/// response body ends.
+async fn logged(
     req: Request<Incoming>,
     target: &Target,
     proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
+    let (spec, source, direction) = match target {
+        Target::Alias(_, Some(src)) => match src.access_log {
+            Some(spec) => (spec, src.service.clone(), "egress"),
+            None => return handle(req, target, proxy, &mut Outcome::default()).await,
+        },
+        Target::Fixed(route) => match route.access_log {
+            Some(spec) => (spec, "-".to_string(), "ingress"),
+            None => return handle(req, target, proxy, &mut Outcome::default()).await,
+        },
+        Target::Alias(_, None) => return handle(req, target, proxy, &mut Outcome::default()).await,
+    };
+    let started = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    let method = req.method().to_string();
+    let path = access::path(req.uri(), spec.include_query);
+    let protocol = match req.version() {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let mut outcome = Outcome::default();
+    let resp = handle(req, target, proxy, &mut outcome).await;
+    let (target_service, target_discovery) = outcome.target.take().unwrap_or_default();
+    let record = Record {
+        spec,
+        started,
+        source,
+        target_service,
+        target_discovery,
+        direction,
+        method,
+        path,
+        protocol,
+        request_bytes: outcome.request_bytes,
+        status: resp.status().as_u16(),
+        retries: outcome.retries,
+        endpoint: outcome.endpoint.map(|a| a.to_string()).unwrap_or_default(),
+        upstream: outcome.upstream,
+    };
+    let (parts, body) = resp.into_parts();
+    let body = super::body::Logged::new(body, record, t0, proxy.clone()).boxed();
+    Response::from_parts(parts, body)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    target: &Target,
+    proxy: &Arc<Proxy>,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
     let alias = match target {
-        Target::Alias(id) => match proxy.routes.load().aliases.get(id) {
+        Target::Alias(id, _) => match proxy.routes.load().aliases.get(id) {
             Some(a) => a.clone(),
             None => {
                 return error_response(
@@ -102,9 +168,13 @@ async fn handle(
         },
         Target::Fixed(a) => a.clone(),
     };
+    outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
+    if let Target::Alias(_, Some(src)) = target {
+        src.edge(&alias.service, &proxy.metrics).inc();
+    }
     // Requests tasks send (egress); an ingress listener's are counted where
     // they came from.
-    if matches!(target, Target::Alias(_)) {
+    if matches!(target, Target::Alias(..)) {
         alias.counters.requests.inc();
         if req
             .headers()
@@ -136,6 +206,14 @@ async fn handle(
         Ok(b) => b,
         Err(resp) => return resp,
     };
+    outcome.request_bytes = match &body {
+        ReqBody::Buffered(b) => b.len() as u64,
+        ReqBody::Streaming(..) => parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
+    };
     let start = Instant::now();
     alias.budget.request(start);
     let deadline = alias
@@ -152,6 +230,8 @@ async fn handle(
             );
         };
         tried.push(ep.backend_id);
+        outcome.endpoint = Some(ep.addr);
+        outcome.retries = retries as u32;
         let mut may_retry = |replay_ok: bool| {
             replay_ok && retries < MAX_RETRIES && alias.budget.try_retry(Instant::now()) && {
                 retries += 1;
@@ -218,11 +298,11 @@ async fn handle(
                 );
             }
             Some(Ok(resp)) => {
+                outcome.upstream = start.elapsed();
                 let m = &alias.counters;
                 m.code(resp.status().as_u16());
                 ep.requests.inc();
-                m.response_time
-                    .observe(sent_at.elapsed().as_secs_f64() * 1000.0);
+                m.latency(sent_at.elapsed().as_secs_f64() * 1000.0);
                 let unavailable = resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     || resp.headers().get("grpc-status").map(HeaderValue::as_bytes)
                         == Some(GRPC_UNAVAILABLE);

@@ -6,6 +6,7 @@
 //! connection with that alias's route: round-robin per request, retries,
 //! outlier reports, timeouts and draining. Ingress listeners (one per L7
 //! task port) take traffic from other hosts to the local app.
+pub mod access;
 mod body;
 mod budget;
 mod forward;
@@ -38,6 +39,9 @@ pub enum ProxyEvent {
 /// Shared by every connection the proxy serves.
 pub struct Proxy {
     pub routes: ArcSwap<RouteTable>,
+    /// Local tasks by cgroup id: who sends what the egress listener takes.
+    pub sources: ArcSwap<std::collections::BTreeMap<u64, Arc<access::Source>>>,
+    pub access_log: access::AccessLog,
     pub metrics: crate::metrics::ProxyMetrics,
     orig: HashMap<MapData, OrigKey, ConnInfo>,
     pools: Pools,
@@ -49,18 +53,21 @@ impl Proxy {
         orig: HashMap<MapData, OrigKey, ConnInfo>,
         events: mpsc::UnboundedSender<ProxyEvent>,
     ) -> Self {
+        let metrics = crate::metrics::ProxyMetrics::default();
         Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
-            metrics: crate::metrics::ProxyMetrics::default(),
+            sources: ArcSwap::default(),
+            access_log: access::AccessLog::start(metrics.access_log_dropped.clone()),
+            metrics,
             orig,
             pools: Pools::default(),
             events,
         }
     }
 
-    /// The alias a task dialed (its kernel id), from the kernel's record of
-    /// its connection.
-    fn alias_of(&self, peer: SocketAddr) -> Option<u32> {
+    /// The alias a task dialed (its kernel id) and the task's service, from
+    /// the kernel's record of its connection.
+    fn alias_of(&self, peer: SocketAddr) -> Option<(u32, Option<Arc<access::Source>>)> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -70,11 +77,12 @@ impl Proxy {
             _pad: 0,
         };
         let info = self.orig.get(&key, 0).ok()?;
+        let source = self.sources.load().get(&info.cgroup_id).cloned();
         self.routes
             .load()
             .aliases
             .contains_key(&info.service_id)
-            .then_some(info.service_id)
+            .then_some((info.service_id, source))
     }
 }
 
@@ -89,7 +97,7 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        let Some(alias) = proxy.alias_of(peer) else {
+        let Some((alias, source)) = proxy.alias_of(peer) else {
             // Not a task's connection to a VIP (or one we no longer route).
             debug!(%peer, "egress: no VIP recorded for this connection; closing");
             continue;
@@ -97,7 +105,7 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(forward::serve_connection(
             stream,
-            forward::Target::Alias(alias),
+            forward::Target::Alias(alias, source),
             proxy.clone(),
         ));
     }

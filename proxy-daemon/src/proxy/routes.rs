@@ -55,6 +55,9 @@ pub struct AliasRoute {
     /// This service's retry budget (one failing service cannot spend
     /// another's).
     pub budget: Arc<super::RetryBudget>,
+    /// The target service's access log (requests its ingress listeners take).
+    pub access_log: Option<proxy_config::AccessLogSpec>,
+    pub discovery_name: String,
 }
 
 impl AliasRoute {
@@ -105,6 +108,8 @@ mod tests {
             dns_name: "s".into(),
             port: 80,
             protocol: AppProtocol::Http,
+            access_log: None,
+            discovery_name: "s".into(),
             endpoints: (0..n)
                 .map(|i| Endpoint {
                     backend_id: i,

@@ -241,6 +241,7 @@ mod tests {
                 per_request_timeout_s: None,
                 outlier: None,
             }],
+            access_log: None,
         }
     }
 

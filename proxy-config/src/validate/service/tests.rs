@@ -346,3 +346,49 @@ fn outlier_detection_per_service() {
         "at least",
     );
 }
+
+#[test]
+fn access_log_configuration_rules() {
+    let with = |block: &str| {
+        format!(
+            r#"[{}, {{"serviceName": "s", "taskDefinition": "web",
+                "serviceConnectConfiguration": {{"enabled": true, "accessLogConfiguration": {block}}}}}]"#,
+            web_td()
+        )
+    };
+    let p = ok(&[(
+        "s.json",
+        &with(r#"{"format": "JSON", "includeQueryParameters": "ENABLED"}"#),
+    )]);
+    let al = p.services[0].access_log.expect("access log");
+    assert_eq!(al.format, crate::AccessLogFormat::Json);
+    assert!(al.include_query);
+    let p = ok(&[("s.json", &with(r#"{"format": "TEXT"}"#))]);
+    assert_eq!(
+        p.services[0]
+            .access_log
+            .map(|a| (a.format, a.include_query)),
+        Some((crate::AccessLogFormat::Text, false))
+    );
+    check(
+        &one(&[("s.json", &with(r#"{"format": "XML"}"#))]),
+        "$[1].serviceConnectConfiguration.accessLogConfiguration.format",
+        "is not TEXT or JSON",
+        "\"TEXT\"",
+    );
+    check(
+        &one(&[("s.json", &with(r#"{"includeQueryParameters": "ENABLED"}"#))]),
+        "$[1].serviceConnectConfiguration.accessLogConfiguration.format",
+        "format is missing",
+        "\"JSON\"",
+    );
+    check(
+        &one(&[(
+            "s.json",
+            &with(r#"{"format": "JSON", "includeQueryParameters": "yes"}"#),
+        )]),
+        "$[1].serviceConnectConfiguration.accessLogConfiguration.includeQueryParameters",
+        "not ENABLED or DISABLED",
+        "\"DISABLED\"",
+    );
+}

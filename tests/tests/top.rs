@@ -1,0 +1,104 @@
+//! `knit top`: live rates per service and the service graph, from real
+//! traffic between real tasks.
+use anyhow::{Context, Result, ensure};
+use knit_tests::{Knit, client_service, testbin};
+use serde_json::Value;
+
+#[test]
+fn knit_top_shows_live_rates_and_the_service_graph() -> Result<()> {
+    let mut k = Knit::start("top", "")?;
+    let (ctd, csvc) = client_service("client");
+    k.apply(&[
+        (
+            "web-td.json",
+            r#"{"family": "web", "containerDefinitions": [{"name": "app",
+                "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#,
+        ),
+        (
+            "web.json",
+            r#"{"serviceName": "web", "taskDefinition": "web",
+                "serviceConnectConfiguration": {"enabled": true,
+                  "services": [{"portName": "web", "clientAliases": [{"dnsName": "web", "port": 8080}]}]}}"#,
+        ),
+        ("c-td.json", &ctd),
+        ("c.json", &csvc),
+    ])?;
+    let tb = testbin().display().to_string();
+    k.run(
+        "web",
+        &[&tb, "http", "--id", "w0", "--port-env", "KNIT_PORT_WEB"],
+    )?;
+    k.wait_healthy("web", 1)?;
+    let hosts = k.hosts.display().to_string();
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "4000",
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = k.ok(&["top", "--json", "--iterations", "3", "--interval-ms", "500"])?;
+    let frames: Vec<Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(frames.len() == 3, "{out}");
+    for f in &frames {
+        let web = f["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["service"] == "web"))
+            .context("web")?;
+        ensure!(
+            web["requests_per_s"].as_f64().unwrap_or(0.0) > 10.0,
+            "{web}"
+        );
+        ensure!(web["errors_5xx_pct"] == 0.0, "{web}");
+        ensure!(web["mean_latency_ms"].as_f64().is_some(), "{web}");
+        ensure!(web["healthy"] == 1, "{web}");
+        let edge = f["edges"]
+            .as_array()
+            .and_then(|e| {
+                e.iter()
+                    .find(|e| e["source"] == "client" && e["target"] == "web")
+            })
+            .context("the client -> web edge")?;
+        ensure!(
+            edge["requests_per_s"].as_f64().unwrap_or(0.0) > 10.0,
+            "{edge}"
+        );
+    }
+    let text = k.ok(&["top", "--iterations", "1", "--interval-ms", "300"])?;
+    ensure!(
+        text.contains("REQ/S") && text.contains("web:8080") && text.contains("service graph"),
+        "{text}"
+    );
+    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    ensure!(r["failed"] == 0, "{r}");
+    // The graph is in /metrics too.
+    let status = k.json(&["status"])?;
+    let admin = status["admin"].as_str().context("admin")?.to_string();
+    let metrics = http_get(&admin, "/metrics")?;
+    ensure!(
+        metrics.contains("knit_service_graph_request_count_total{source_service=\"client\",target_service=\"web\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// A plain HTTP/1.0 GET to the admin listener (loopback).
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
