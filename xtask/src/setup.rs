@@ -10,7 +10,7 @@ use crate::util::{self, step, succeeds};
 /// Debian packages: VM tests (qemu, busybox, cpio), inspection (bpftool),
 /// benchmarks (haproxy, nginx, wrk, h2load from nghttp2-client), the etcd
 /// registry (etcd-server and etcdctl for tests, protoc to build the etcd
-/// client's gRPC code).
+/// client's gRPC code), headless Chromium for the dashboard test.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "iproute2",
+    "chromium",
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",

@@ -1,5 +1,6 @@
-//! The admin HTTP listener (loopback by default): `/metrics` (Prometheus
-//! text), `/api/v1/{services,endpoints,status}` (JSON), `/healthz`,
+//! The admin HTTP listener (loopback by default): `/` (the live dashboard,
+//! one self-contained page built into the binary), `/metrics` (Prometheus
+//! text), `/api/v1/{services,endpoints,status,stats}` (JSON), `/healthz`,
 //! `/readyz`. Read-only: every change goes through the CLI's root-only
 //! unix socket.
 use std::{convert::Infallible, sync::Arc};
@@ -14,6 +15,9 @@ use tracing::{debug, warn};
 
 use super::engine::Engine;
 use crate::proxy::Proxy;
+
+/// The dashboard: HTML, CSS and script in one file, no outside assets.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, proxy: Arc<Proxy>) {
     loop {
@@ -75,6 +79,11 @@ async fn handle(
         );
     }
     match req.uri().path() {
+        "/" | "/index.html" => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            DASHBOARD.to_string(),
+        ),
         "/metrics" => {
             let snap = engine.lock().await.metrics_snapshot();
             text(
@@ -87,10 +96,11 @@ async fn handle(
         "/api/v1/services" => json(&engine.lock().await.service_rows()),
         "/api/v1/endpoints" => json(&engine.lock().await.endpoint_rows(None)),
         "/api/v1/status" => json(&engine.lock().await.status()),
+        "/api/v1/stats" => json(&engine.lock().await.stats()),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /api/v1/services, /api/v1/endpoints, /api/v1/status, /healthz\n".into(),
+            "not found; try /, /metrics, /api/v1/services, /api/v1/endpoints, /api/v1/status, /api/v1/stats, /healthz\n".into(),
         ),
     }
 }

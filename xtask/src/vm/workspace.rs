@@ -42,7 +42,7 @@ pub fn build(spec: &Spec) -> Result<Payload> {
     test.args(["test", "-p", spec.test_package, "--no-run"]);
     let tests: Vec<Artifact> = artifacts(&mut test, spec.root)?
         .into_iter()
-        .filter(|a| a.test)
+        .filter(|a| a.test && !spec.host_only.contains(&a.name.as_str()))
         .collect();
     if tests.is_empty() {
         bail!("cargo built no test executable for {}", spec.test_package);
@@ -60,6 +60,8 @@ pub fn build(spec: &Spec) -> Result<Payload> {
 
 struct Artifact {
     executable: PathBuf,
+    /// The target's name (a test file's stem).
+    name: String,
     /// Built with the test profile: a libtest harness.
     test: bool,
     manifest: PathBuf,
@@ -87,6 +89,7 @@ fn artifacts(cmd: &mut Command, root: &Path) -> Result<Vec<Artifact>> {
         };
         found.push(Artifact {
             executable: PathBuf::from(exe),
+            name: msg["target"]["name"].as_str().unwrap_or("").to_string(),
             test: msg["profile"]["test"] == true,
             manifest: PathBuf::from(msg["manifest_path"].as_str().unwrap_or("/")),
         });

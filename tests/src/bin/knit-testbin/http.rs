@@ -205,6 +205,8 @@ pub fn client(args: &[String]) -> Result<()> {
     let count = num(args, "--count", 0)?;
     let duration = Duration::from_millis(num(args, "--duration-ms", 0)?.min(120_000));
     let conc = num(args, "--concurrency", 1)?.max(1);
+    // A pause between a worker's requests (0: back to back).
+    let pause = Duration::from_millis(num(args, "--interval-ms", 0)?);
     let h2 = args.iter().any(|a| a == "--h2");
     let method: hyper::Method = arg(args, "--method")
         .unwrap_or_else(|| "GET".into())
@@ -245,30 +247,35 @@ pub fn client(args: &[String]) -> Result<()> {
                     }
                     let t0 = Instant::now();
                     let r = one(&mut conn, addr, h2, &authority, &path, &method, &payload).await;
-                    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-                    match r {
-                        Ok((status, backend, echoed, trailers)) => {
-                            if dump {
-                                *last_body.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    String::from_utf8_lossy(&echoed).into_owned();
+                    {
+                        let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                        match r {
+                            Ok((status, backend, echoed, trailers)) => {
+                                if dump {
+                                    *last_body.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        String::from_utf8_lossy(&echoed).into_owned();
+                                }
+                                *t.statuses.entry(status).or_default() += 1;
+                                *t.by_backend.entry(backend.clone()).or_default() += 1;
+                                if path.starts_with("/echo") && echoed != payload {
+                                    t.mismatched += 1;
+                                }
+                                t.trailers += u64::from(trailers);
+                                t.latencies_us.push(t0.elapsed().as_micros() as u64);
+                                t.timeline.push(json!([crate::now_ms(), status, backend]));
                             }
-                            *t.statuses.entry(status).or_default() += 1;
-                            *t.by_backend.entry(backend.clone()).or_default() += 1;
-                            if path.starts_with("/echo") && echoed != payload {
-                                t.mismatched += 1;
+                            Err(e) => {
+                                conn = None;
+                                t.failed += 1;
+                                if t.errors.len() < 10 {
+                                    t.errors.push(format!("{e:#}"));
+                                }
+                                t.timeline.push(json!([crate::now_ms(), 0, null]));
                             }
-                            t.trailers += u64::from(trailers);
-                            t.latencies_us.push(t0.elapsed().as_micros() as u64);
-                            t.timeline.push(json!([crate::now_ms(), status, backend]));
                         }
-                        Err(e) => {
-                            conn = None;
-                            t.failed += 1;
-                            if t.errors.len() < 10 {
-                                t.errors.push(format!("{e:#}"));
-                            }
-                            t.timeline.push(json!([crate::now_ms(), 0, null]));
-                        }
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }));

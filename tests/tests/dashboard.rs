@@ -1,0 +1,157 @@
+//! The live dashboard at `/` in headless Chromium: with real traffic
+//! between real tasks, the rendered page shows the services, the service
+//! graph's edge and request rates, and its counters move from one load to
+//! the next. A screenshot is kept at `target/tmp/dashboard.png`.
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail, ensure};
+use knit_tests::{Knit, client_service, testbin};
+
+/// Run headless Chromium on `url` with `extra` flags; its stdout.
+fn chromium(url: &str, extra: &[&str]) -> Result<String> {
+    let profile = tempfile::tempdir()?;
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3500",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .context("running chromium (Debian package chromium; `cargo xtask setup` installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "chromium failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The text of the element with `id` in a dumped DOM.
+fn by_id(dom: &str, id: &str) -> Option<String> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let rest = &dom[at..];
+    let start = rest.find('>')? + 1;
+    let end = rest[start..].find('<')?;
+    Some(rest[start..start + end].to_string())
+}
+
+/// The requests/s cell of `service`'s row.
+fn service_rps(dom: &str, service: &str) -> Option<f64> {
+    let at = dom.find(&format!("data-service=\"{service}\""))?;
+    let rest = &dom[at..];
+    let cell = rest.find("data-field=\"rps\">")? + "data-field=\"rps\">".len();
+    let end = rest[cell..].find('<')?;
+    rest[cell..cell + end].parse().ok()
+}
+
+#[test]
+fn the_dashboard_shows_live_figures_in_chromium() -> Result<()> {
+    let mut k = Knit::start("dash", "")?;
+    let (ctd, csvc) = client_service("client");
+    k.apply(&[
+        (
+            "web-td.json",
+            r#"{"family": "web", "containerDefinitions": [{"name": "app",
+                "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#,
+        ),
+        (
+            "web.json",
+            r#"{"serviceName": "web", "taskDefinition": "web",
+                "serviceConnectConfiguration": {"enabled": true,
+                  "services": [{"portName": "web", "clientAliases": [{"dnsName": "web", "port": 8080}]}]}}"#,
+        ),
+        ("c-td.json", &ctd),
+        ("c.json", &csvc),
+    ])?;
+    let tb = testbin().display().to_string();
+    for id in ["w0", "w1"] {
+        k.run(
+            "web",
+            &[&tb, "http", "--id", id, "--port-env", "KNIT_PORT_WEB"],
+        )?;
+    }
+    k.wait_healthy("web", 2)?;
+    let hosts = k.hosts.display().to_string();
+    // Steady traffic (about 200 requests/s) while the browser looks.
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "30000",
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "10",
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    let admin = k.json(&["status"])?["admin"]
+        .as_str()
+        .context("admin address")?
+        .to_string();
+    let url = format!("http://{admin}/");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let first = chromium(&url, &["--dump-dom"])?;
+    ensure!(
+        first.contains("data-service=\"web\""),
+        "no web row:\n{first}"
+    );
+    ensure!(
+        first.contains("data-edge=\"client&gt;web\""),
+        "no client -> web edge in the graph:\n{first}"
+    );
+    let rps = service_rps(&first, "web").context("web's req/s")?;
+    ensure!(rps > 10.0, "web's req/s is {rps}");
+    let total1: u64 = by_id(&first, "total-requests")
+        .context("total requests")?
+        .parse()?;
+    ensure!(total1 > 0);
+    std::thread::sleep(Duration::from_millis(1000));
+    let second = chromium(&url, &["--dump-dom"])?;
+    let total2: u64 = by_id(&second, "total-requests")
+        .context("total requests")?
+        .parse()?;
+    ensure!(
+        total2 > total1,
+        "the counters did not move: {total1} then {total2}"
+    );
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1280,860",
+        ],
+    )?;
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    ensure!(
+        size > 10_000,
+        "screenshot {} is {size} bytes",
+        shot.display()
+    );
+    eprintln!("dashboard screenshot: {} ({size} bytes)", shot.display());
+    let mut load = load;
+    let _ = load.kill();
+    Ok(())
+}
