@@ -42,6 +42,10 @@ pub enum Request {
     },
     /// Cumulative counters per service and per edge (for `knit top`).
     Stats,
+    /// A new daemon takes over (`knit daemon --takeover`): this one sends
+    /// its listening sockets, closes its state store, stops changing
+    /// anything and drains.
+    Handover,
 }
 
 /// Exit code the CLI should use for an error: bad input or usage.
@@ -112,6 +116,7 @@ impl Request {
             Request::Drain { .. } => "drain",
             Request::SetLogLevel { .. } => "set-log-level",
             Request::Stats => "stats",
+            Request::Handover => "handover",
         }
     }
 }

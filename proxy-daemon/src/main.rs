@@ -45,6 +45,11 @@ enum Cmd {
         /// Daemon config (TOML); a missing default file means all defaults.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Take over from the daemon running on the same socket, without
+        /// downtime: its listeners, state and datapath pass to this one, and
+        /// it drains and exits (an upgrade).
+        #[arg(long)]
+        takeover: bool,
     },
     /// Register task definitions, services, clusters and namespaces (ECS JSON).
     Apply {
@@ -104,7 +109,7 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Daemon { config } => cli::daemon(config, DEFAULT_CONFIG),
+        Cmd::Daemon { config, takeover } => cli::daemon(config, DEFAULT_CONFIG, takeover),
         Cmd::Apply { files } => cli::apply(&cli.socket, &files),
         Cmd::Run { service, cmd } => cli::run::run(&cli.socket, &service, cmd),
         Cmd::Services { json } => cli::services(&cli.socket, json),

@@ -226,6 +226,47 @@ impl Knit {
         Ok(())
     }
 
+    /// Start a new daemon with `--takeover` (an upgrade without downtime);
+    /// returns once the old one has drained and exited (its exit status).
+    pub fn take_over(&mut self) -> Result<std::process::ExitStatus> {
+        let mut old = self.daemon.take().context("no daemon")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))?;
+        let child = self
+            .knit_command()
+            .args(["daemon", "--takeover", "--config"])
+            .arg(&self.config)
+            .env("KNIT_LOG", "info")
+            .envs(self.env.iter().map(|(a, b)| (a, b)))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting knit daemon --takeover")?;
+        let new_pid = child.id();
+        self.daemon = Some(child);
+        let status = wait_for(
+            "the old daemon to drain and exit",
+            Duration::from_secs(40),
+            || old.try_wait().ok().flatten(),
+        );
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = old.kill();
+                let _ = old.wait();
+                bail!("{e}:\n{}", self.daemon_log());
+            }
+        };
+        wait_for("the new daemon to answer", Duration::from_secs(30), || {
+            let v = self.json(&["status"]).ok()?;
+            (v["pid"].as_u64()? == u64::from(new_pid)).then_some(())
+        })
+        .with_context(|| self.daemon_log())?;
+        Ok(status)
+    }
+
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }

@@ -104,7 +104,7 @@ fn finish(r: Result<(), Failure>) -> i32 {
     }
 }
 
-pub fn daemon(config: PathBuf, default: &str) -> i32 {
+pub fn daemon(config: PathBuf, default: &str, takeover: bool) -> i32 {
     let explicit = config != Path::new(default);
     let cfg = match proxy_config::load_daemon_config(&config, explicit) {
         Ok(c) => c,
@@ -124,7 +124,7 @@ pub fn daemon(config: PathBuf, default: &str) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    match rt.block_on(crate::daemon::run(cfg, config, explicit)) {
+    match rt.block_on(crate::daemon::run(cfg, config, explicit, takeover)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -129,6 +129,13 @@ pub struct Engine {
     health_checks: BTreeMap<String, HealthState>,
     /// Where the admin HTTP listens (set once bound).
     pub admin: String,
+    /// Copies of the egress, admin and control listeners, by name, for a
+    /// new daemon that takes over.
+    pub listener_fds: Vec<(String, std::os::fd::OwnedFd)>,
+    /// Handed over: no more changes; the main loop drains and exits.
+    pub retired: bool,
+    /// Tells the main loop to retire.
+    pub retire_signal: Arc<tokio::sync::Notify>,
 }
 
 /// Is this endpoint in rotation now? (Running, its port accepted a
@@ -175,6 +182,7 @@ impl Engine {
         dp: Datapath,
         cgroup_root: PathBuf,
         proxy: Arc<Proxy>,
+        inherited_ingress: std::collections::HashMap<(String, String), std::net::TcpListener>,
     ) -> anyhow::Result<Self> {
         let hosts = HostsFile::new(cfg.hosts_file.clone(), &cfg.cgroup);
         let mut tasks = BTreeMap::new();
@@ -213,7 +221,11 @@ impl Engine {
             stopping: Vec::new(),
             health_checks: BTreeMap::new(),
             admin: String::new(),
+            listener_fds: Vec::new(),
+            retired: false,
+            retire_signal: Arc::default(),
         };
+        e.ingress.inherited = inherited_ingress;
         e.load_shared()?;
         if let Shared::Etcd(etcd) = &e.shared {
             for t in e.tasks.values() {
@@ -274,6 +286,9 @@ impl Engine {
 
     /// etcd's view changed: route by it.
     pub fn refresh_shared(&mut self) -> anyhow::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         self.load_shared()?;
         let known: BTreeSet<u32> = self
             .remote
@@ -784,6 +799,9 @@ impl Engine {
     }
 
     pub fn mark_ready(&mut self, ready: &[(String, String)]) -> anyhow::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         for (task, port) in ready {
             if let Some(t) = self.tasks.get_mut(task) {
                 for p in t.ports.iter_mut().filter(|p| &p.name == port) {
@@ -831,6 +849,9 @@ impl Engine {
 
     /// One pass of the monitor: task liveness, draining, outliers.
     pub fn tick(&mut self) -> anyhow::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         let now = Instant::now();
         let gone: Vec<(String, &'static str)> = self
             .tasks
@@ -1131,6 +1152,32 @@ impl Engine {
         }
     }
 
+    /// The sockets a new daemon takes over: names and descriptors.
+    pub fn handover_fds(&self) -> (Vec<String>, Vec<std::os::fd::BorrowedFd<'_>>) {
+        use std::os::fd::AsFd;
+        let mut names = Vec::new();
+        let mut fds = Vec::new();
+        for (name, fd) in &self.listener_fds {
+            names.push(name.clone());
+            fds.push(fd.as_fd());
+        }
+        for (name, fd) in self.ingress.fds() {
+            names.push(name);
+            fds.push(fd);
+        }
+        (names, fds)
+    }
+
+    /// Handed over: stop accepting, stop checking, close the store (a new
+    /// daemon opens it next), and tell the main loop.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        self.ingress.stop_all();
+        self.health_checks.clear();
+        self.store.close();
+        self.retire_signal.notify_one();
+    }
+
     /// One line for systemd's STATUS=.
     pub fn status_line(&self) -> String {
         let registry = match &self.shared {
@@ -1347,6 +1394,9 @@ impl Engine {
 
     /// A check's result; a change of verdict changes the rotation.
     pub fn record_health(&mut self, task_id: &str, passed: bool) -> anyhow::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         let Some(h) = self.health_checks.get_mut(task_id) else {
             return Ok(());
         };

@@ -2,6 +2,7 @@
 //! clean shutdown.
 mod admin;
 mod engine;
+mod handover;
 mod server;
 
 use std::{
@@ -25,12 +26,31 @@ use crate::{
 
 /// Run the daemon with `cfg`, read from `config_path` (SIGHUP reads it
 /// again; `explicit`: the operator named it, so it must exist).
-pub async fn run(cfg: DaemonConfig, config_path: PathBuf, explicit: bool) -> Result<()> {
+pub async fn run(
+    cfg: DaemonConfig,
+    config_path: PathBuf,
+    explicit: bool,
+    takeover: bool,
+) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "knit daemon needs root: it loads eBPF programs (CAP_BPF, CAP_NET_ADMIN) and manages cgroups (CAP_SYS_ADMIN)"
         );
     }
+    // A new daemon taking over gets the running one's sockets and state
+    // before it opens anything (see `handover`).
+    let mut inherited = if takeover {
+        let socket = cfg.socket.clone();
+        let got =
+            tokio::task::block_in_place(|| handover::take_over(&socket, Duration::from_secs(30)))?;
+        info!(
+            ingress = got.ingress.len(),
+            "took over the running daemon's listeners and state"
+        );
+        got
+    } else {
+        handover::Inherited::default()
+    };
     let mount = cgroup::cgroup2_mount()?;
     let cgroup_root = mount.join(&cfg.cgroup);
     let cgroup_is_new = cgroup::ensure(&cgroup_root)?;
@@ -66,13 +86,29 @@ pub async fn run(cfg: DaemonConfig, config_path: PathBuf, explicit: bool) -> Res
         "datapath ready"
     );
     let mut dp = dp;
-    let listener = bind_socket(&cfg.socket)?;
+    let listener = match inherited.control.take() {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)?
+        }
+        None => bind_socket(&cfg.socket)?,
+    };
     // At most 500 ms: the tick also writes the heartbeat the kernel checks.
     let interval = Duration::from_millis(cfg.outlier.interval_ms.clamp(10, 500));
     // The egress listener: the connect hook sends tasks' L7 connects here.
-    let egress = tokio::net::TcpListener::bind((cfg.host.address, 0))
-        .await
-        .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?;
+    let egress = match inherited
+        .egress
+        .take()
+        .filter(|l| l.local_addr().is_ok_and(|a| a.ip() == cfg.host.address))
+    {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind((cfg.host.address, 0))
+            .await
+            .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?,
+    };
     let egress_addr = match egress.local_addr()? {
         std::net::SocketAddr::V4(a) => a,
         a => bail!("the egress listener must be IPv4, got {a}"),
@@ -90,6 +126,7 @@ pub async fn run(cfg: DaemonConfig, config_path: PathBuf, explicit: bool) -> Res
         dp,
         cgroup_root,
         proxy.clone(),
+        std::mem::take(&mut inherited.ingress),
     )?));
     {
         let mut e = engine.lock().await;
@@ -100,40 +137,67 @@ pub async fn run(cfg: DaemonConfig, config_path: PathBuf, explicit: bool) -> Res
         e.dp.retire_other_versions();
     }
     info!(egress = %egress_addr, "L7 egress listener");
+    // Tasks that end when this daemon hands over.
+    let mut background = Vec::new();
     if let Shared::Etcd(etcd) = &engine.lock().await.shared {
         // The session keeps the view; every change of it is routed at once.
-        tokio::spawn(etcd.clone().run());
+        background.push(tokio::spawn(etcd.clone().run()));
         let changed = etcd.changed.clone();
         let on_change = engine.clone();
-        tokio::spawn(async move {
+        background.push(tokio::spawn(async move {
             loop {
                 changed.notified().await;
                 if let Err(e) = on_change.lock().await.refresh_shared() {
                     warn!(error = %format!("{e:#}"), "routing by the registry's new state");
                 }
             }
-        });
+        }));
     }
-    let admin = tokio::net::TcpListener::bind(cfg.admin.listen).await.with_context(|| {
-        format!(
-            "binding the admin listener on {}: set [admin] listen in the config to a free address",
-            cfg.admin.listen
-        )
-    })?;
+    let wanted = cfg.admin.listen;
+    let admin = match inherited.admin.take().filter(|l| {
+        l.local_addr()
+            .is_ok_and(|a| a.ip() == wanted.ip() && (wanted.port() == 0 || a.port() == wanted.port()))
+    }) {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(wanted).await.with_context(|| {
+            format!(
+                "binding the admin listener on {wanted}: set [admin] listen in the config to a free address"
+            )
+        })?,
+    };
+    {
+        use std::os::fd::AsFd;
+        let mut e = engine.lock().await;
+        e.listener_fds = vec![
+            ("egress".into(), egress.as_fd().try_clone_to_owned()?),
+            ("admin".into(), admin.as_fd().try_clone_to_owned()?),
+            ("control".into(), listener.as_fd().try_clone_to_owned()?),
+        ];
+    }
     let admin_addr = admin.local_addr()?;
     engine.lock().await.admin = admin_addr.to_string();
     info!(admin = %admin_addr, "admin HTTP (metrics, API)");
-    tokio::spawn(admin::serve(admin, engine.clone(), proxy.clone()));
-    tokio::spawn(crate::proxy::serve_egress(egress, proxy));
+    background.push(tokio::spawn(admin::serve(
+        admin,
+        engine.clone(),
+        proxy.clone(),
+    )));
+    background.push(tokio::spawn(crate::proxy::serve_egress(
+        egress,
+        proxy.clone(),
+    )));
     // An endpoint the proxy sees failing is looked at at once, not at the next tick.
     let on_events = engine.clone();
-    tokio::spawn(async move {
+    background.push(tokio::spawn(async move {
         while events.recv().await.is_some() {
             if let Err(e) = on_events.lock().await.tick() {
                 warn!(error = %format!("{e:#}"), "outlier check");
             }
         }
-    });
+    }));
     crate::systemd::ready(&engine.lock().await.status_line());
     info!(socket = %cfg.socket.display(), "knit daemon ready");
 
@@ -143,16 +207,36 @@ pub async fn run(cfg: DaemonConfig, config_path: PathBuf, explicit: bool) -> Res
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut monitor = monitor;
+    let retire = engine.lock().await.retire_signal.clone();
+    let mut handed_over = false;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { info!("SIGINT: shutting down"); break }
             _ = hup.recv() => reload(&engine, &config_path, explicit).await,
+            () = retire.notified() => { handed_over = true; break }
             r = &mut monitor => { warn!(?r, "monitor stopped"); break }
         }
     }
     crate::systemd::stopping();
     accept.abort();
+    if handed_over {
+        // The new daemon accepts on our sockets, keeps the heartbeat and
+        // the hosts file; ours only finish what they have.
+        monitor.abort();
+        for t in &background {
+            t.abort();
+        }
+        proxy.retire();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(cfg.proxy.drain_timeout_ms);
+        info!(connections = proxy.live(), "handed over; draining");
+        while proxy.live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        info!(left = proxy.live(), "handed over; exiting");
+        return Ok(());
+    }
     let mut e = engine.lock().await;
     // L7 connects go straight to endpoints from now on (the egress
     // listener closes with this process).
@@ -174,7 +258,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
-                "another knit daemon is listening on {}: stop it first, or give this one another `socket` in its config",
+                "another knit daemon is listening on {}: take over from it without downtime with `knit daemon --takeover`, stop it first, or give this one another `socket` in its config",
                 path.display()
             );
         }

@@ -49,6 +49,10 @@ async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
             }
         }
         let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Handover) => {
+                handover(&w, &engine).await;
+                return;
+            }
             Ok(req) => handle(req, &engine).await,
             Err(e) => Response::bad_input(format!(
                 "malformed request: {e} (is the knit CLI the same version as the daemon?)"
@@ -66,15 +70,56 @@ async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> std
     w.write_all(&out).await
 }
 
+/// A new daemon takes over: pass the sockets, retire, say `released`.
+async fn handover(w: &tokio::net::unix::OwnedWriteHalf, engine: &Mutex<Engine>) {
+    use std::os::fd::AsRawFd;
+    let raw = w.as_ref().as_raw_fd();
+    let sent = {
+        let mut e = engine.lock().await;
+        if e.retired {
+            Err(anyhow::anyhow!("this daemon already handed over"))
+        } else {
+            let (names, fds) = e.handover_fds();
+            let r = super::handover::send(raw, &names, &fds);
+            drop(fds);
+            if r.is_ok() {
+                tracing::info!(sockets = ?names, "handing over to a new daemon");
+                e.retire();
+            }
+            r
+        }
+    };
+    match sent {
+        Ok(()) => {
+            if let Err(err) = super::handover::write_all(raw, b"released\n") {
+                warn!(error = %err, "telling the new daemon the state is released");
+            }
+        }
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "handover");
+            let resp = Response::failure(format!("{err:#}"));
+            let mut line = serde_json::to_vec(&resp).unwrap_or_default();
+            line.push(b'\n');
+            let _ = super::handover::write_all(raw, &line);
+        }
+    }
+}
+
 async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
     tracing::debug!(request = req.name(), "control request");
     let mut e = engine.lock().await;
+    if e.retired {
+        return Response::failure(
+            "this daemon handed over to a new one; run the command again".to_string(),
+        );
+    }
     match req {
         Request::Apply { files } => e.apply(files),
         Request::Services => Response::ok(&e.service_rows()),
         Request::Endpoints { service } => Response::ok(&e.endpoint_rows(service.as_deref())),
         Request::Status => Response::ok(&e.status()),
         Request::Stats => Response::ok(&e.stats()),
+        Request::Handover => Response::bad_input("handover is answered on its own"),
         Request::TaskStart { service } => e.task_start(&service),
         Request::TaskRunning { task_id, pid } => e.task_running(&task_id, pid),
         Request::TaskExited { task_id, status } => {

@@ -61,29 +61,68 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
             .and_then(|a| a.idle_timeout),
         Target::Fixed(a) => a.idle_timeout,
     };
-    let svc = service_fn(move |req| {
-        let (target, proxy) = (target.clone(), proxy.clone());
-        async move { Ok::<_, Infallible>(logged(req, &target, &proxy).await) }
-    });
+    proxy.live.fetch_add(1, Ordering::SeqCst);
+    let _live = LiveGuard(proxy.clone());
+    let svc = {
+        let proxy = proxy.clone();
+        service_fn(move |req| {
+            let (target, proxy) = (target.clone(), proxy.clone());
+            async move {
+                let h1 = req.version() < Version::HTTP_2;
+                let mut resp = logged(req, &target, &proxy).await;
+                // Handed over: this connection ends after this answer, and
+                // the client knows to open a new one (to the new daemon).
+                if h1 && proxy.is_retiring() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().max_buf_size(MAX_HEADER_BYTES);
     b.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
     let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let conn = b.serve_connection_with_upgrades(io, svc);
-    match idle {
-        Some(idle) => tokio::select! {
-            r = conn => if let Err(e) = r {
-                debug!(error = %e, "downstream connection");
-            },
-            // Dropping the connection closes it.
-            () = activity.idle_for(idle) => debug!(?idle, "closing an idle downstream connection"),
+    tokio::pin!(conn);
+    let idle_close = async {
+        match idle {
+            Some(idle) => activity.idle_for(idle).await,
+            None => std::future::pending().await,
+        }
+    };
+    // Handed over: once quiet for a moment, finish in-flight work and close
+    // (HTTP/2: GOAWAY).
+    let retire = async {
+        proxy.retired().await;
+        activity.idle_for(RETIRE_IDLE).await;
+    };
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            debug!(error = %e, "downstream connection");
         },
-        None => {
+        // Dropping the connection closes it.
+        () = idle_close => debug!(?idle, "closing an idle downstream connection"),
+        () = retire => {
+            conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
-                debug!(error = %e, "downstream connection");
+                debug!(error = %e, "downstream connection (closing, handed over)");
             }
         }
+    }
+}
+
+/// A connection quiet this long is closed once the daemon handed over.
+const RETIRE_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Counts a downstream connection as live while it is served.
+struct LiveGuard(Arc<Proxy>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

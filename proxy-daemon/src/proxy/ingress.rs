@@ -1,7 +1,12 @@
 //! Ingress listeners: one per L7 task port, where other hosts' egress sends
 //! requests for this host's task (same-host traffic goes straight to the
 //! app). Each forwards to its local app with the proxy's request path.
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    sync::Arc,
+};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
@@ -10,8 +15,11 @@ use super::{AliasRoute, Proxy, forward};
 
 #[derive(Default)]
 pub struct IngressListeners {
-    /// (task id, port name) -> the listener's task.
-    running: HashMap<(String, String), JoinHandle<()>>,
+    /// (task id, port name) -> the listener's task, and a copy of its
+    /// socket (to hand over to a new daemon).
+    running: HashMap<(String, String), (JoinHandle<()>, OwnedFd)>,
+    /// Listeners the previous daemon handed over, by (task id, port name).
+    pub inherited: HashMap<(String, String), std::net::TcpListener>,
 }
 
 impl IngressListeners {
@@ -26,8 +34,13 @@ impl IngressListeners {
         route: Arc<AliasRoute>,
         proxy: Arc<Proxy>,
     ) -> std::io::Result<u16> {
-        let l = std::net::TcpListener::bind(listen)?;
+        let key = (task.to_string(), port_name.to_string());
+        let l = match self.inherited.remove(&key) {
+            Some(l) if listen.port() == 0 || l.local_addr()?.port() == listen.port() => l,
+            _ => std::net::TcpListener::bind(listen)?,
+        };
         l.set_nonblocking(true)?;
+        let copy: OwnedFd = l.try_clone()?.into();
         let l = TcpListener::from_std(l)?;
         let port = l.local_addr()?.port();
         info!(task, port_name, port, "ingress listener");
@@ -49,14 +62,28 @@ impl IngressListeners {
                 }
             }
         });
-        self.running
-            .insert((task.to_string(), port_name.to_string()), h);
+        self.running.insert(key, (h, copy));
         Ok(port)
+    }
+
+    /// Every listener's socket: `ingress/<task>/<port name>`.
+    pub fn fds(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        self.running
+            .iter()
+            .map(|((t, p), (_, fd))| (format!("ingress/{t}/{p}"), fd.as_fd()))
+            .collect()
+    }
+
+    /// Stop accepting everywhere (handed over).
+    pub fn stop_all(&mut self) {
+        for (_, (h, _)) in self.running.drain() {
+            h.abort();
+        }
     }
 
     /// Stop a task's listeners.
     pub fn stop(&mut self, task: &str) {
-        self.running.retain(|(t, _), h| {
+        self.running.retain(|(t, _), (h, _)| {
             if t == task {
                 h.abort();
                 false

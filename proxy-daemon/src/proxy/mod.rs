@@ -46,6 +46,11 @@ pub struct Proxy {
     orig: HashMap<MapData, OrigKey, ConnInfo>,
     pools: Pools,
     events: mpsc::UnboundedSender<ProxyEvent>,
+    /// Handed over to a new daemon: finish what is in flight, then close.
+    retiring: std::sync::atomic::AtomicBool,
+    retire_notify: tokio::sync::Notify,
+    /// Downstream connections being served.
+    live: std::sync::atomic::AtomicUsize,
 }
 
 impl Proxy {
@@ -62,7 +67,38 @@ impl Proxy {
             orig,
             pools: Pools::default(),
             events,
+            retiring: Default::default(),
+            retire_notify: Default::default(),
+            live: Default::default(),
         }
+    }
+
+    /// A new daemon took over: HTTP/1.1 answers say `Connection: close`,
+    /// idle connections close.
+    pub fn retire(&self) {
+        self.retiring
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.retire_notify.notify_waiters();
+    }
+
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Proxy::retire`] was called.
+    pub async fn retired(&self) {
+        let n = self.retire_notify.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if self.is_retiring() {
+            return;
+        }
+        n.await;
+    }
+
+    /// Downstream connections still being served.
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The alias a task dialed (its kernel id) and the task's service, from

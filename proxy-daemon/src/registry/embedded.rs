@@ -42,7 +42,8 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RegistryErr
 }
 
 pub struct Store {
-    db: Database,
+    /// None once closed (handed over to a new daemon).
+    db: std::sync::RwLock<Option<Database>>,
 }
 
 impl Store {
@@ -64,19 +65,42 @@ impl Store {
             w.open_table(NS_IDS).map_err(dberr)?;
         }
         w.commit().map_err(dberr)?;
-        Ok(Self { db })
+        Ok(Self {
+            db: std::sync::RwLock::new(Some(db)),
+        })
+    }
+
+    fn write(&self) -> Result<WriteTransaction, RegistryError> {
+        let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .ok_or(RegistryError::Closed)?
+            .begin_write()
+            .map_err(dberr)
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, RegistryError> {
+        let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .ok_or(RegistryError::Closed)?
+            .begin_read()
+            .map_err(dberr)
+    }
+
+    /// Close the file (its lock goes with it): a new daemon takes over.
+    pub fn close(&self) {
+        self.db.write().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Everything the shared registry holds, as of one transaction.
     pub fn config(&self) -> Result<ConfigState, RegistryError> {
-        let w = self.db.begin_write().map_err(dberr)?;
+        let w = self.write()?;
         let state = load(&w)?;
         w.abort().map_err(dberr)?;
         Ok(state)
     }
 
     pub fn tasks(&self) -> Result<Vec<TaskRecord>, RegistryError> {
-        let r = self.db.begin_read().map_err(dberr)?;
+        let r = self.read()?;
         let t = r.open_table(TASKS).map_err(dberr)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(dberr)? {
@@ -88,7 +112,7 @@ impl Store {
 
     /// This host's index in its fleet, once known.
     pub fn host_index(&self) -> Result<Option<u32>, RegistryError> {
-        let r = self.db.begin_read().map_err(dberr)?;
+        let r = self.read()?;
         let t = r.open_table(META).map_err(dberr)?;
         Ok(t.get("host_index")
             .map_err(dberr)?
@@ -96,14 +120,14 @@ impl Store {
     }
 
     pub fn set_host_index(&self, index: u32) -> Result<(), RegistryError> {
-        let w = self.db.begin_write().map_err(dberr)?;
+        let w = self.write()?;
         write(&w, &[Change::HostIndex(String::new(), u64::from(index))])?;
         w.commit().map_err(dberr)
     }
 
     /// Write a validated plan in one transaction.
     pub fn apply(&self, plan: &ApplyPlan) -> Result<ApplySummary, RegistryError> {
-        let w = self.db.begin_write().map_err(dberr)?;
+        let w = self.write()?;
         let mut state = load(&w)?;
         let (summary, changes) = state.apply(plan)?;
         write(&w, &changes)?;
@@ -112,7 +136,7 @@ impl Store {
     }
 
     pub fn put_task(&self, task: &TaskRecord) -> Result<(), RegistryError> {
-        let w = self.db.begin_write().map_err(dberr)?;
+        let w = self.write()?;
         {
             let mut t = w.open_table(TASKS).map_err(dberr)?;
             t.insert(task.id.as_str(), encode(task).as_slice())
@@ -122,7 +146,7 @@ impl Store {
     }
 
     pub fn remove_task(&self, id: &str) -> Result<(), RegistryError> {
-        let w = self.db.begin_write().map_err(dberr)?;
+        let w = self.write()?;
         {
             let mut t = w.open_table(TASKS).map_err(dberr)?;
             t.remove(id).map_err(dberr)?;
@@ -137,7 +161,7 @@ impl Store {
         n: usize,
         host: Option<(&str, u32)>,
     ) -> Result<(String, Vec<u32>), RegistryError> {
-        let w = self.db.begin_write().map_err(dberr)?;
+        let w = self.write()?;
         let mut state = ConfigState {
             counters: load_u64(&w, META)?,
             ..ConfigState::default()

@@ -27,6 +27,8 @@ pub enum RegistryError {
         path: String,
         source: Box<redb::Error>,
     },
+    #[error("the state store was handed over to a new daemon")]
+    Closed,
     #[error("state store: {0}")]
     Db(#[from] Box<redb::Error>),
     #[error("state store record {key}: {source}")]

@@ -343,6 +343,12 @@ async fn one(
         None => bail!("no connection"),
     };
     let status = resp.status().as_u16();
+    // The server will close this connection: as any client, use a new one
+    // for the next request.
+    let closing = resp
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let backend = resp
         .headers()
         .get("x-backend")
@@ -353,6 +359,9 @@ async fn one(
     let trailers = collected
         .trailers()
         .is_some_and(|t| t.contains_key("x-trailer"));
+    if closing {
+        *conn = None;
+    }
     Ok((status, backend, collected.to_bytes(), trailers))
 }
 
