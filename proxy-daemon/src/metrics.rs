@@ -36,6 +36,12 @@ pub struct EdgeLabels {
     pub target_service: String,
 }
 
+/// A path of the admin listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: String,
+}
+
 /// One endpoint of a target.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -68,6 +74,8 @@ pub struct ProxyMetrics {
     pub access_log_dropped: Counter,
     /// The service graph, from real requests.
     pub service_graph: Family<EdgeLabels, Counter>,
+    /// Requests to the admin listener, by path.
+    pub admin_requests: Family<PathLabels, Counter>,
     /// The graph's edges seen so far (the family cannot be listed).
     edges: std::sync::RwLock<std::collections::BTreeMap<(String, String), Counter>>,
     /// Response time sum (µs) and count per target, for rates and means
@@ -88,6 +96,7 @@ impl Default for ProxyMetrics {
             retries: Family::default(),
             access_log_dropped: Counter::default(),
             service_graph: Family::default(),
+            admin_requests: Family::default(),
             edges: Default::default(),
             latency_sum_us: Family::default(),
             latency_count: Family::default(),
@@ -228,6 +237,11 @@ impl ProxyMetrics {
             "service_graph_request_count",
             "Requests from one service's tasks to another service (egress)",
             self.service_graph.clone(),
+        );
+        r.register(
+            "admin_requests",
+            "Requests to the admin listener (dashboard, API, metrics), by path",
+            self.admin_requests.clone(),
         );
         r.register(
             "access_log_dropped",

@@ -12,6 +12,8 @@
 //! - `propagation`: a fleet of hosts sharing etcd: how fast a task's
 //!   health reaches another host's kernel map, and the cost of 1,000
 //!   services with 10,000 endpoints.
+//! - `admin`: the daemon's CPU with the dashboard open in Chromium and
+//!   `/metrics` scraped every second, against a quiet window.
 //!
 //! Submodules: `knit` (the release binary and its daemon), `wrk` and
 //! `h2load` (running and parsing the load generators), `cpu` (who else uses
@@ -22,6 +24,7 @@
 //! with `setup`, `config` and `table`).
 use anyhow::{Result, bail};
 
+mod admin;
 mod cpu;
 mod h2load;
 mod knit;
@@ -35,15 +38,16 @@ mod stats;
 mod wrk;
 
 /// The benchmarks `which` may name.
-const KNOWN: &[&str] = &["l4", "l7", "propagation"];
+const KNOWN: &[&str] = &["l4", "l7", "propagation", "admin"];
 
 pub fn run(which: &str, quick: bool) -> Result<()> {
     match which {
         "l4" => l4::run(quick),
         "l7" => l7::run(quick),
         "propagation" => propagation::run(quick),
+        "admin" => admin::run(quick),
         other => bail!(
-            "no benchmark {other:?}; known: {}\n  fix: cargo xtask bench l4|l7|propagation [--quick]",
+            "no benchmark {other:?}; known: {}\n  fix: cargo xtask bench l4|l7|propagation|admin [--quick]",
             KNOWN.join(", ")
         ),
     }

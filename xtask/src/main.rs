@@ -51,7 +51,7 @@ enum Cmd {
     },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
     Bench {
-        /// Which benchmark: l4, l7 or propagation.
+        /// Which benchmark: l4, l7, propagation or admin.
         #[arg(default_value = "l4")]
         which: String,
         /// Fewer and shorter runs (for CI).

@@ -78,7 +78,26 @@ async fn handle(
             "the admin API is read-only; change things with the knit CLI\n".into(),
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    let known = [
+        "/",
+        "/index.html",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/api/v1/services",
+        "/api/v1/endpoints",
+        "/api/v1/status",
+        "/api/v1/stats",
+    ];
+    proxy
+        .metrics
+        .admin_requests
+        .get_or_create(&crate::metrics::PathLabels {
+            path: if known.contains(&path) { path } else { "other" }.to_string(),
+        })
+        .inc();
+    match path {
         "/" | "/index.html" => text(
             StatusCode::OK,
             "text/html; charset=utf-8",
