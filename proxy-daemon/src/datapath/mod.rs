@@ -126,6 +126,17 @@ impl Datapath {
             path: dir.clone(),
             source,
         })?;
+        // Root only, like the pins in it: no other user may open a map.
+        // (Only the directory knit names; `bpf_pin_dir` may be shared.)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| DatapathError::PinDir {
+                    path: dir.clone(),
+                    source,
+                },
+            )?;
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(OBJECT)

@@ -28,7 +28,7 @@ const BUSYBOX: &str = "/bin/busybox";
 /// its own applets in preference to PATH, so `sh -c "ip ..."` would get its ip.
 /// etcd and etcdctl: the multi-host tests run their own etcd.
 const HOST_TOOLS: &[&str] = &[
-    "sh", "ip", "tc", "ss", "nsenter", "unshare", "bpftool", "etcd", "etcdctl",
+    "sh", "ip", "tc", "ss", "nsenter", "unshare", "setpriv", "bpftool", "etcd", "etcdctl",
 ];
 
 /// Where /init finds the modules it loads.

@@ -60,10 +60,72 @@ fn main() -> Result<()> {
         Some("raw") => raw(&args),
         Some("grpc-server") => grpc::server(&args),
         Some("grpc-client") => grpc::client(&args),
+        Some("privileges") => privileges(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges ..."
         ),
     }
+}
+
+/// What this process may do: reach the control socket (`--socket`), open a
+/// pinned map (`--pin`, BPF_OBJ_GET), connect to `--connect` addresses.
+/// Prints `{"uid": N, "socket": "...", "pin": "...", "connect": {...}}`,
+/// each "ok" or the error.
+fn privileges(args: &[String]) -> Result<()> {
+    let socket = arg(args, "--socket").context("--socket")?;
+    let pin = arg(args, "--pin").context("--pin")?;
+    let outcome = |r: std::io::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let sock = outcome(std::os::unix::net::UnixStream::connect(&socket).map(drop));
+    let path = std::ffi::CString::new(pin.as_bytes())?;
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    // SAFETY: a bpf(2) call with a valid attribute struct and its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    let pin = if fd >= 0 {
+        // SAFETY: the descriptor the kernel just returned.
+        unsafe { libc::close(fd as i32) };
+        "ok".to_string()
+    } else {
+        std::io::Error::last_os_error().to_string()
+    };
+    let mut connect = serde_json::Map::new();
+    for target in args
+        .windows(2)
+        .filter(|w| w[0] == "--connect")
+        .map(|w| w[1].clone())
+    {
+        let addr: SocketAddr = target.parse()?;
+        let r = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map(drop);
+        connect.insert(target, outcome(r).into());
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    println!(
+        "{}",
+        serde_json::json!({"uid": uid, "socket": sock, "pin": pin, "connect": connect})
+    );
+    Ok(())
 }
 
 /// Serve until killed: each connection first gets "<id>\n", then its lines
