@@ -20,6 +20,55 @@ pub const SUBNET: &str = "10.77.0";
 /// etcd's client port on the first host.
 pub const ETCD_PORT: u16 = 2379;
 
+fn ip_output(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The fleet is closed: each host namespace has only `lo` and its `eth0`
+/// and routes only the fleet's subnet (no default route), and the bridge
+/// namespace has only the bridge and the hosts' veth ends (no uplink). So
+/// traffic to the fleet's addresses can only go between the test's own
+/// namespaces.
+fn check_isolated(bridge: &str, hosts: &[String]) -> Result<()> {
+    let links = |ns: &str| -> Result<Vec<String>> {
+        Ok(ip_output(&["-n", ns, "-o", "link", "show"])?
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect())
+    };
+    for ns in hosts {
+        let l = links(ns)?;
+        if l.iter().any(|n| n != "lo" && n != "eth0") {
+            bail!("host namespace {ns} has links other than lo and eth0: {l:?}");
+        }
+        for route in ip_output(&["-n", ns, "route", "show"])?.lines() {
+            if !route.starts_with(&format!("{SUBNET}.0/24 ")) {
+                bail!("host namespace {ns} routes beyond the fleet: {route:?}");
+            }
+        }
+    }
+    let l = links(bridge)?;
+    let allowed = |n: &str| {
+        n == "lo"
+            || n == "br0"
+            || n.strip_prefix('p')
+                .is_some_and(|i| i.parse::<u32>().is_ok())
+    };
+    if !l.iter().all(|n| allowed(n)) {
+        bail!("the bridge namespace {bridge} has a link that could lead out: {l:?}");
+    }
+    Ok(())
+}
+
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if !out.status.success() {
@@ -161,9 +210,16 @@ impl Etcd {
         let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         std::thread::scope(|s| {
             s.spawn(|| {
-                // The network namespace is per thread: this one joins it.
+                // The network namespace is per thread: this one joins it,
+                // and checks it did before anything is dialled.
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("joining {path}"))?;
+                use std::os::unix::fs::MetadataExt;
+                let want = std::fs::metadata(&path)?;
+                let have = std::fs::metadata("/proc/thread-self/ns/net")?;
+                if (want.dev(), want.ino()) != (have.dev(), have.ino()) {
+                    bail!("this thread is not in {path}");
+                }
                 Ok(f())
             })
             .join()
@@ -231,6 +287,8 @@ impl Fleet {
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             names.push(ns);
         }
+        // Before anything is sent: the fleet's addresses lead nowhere else.
+        check_isolated(&bridge, &names)?;
         let etcd = Etcd::new(&names[0], &format!("{SUBNET}.1"))?;
         let mut hosts = Vec::new();
         for (i, ns) in names.iter().enumerate() {

@@ -469,3 +469,41 @@ pub fn client_service(name: &str) -> (String, String) {
         ),
     )
 }
+
+/// A task definition with one HTTP port mapping named `web`.
+pub fn http_task_definition(family: &str) -> String {
+    format!(
+        r#"{{"family": "{family}", "containerDefinitions": [{{"name": "app", "image": "unused",
+            "portMappings": [{{"name": "web", "appProtocol": "http"}}]}}]}}"#
+    )
+}
+
+/// A service exposing port `web` as `alias:port`, discovery name `name`.
+pub fn http_service(name: &str, alias: &str, port: u16) -> String {
+    format!(
+        r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
+            "serviceConnectConfiguration": {{"enabled": true,
+              "services": [{{"portName": "web", "discoveryName": "{name}",
+                             "clientAliases": [{{"dnsName": "{alias}", "port": {port}}}]}}]}}}}"#
+    )
+}
+
+/// Headless Chromium as root on a closed network (Debian's `chromium`),
+/// with a profile of its own in `profile`; the URL and any action flag
+/// (`--dump-dom`, `--screenshot=...`) come after.
+pub fn chromium(profile: &Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}

@@ -4,24 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use knit_tests::{Knit, testbin, wait_for};
+use knit_tests::{Knit, http_service, http_task_definition, testbin, wait_for};
 use serde_json::Value;
-
-fn http_td(family: &str) -> String {
-    format!(
-        r#"{{"family": "{family}", "containerDefinitions": [{{"name": "app",
-            "portMappings": [{{"name": "web", "appProtocol": "http"}}]}}]}}"#
-    )
-}
-
-fn http_svc(name: &str, port: u16) -> String {
-    format!(
-        r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
-            "serviceConnectConfiguration": {{"enabled": true,
-              "services": [{{"portName": "web", "discoveryName": "{name}",
-                            "clientAliases": [{{"dnsName": "{name}", "port": {port}}}]}}]}}}}"#
-    )
-}
 
 fn client(name: &str, access_log: &str) -> (String, String) {
     (
@@ -55,10 +39,10 @@ fn access_logs_record_every_request_of_the_services_that_ask() -> Result<()> {
     );
     let (qtd, qsvc) = client("quiet", "");
     k.apply(&[
-        ("web-td.json", &http_td("web")),
-        ("web.json", &http_svc("web", 8080)),
-        ("bad-td.json", &http_td("bad")),
-        ("bad.json", &http_svc("bad", 8081)),
+        ("web-td.json", &http_task_definition("web")),
+        ("web.json", &http_service("web", "web", 8080)),
+        ("bad-td.json", &http_task_definition("bad")),
+        ("bad.json", &http_service("bad", "bad", 8081)),
         ("j-td.json", &jtd),
         ("j.json", &jsvc),
         ("t-td.json", &ttd),

@@ -2,28 +2,16 @@
 //! between real tasks, the rendered page shows the services, the service
 //! graph's edge and request rates, and its counters move from one load to
 //! the next. A screenshot is kept at `target/tmp/dashboard.png`.
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use knit_tests::{Knit, client_service, testbin};
+use knit_tests::{Knit, client_service, http_service, http_task_definition, testbin};
 
 /// Run headless Chromium on `url` with `extra` flags; its stdout.
 fn chromium(url: &str, extra: &[&str]) -> Result<String> {
     let profile = tempfile::tempdir()?;
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-sync",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--hide-scrollbars",
-            "--virtual-time-budget=3500",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    let out = knit_tests::chromium(profile.path())
+        .arg("--virtual-time-budget=3500")
         .args(extra)
         .arg(url)
         .output()
@@ -61,17 +49,8 @@ fn the_dashboard_shows_live_figures_in_chromium() -> Result<()> {
     let mut k = Knit::start("dash", "")?;
     let (ctd, csvc) = client_service("client");
     k.apply(&[
-        (
-            "web-td.json",
-            r#"{"family": "web", "containerDefinitions": [{"name": "app",
-                "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#,
-        ),
-        (
-            "web.json",
-            r#"{"serviceName": "web", "taskDefinition": "web",
-                "serviceConnectConfiguration": {"enabled": true,
-                  "services": [{"portName": "web", "clientAliases": [{"dnsName": "web", "port": 8080}]}]}}"#,
-        ),
+        ("web-td.json", &http_task_definition("web")),
+        ("web.json", &http_service("web", "web", 8080)),
         ("c-td.json", &ctd),
         ("c.json", &csvc),
     ])?;

@@ -8,7 +8,8 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use knit_tests::{
-    Knit, client_service, fleet::Fleet, tcp_service, tcp_task_definition, testbin, wait_for,
+    Knit, client_service, fleet::Fleet, http_service, http_task_definition, tcp_service,
+    tcp_task_definition, testbin, wait_for,
 };
 use serde_json::Value;
 
@@ -18,14 +19,8 @@ fn tb() -> String {
 
 fn http_docs() -> (String, String) {
     (
-        r#"{"family": "web", "containerDefinitions": [{"name": "app", "image": "unused",
-            "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#
-            .to_string(),
-        r#"{"serviceName": "web", "taskDefinition": "web",
-            "serviceConnectConfiguration": {"enabled": true,
-              "services": [{"portName": "web", "discoveryName": "web",
-                            "clientAliases": [{"dnsName": "web", "port": 8080}]}]}}"#
-            .to_string(),
+        http_task_definition("web"),
+        http_service("web", "web", 8080),
     )
 }
 

@@ -1,7 +1,7 @@
 //! `knit top`: live rates per service and the service graph, from real
 //! traffic between real tasks.
 use anyhow::{Context, Result, ensure};
-use knit_tests::{Knit, client_service, testbin};
+use knit_tests::{Knit, client_service, http_service, http_task_definition, testbin};
 use serde_json::Value;
 
 #[test]
@@ -9,17 +9,8 @@ fn knit_top_shows_live_rates_and_the_service_graph() -> Result<()> {
     let mut k = Knit::start("top", "")?;
     let (ctd, csvc) = client_service("client");
     k.apply(&[
-        (
-            "web-td.json",
-            r#"{"family": "web", "containerDefinitions": [{"name": "app",
-                "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#,
-        ),
-        (
-            "web.json",
-            r#"{"serviceName": "web", "taskDefinition": "web",
-                "serviceConnectConfiguration": {"enabled": true,
-                  "services": [{"portName": "web", "clientAliases": [{"dnsName": "web", "port": 8080}]}]}}"#,
-        ),
+        ("web-td.json", &http_task_definition("web")),
+        ("web.json", &http_service("web", "web", 8080)),
         ("c-td.json", &ctd),
         ("c.json", &csvc),
     ])?;

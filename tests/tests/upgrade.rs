@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use knit_tests::{Knit, client_service, tcp_service, tcp_task_definition, testbin};
+use knit_tests::{
+    Knit, client_service, http_service, http_task_definition, tcp_service, tcp_task_definition,
+    testbin,
+};
 use serde_json::Value;
 
 #[test]
@@ -13,17 +16,8 @@ fn five_takeovers_under_load_lose_no_request() -> Result<()> {
     let mut k = Knit::start("upgrade", "")?;
     let (ctd, csvc) = client_service("client");
     k.apply(&[
-        (
-            "web-td.json",
-            r#"{"family": "web", "containerDefinitions": [{"name": "app",
-                "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#,
-        ),
-        (
-            "web.json",
-            r#"{"serviceName": "web", "taskDefinition": "web",
-                "serviceConnectConfiguration": {"enabled": true,
-                  "services": [{"portName": "web", "clientAliases": [{"dnsName": "web", "port": 8080}]}]}}"#,
-        ),
+        ("web-td.json", &http_task_definition("web")),
+        ("web.json", &http_service("web", "web", 8080)),
         ("db-td.json", &tcp_task_definition("db")),
         ("db.json", &tcp_service("db", "db", 7100)),
         ("c-td.json", &ctd),

@@ -399,22 +399,9 @@ impl Engine {
                 .flat_map(|t| t.ports.iter().map(|p| p.backend_id)),
         );
         // Each task's cgroup id (its directory's inode) -> its namespace.
-        let task_ns: BTreeMap<u64, u32> = self
-            .tasks
-            .values()
-            .filter_map(|t| {
-                let ns = self
-                    .services
-                    .iter()
-                    .find(|s| s.spec.name == t.service)?
-                    .ns_id;
-                let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&t.cgroup).ok()?);
-                Some((ino, ns))
-            })
-            .collect();
-        self.dp.maps.sync(&desired, &backend_ids, &task_ns)?;
-        // The proxy's view of who sends: cgroup id -> service (and its
+        // And for the proxy, who sends: cgroup id -> service (and its
         // access log configuration).
+        let mut task_ns: BTreeMap<u64, u32> = BTreeMap::new();
         let mut sources = BTreeMap::new();
         for t in self.tasks.values() {
             let Some(s) = self.services.iter().find(|s| s.spec.name == t.service) else {
@@ -423,14 +410,17 @@ impl Engine {
             let Ok(meta) = std::fs::metadata(&t.cgroup) else {
                 continue;
             };
+            let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+            task_ns.insert(ino, s.ns_id);
             sources.insert(
-                std::os::unix::fs::MetadataExt::ino(&meta),
-                Arc::new(crate::proxy::access::Source::new(
-                    t.service.clone(),
-                    s.spec.access_log,
-                )),
+                ino,
+                Arc::new(crate::proxy::access::Source {
+                    service: t.service.clone(),
+                    access_log: s.spec.access_log,
+                }),
             );
         }
+        self.dp.maps.sync(&desired, &backend_ids, &task_ns)?;
         self.proxy.sources.store(Arc::new(sources));
         for s in &self.services {
             names.entry(s.spec.namespace.clone()).or_default();

@@ -26,29 +26,14 @@ const QUEUE: usize = 8192;
 pub struct Source {
     pub service: String,
     pub access_log: Option<AccessLogSpec>,
-    /// Edge counters of the service graph by target service, looked up once.
-    pub edges: std::sync::Mutex<std::collections::BTreeMap<String, Counter>>,
 }
 
-impl Source {
-    pub fn new(service: String, access_log: Option<AccessLogSpec>) -> Self {
-        Self {
-            service,
-            access_log,
-            edges: Default::default(),
-        }
-    }
-
-    /// The request counter of the edge from this service to `target`.
-    pub fn edge(&self, target: &str, metrics: &crate::metrics::ProxyMetrics) -> Counter {
-        let mut edges = self.edges.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = edges.get(target) {
-            return c.clone();
-        }
-        let c = metrics.edge(&self.service, target);
-        edges.insert(target.to_string(), c.clone());
-        c
-    }
+/// A task's connection to the egress listener: who sends, and the service
+/// graph's counter of its edge, looked up once per connection.
+#[derive(Debug)]
+pub struct Client {
+    pub source: std::sync::Arc<Source>,
+    pub edge: Counter,
 }
 
 /// One request, as far as it is known when it starts.

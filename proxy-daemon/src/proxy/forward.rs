@@ -23,7 +23,7 @@ use tracing::debug;
 
 use super::{
     AliasRoute, Endpoint, Proxy, ProxyEvent,
-    access::{self, Record, Source},
+    access::{self, Client, Record},
     body::{Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming},
     idle::{Activity, Tracked},
     pool::SendError,
@@ -45,7 +45,7 @@ pub enum Target {
     /// The alias the task dialed (by kernel id), looked up per request so
     /// that keep-alive connections follow endpoint changes; and the task's
     /// service, when known.
-    Alias(u32, Option<Arc<Source>>),
+    Alias(u32, Option<Arc<Client>>),
     /// A fixed route (an ingress listener to its local app).
     Fixed(Arc<AliasRoute>),
 }
@@ -145,16 +145,18 @@ async fn logged(
     target: &Target,
     proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
-    let (spec, source, direction) = match target {
-        Target::Alias(_, Some(src)) => match src.access_log {
-            Some(spec) => (spec, src.service.clone(), "egress"),
-            None => return handle(req, target, proxy, &mut Outcome::default()).await,
-        },
-        Target::Fixed(route) => match route.access_log {
-            Some(spec) => (spec, "-".to_string(), "ingress"),
-            None => return handle(req, target, proxy, &mut Outcome::default()).await,
-        },
-        Target::Alias(_, None) => return handle(req, target, proxy, &mut Outcome::default()).await,
+    let log = match target {
+        Target::Alias(_, Some(c)) => c
+            .source
+            .access_log
+            .map(|spec| (spec, c.source.service.clone(), "egress")),
+        Target::Fixed(route) => route
+            .access_log
+            .map(|spec| (spec, "-".to_string(), "ingress")),
+        Target::Alias(_, None) => None,
+    };
+    let Some((spec, source, direction)) = log else {
+        return handle(req, target, proxy, &mut Outcome::default()).await;
     };
     let started = std::time::SystemTime::now();
     let t0 = Instant::now();
@@ -208,8 +210,8 @@ async fn handle(
         Target::Fixed(a) => a.clone(),
     };
     outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
-    if let Target::Alias(_, Some(src)) = target {
-        src.edge(&alias.service, &proxy.metrics).inc();
+    if let Target::Alias(_, Some(client)) = target {
+        client.edge.inc();
     }
     // Requests tasks send (egress); an ingress listener's are counted where
     // they came from.

@@ -101,9 +101,9 @@ impl Proxy {
         self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The alias a task dialed (its kernel id) and the task's service, from
-    /// the kernel's record of its connection.
-    fn alias_of(&self, peer: SocketAddr) -> Option<(u32, Option<Arc<access::Source>>)> {
+    /// The alias a task dialed (its kernel id) and who the task is, from the
+    /// kernel's record of its connection.
+    fn alias_of(&self, peer: SocketAddr) -> Option<(u32, Option<Arc<access::Client>>)> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -113,12 +113,15 @@ impl Proxy {
             _pad: 0,
         };
         let info = self.orig.get(&key, 0).ok()?;
-        let source = self.sources.load().get(&info.cgroup_id).cloned();
-        self.routes
-            .load()
-            .aliases
-            .contains_key(&info.service_id)
-            .then_some((info.service_id, source))
+        let routes = self.routes.load();
+        let route = routes.aliases.get(&info.service_id)?;
+        let client = self.sources.load().get(&info.cgroup_id).map(|source| {
+            Arc::new(access::Client {
+                edge: self.metrics.edge(&source.service, &route.service),
+                source: source.clone(),
+            })
+        });
+        Some((info.service_id, client))
     }
 }
 
@@ -133,7 +136,7 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        let Some((alias, source)) = proxy.alias_of(peer) else {
+        let Some((alias, client)) = proxy.alias_of(peer) else {
             // Not a task's connection to a VIP (or one we no longer route).
             debug!(%peer, "egress: no VIP recorded for this connection; closing");
             continue;
@@ -141,7 +144,7 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(forward::serve_connection(
             stream,
-            forward::Target::Alias(alias, source),
+            forward::Target::Alias(alias, client),
             proxy.clone(),
         ));
     }

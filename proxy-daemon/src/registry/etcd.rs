@@ -337,12 +337,6 @@ impl Etcd {
 
     /// Write `changes` if nobody wrote since `guard_rev`; false if somebody did.
     async fn commit(&self, guard_rev: i64, changes: &[Change]) -> Result<bool, RegistryError> {
-        // A counter may move several times in one apply: its last value counts.
-        let mut last: BTreeMap<String, &Change> = BTreeMap::new();
-        for c in changes {
-            last.insert(change_key(c), c);
-        }
-        let changes: Vec<&Change> = last.into_values().collect();
         let guard = format!("{}/config/revision", self.prefix);
         let cmp = if guard_rev == 0 {
             Compare::create_revision(guard.clone(), CompareOp::Equal, 0)

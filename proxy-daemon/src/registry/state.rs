@@ -111,9 +111,16 @@ impl ConfigState {
         self.counters.get(name).copied().unwrap_or(default)
     }
 
+    /// Move a counter; one change per counter, however often it moves.
     fn set_counter(&mut self, name: &'static str, v: u64, out: &mut Vec<Change>) {
         self.counters.insert(name.to_string(), v);
-        out.push(Change::Counter(name, v));
+        match out
+            .iter_mut()
+            .find(|c| matches!(c, Change::Counter(n, _) if *n == name))
+        {
+            Some(c) => *c = Change::Counter(name, v),
+            None => out.push(Change::Counter(name, v)),
+        }
     }
 
     /// Apply a validated plan as a diff against what is there: new
@@ -293,5 +300,48 @@ impl ConfigState {
         self.host_indexes.insert(host.to_string(), next);
         out.push(Change::HostIndex(host.to_string(), next));
         Ok((next as u32, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_config::{AppProtocol, EndpointSpec};
+
+    #[test]
+    fn each_counter_is_written_once_per_apply() -> Result<(), RegistryError> {
+        let svc = |n: &str| ServiceSpec {
+            name: n.into(),
+            task_definition: n.into(),
+            namespace: "default".into(),
+            endpoints: vec![EndpointSpec {
+                port_name: "tcp".into(),
+                discovery_name: n.into(),
+                dns_name: n.into(),
+                port: 80,
+                app_protocol: AppProtocol::Tcp,
+                container_port: 0,
+                ingress_port_override: None,
+                idle_timeout_s: None,
+                per_request_timeout_s: None,
+                outlier: None,
+            }],
+            access_log: None,
+        };
+        let plan = ApplyPlan {
+            namespaces: vec![],
+            default_namespace: None,
+            task_definitions: vec![],
+            services: vec![svc("a"), svc("b"), svc("c")],
+        };
+        let mut state = ConfigState::default();
+        let (_, changes) = state.apply(&plan)?;
+        let vip_counters: Vec<&Change> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Counter(NEXT_VIP, _)))
+            .collect();
+        assert_eq!(vip_counters, vec![&Change::Counter(NEXT_VIP, 4)]);
+        assert_eq!(state.vips.len(), 3);
+        Ok(())
     }
 }

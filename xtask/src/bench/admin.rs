@@ -10,12 +10,12 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
-use knit_tests::client_service;
+use knit_tests::{client_service, http_task_definition};
 
 use super::{
     cpu, knit,
@@ -68,12 +68,7 @@ pub fn run(quick: bool) -> Result<()> {
     let mut k = knit::start("admin", "", &bin)?;
     let (ctd, csvc) = client_service("client");
     let mut docs = vec![
-        (
-            "web-td.json".to_string(),
-            r#"{"family": "web", "containerDefinitions": [{"name": "app",
-                "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#
-                .to_string(),
-        ),
+        ("web-td.json".to_string(), http_task_definition("web")),
         ("c-td.json".to_string(), ctd),
         ("c.json".to_string(), csvc),
     ];
@@ -146,23 +141,9 @@ pub fn run(quick: bool) -> Result<()> {
     let before = get(&admin, "/metrics")?;
     let profile = tempfile::tempdir()?;
     let log = profile.path().join("chromium.log");
-    let mut browser = Command::new("chromium");
+    let mut browser = knit_tests::chromium(&profile.path().join("p"));
     browser
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-sync",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            profile.path().join("p").display()
-        ))
+        .arg("--remote-debugging-port=0")
         .arg(format!("http://{admin}/"))
         .stdin(Stdio::null());
     let guard = Guard::spawn("chromium", &mut browser, &log)?;

@@ -37,7 +37,7 @@ use super::{
 
 /// The synthetic host's address: inside the fleet's subnet, where nothing
 /// answers (nothing is ever sent there).
-const SYNTHETIC_ADDRESS: &str = "10.77.0.200";
+const SYNTHETIC_HOST: u8 = 200;
 /// The synthetic host's fleet index (endpoint ids above every real host's).
 const SYNTHETIC_INDEX: u32 = 4000;
 /// Services per `knit apply` (one etcd transaction each).
@@ -354,7 +354,7 @@ fn write_synthetic(url: &str, services: usize, endpoints: usize) -> Result<()> {
         let backend_id = (SYNTHETIC_INDEX << 20) | (k as u32 + 1);
         let record = json!({
             "host": "synthetic",
-            "address": SYNTHETIC_ADDRESS,
+            "address": format!("{}.{SYNTHETIC_HOST}", knit_tests::fleet::SUBNET),
             "task": {
                 "id": id, "service": format!("svc-{service}"), "cgroup": "/nonexistent",
                 "pid": 1, "started_unix_ms": 0,
