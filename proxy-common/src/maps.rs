@@ -14,6 +14,9 @@ pub const MAP_BACKEND_STATS: &str = "KNIT_BE_STATS";
 pub const MAP_CONFIG: &str = "KNIT_CONFIG";
 pub const MAP_ORIG: &str = "KNIT_ORIG";
 pub const MAP_TASK_NS: &str = "KNIT_TASK_NS";
+pub const MAP_SOCKS: &str = "KNIT_SOCKS";
+pub const MAP_SOCK_STATE: &str = "KNIT_SOCK_STATE";
+pub const MAP_ACCEL_STATS: &str = "KNIT_ACCEL_STATS";
 
 /// Most services (client aliases) one host can hold; service ids are below this.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -25,6 +28,10 @@ pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_TASKS: u32 = 65_536;
 /// Connections tracked at once (LRU: the oldest entry goes when full).
 pub const MAX_CONNS: u32 = 262_144;
+
+/// Sockets in the sockhash at once (same-host acceleration); a socket that
+/// finds it full simply takes the TCP/IP path.
+pub const MAX_SOCKS: u32 = 65_536;
 
 /// VIP range: 127.255.0.0/16, as a host-order prefix and mask.
 pub const VIP_NET: u32 = 0x7fff_0000;
@@ -39,6 +46,10 @@ pub const MODE_L7: u32 = 1;
 /// The daemon writes its heartbeat every monitor tick; one older than this
 /// (ms) makes the connect hook send L7 VIPs straight to an endpoint.
 pub const HEARTBEAT_STALE_MS: u64 = 1_500;
+
+/// `DatapathConfig::flags`: put same-host sockets of knit's paths into the
+/// sockhash (sk_msg acceleration) as they are established.
+pub const CFG_ACCELERATE: u32 = 1;
 
 /// `ConnInfo::flags`: the connection goes to the daemon's egress listener.
 pub const CONN_L7: u16 = 1;
@@ -118,7 +129,8 @@ pub struct DatapathConfig {
     /// The egress listener's port, network byte order (0: none yet).
     pub egress_port: u16,
     pub _pad: u16,
-    pub _pad2: u32,
+    /// [`CFG_ACCELERATE`] or 0.
+    pub flags: u32,
     /// Last daemon heartbeat, CLOCK_MONOTONIC ns (0: never).
     pub heartbeat_ns: u64,
 }
@@ -154,6 +166,78 @@ pub struct Counters {
     pub consecutive_failures: u64,
 }
 
+/// Key of `KNIT_SOCKS` (the sockhash) and `KNIT_SOCK_STATE`: one end of a
+/// TCP connection whose two ends are on this host, as that end sees it.
+/// [`SockKey::peer`] is the other end's key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SockKey {
+    /// This end's IPv4 address, network byte order (the v4 part of a
+    /// v4-mapped one).
+    pub local_ip: u32,
+    /// The other end's IPv4 address, network byte order.
+    pub remote_ip: u32,
+    /// This end's port, host byte order.
+    pub local_port: u32,
+    /// The other end's port, host byte order.
+    pub remote_port: u32,
+}
+
+impl SockKey {
+    /// The key the other end of the same connection has.
+    #[inline(always)]
+    pub fn peer(&self) -> SockKey {
+        SockKey {
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+}
+
+/// `SockState::path` before the socket's first send.
+pub const PATH_UNDECIDED: u32 = 0;
+/// Every send of this socket goes straight to its peer's receive queue.
+pub const PATH_REDIRECT: u32 = 1;
+/// Every send of this socket takes the TCP/IP path (its first send found no
+/// peer in the sockhash). Never changes back: bytes sent by TCP could still
+/// be on their way, and a redirected byte must never overtake them.
+pub const PATH_TCP: u32 = 2;
+
+/// `SockState::flags`: the socket is a task's connection the connect hook
+/// routed; bytes it sends and receives on the fast path are added to its
+/// alias's and backend's counters (`service_id`, `backend_id`).
+pub const SOCK_COUNTED: u32 = 1;
+
+/// Value of `KNIT_SOCK_STATE` (key: [`SockKey`]): what the sk_msg program
+/// decided for one socket in the sockhash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockState {
+    /// [`PATH_UNDECIDED`], [`PATH_REDIRECT`] or [`PATH_TCP`].
+    pub path: u32,
+    /// [`SOCK_COUNTED`] or 0.
+    pub flags: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Value of `KNIT_ACCEL_STATS[0]`: the fast path's totals since the maps
+/// were created (the kernel adds atomically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AccelCounters {
+    /// Sockets put into the sockhash.
+    pub inserted: u64,
+    /// Sends handed socket to socket.
+    pub redirected_msgs: u64,
+    /// Bytes handed socket to socket.
+    pub redirected_bytes: u64,
+    /// Sockets whose first send found no peer (they use TCP/IP throughout).
+    pub tcp_fallback: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all these types are #[repr(C)], Copy, made only of integers, and
@@ -173,4 +257,10 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OrigKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AccelCounters {}
 }

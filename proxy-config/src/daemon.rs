@@ -85,6 +85,28 @@ pub struct DaemonConfig {
     pub proxy: ProxyConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[datapath]`.
+    pub datapath: DatapathSection,
+}
+
+/// `[datapath]`: what the kernel side does beyond routing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatapathSection {
+    /// Same-host acceleration: sockets of knit's paths whose two ends are
+    /// on this host (task -> egress listener, daemon -> local task, a
+    /// task's TCP connection to a local task) go into a sockhash, and an
+    /// sk_msg program hands each send straight to the peer socket, skipping
+    /// the TCP/IP stack. Default `true`. `knit daemon --no-accelerate`
+    /// turns it off whatever the file says. Applies to new connections; a
+    /// connection keeps the path it started on.
+    pub accelerate: bool,
+}
+
+impl Default for DatapathSection {
+    fn default() -> Self {
+        DatapathSection { accelerate: true }
+    }
 }
 
 /// `log.level`: the daemon's log filter.
@@ -152,6 +174,7 @@ impl Default for DaemonConfig {
             outlier: OutlierConfig::default(),
             proxy: ProxyConfig::default(),
             log: LogConfig::default(),
+            datapath: DatapathSection::default(),
         }
     }
 }

@@ -225,10 +225,33 @@ pub struct StatusReport {
     #[serde(default)]
     pub registry: String,
     pub tracked_connections: usize,
+    /// Same-host acceleration.
+    #[serde(default)]
+    pub acceleration: AccelStatus,
     /// The admin HTTP address (metrics, read-only API).
     #[serde(default)]
     pub admin: String,
     /// The configuration in effect (after SIGHUP reloads).
     #[serde(default)]
     pub config: Option<proxy_config::DaemonConfig>,
+}
+
+/// `knit status`: same-host acceleration (sockhash + sk_msg).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelStatus {
+    /// New connections are accelerated (`[datapath] accelerate`, not
+    /// `--no-accelerate`).
+    pub enabled: bool,
+    /// The daemon's own paths too (its cgroup has knit's sockops program);
+    /// otherwise why not.
+    pub daemon_paths: String,
+    /// Sockets in the sockhash now (counted up to 10000).
+    pub sockets: usize,
+    /// Sockets put into the sockhash since the maps were created.
+    pub inserted: u64,
+    /// Sends and bytes handed socket to socket.
+    pub redirected_messages: u64,
+    pub redirected_bytes: u64,
+    /// Sockets whose first send found no peer in the sockhash.
+    pub tcp_fallback: u64,
 }

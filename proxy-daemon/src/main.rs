@@ -50,6 +50,10 @@ enum Cmd {
         /// it drains and exits (an upgrade).
         #[arg(long)]
         takeover: bool,
+        /// Turn same-host acceleration (sockhash + sk_msg) off, whatever
+        /// the config's `[datapath] accelerate` says.
+        #[arg(long)]
+        no_accelerate: bool,
     },
     /// Register task definitions, services, clusters and namespaces (ECS JSON).
     Apply {
@@ -109,7 +113,11 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Daemon { config, takeover } => cli::daemon(config, DEFAULT_CONFIG, takeover),
+        Cmd::Daemon {
+            config,
+            takeover,
+            no_accelerate,
+        } => cli::daemon(config, DEFAULT_CONFIG, takeover, no_accelerate),
         Cmd::Apply { files } => cli::apply(&cli.socket, &files),
         Cmd::Run { service, cmd } => cli::run::run(&cli.socket, &service, cmd),
         Cmd::Services { json } => cli::services(&cli.socket, json),

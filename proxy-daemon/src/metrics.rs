@@ -256,6 +256,8 @@ impl ProxyMetrics {
 pub struct Snapshot {
     pub services: Vec<(ServiceLabels, u64, u64, u64, u64)>,
     pub endpoints: Vec<(EndpointLabels, bool, u64, u64, u64)>,
+    /// Same-host acceleration: on?, sockets in the sockhash, kernel totals.
+    pub accel: (bool, usize, proxy_common::maps::AccelCounters),
 }
 
 impl Snapshot {
@@ -283,7 +285,7 @@ impl Snapshot {
         );
         r.register(
             "processed_bytes",
-            "Bytes of connections, both ways, added on close (ECS ProcessedBytes)",
+            "Bytes of connections, both ways (ECS ProcessedBytes): TCP/IP bytes added on close, accelerated (sk_msg) bytes as they are sent",
             bytes,
         );
         r.register(
@@ -320,6 +322,47 @@ impl Snapshot {
             "endpoint_processed_bytes",
             "Bytes of the endpoint's connections, both ways (TCP services)",
             ep_bytes,
+        );
+        let (on, sockets, c) = self.accel;
+        let g = |v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            g
+        };
+        let n = |v: u64| {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            c
+        };
+        r.register(
+            "accel_enabled",
+            "1 when same-host acceleration (sockhash + sk_msg) takes new connections",
+            g(i64::from(on)),
+        );
+        r.register(
+            "accel_sockets",
+            "Sockets in the sockhash now",
+            g(sockets as i64),
+        );
+        r.register(
+            "accel_inserted_sockets",
+            "Sockets put into the sockhash",
+            n(c.inserted),
+        );
+        r.register(
+            "accel_redirected_messages",
+            "Sends handed socket to socket by sk_msg",
+            n(c.redirected_msgs),
+        );
+        r.register(
+            "accel_redirected_bytes",
+            "Bytes handed socket to socket by sk_msg",
+            n(c.redirected_bytes),
+        );
+        r.register(
+            "accel_tcp_fallback_sockets",
+            "Sockets in the sockhash whose first send found no peer there (TCP/IP throughout)",
+            n(c.tcp_fallback),
         );
     }
 }

@@ -10,11 +10,12 @@
 mod connect;
 mod getpeername;
 mod maps;
+mod sk_msg;
 mod sockops;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock_addr, sk_msg, sock_ops},
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 
 /// `cgroup/connect4`: rewrite a task's connect to an L4 VIP to a backend.
@@ -43,10 +44,26 @@ pub fn knit_peer6(ctx: SockAddrContext) -> i32 {
     1
 }
 
-/// `sockops`: per-service and per-backend connection counters.
+/// `sockops` on the knit cgroup: per-service and per-backend connection
+/// counters; tasks' same-host sockets into the sockhash.
 #[sock_ops]
 pub fn knit_sockops(ctx: SockOpsContext) -> u32 {
-    sockops::try_sockops(&ctx);
+    sockops::try_sockops(&ctx, false);
+    1
+}
+
+/// `sockops` on the daemon's own cgroup: its same-host sockets into the
+/// sockhash.
+#[sock_ops]
+pub fn knit_sockops_daemon(ctx: SockOpsContext) -> u32 {
+    sockops::try_sockops(&ctx, true);
+    1
+}
+
+/// `sk_msg` on the sockhash: sends go straight to the peer socket.
+#[sk_msg]
+pub fn knit_sk_msg(ctx: SkMsgContext) -> u32 {
+    sk_msg::try_sk_msg(&ctx);
     1
 }
 

@@ -2,11 +2,12 @@
 //! daemon (and the programs it left attached) share them.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, SockHash},
 };
 use proxy_common::maps::{
-    Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNS, MAX_SERVICES, MAX_TASKS, OrigKey, ServiceEntry, VipKey,
+    AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS, MAX_CONNS, MAX_SERVICES, MAX_SOCKS, MAX_TASKS, OrigKey, ServiceEntry, SockKey,
+    SockState, VipKey,
 };
 
 /// VIP:port -> service (written by the daemon).
@@ -46,3 +47,18 @@ pub static KNIT_ORIG: LruHashMap<OrigKey, ConnInfo> = LruHashMap::pinned(MAX_CON
 /// before the task runs).
 #[map]
 pub static KNIT_TASK_NS: HashMap<u64, u32> = HashMap::pinned(MAX_TASKS, 0);
+
+/// Same-host sockets of knit's paths, by their own end (sockops inserts them
+/// when established; the kernel removes them on close). The sk_msg program
+/// is attached here.
+#[map]
+pub static KNIT_SOCKS: SockHash<SockKey> = SockHash::pinned(MAX_SOCKS, 0);
+
+/// What the sk_msg program decided for each socket in `KNIT_SOCKS`
+/// (sockops creates the entry with the insert and removes it on close).
+#[map]
+pub static KNIT_SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::pinned(MAX_SOCKS, 0);
+
+/// [0]: the fast path's totals (kernel adds, daemon reads).
+#[map]
+pub static KNIT_ACCEL_STATS: Array<AccelCounters> = Array::pinned(1, 0);

@@ -1,18 +1,31 @@
 //! sockops: counters per service and per backend for connections the connect
-//! hook routed (found by socket cookie in `KNIT_CONNS`).
+//! hook routed (found by socket cookie in `KNIT_CONNS`), and the sockhash of
+//! same-host acceleration.
 //!
 //! TCP_CONNECT asks for state callbacks on our sockets; ACTIVE_ESTABLISHED
 //! counts a new connection; the move to TCP_CLOSE counts either a failed
 //! connect (from SYN_SENT) or a closed connection with its bytes.
+//!
+//! The same code runs twice: on the knit cgroup (tasks' sockets) and on the
+//! daemon's own cgroup (`daemon`: the egress listener's accepted sockets and
+//! the proxy's connections to local tasks). A socket goes into `KNIT_SOCKS`
+//! when it is established with both ends on this host and it is one of
+//! knit's: a task's connection the connect hook routed, a connection the
+//! daemon opened, or the accepted end of a connection whose other end is
+//! already in the map. The sk_msg program (`sk_msg.rs`) does the rest.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
-use proxy_common::maps::{CONN_L7, OrigKey};
+use proxy_common::maps::{CFG_ACCELERATE, CONN_L7, OrigKey, SOCK_COUNTED, SockKey, SockState};
 
-use crate::maps::{KNIT_BE_STATS, KNIT_CONNS, KNIT_ORIG, KNIT_SVC_STATS};
+use crate::maps::{
+    KNIT_ACCEL_STATS, KNIT_BE_STATS, KNIT_CONFIG, KNIT_CONNS, KNIT_ORIG, KNIT_SOCK_STATE,
+    KNIT_SOCKS, KNIT_SVC_STATS,
+};
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 1 << 2;
 const TCP_SYN_SENT: u32 = 2;
@@ -23,7 +36,7 @@ const TCP_LAST_ACK: u32 = 9;
 const TCP_CLOSING: u32 = 11;
 
 #[inline(always)]
-fn add(field: *mut u64, v: u64) {
+pub fn add(field: *mut u64, v: u64) {
     // SAFETY: `field` points into a map value that lives for this run;
     // the add is an atomic BPF_XADD (result unused).
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
@@ -51,17 +64,126 @@ fn local_end(ctx: &SockOpsContext) -> OrigKey {
     }
 }
 
-pub fn try_sockops(ctx: &SockOpsContext) {
+/// This socket as a [`SockKey`] (None: IPv6 that is not v4-mapped).
+#[inline(always)]
+fn sock_key(ctx: &SockOpsContext) -> Option<SockKey> {
+    // Every field read unconditionally and volatile, as in `local_end`.
+    // SAFETY: valid context pointer; plain field reads.
+    let (l4, r4, l6, r6) = unsafe {
+        let o = ctx.ops;
+        (
+            core::ptr::read_volatile(&raw const (*o).local_ip4),
+            core::ptr::read_volatile(&raw const (*o).remote_ip4),
+            [
+                core::ptr::read_volatile(&raw const (*o).local_ip6[0]),
+                core::ptr::read_volatile(&raw const (*o).local_ip6[1]),
+                core::ptr::read_volatile(&raw const (*o).local_ip6[2]),
+                core::ptr::read_volatile(&raw const (*o).local_ip6[3]),
+            ],
+            [
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[0]),
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[1]),
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[2]),
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[3]),
+            ],
+        )
+    };
+    crate::sk_msg::key_of(
+        ctx.family(),
+        (l4, r4),
+        (l6, r6),
+        ctx.local_port(),
+        ctx.remote_port(),
+    )
+}
+
+/// Both ends on this host: the peer is on loopback or at our own address.
+#[inline(always)]
+fn is_local(key: &SockKey) -> bool {
+    u32::from_be(key.remote_ip) >> 24 == 127 || key.remote_ip == key.local_ip
+}
+
+#[inline(always)]
+fn accelerating() -> bool {
+    // SAFETY: map value valid for this run.
+    KNIT_CONFIG
+        .get_ptr(0)
+        .is_some_and(|c| unsafe { (*c).flags } & CFG_ACCELERATE != 0)
+}
+
+/// Put this socket into the sockhash. Its state goes first: the sk_msg
+/// program must never see a socket of the map without one.
+#[inline(always)]
+fn insert(ctx: &SockOpsContext, mut key: SockKey, state: SockState) {
+    if KNIT_SOCK_STATE.insert(&key, &state, 0).is_err() {
+        return;
+    }
+    // SAFETY: valid context pointer for this program type; the helper only
+    // reads the socket it points to.
+    if KNIT_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_err() {
+        let _ = KNIT_SOCK_STATE.remove(&key);
+        return;
+    }
+    // Close tells us when to drop the state.
+    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
+    if let Some(s) = KNIT_ACCEL_STATS.get_ptr_mut(0) {
+        // SAFETY: pointer into a live map value.
+        add(unsafe { &raw mut (*s).inserted }, 1);
+    }
+}
+
+pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
     let op = ctx.op();
     if op != BPF_SOCK_OPS_TCP_CONNECT_CB
         && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
         && op != BPF_SOCK_OPS_STATE_CB
     {
+        return;
+    }
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // The accepted end of a connection: ours when its other end is.
+        if accelerating()
+            && let Some(key) = sock_key(ctx)
+            && KNIT_SOCK_STATE.get_ptr(&key.peer()).is_some()
+        {
+            insert(ctx, key, SockState::default());
+        }
+        return;
+    }
+    if daemon {
+        // The daemon's own connections never pass the connect hook.
+        match op {
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+                if accelerating()
+                    && let Some(key) = sock_key(ctx)
+                    && is_local(&key)
+                {
+                    insert(ctx, key, SockState::default());
+                }
+            }
+            BPF_SOCK_OPS_STATE_CB => {
+                if ctx.arg(1) == TCP_CLOSE
+                    && let Some(key) = sock_key(ctx)
+                {
+                    let _ = KNIT_SOCK_STATE.remove(&key);
+                }
+            }
+            _ => {}
+        }
         return;
     }
     // SAFETY: valid context pointer for this program type.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(info) = KNIT_CONNS.get_ptr(&cookie) else {
+        // Not routed by the connect hook: an accepted socket we put in the
+        // sockhash, closing.
+        if op == BPF_SOCK_OPS_STATE_CB
+            && ctx.arg(1) == TCP_CLOSE
+            && let Some(key) = sock_key(ctx)
+        {
+            let _ = KNIT_SOCK_STATE.remove(&key);
+        }
         return;
     };
     // SAFETY: map value valid for this run.
@@ -89,6 +211,18 @@ pub fn try_sockops(ctx: &SockOpsContext) {
                 // the entry is in place before the final ACK reaches it.
                 let _ = KNIT_ORIG.insert(&local_end(ctx), &info, 0);
             }
+            if accelerating()
+                && let Some(key) = sock_key(ctx)
+                && is_local(&key)
+            {
+                let state = SockState {
+                    flags: SOCK_COUNTED,
+                    service_id: info.service_id,
+                    backend_id: info.backend_id,
+                    ..SockState::default()
+                };
+                insert(ctx, key, state);
+            }
         }
         _ => {
             if ctx.arg(1) != TCP_CLOSE {
@@ -100,7 +234,8 @@ pub fn try_sockops(ctx: &SockOpsContext) {
             // The kernel's counts include the sequence numbers of control
             // segments: our SYN (always, once established), our FIN once it
             // was acked, and the peer's FIN once received. The state we
-            // leave tells which; count payload bytes only.
+            // leave tells which; count payload bytes only. (Bytes that took
+            // the sk_msg fast path never reach TCP: sk_msg counts those.)
             let fin_acked = matches!(old, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING);
             let fin_received = fin_acked || old == TCP_CLOSE_WAIT;
             let sent = acked.saturating_sub(1 + fin_acked as u64);
@@ -121,6 +256,9 @@ pub fn try_sockops(ctx: &SockOpsContext) {
             }
             if info.flags & CONN_L7 != 0 {
                 let _ = KNIT_ORIG.remove(&local_end(ctx));
+            }
+            if let Some(key) = sock_key(ctx) {
+                let _ = KNIT_SOCK_STATE.remove(&key);
             }
             let _ = KNIT_CONNS.remove(&cookie);
         }

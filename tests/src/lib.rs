@@ -72,6 +72,9 @@ pub struct Knit {
     pub hosts: PathBuf,
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
+    /// The daemon's own cgroup (a sibling of knit's, as systemd would give
+    /// it one): knit attaches its daemon-side sockops program there.
+    pub daemon_cgroup: PathBuf,
     daemon: Option<Child>,
     tasks: Vec<Child>,
     /// The `knit` binary this daemon and its CLI calls run.
@@ -134,6 +137,9 @@ impl Knit {
         };
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&unique);
         let cgroup = cgroup2_mount()?.join(&unique);
+        let daemon_cgroup = cgroup2_mount()?.join(format!("{unique}-daemon"));
+        std::fs::create_dir_all(&daemon_cgroup)
+            .with_context(|| format!("creating {}", daemon_cgroup.display()))?;
         let config = dir.path().join("knit.toml");
         std::fs::write(
             &config,
@@ -160,6 +166,7 @@ impl Knit {
             hosts,
             pin_dir,
             cgroup,
+            daemon_cgroup,
             daemon: None,
             tasks: Vec::new(),
             bin,
@@ -200,13 +207,38 @@ impl Knit {
         }
     }
 
+    /// A command for the daemon: in its own cgroup, from before exec, so
+    /// that every socket it opens belongs to that cgroup.
+    fn daemon_command(&self) -> Result<Command> {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.daemon_cgroup.join("cgroup.procs"))
+            .with_context(|| format!("opening {}", self.daemon_cgroup.display()))?;
+        let mut c = self.knit_command();
+        // SAFETY: between fork and exec only async-signal-safe calls: one
+        // write(2) to an fd opened before the fork (which `procs`, moved
+        // into the closure, keeps open).
+        unsafe {
+            c.pre_exec(move || {
+                let n = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Ok(c)
+    }
+
     pub fn start_daemon(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))?;
         let child = self
-            .knit_command()
+            .daemon_command()?
             .args(["daemon", "--config"])
             .arg(&self.config)
             .env("KNIT_LOG", "info")
@@ -235,7 +267,7 @@ impl Knit {
             .append(true)
             .open(self.dir.path().join("daemon.log"))?;
         let child = self
-            .knit_command()
+            .daemon_command()?
             .args(["daemon", "--takeover", "--config"])
             .arg(&self.config)
             .env("KNIT_LOG", "info")
@@ -407,6 +439,7 @@ impl Drop for Knit {
         }
         let _ = self.kill_daemon();
         kill_cgroup(&self.cgroup);
+        kill_cgroup(&self.daemon_cgroup);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         if std::thread::panicking() {
             eprintln!("--- daemon log of {} ---\n{}", self.name, self.daemon_log());

@@ -104,15 +104,19 @@ fn finish(r: Result<(), Failure>) -> i32 {
     }
 }
 
-pub fn daemon(config: PathBuf, default: &str, takeover: bool) -> i32 {
+pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: bool) -> i32 {
     let explicit = config != Path::new(default);
-    let cfg = match proxy_config::load_daemon_config(&config, explicit) {
+    let mut cfg = match proxy_config::load_daemon_config(&config, explicit) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_BAD_INPUT;
         }
     };
+    if no_accelerate {
+        cfg.datapath.accelerate = false;
+        crate::datapath::force_accelerate_off();
+    }
     if let Err(e) = crate::logging::init(&cfg.log) {
         eprintln!("error: {} [log] level: {e}", config.display());
         return EXIT_BAD_INPUT;

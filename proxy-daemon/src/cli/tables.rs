@@ -101,6 +101,7 @@ pub fn status(s: &StatusReport) -> String {
          services:     {} ({} client aliases)\n\
          tasks:        {} here, {} on other hosts\n\
          connections:  {} tracked by the connect hook (counted up to 10000)\n\
+         acceleration: {}\n\
          admin:        http://{}/ (metrics, API)\n",
         s.version,
         s.pid,
@@ -116,7 +117,20 @@ pub fn status(s: &StatusReport) -> String {
         s.tasks,
         s.remote_tasks,
         s.tracked_connections,
+        accel(&s.acceleration),
         s.admin
+    )
+}
+
+fn accel(a: &crate::control::AccelStatus) -> String {
+    format!(
+        "{}, {} sockets in the sockhash, {} bytes in {} sends handed socket to socket, {} sockets fell back to TCP/IP; daemon paths: {}",
+        if a.enabled { "on" } else { "off" },
+        a.sockets,
+        a.redirected_bytes,
+        a.redirected_messages,
+        a.tcp_fallback,
+        a.daemon_paths
     )
 }
 

@@ -1034,7 +1034,14 @@ impl Engine {
 
     /// Kernel counters and endpoint states for a metrics scrape.
     pub fn metrics_snapshot(&self) -> Snapshot {
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            accel: (
+                self.cfg.datapath.accelerate,
+                self.dp.maps.accelerated_sockets(),
+                self.dp.maps.accel_counters(),
+            ),
+            ..Snapshot::default()
+        };
         let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         for s in &self.services {
             let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
@@ -1237,6 +1244,12 @@ impl Engine {
             true,
         );
         take("log.level", old.log.level != new.log.level, true);
+        let accelerate = new.datapath.accelerate && !crate::datapath::accelerate_forced_off();
+        take(
+            "datapath.accelerate",
+            old.datapath.accelerate != accelerate,
+            true,
+        );
         take("log.format", old.log.format != new.log.format, false);
         take("state_dir", old.state_dir != new.state_dir, false);
         take("bpf_pin_dir", old.bpf_pin_dir != new.bpf_pin_dir, false);
@@ -1255,6 +1268,10 @@ impl Engine {
         };
         cfg.proxy = new.proxy;
         cfg.log.level = new.log.level;
+        cfg.datapath.accelerate = accelerate;
+        if let Err(e) = self.dp.maps.set_accelerate(accelerate) {
+            warn!(error = %e, "switching same-host acceleration");
+        }
         self.cfg = cfg;
         // Routes carry the failure threshold; the hosts file the default
         // namespace's preference.
@@ -1308,6 +1325,21 @@ impl Engine {
                 }
             },
             tracked_connections: self.dp.maps.tracked_connections(),
+            acceleration: {
+                let c = self.dp.maps.accel_counters();
+                crate::control::AccelStatus {
+                    enabled: self.cfg.datapath.accelerate,
+                    daemon_paths: match &self.dp.daemon_paths {
+                        Ok(cg) => format!("on (sockops on {})", cg.display()),
+                        Err(why) => format!("off ({why})"),
+                    },
+                    sockets: self.dp.maps.accelerated_sockets(),
+                    inserted: c.inserted,
+                    redirected_messages: c.redirected_msgs,
+                    redirected_bytes: c.redirected_bytes,
+                    tcp_fallback: c.tcp_fallback,
+                }
+            },
             config: Some(self.cfg.clone()),
             admin: self.admin.clone(),
         }

@@ -78,11 +78,17 @@ pub async fn run(
             Shared::Etcd(etcd)
         }
     };
-    let dp = Datapath::open(&cfg.bpf_pin_dir, &cgroup_root, cgroup_is_new)?;
+    let dp = Datapath::open(
+        &cfg.bpf_pin_dir,
+        &cgroup_root,
+        cgroup_is_new,
+        crate::datapath::daemon_cgroup(&mount, &cgroup_root),
+    )?;
     info!(
         cgroup = %cgroup_root.display(),
         pins = %dp.dir.display(),
         adopted = dp.adopted,
+        accelerate = cfg.datapath.accelerate,
         "datapath ready"
     );
     let mut dp = dp;
@@ -131,6 +137,7 @@ pub async fn run(
     {
         let mut e = engine.lock().await;
         e.dp.maps.set_egress(egress_addr)?;
+        e.dp.maps.set_accelerate(cfg.datapath.accelerate)?;
         e.dp.maps.heartbeat(true)?;
         // The maps are filled (Engine::new reconciled): an older version's
         // programs can go.
@@ -307,10 +314,17 @@ async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watchdog = crate::systemd::Watchdog::from_env();
+    let mut swept = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let (probes, addr) = {
             let mut e = engine.lock().await;
+            // An older version's sockhash stays pinned while it holds
+            // sockets; look again now and then.
+            if swept.elapsed() >= Duration::from_secs(60) {
+                swept = tokio::time::Instant::now();
+                e.dp.retire_other_versions();
+            }
             // A pass that completes is what the watchdog vouches for.
             watchdog.pass(e.status_line());
             if let Err(err) = e.dp.maps.heartbeat(true) {

@@ -8,12 +8,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError},
+    maps::{Array, HashMap, MapData, MapError, SockHash, sock::SockMapFd},
 };
 use proxy_common::maps::{
-    Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONFIG, MAP_CONNS, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TASK_NS, OrigKey,
-    ServiceEntry, VipKey,
+    AccelCounters, Backend, BackendKey, CFG_ACCELERATE, ConnInfo, Counters, DatapathConfig,
+    MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS, MAP_ORIG,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOCKS, MAP_TASK_NS, OrigKey, ServiceEntry, SockKey,
+    VipKey,
 };
 
 use super::DatapathError;
@@ -45,6 +46,8 @@ pub struct Maps {
     conns: HashMap<MapData, u64, ConnInfo>,
     config: Array<MapData, DatapathConfig>,
     task_ns: HashMap<MapData, u64, u32>,
+    socks: SockHash<MapData, SockKey>,
+    accel: Array<MapData, AccelCounters>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
 }
@@ -101,7 +104,50 @@ impl Maps {
             },
             orig: Some(take(ebpf, MAP_ORIG)?),
             task_ns: take(ebpf, MAP_TASK_NS)?,
+            socks: {
+                let m = ebpf
+                    .take_map(MAP_SOCKS)
+                    .ok_or(DatapathError::MissingMap(MAP_SOCKS))?;
+                SockHash::try_from(m).map_err(map_err(MAP_SOCKS))?
+            },
+            accel: {
+                let m = ebpf
+                    .take_map(MAP_ACCEL_STATS)
+                    .ok_or(DatapathError::MissingMap(MAP_ACCEL_STATS))?;
+                Array::try_from(m).map_err(map_err(MAP_ACCEL_STATS))?
+            },
         })
+    }
+
+    /// The sockhash, for attaching sk_msg.
+    pub(super) fn socks_fd(&self) -> &SockMapFd {
+        self.socks.fd()
+    }
+
+    /// Sockets in the sockhash now, counted up to [`MAX_COUNTED_CONNS`].
+    pub fn accelerated_sockets(&self) -> usize {
+        self.socks
+            .keys()
+            .take(MAX_COUNTED_CONNS)
+            .filter_map(Result::ok)
+            .count()
+    }
+
+    /// The fast path's totals.
+    pub fn accel_counters(&self) -> AccelCounters {
+        self.accel.get(&0, 0).unwrap_or_default()
+    }
+
+    /// Turn same-host acceleration on or off for connections established
+    /// from now on (established ones keep their path).
+    pub fn set_accelerate(&mut self, on: bool) -> Result<(), DatapathError> {
+        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
+        if on {
+            cfg.flags |= CFG_ACCELERATE;
+        } else {
+            cfg.flags &= !CFG_ACCELERATE;
+        }
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
     }
 
     /// The map of proxied connections' original VIPs, for the L7 proxy.

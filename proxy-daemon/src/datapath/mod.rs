@@ -16,11 +16,24 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, links::FdLink},
 };
 pub use maps::{DesiredAlias, Maps};
 use thiserror::Error;
 use tracing::{info, warn};
+
+/// `knit daemon --no-accelerate`: acceleration stays off whatever the
+/// config says, also after a reload.
+static ACCELERATE_FORCED_OFF: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+pub fn force_accelerate_off() {
+    ACCELERATE_FORCED_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn accelerate_forced_off() -> bool {
+    ACCELERATE_FORCED_OFF.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The eBPF object built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KNIT_EBPF_OBJECT"));
@@ -33,6 +46,11 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("knit_peer6", "cgroup/getpeername6", "5.8"),
     ("knit_sockops", "sockops", "4.13"),
 ];
+
+/// sockops on the daemon's own cgroup (same-host acceleration of its paths).
+const DAEMON_SOCKOPS: &str = "knit_sockops_daemon";
+/// sk_msg on the sockhash.
+const SK_MSG: &str = "knit_sk_msg";
 
 #[derive(Debug, Error)]
 pub enum DatapathError {
@@ -94,6 +112,9 @@ pub struct Datapath {
     pub adopted: bool,
     /// Where this object's pins live.
     pub dir: PathBuf,
+    /// Whether the daemon's own sockets can be accelerated (its sockops
+    /// program is attached to its cgroup); why not otherwise.
+    pub daemon_paths: Result<PathBuf, String>,
 }
 
 /// A short, stable id of the embedded object (FNV-1a 64), naming its pin dir.
@@ -110,10 +131,16 @@ impl Datapath {
     /// Load or adopt the programs and attach them to `cgroup` (a cgroup2
     /// directory). `cgroup_is_new` says the directory was just created, so
     /// links pinned earlier point to a cgroup that no longer exists.
+    ///
+    /// `daemon_cgroup` is the daemon's own cgroup (None: it could not be
+    /// told, or it is the root or an ancestor of `cgroup`, where a sockops
+    /// program would see every socket of the host): its sockops program
+    /// puts the daemon's same-host sockets into the sockhash.
     pub fn open(
         pin_root: &Path,
         cgroup: &Path,
         cgroup_is_new: bool,
+        daemon_cgroup: Result<PathBuf, String>,
     ) -> Result<Self, DatapathError> {
         pins::check_bpffs(pin_root)?;
         let id = object_id();
@@ -196,8 +223,42 @@ impl Datapath {
         if adopted {
             info!(dir = %dir.display(), "adopted the pinned datapath of an earlier daemon");
         }
+        let daemon_paths = match daemon_cgroup {
+            Ok(path) => attach_daemon_sockops(&mut ebpf, &dir, &path).map(|()| path),
+            Err(why) => Err(why),
+        };
+        if let Err(why) = &daemon_paths {
+            warn!("same-host acceleration covers tasks' TCP connections only: {why}");
+        }
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Self { maps, adopted, dir })
+        // sk_msg hangs on the sockhash itself (no link to pin): attached
+        // again on every start, replacing the earlier copy for sockets
+        // inserted from now on; the pinned map keeps it after we exit.
+        {
+            let err = |step, source| DatapathError::Program {
+                step,
+                hook: "sk_msg",
+                name: SK_MSG,
+                min: "4.17",
+                source: Box::new(source),
+            };
+            let p: &mut SkMsg = ebpf
+                .program_mut(SK_MSG)
+                .ok_or(DatapathError::MissingProgram(SK_MSG))?
+                .try_into()
+                .map_err(|e| err("loading", e))?;
+            p.load().map_err(|e| err("loading", e))?;
+            let id = p.attach(maps.socks_fd()).map_err(|e| err("attaching", e))?;
+            let link = p.take_link(id).map_err(|e| err("attaching", e))?;
+            // Dropping the link would detach the program; the map holds it.
+            std::mem::forget(link);
+        }
+        Ok(Self {
+            maps,
+            adopted,
+            dir,
+            daemon_paths,
+        })
     }
 
     /// Detach and unpin other versions' programs and maps (an upgrade).
@@ -208,4 +269,65 @@ impl Datapath {
             pins::remove_other_versions(root, &id.to_string_lossy());
         }
     }
+}
+
+/// Attach the daemon-side sockops program to the daemon's own cgroup, pinned
+/// as `link_knit_sockops_daemon_<cgroup inode>` (a restart in the same
+/// cgroup adopts it; links to other cgroups are dropped).
+fn attach_daemon_sockops(ebpf: &mut aya::Ebpf, dir: &Path, cgroup: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(cgroup)
+        .map_err(|e| format!("reading the daemon's cgroup {}: {e}", cgroup.display()))?
+        .ino();
+    let name = format!("link_{DAEMON_SOCKOPS}_{ino}");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let other = e.file_name().to_string_lossy().into_owned();
+            if other.starts_with(&format!("link_{DAEMON_SOCKOPS}_")) && other != name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let link_path = dir.join(&name);
+    if link_path.exists() {
+        return Ok(());
+    }
+    let cg = File::open(cgroup)
+        .map_err(|e| format!("opening the daemon's cgroup {}: {e}", cgroup.display()))?;
+    let p: &mut SockOps = ebpf
+        .program_mut(DAEMON_SOCKOPS)
+        .ok_or_else(|| format!("the eBPF object lacks {DAEMON_SOCKOPS}"))?
+        .try_into()
+        .map_err(|e| format!("{DAEMON_SOCKOPS}: {e}"))?;
+    p.load()
+        .map_err(|e| format!("loading {DAEMON_SOCKOPS}: {e}"))?;
+    let id = p
+        .attach(&cg, CgroupAttachMode::Single)
+        .map_err(|e| format!("attaching {DAEMON_SOCKOPS} to {}: {e}", cgroup.display()))?;
+    let l = p.take_link(id).map_err(|e| e.to_string())?;
+    let link = FdLink::try_from(l).map_err(|e| e.to_string())?;
+    link.pin(&link_path)
+        .map_err(|e| format!("pinning {}: {e}", link_path.display()))?;
+    info!(program = DAEMON_SOCKOPS, cgroup = %cgroup.display(), "attached and pinned");
+    Ok(())
+}
+
+/// The daemon's own cgroup, where its sockops program may go: not the root
+/// and not an ancestor of the knit cgroup (there it would see every socket
+/// of the host, or tasks' sockets twice).
+pub fn daemon_cgroup(mount: &Path, knit: &Path) -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("this process has no cgroup v2 membership")?
+        .trim();
+    let path = mount.join(rel.trim_start_matches('/'));
+    if rel == "/" || knit.starts_with(&path) {
+        return Err(format!(
+            "the daemon runs in cgroup {rel}, the root or an ancestor of knit's; run it in its own cgroup (systemd does)"
+        ));
+    }
+    Ok(path)
 }

@@ -214,10 +214,12 @@ pub fn client(args: &[String]) -> Result<()> {
     let body_bytes = num(args, "--body-bytes", 0)? as usize;
     let dump = args.iter().any(|a| a == "--dump-body");
     let last_body: Arc<Mutex<String>> = Arc::default();
-    let payload: Bytes = (0..body_bytes)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into();
+    // Pseudo-random: no period a reordering of chunks could hide in.
+    let payload: Bytes = {
+        let mut v = vec![0u8; body_bytes];
+        crate::xfer::Sequence::new(body_bytes as u64).fill(&mut v);
+        v.into()
+    };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();

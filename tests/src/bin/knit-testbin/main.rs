@@ -13,6 +13,9 @@
 //! knit-testbin grpc-server --id NAME --port-env VAR [--unavailable]
 //! knit-testbin grpc-client --url http://HOST:PORT --kind unary|server|client|bidi --count N
 //!     [--bytes B] [--messages M] [--concurrency C] [--hosts FILE]
+//! knit-testbin xfer-server --port-env VAR [--close-after BYTES]
+//! knit-testbin xfer --target HOST:PORT --sizes 1,64K,64M [--streams K] [--rate B/s]
+//!     [--expect-cut BYTES] [--hosts FILE]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -27,6 +30,7 @@ use serde_json::json;
 
 mod grpc;
 mod http;
+mod xfer;
 
 pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -61,8 +65,10 @@ fn main() -> Result<()> {
         Some("grpc-server") => grpc::server(&args),
         Some("grpc-client") => grpc::client(&args),
         Some("privileges") => privileges(&args),
+        Some("xfer-server") => xfer::server(&args),
+        Some("xfer") => xfer::client(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer ..."
         ),
     }
 }

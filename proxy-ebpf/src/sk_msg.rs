@@ -1,0 +1,160 @@
+//! sk_msg on `KNIT_SOCKS`: same-host acceleration.
+//!
+//! Runs for every send on a socket in the sockhash, under the socket's lock.
+//! The first send decides the socket's path for good: if the peer socket is
+//! in the sockhash, this send and every later one go straight into the
+//! peer's receive queue (`bpf_msg_redirect_hash` with `BPF_F_INGRESS`);
+//! otherwise all of them take the TCP/IP path.
+//!
+//! Why for good: a receiver in the sockhash reads redirected bytes before
+//! those waiting in its TCP receive queue. Bytes sent by TCP first and
+//! redirected after could be read out of order; redirected first and TCP
+//! after (the peer left the map because it is closing, or our state was
+//! evicted) is read in order. So a socket may fall back, never move up.
+//! The verdict is always SK_PASS: a failed redirect sends by TCP/IP.
+use aya_ebpf::programs::SkMsgContext;
+use proxy_common::maps::{
+    PATH_REDIRECT, PATH_TCP, PATH_UNDECIDED, SOCK_COUNTED, SockKey, SockState,
+};
+
+use crate::{
+    maps::{KNIT_ACCEL_STATS, KNIT_BE_STATS, KNIT_SOCK_STATE, KNIT_SOCKS, KNIT_SVC_STATS},
+    sockops::add,
+};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const BPF_F_INGRESS: u64 = 1;
+const SK_PASS: i64 = 1;
+/// `::ffff:0:0/96` as the kernel's third 32-bit word holds it.
+const V4_MAPPED: u32 = 0xffff_u32.to_be();
+
+/// A socket's [`SockKey`] from the fields sockops and sk_msg both offer:
+/// addresses in network byte order, the local port in host order, the
+/// remote port in network order in the upper half of a u32 (so that
+/// `u32::from_be` yields it). IPv6 only when v4-mapped.
+#[inline(always)]
+pub fn key_of(
+    family: u32,
+    (local4, remote4): (u32, u32),
+    (local6, remote6): ([u32; 4], [u32; 4]),
+    local_port: u32,
+    remote_port_be: u32,
+) -> Option<SockKey> {
+    let (local_ip, remote_ip) = if family == AF_INET {
+        (local4, remote4)
+    } else if family == AF_INET6
+        && local6[0] == 0
+        && local6[1] == 0
+        && local6[2] == V4_MAPPED
+        && remote6[0] == 0
+        && remote6[1] == 0
+        && remote6[2] == V4_MAPPED
+    {
+        (local6[3], remote6[3])
+    } else {
+        return None;
+    };
+    Some(SockKey {
+        local_ip,
+        remote_ip,
+        local_port,
+        remote_port: u32::from_be(remote_port_be),
+    })
+}
+
+#[inline(always)]
+fn msg_key(ctx: &SkMsgContext) -> Option<SockKey> {
+    // Read unconditionally and volatile, like sockops' context reads.
+    // SAFETY: the kernel hands a valid sk_msg_md to this program type.
+    unsafe {
+        let m = ctx.msg;
+        let v = |p: *const u32| core::ptr::read_volatile(p);
+        key_of(
+            v(&raw const (*m).family),
+            (v(&raw const (*m).local_ip4), v(&raw const (*m).remote_ip4)),
+            (
+                [
+                    v(&raw const (*m).local_ip6[0]),
+                    v(&raw const (*m).local_ip6[1]),
+                    v(&raw const (*m).local_ip6[2]),
+                    v(&raw const (*m).local_ip6[3]),
+                ],
+                [
+                    v(&raw const (*m).remote_ip6[0]),
+                    v(&raw const (*m).remote_ip6[1]),
+                    v(&raw const (*m).remote_ip6[2]),
+                    v(&raw const (*m).remote_ip6[3]),
+                ],
+            ),
+            v(&raw const (*m).local_port),
+            v(&raw const (*m).remote_port),
+        )
+    }
+}
+
+/// Add `bytes` to the alias and backend counters of a counted socket.
+#[inline(always)]
+fn count(state: &SockState, bytes: u64, sent: bool) {
+    if state.flags & SOCK_COUNTED == 0 {
+        return;
+    }
+    let svc = KNIT_SVC_STATS.get_ptr_mut(&state.service_id);
+    let be = KNIT_BE_STATS.get_ptr_mut(&state.backend_id);
+    for c in [svc, be].into_iter().flatten() {
+        // SAFETY: pointers into live map values; atomic adds.
+        unsafe {
+            if sent {
+                add(&raw mut (*c).bytes_sent, bytes);
+            } else {
+                add(&raw mut (*c).bytes_received, bytes);
+            }
+        }
+    }
+}
+
+pub fn try_sk_msg(ctx: &SkMsgContext) {
+    let Some(key) = msg_key(ctx) else {
+        return;
+    };
+    let Some(st) = KNIT_SOCK_STATE.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: map value valid for this run; this socket's lock serializes
+    // its sends, so nobody else writes `path` meanwhile.
+    let path = unsafe { (*st).path };
+    if path == PATH_TCP {
+        return;
+    }
+    let mut peer = key.peer();
+    let stats = KNIT_ACCEL_STATS.get_ptr_mut(0);
+    if KNIT_SOCKS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS) != SK_PASS {
+        if path == PATH_UNDECIDED {
+            // SAFETY: as above.
+            unsafe { (*st).path = PATH_TCP };
+            if let Some(s) = stats {
+                // SAFETY: pointer into a live map value.
+                add(unsafe { &raw mut (*s).tcp_fallback }, 1);
+            }
+        }
+        return;
+    }
+    // SAFETY: as above.
+    let state = unsafe {
+        (*st).path = PATH_REDIRECT;
+        *st
+    };
+    let bytes = u64::from(ctx.size());
+    if let Some(s) = stats {
+        // SAFETY: pointer into a live map value.
+        unsafe {
+            add(&raw mut (*s).redirected_msgs, 1);
+            add(&raw mut (*s).redirected_bytes, bytes);
+        }
+    }
+    count(&state, bytes, true);
+    if let Some(p) = KNIT_SOCK_STATE.get_ptr(&peer) {
+        // SAFETY: map value valid for this run.
+        count(&unsafe { *p }, bytes, false);
+    }
+}
