@@ -4,7 +4,10 @@
 //! An apply loads the shared state into a [`ConfigState`] and writes back
 //! what it changed inside one write transaction: all of it or nothing.
 //! This host's tasks live here with either registry backend.
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use proxy_config::ApplyPlan;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -44,6 +47,60 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RegistryErr
 pub struct Store {
     /// None once closed (handed over to a new daemon).
     db: std::sync::RwLock<Option<Database>>,
+    path: PathBuf,
+}
+
+/// Is this error the disk saying it is full?
+fn is_disk_full(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Io(io) => io.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    }
+}
+
+/// Open the file and check every page's checksum: a damaged file is
+/// refused, never reset or silently rolled back. (redb recovers from an
+/// unclean shutdown by itself on open; what the check finds after that was
+/// changed outside redb.)
+fn open_db(path: &Path) -> Result<Database, RegistryError> {
+    let shown = path.display().to_string();
+    let damaged = |detail: String| RegistryError::Damaged {
+        path: shown.clone(),
+        detail,
+    };
+    let mut db = match Database::create(path) {
+        Ok(db) => db,
+        Err(e) => {
+            let e: redb::Error = e.into();
+            return Err(match &e {
+                redb::Error::Corrupted(m) => damaged(m.clone()),
+                redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    damaged("not a knit state store: its header is unreadable".into())
+                }
+                _ => RegistryError::Open {
+                    path: shown.clone(),
+                    source: Box::new(e),
+                },
+            });
+        }
+    };
+    match db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(path = %shown, "the state store's free-space bookkeeping was repaired");
+        }
+        Err(e) => {
+            let e: redb::Error = e.into();
+            return Err(match e {
+                redb::Error::Corrupted(m) => damaged(m),
+                e => RegistryError::Open {
+                    path: shown,
+                    source: Box::new(e),
+                },
+            });
+        }
+    }
+    Ok(db)
 }
 
 impl Store {
@@ -53,7 +110,7 @@ impl Store {
             path: path.display().to_string(),
             source: Box::new(e),
         };
-        let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
+        let db = open_db(&path)?;
         let w = db.begin_write().map_err(|e| open_err(e.into()))?;
         {
             w.open_table(META).map_err(dberr)?;
@@ -67,15 +124,52 @@ impl Store {
         w.commit().map_err(dberr)?;
         Ok(Self {
             db: std::sync::RwLock::new(Some(db)),
+            path,
         })
     }
 
     fn write(&self) -> Result<WriteTransaction, RegistryError> {
-        let g = self.db.read().unwrap_or_else(|e| e.into_inner());
-        g.as_ref()
-            .ok_or(RegistryError::Closed)?
-            .begin_write()
-            .map_err(dberr)
+        let begun = {
+            let g = self.db.read().unwrap_or_else(|e| e.into_inner());
+            g.as_ref().ok_or(RegistryError::Closed)?.begin_write()
+        };
+        match begun.map_err(redb::Error::from) {
+            Ok(w) => Ok(w),
+            // A write failed on I/O (the disk was full, say): redb refuses
+            // every later one until the file is opened again, which also
+            // recovers its last commit.
+            Err(redb::Error::PreviousIo) => {
+                let mut g = self.db.write().unwrap_or_else(|e| e.into_inner());
+                if g.is_none() {
+                    return Err(RegistryError::Closed);
+                }
+                g.take();
+                let db = open_db(&self.path)?;
+                let w = db.begin_write().map_err(dberr);
+                *g = Some(db);
+                w
+            }
+            Err(e) => Err(RegistryError::Db(Box::new(e))),
+        }
+    }
+
+    /// Commit, telling a full disk apart.
+    fn commit(&self, w: WriteTransaction) -> Result<(), RegistryError> {
+        w.commit().map_err(|e| {
+            let e: redb::Error = e.into();
+            if is_disk_full(&e) {
+                RegistryError::DiskFull {
+                    dir: self
+                        .path
+                        .parent()
+                        .unwrap_or(&self.path)
+                        .display()
+                        .to_string(),
+                }
+            } else {
+                RegistryError::Db(Box::new(e))
+            }
+        })
     }
 
     fn read(&self) -> Result<redb::ReadTransaction, RegistryError> {
@@ -122,7 +216,7 @@ impl Store {
     pub fn set_host_index(&self, index: u32) -> Result<(), RegistryError> {
         let w = self.write()?;
         write(&w, &[Change::HostIndex(String::new(), u64::from(index))])?;
-        w.commit().map_err(dberr)
+        self.commit(w)
     }
 
     /// Write a validated plan in one transaction.
@@ -131,7 +225,7 @@ impl Store {
         let mut state = load(&w)?;
         let (summary, changes) = state.apply(plan)?;
         write(&w, &changes)?;
-        w.commit().map_err(dberr)?;
+        self.commit(w)?;
         Ok(summary)
     }
 
@@ -142,7 +236,7 @@ impl Store {
             t.insert(task.id.as_str(), encode(task).as_slice())
                 .map_err(dberr)?;
         }
-        w.commit().map_err(dberr)
+        self.commit(w)
     }
 
     pub fn remove_task(&self, id: &str) -> Result<(), RegistryError> {
@@ -151,7 +245,7 @@ impl Store {
             let mut t = w.open_table(TASKS).map_err(dberr)?;
             t.remove(id).map_err(dberr)?;
         }
-        w.commit().map_err(dberr)
+        self.commit(w)
     }
 
     /// Reserve `n` fresh endpoint ids and a task number for `service`.
@@ -168,7 +262,7 @@ impl Store {
         };
         let (reserved, changes) = state.reserve_task(service, n, host);
         write(&w, &changes)?;
-        w.commit().map_err(dberr)?;
+        self.commit(w)?;
         Ok(reserved)
     }
 }

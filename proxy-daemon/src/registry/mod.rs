@@ -27,6 +27,14 @@ pub enum RegistryError {
         path: String,
         source: Box<redb::Error>,
     },
+    #[error(
+        "the state store {path} is damaged ({detail}). knit will not start on it and will not reset it: restore it from a backup, or move it aside to start with an empty registry and re-apply your files"
+    )]
+    Damaged { path: String, detail: String },
+    #[error(
+        "the state store's disk is full ({dir}): nothing was changed. Free space there and try again"
+    )]
+    DiskFull { dir: String },
     #[error("the state store was handed over to a new daemon")]
     Closed,
     #[error("state store: {0}")]
