@@ -246,3 +246,205 @@ fn a_full_state_disk_fails_applies_clearly_and_loses_nothing() -> Result<()> {
     assert_eq!(failed_calls(&k)?, 0);
     Ok(())
 }
+
+/// An L7 service `web` (alias web:8080) of HTTP tasks w0..wn-1 with a 1 s
+/// per-request timeout and a 2 s base ejection; returns their pid files.
+fn setup_web(k: &mut Knit, n: usize) -> Result<Vec<PathBuf>> {
+    let (client_td, client_svc) = client_service("client");
+    let svc = knit_tests::http_service("web", "web", 8080).replace(
+        r#""clientAliases""#,
+        r#""timeout": {"perRequestTimeoutSeconds": 1},
+           "outlierDetection": {"baseEjectionSeconds": 2, "maxEjectionPercent": 50},
+           "clientAliases""#,
+    );
+    k.apply(&[
+        ("web-td.json", &knit_tests::http_task_definition("web")),
+        ("web-svc.json", &svc),
+        ("client-td.json", &client_td),
+        ("client-svc.json", &client_svc),
+    ])?;
+    let mut pids = Vec::new();
+    for i in 0..n {
+        let pid = k.dir.path().join(format!("w{i}.pid"));
+        let (tb, id, p) = (tb(), format!("w{i}"), pid.display().to_string());
+        k.run(
+            "web",
+            &[
+                &tb,
+                "http",
+                "--id",
+                &id,
+                "--port-env",
+                "KNIT_PORT_WEB",
+                "--pidfile",
+                &p,
+            ],
+        )?;
+        pids.push(pid);
+    }
+    k.wait_healthy("web", n)?;
+    Ok(pids)
+}
+
+fn pid_in(file: &Path) -> Result<nix::unistd::Pid> {
+    let pid: i32 = std::fs::read_to_string(file)?.trim().parse()?;
+    Ok(nix::unistd::Pid::from_raw(pid))
+}
+
+/// The client's timeline: (ms since the epoch, status; 0 = no answer).
+fn timeline(r: &serde_json::Value) -> Vec<(u64, u64)> {
+    r["timeline"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| (e[0].as_u64().unwrap_or(0), e[1].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// SIGSTOP one of two endpoints (slow, not dead: its kernel still accepts
+/// connections): the requests it holds time out (504), outlier detection
+/// ejects it after 5 in a row, and the client sees no other error; after
+/// SIGCONT it comes back when its ejection ends.
+#[test]
+fn a_stopped_endpoint_is_timed_out_and_ejected() -> Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    let mut k = Knit::start("faults-sigstop", "")?;
+    let pids = setup_web(&mut k, 2)?;
+    let hosts = k.hosts.display().to_string();
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb(),
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "9000",
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "20",
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped_at = now_ms();
+    kill(pid_in(&pids[1])?, Signal::SIGSTOP)?;
+    std::thread::sleep(Duration::from_millis(4500));
+    let resumed_at = now_ms();
+    kill(pid_in(&pids[1])?, Signal::SIGCONT)?;
+    let out = load.wait_with_output()?;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let t = timeline(&r);
+    let bad: Vec<&(u64, u64)> = t.iter().filter(|(_, s)| *s != 200).collect();
+    // Every error is a 504 of the stopped endpoint: 5 to eject it, plus
+    // what the second worker had in flight.
+    ensure!(
+        bad.iter().all(|(_, s)| *s == 504),
+        "errors other than 504: {bad:?}"
+    );
+    ensure!(
+        (5..=7).contains(&bad.len()),
+        "{} timed-out requests: {bad:?}",
+        bad.len()
+    );
+    let last_error = bad.iter().map(|(at, _)| *at).max().unwrap_or(stopped_at);
+    let recovery = last_error.saturating_sub(stopped_at);
+    eprintln!(
+        "SIGSTOP: {} requests, {} answered 504, last error {recovery} ms after the stop",
+        t.len(),
+        bad.len()
+    );
+    ensure!(recovery < 4500, "errors went on for {recovery} ms");
+    // After SIGCONT and the 2 s ejection, w1 serves again.
+    let after = r["by_backend"]["w1"].as_u64().unwrap_or(0);
+    ensure!(after > 0, "{r}");
+    let w1_back = t.iter().any(|(at, s)| *at > resumed_at + 500 && *s == 200);
+    ensure!(w1_back, "no request after SIGCONT");
+    Ok(())
+}
+
+/// An endpoint that crashes over and over (killed, restarted, killed...)
+/// under steady idempotent load: retries and ejection hide every crash.
+#[test]
+fn an_endpoint_crashing_in_a_loop_costs_no_request() -> Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    let mut k = Knit::start("faults-crashloop", "")?;
+    let pids = setup_web(&mut k, 3)?;
+    let hosts = k.hosts.display().to_string();
+    let rounds: usize = if std::env::var_os("KNIT_FAULTS_LONG").is_some() {
+        30
+    } else {
+        6
+    };
+    let load = k.spawn_task(
+        "client",
+        &[
+            &tb(),
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            &(rounds as u64 * 1200 + 1500).to_string(),
+            "--concurrency",
+            "4",
+            "--interval-ms",
+            "5",
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = k.dir.path().join("crasher.pid");
+    let mut victim = pids[2].clone();
+    for round in 0..rounds {
+        kill(pid_in(&victim)?, Signal::SIGKILL)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let (tb, p) = (tb(), pid.display().to_string());
+        let id = format!("c{round}");
+        k.run(
+            "web",
+            &[
+                &tb,
+                "http",
+                "--id",
+                &id,
+                "--port-env",
+                "KNIT_PORT_WEB",
+                "--pidfile",
+                &p,
+            ],
+        )?;
+        victim = pid.clone();
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let out = load.wait_with_output()?;
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    eprintln!(
+        "crash loop: {rounds} crashes, {} requests ok, {} failed, statuses {}",
+        r["ok"], r["failed"], r["statuses"]
+    );
+    assert_eq!(r["failed"], 0, "{r}");
+    let ok = r["ok"].as_u64().unwrap_or(0);
+    let total: u64 = r["statuses"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(ok, total, "{r}");
+    ensure!(ok > 100, "{r}");
+    Ok(())
+}

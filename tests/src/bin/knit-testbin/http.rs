@@ -52,6 +52,9 @@ pub fn server(args: &[String]) -> Result<()> {
         .with_context(|| format!("${var}"))?
         .parse()?;
     let always: Option<u16> = arg(args, "--always").map(|s| s.parse()).transpose()?;
+    if let Some(p) = arg(args, "--pidfile") {
+        std::fs::write(p, std::process::id().to_string())?;
+    }
     // Requests served so far, rewritten on each request (for tests to read).
     let count_file = arg(args, "--count-file");
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
