@@ -17,6 +17,7 @@ pub const MAP_TASK_NS: &str = "KNIT_TASK_NS";
 pub const MAP_SOCKS: &str = "KNIT_SOCKS";
 pub const MAP_SOCK_STATE: &str = "KNIT_SOCK_STATE";
 pub const MAP_ACCEL_STATS: &str = "KNIT_ACCEL_STATS";
+pub const MAP_LISTEN: &str = "KNIT_LISTEN";
 
 /// Most services (client aliases) one host can hold; service ids are below this.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -50,6 +51,10 @@ pub const HEARTBEAT_STALE_MS: u64 = 1_500;
 /// `DatapathConfig::flags`: put same-host sockets of knit's paths into the
 /// sockhash (sk_msg acceleration) as they are established.
 pub const CFG_ACCELERATE: u32 = 1;
+/// `DatapathConfig::flags`: the egress listener is in `KNIT_LISTEN[0]`; when
+/// it is gone from there (its daemon died and the kernel closed it), L7
+/// connects fail open at once, without waiting for the heartbeat to age.
+pub const CFG_LISTENER: u32 = 2;
 
 /// `ConnInfo::flags`: the connection goes to the daemon's egress listener.
 pub const CONN_L7: u16 = 1;

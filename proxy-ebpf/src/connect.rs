@@ -7,15 +7,20 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_map_lookup_elem,
+        bpf_set_retval, bpf_sk_release,
+    },
     programs::SockAddrContext,
 };
 use proxy_common::{
-    maps::{BackendKey, CONN_L7, ConnInfo, MODE_L7, VIP_MASK, VIP_NET, VipKey},
+    maps::{BackendKey, CFG_LISTENER, CONN_L7, ConnInfo, MODE_L7, VIP_MASK, VIP_NET, VipKey},
     select::pick_slot,
 };
 
-use crate::maps::{KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_RR, KNIT_SERVICES, KNIT_TASK_NS};
+use crate::maps::{
+    KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_LISTEN, KNIT_RR, KNIT_SERVICES, KNIT_TASK_NS,
+};
 
 const SOCK_STREAM: u32 = 1;
 
@@ -180,6 +185,28 @@ fn daemon_alive() -> bool {
     cfg.egress_port != 0
         && cfg.heartbeat_ns != 0
         && now.saturating_sub(cfg.heartbeat_ns) < HEARTBEAT_STALE_NS
+        && (cfg.flags & CFG_LISTENER == 0 || egress_listening())
+}
+
+/// Is the egress listener still open? The kernel drops a socket from
+/// `KNIT_LISTEN` when it closes: a killed daemon is seen at once.
+#[inline(always)]
+fn egress_listening() -> bool {
+    let key: u32 = 0;
+    // SAFETY: the static's address is the map (the loader relocates it);
+    // a sockmap lookup returns a referenced socket or null.
+    let sk = unsafe {
+        bpf_map_lookup_elem(
+            (&raw const KNIT_LISTEN).cast_mut().cast(),
+            (&raw const key).cast(),
+        )
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: the reference the lookup took, given back.
+    unsafe { bpf_sk_release(sk) };
+    true
 }
 
 /// A heartbeat older than this means the daemon is gone.

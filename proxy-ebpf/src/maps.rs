@@ -2,7 +2,7 @@
 //! daemon (and the programs it left attached) share them.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, SockHash},
+    maps::{Array, HashMap, LruHashMap, SockHash, SockMap},
 };
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS,
@@ -62,3 +62,8 @@ pub static KNIT_SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::pinned(
 /// [0]: the fast path's totals (kernel adds, daemon reads).
 #[map]
 pub static KNIT_ACCEL_STATS: Array<AccelCounters> = Array::pinned(1, 0);
+
+/// [0]: the daemon's egress listener (the daemon inserts it; the kernel
+/// removes it when the socket closes, i.e. when the daemon dies).
+#[map]
+pub static KNIT_LISTEN: SockMap = SockMap::pinned(1, 0);

@@ -137,6 +137,9 @@ pub async fn run(
     {
         let mut e = engine.lock().await;
         e.dp.maps.set_egress(egress_addr)?;
+        if let Err(err) = e.dp.maps.publish_listener(&egress) {
+            warn!(error = %err, "L7 services fail open only once the heartbeat is stale");
+        }
         e.dp.maps.set_accelerate(cfg.datapath.accelerate)?;
         e.dp.maps.heartbeat(true)?;
         // The maps are filled (Engine::new reconciled): an older version's

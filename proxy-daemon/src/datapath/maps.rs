@@ -8,13 +8,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, SockHash, sock::SockMapFd},
+    maps::{Array, HashMap, MapData, MapError, SockHash, SockMap, sock::SockMapFd},
 };
 use proxy_common::maps::{
-    AccelCounters, Backend, BackendKey, CFG_ACCELERATE, ConnInfo, Counters, DatapathConfig,
-    MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS, MAP_ORIG,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOCKS, MAP_TASK_NS, OrigKey, ServiceEntry, SockKey,
-    VipKey,
+    AccelCounters, Backend, BackendKey, CFG_ACCELERATE, CFG_LISTENER, ConnInfo, Counters,
+    DatapathConfig, MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
+    MAP_LISTEN, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOCKS, MAP_TASK_NS, OrigKey,
+    ServiceEntry, SockKey, VipKey,
 };
 
 use super::DatapathError;
@@ -47,6 +47,7 @@ pub struct Maps {
     config: Array<MapData, DatapathConfig>,
     task_ns: HashMap<MapData, u64, u32>,
     socks: SockHash<MapData, SockKey>,
+    listen: SockMap<MapData>,
     accel: Array<MapData, AccelCounters>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
@@ -110,6 +111,12 @@ impl Maps {
                     .ok_or(DatapathError::MissingMap(MAP_SOCKS))?;
                 SockHash::try_from(m).map_err(map_err(MAP_SOCKS))?
             },
+            listen: {
+                let m = ebpf
+                    .take_map(MAP_LISTEN)
+                    .ok_or(DatapathError::MissingMap(MAP_LISTEN))?;
+                SockMap::try_from(m).map_err(map_err(MAP_LISTEN))?
+            },
             accel: {
                 let m = ebpf
                     .take_map(MAP_ACCEL_STATS)
@@ -136,6 +143,20 @@ impl Maps {
     /// The fast path's totals.
     pub fn accel_counters(&self) -> AccelCounters {
         self.accel.get(&0, 0).unwrap_or_default()
+    }
+
+    /// Publish the egress listener in `KNIT_LISTEN`: when it closes (this
+    /// daemon dies), the kernel drops it and L7 connects fail open at once.
+    pub fn publish_listener<F: std::os::fd::AsRawFd>(
+        &mut self,
+        listener: &F,
+    ) -> Result<(), DatapathError> {
+        self.listen
+            .set(0, listener, 0)
+            .map_err(map_err(MAP_LISTEN))?;
+        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
+        cfg.flags |= CFG_LISTENER;
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
     }
 
     /// Turn same-host acceleration on or off for connections established
