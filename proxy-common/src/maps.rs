@@ -188,7 +188,48 @@ pub struct SockKey {
     pub remote_port: u32,
 }
 
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+/// `::ffff:0:0/96` as the kernel's third 32-bit word of an IPv6 address
+/// holds it (network byte order in memory).
+const V4_MAPPED: u32 = 0xffff_u32.to_be();
+
 impl SockKey {
+    /// A socket's key from the context fields sockops (`bpf_sock_ops`) and
+    /// sk_msg (`sk_msg_md`) both offer: addresses in network byte order,
+    /// the local port in host order, the remote port in network order in
+    /// the upper half of a u32 (so that `u32::from_be` yields it). IPv6
+    /// sockets only when both ends are v4-mapped; None otherwise.
+    #[inline(always)]
+    pub fn from_ctx(
+        family: u32,
+        (local4, remote4): (u32, u32),
+        (local6, remote6): ([u32; 4], [u32; 4]),
+        local_port: u32,
+        remote_port_be: u32,
+    ) -> Option<SockKey> {
+        let (local_ip, remote_ip) = if family == AF_INET {
+            (local4, remote4)
+        } else if family == AF_INET6
+            && local6[0] == 0
+            && local6[1] == 0
+            && local6[2] == V4_MAPPED
+            && remote6[0] == 0
+            && remote6[1] == 0
+            && remote6[2] == V4_MAPPED
+        {
+            (local6[3], remote6[3])
+        } else {
+            return None;
+        };
+        Some(SockKey {
+            local_ip,
+            remote_ip,
+            local_port,
+            remote_port: u32::from_be(remote_port_be),
+        })
+    }
+
     /// The key the other end of the same connection has.
     #[inline(always)]
     pub fn peer(&self) -> SockKey {
@@ -268,4 +309,54 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AccelCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SockKey;
+
+    const LO: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+    const LO2: u32 = u32::from_ne_bytes([127, 0, 0, 2]);
+
+    /// What the kernel hands a program for a remote port (network order in
+    /// the upper half, as read on a little-endian machine).
+    fn remote(port: u16) -> u32 {
+        u32::from(port).to_be()
+    }
+
+    #[test]
+    fn v4_and_v4_mapped_sockets_get_the_same_key() {
+        let v4 = SockKey::from_ctx(2, (LO, LO2), ([0; 4], [0; 4]), 40000, remote(8080));
+        let mapped = [0, 0, 0xffff_u32.to_be()];
+        let v6 = SockKey::from_ctx(
+            10,
+            (0, 0),
+            (
+                [mapped[0], mapped[1], mapped[2], LO],
+                [mapped[0], mapped[1], mapped[2], LO2],
+            ),
+            40000,
+            remote(8080),
+        );
+        assert_eq!(v4, v6);
+        let k = v4.expect("a v4 key");
+        assert_eq!((k.local_port, k.remote_port), (40000, 8080));
+    }
+
+    #[test]
+    fn real_ipv6_and_other_families_have_no_key() {
+        let v6 = [0x2001_0db8_u32.to_be(), 0, 0, 1];
+        assert_eq!(SockKey::from_ctx(10, (0, 0), (v6, v6), 1, remote(2)), None);
+        assert_eq!(SockKey::from_ctx(1, (LO, LO), ([0; 4], [0; 4]), 1, 2), None);
+    }
+
+    #[test]
+    fn the_peer_of_the_peer_is_the_socket_and_ends_meet() {
+        let client =
+            SockKey::from_ctx(2, (LO, LO2), ([0; 4], [0; 4]), 40000, remote(8080)).expect("client");
+        let server =
+            SockKey::from_ctx(2, (LO2, LO), ([0; 4], [0; 4]), 8080, remote(40000)).expect("server");
+        assert_eq!(client.peer(), server);
+        assert_eq!(server.peer().peer(), server);
+    }
 }

@@ -22,46 +22,8 @@ use crate::{
     sockops::add,
 };
 
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 const BPF_F_INGRESS: u64 = 1;
 const SK_PASS: i64 = 1;
-/// `::ffff:0:0/96` as the kernel's third 32-bit word holds it.
-const V4_MAPPED: u32 = 0xffff_u32.to_be();
-
-/// A socket's [`SockKey`] from the fields sockops and sk_msg both offer:
-/// addresses in network byte order, the local port in host order, the
-/// remote port in network order in the upper half of a u32 (so that
-/// `u32::from_be` yields it). IPv6 only when v4-mapped.
-#[inline(always)]
-pub fn key_of(
-    family: u32,
-    (local4, remote4): (u32, u32),
-    (local6, remote6): ([u32; 4], [u32; 4]),
-    local_port: u32,
-    remote_port_be: u32,
-) -> Option<SockKey> {
-    let (local_ip, remote_ip) = if family == AF_INET {
-        (local4, remote4)
-    } else if family == AF_INET6
-        && local6[0] == 0
-        && local6[1] == 0
-        && local6[2] == V4_MAPPED
-        && remote6[0] == 0
-        && remote6[1] == 0
-        && remote6[2] == V4_MAPPED
-    {
-        (local6[3], remote6[3])
-    } else {
-        return None;
-    };
-    Some(SockKey {
-        local_ip,
-        remote_ip,
-        local_port,
-        remote_port: u32::from_be(remote_port_be),
-    })
-}
 
 #[inline(always)]
 fn msg_key(ctx: &SkMsgContext) -> Option<SockKey> {
@@ -70,7 +32,7 @@ fn msg_key(ctx: &SkMsgContext) -> Option<SockKey> {
     unsafe {
         let m = ctx.msg;
         let v = |p: *const u32| core::ptr::read_volatile(p);
-        key_of(
+        SockKey::from_ctx(
             v(&raw const (*m).family),
             (v(&raw const (*m).local_ip4), v(&raw const (*m).remote_ip4)),
             (

@@ -88,7 +88,7 @@ fn sock_key(ctx: &SockOpsContext) -> Option<SockKey> {
             ],
         )
     };
-    crate::sk_msg::key_of(
+    SockKey::from_ctx(
         ctx.family(),
         (l4, r4),
         (l6, r6),
