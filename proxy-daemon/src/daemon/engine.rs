@@ -340,6 +340,7 @@ impl Engine {
         let mut routes = RouteTable::default();
         let members = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         let mut backend_ids = BTreeSet::new();
+        let mut l7_ids = BTreeSet::new();
         for s in &self.services {
             let members = members.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
@@ -369,6 +370,7 @@ impl Engine {
                     }
                 }
                 if is_l7(a) {
+                    l7_ids.insert(a.service_id);
                     let route = build_route(
                         s,
                         a,
@@ -399,6 +401,8 @@ impl Engine {
             }
         }
         self.proxy.routes.store(Arc::new(routes));
+        // A service gone (or no longer HTTP): its idle connections go too.
+        self.pools.retain(|id, _| l7_ids.contains(id));
         backend_ids.extend(
             self.tasks
                 .values()
