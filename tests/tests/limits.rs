@@ -31,8 +31,9 @@ fn service(name: &str, limits: Option<&str>) -> String {
     )
 }
 
-/// A daemon with service `name` (`proto`, `limits`), one HTTP backend and
-/// a client-only service.
+/// A daemon with service `name` (`proto`, `limits`), one backend (the
+/// testbin's HTTP server, or its gRPC server for `grpc`) and a client-only
+/// service.
 fn setup(test: &str, name: &str, proto: &str, limits: &str) -> Result<Knit> {
     let mut k = Knit::start(test, "")?;
     let (ctd, csvc) = client_service("client");
@@ -43,9 +44,14 @@ fn setup(test: &str, name: &str, proto: &str, limits: &str) -> Result<Knit> {
         ("c-svc.json", &csvc),
     ])?;
     let tb = tb();
+    let server = if proto == "grpc" {
+        "grpc-server"
+    } else {
+        "http"
+    };
     k.run(
         name,
-        &[&tb, "http", "--id", "b0", "--port-env", "KNIT_PORT_WEB"],
+        &[&tb, server, "--id", "b0", "--port-env", "KNIT_PORT_WEB"],
     )?;
     k.wait_healthy(name, 1)?;
     Ok(k)
@@ -299,5 +305,49 @@ fn limits_request_and_header_bytes() -> Result<()> {
     );
     let served = client(&k, &["--url", "http://web:8080/", "--count", "3"])?;
     assert_eq!(served["ok"], 3, "still serving: {served}");
+    Ok(())
+}
+
+/// gRPC calls get the status a gRPC client understands: a message over
+/// maxRequestBytes is RESOURCE_EXHAUSTED (not HTTP 413, which gRPC reads as
+/// UNKNOWN), and the channel goes on serving.
+#[test]
+fn limits_answer_grpc_calls_in_grpc() -> Result<()> {
+    let k = setup("limits-grpc", "rpc", "grpc", r#"{"maxRequestBytes": 1000}"#)?;
+    let call = |kind: &str, bytes: &str, messages: &str| -> Result<Value> {
+        let hosts = k.hosts.display().to_string();
+        let tb = tb();
+        k.run_json(
+            "client",
+            &[
+                &tb,
+                "grpc-client",
+                "--hosts",
+                &hosts,
+                "--url",
+                "http://rpc:8080",
+                "--kind",
+                kind,
+                "--bytes",
+                bytes,
+                "--messages",
+                messages,
+                "--count",
+                "3",
+            ],
+        )
+    };
+    let codes = |r: &Value| -> BTreeMap<String, u64> {
+        serde_json::from_value(r["codes"].clone()).unwrap_or_default()
+    };
+    // A unary call of 100 bytes is well under (5 bytes of framing each).
+    let r = call("unary", "100", "1")?;
+    assert_eq!(codes(&r), counts(&[("Ok", 3)]), "{r}");
+    let r = call("unary", "2000", "1")?;
+    assert_eq!(codes(&r), counts(&[("ResourceExhausted", 3)]), "{r}");
+    // A client stream is cut off once its messages add up past the limit.
+    let r = call("client", "300", "10")?;
+    assert_eq!(codes(&r), counts(&[("ResourceExhausted", 3)]), "{r}");
+    assert_eq!(overflow_metric(&k, "rpc", "request_bytes")?, 6.0);
     Ok(())
 }
