@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
-use knit_tests::{Knit, client_service, testbin};
+use knit_tests::{Knit, client_service, http_get, testbin};
 use serde_json::Value;
 
 fn tb() -> String {
@@ -100,45 +100,18 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 }
 
 /// The backend's own account (asked directly, from outside knit's cgroup):
-/// connections that carried a request, and the most requests at once.
+/// requests, connections that carried one, and the most at once.
 fn backend_stats(k: &Knit, service: &str) -> Result<Value> {
     let eps = k.json(&["endpoints", service])?;
     let addr = eps[0]["address"].as_str().context("an endpoint address")?;
-    ensure!(addr.starts_with("127."), "a loopback endpoint: {addr}");
-    let out = std::process::Command::new(testbin())
-        .args([
-            "http-client",
-            "--url",
-            &format!("http://{addr}/stats"),
-            "--count",
-            "1",
-            "--dump-body",
-        ])
-        .output()?;
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(serde_json::from_str(
-        v["body"].as_str().context("a stats body")?,
-    )?)
+    Ok(serde_json::from_str(&http_get(&format!(
+        "http://{addr}/stats"
+    ))?)?)
 }
 
 /// `knit_limit_overflow_total` of `service` for `reason`.
 fn overflow_metric(k: &Knit, service: &str, reason: &str) -> Result<f64> {
-    let admin = k.json(&["status"])?["admin"]
-        .as_str()
-        .context("admin address")?
-        .to_string();
-    let out = std::process::Command::new(testbin())
-        .args([
-            "http-client",
-            "--url",
-            &format!("http://{admin}/metrics"),
-            "--count",
-            "1",
-            "--dump-body",
-        ])
-        .output()?;
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    let text = v["body"].as_str().context("a metrics body")?;
+    let text = k.metrics()?;
     let series: Vec<&str> = text
         .lines()
         .filter(|l| {
