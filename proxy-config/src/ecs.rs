@@ -112,6 +112,18 @@ pub(crate) struct ServiceConnectServiceJson {
     pub(crate) timeout: Option<TimeoutJson>,
     /// knit's extension (ECS has no such field): outlier detection per service.
     pub(crate) outlier_detection: Option<OutlierJson>,
+    /// knit's extension: limits on the traffic to an L7 service.
+    pub(crate) limits: Option<LimitsJson>,
+}
+
+/// `serviceConnectConfiguration.services[].limits` (knit only).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LimitsJson {
+    pub(crate) max_connections: Option<Int>,
+    pub(crate) max_pending_requests: Option<Int>,
+    pub(crate) max_request_bytes: Option<Int>,
+    pub(crate) max_header_bytes: Option<Int>,
 }
 
 /// `serviceConnectConfiguration.services[].outlierDetection` (knit only).

@@ -34,6 +34,6 @@ pub use daemon::{
 pub use error::{ApplyError, ApplyErrors, ConfigError};
 pub use model::{
     AccessLogFormat, AccessLogSpec, AppProtocol, ApplyPlan, DEFAULT_NAMESPACE, EndpointSpec,
-    Existing, HealthCheck, OutlierSpec, PortMapping, ServiceSpec, TaskDefinition,
+    Existing, HealthCheck, LimitsSpec, OutlierSpec, PortMapping, ServiceSpec, TaskDefinition,
 };
 pub use plan::plan;

@@ -163,6 +163,10 @@ pub struct EndpointSpec {
     /// `outlierDetection` (a knit extension); `None` = the daemon's `[outlier]`.
     #[serde(default)]
     pub outlier: Option<OutlierSpec>,
+    /// `limits` (a knit extension, L7 only); `None` = every default of
+    /// [`LimitsSpec`].
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
 }
 
 /// Outlier detection for one service; each `None` falls back to the
@@ -177,6 +181,63 @@ pub struct OutlierSpec {
     pub max_ejection_s: Option<u32>,
     /// `maxEjectionPercent`: 0..=100.
     pub max_ejection_percent: Option<u32>,
+}
+
+/// Limits on the traffic this host's daemon sends to one L7 service (like
+/// Envoy's cluster circuit breakers); each `None` takes the default below.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsSpec {
+    /// `maxConnections`: 1..=100000. Requests in flight to the service at
+    /// once; over HTTP/1.1 also the connections held open to its endpoints.
+    pub max_connections: Option<u32>,
+    /// `maxPendingRequests`: 0..=100000. Requests that may wait for one of
+    /// those; more are answered 503 at once.
+    pub max_pending_requests: Option<u32>,
+    /// `maxRequestBytes`: 0..=2^53-1. A larger request body is answered 413.
+    pub max_request_bytes: Option<u64>,
+    /// `maxHeaderBytes`: 1024..=65536. A larger request head is answered 431.
+    pub max_header_bytes: Option<u32>,
+}
+
+impl LimitsSpec {
+    /// `maxConnections` when absent: Envoy's circuit-breaker default, which
+    /// is what ECS Service Connect's agent runs with.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+    /// `maxPendingRequests` when absent: Envoy's default, as above.
+    pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
+    /// `maxHeaderBytes` when absent, and its maximum: the largest request
+    /// head the daemon reads at all.
+    pub const DEFAULT_MAX_HEADER_BYTES: u32 = 64 * 1024;
+    /// `maxHeaderBytes`' minimum: below it ordinary requests would fail.
+    pub const MIN_MAX_HEADER_BYTES: u32 = 1024;
+    /// Upper bound of `maxConnections` and `maxPendingRequests`.
+    pub const MAX_COUNT: u32 = 100_000;
+    /// Upper bound of `maxRequestBytes`: the largest integer JSON tools
+    /// keep exact (2^53 - 1).
+    pub const MAX_REQUEST_BYTES: u64 = (1 << 53) - 1;
+
+    /// `maxConnections`, or its default.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+            .unwrap_or(Self::DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// `maxPendingRequests`, or its default.
+    pub fn max_pending_requests(&self) -> u32 {
+        self.max_pending_requests
+            .unwrap_or(Self::DEFAULT_MAX_PENDING_REQUESTS)
+    }
+
+    /// `maxRequestBytes`; `None`: no limit (the default).
+    pub fn max_request_bytes(&self) -> Option<u64> {
+        self.max_request_bytes
+    }
+
+    /// `maxHeaderBytes`, or its default.
+    pub fn max_header_bytes(&self) -> u32 {
+        self.max_header_bytes
+            .unwrap_or(Self::DEFAULT_MAX_HEADER_BYTES)
+    }
 }
 
 /// A service (`aws ecs create-service` input) as knit uses it.

@@ -54,6 +54,7 @@ pub(crate) struct LocalEntry {
     pub(crate) idle_timeout_s: Option<u32>,
     pub(crate) per_request_timeout_s: Option<u32>,
     pub(crate) outlier: Option<crate::model::OutlierSpec>,
+    pub(crate) limits: Option<crate::model::LimitsSpec>,
 }
 
 /// `clientAliases[0]`.

@@ -36,6 +36,44 @@ pub struct EdgeLabels {
     pub target_service: String,
 }
 
+/// A request the proxy refused because a limit of its target was reached.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub namespace: String,
+    pub service: String,
+    pub target_discovery_name: String,
+    /// [`Overflow::as_str`].
+    pub reason: String,
+}
+
+/// Which limit refused a request (`reason` label, and the proxy's
+/// `x-knit-overflow` answer header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// `maxPendingRequests`: 503.
+    Pending = 0,
+    /// `maxRequestBytes`: 413.
+    RequestBytes = 1,
+    /// `maxHeaderBytes`: 431.
+    HeaderBytes = 2,
+}
+
+impl Overflow {
+    pub const ALL: [Overflow; 3] = [
+        Overflow::Pending,
+        Overflow::RequestBytes,
+        Overflow::HeaderBytes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Pending => "pending",
+            Overflow::RequestBytes => "request_bytes",
+            Overflow::HeaderBytes => "header_bytes",
+        }
+    }
+}
+
 /// A path of the admin listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
@@ -70,6 +108,8 @@ pub struct ProxyMetrics {
     pub target_processed_bytes: Family<TargetLabels, Counter>,
     pub target_response_time: Family<TargetLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<TargetLabels, Counter>,
+    /// Requests refused by a target's limits, by reason.
+    pub overflow: Family<OverflowLabels, Counter>,
     /// Access log lines the writer could not keep up with.
     pub access_log_dropped: Counter,
     /// The service graph, from real requests.
@@ -94,6 +134,7 @@ impl Default for ProxyMetrics {
             target_processed_bytes: Family::default(),
             target_response_time: Family::new_with_constructor(response_time),
             retries: Family::default(),
+            overflow: Family::default(),
             access_log_dropped: Counter::default(),
             service_graph: Family::default(),
             admin_requests: Family::default(),
@@ -115,6 +156,8 @@ pub struct AliasCounters {
     pub bytes: Counter,
     pub response_time: Histogram,
     pub retries: Counter,
+    /// By [`Overflow`] (its discriminant).
+    pub overflow: [Counter; 3],
     pub latency_sum_us: Counter,
     pub latency_count: Counter,
 }
@@ -125,6 +168,11 @@ impl AliasCounters {
         self.response_time.observe(ms);
         self.latency_sum_us.inc_by((ms * 1000.0) as u64);
         self.latency_count.inc();
+    }
+
+    /// A request refused by a limit.
+    pub fn overflow(&self, o: Overflow) {
+        self.overflow[o as usize].inc();
     }
 
     /// A response from an endpoint with `status`.
@@ -145,6 +193,16 @@ impl ProxyMetrics {
             bytes: self.target_processed_bytes.get_or_create(t).clone(),
             response_time: self.target_response_time.get_or_create(t).clone(),
             retries: self.retries.get_or_create(t).clone(),
+            overflow: Overflow::ALL.map(|o| {
+                self.overflow
+                    .get_or_create(&OverflowLabels {
+                        namespace: t.namespace.clone(),
+                        service: t.service.clone(),
+                        target_discovery_name: t.target_discovery_name.clone(),
+                        reason: o.as_str().to_string(),
+                    })
+                    .clone()
+            }),
             latency_sum_us: self.latency_sum_us.get_or_create(t).clone(),
             latency_count: self.latency_count.get_or_create(t).clone(),
         }
@@ -232,6 +290,13 @@ impl ProxyMetrics {
             "retries",
             "Requests retried on another endpoint",
             self.retries.clone(),
+        );
+        r.register(
+            "limit_overflow",
+            "Requests refused because a limit of the target service was reached, by reason \
+             (pending: maxPendingRequests, 503; request_bytes: maxRequestBytes, 413; \
+             header_bytes: maxHeaderBytes, 431)",
+            self.overflow.clone(),
         );
         r.register(
             "service_graph_request_count",

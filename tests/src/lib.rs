@@ -63,6 +63,27 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// The body of `GET url`, fetched by `knit-testbin http-client` from the
+/// test's own process (outside knit's cgroup: never rewritten). `url` must
+/// be on loopback.
+pub fn http_get(url: &str) -> Result<String> {
+    let host = url
+        .strip_prefix("http://")
+        .context("an http:// URL")?
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    if !host.starts_with("127.") {
+        bail!("{url}: tests only talk to loopback");
+    }
+    let out = Command::new(testbin())
+        .args(["http-client", "--url", url, "--count", "1", "--dump-body"])
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{url}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok(v["body"].as_str().context("a body")?.to_string())
+}
+
 /// A knit daemon owned by one test.
 pub struct Knit {
     pub dir: tempfile::TempDir,
@@ -411,6 +432,15 @@ impl Knit {
         }
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("task output: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The daemon's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let admin = self.json(&["status"])?["admin"]
+            .as_str()
+            .context("admin address")?
+            .to_string();
+        http_get(&format!("http://{admin}/metrics"))
     }
 
     /// Endpoints of a service whose state is `state`.

@@ -7,23 +7,7 @@ use knit_tests::{Knit, client_service, tcp_service, tcp_task_definition, testbin
 
 /// Scrape `/metrics` (from outside knit's cgroup, like Prometheus would).
 fn scrape(k: &Knit) -> Result<BTreeMap<String, f64>> {
-    let admin = k.json(&["status"])?["admin"]
-        .as_str()
-        .context("admin address")?
-        .to_string();
-    let out = std::process::Command::new(testbin())
-        .args([
-            "http-client",
-            "--url",
-            &format!("http://{admin}/metrics"),
-            "--count",
-            "1",
-            "--dump-body",
-        ])
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = v["body"].as_str().context("a body")?.to_string();
-    Ok(text
+    Ok(k.metrics()?
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

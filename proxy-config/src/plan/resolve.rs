@@ -76,6 +76,20 @@ pub(super) fn endpoint(
         );
         ok = false;
     }
+    if e.limits.is_some() && !pm.app_protocol.is_l7() {
+        report.error(
+            loc,
+            &format!("{}.limits", e.at),
+            format!(
+                "limits apply to HTTP services, but port mapping {:?} in {:?} is TCP \
+                    (no appProtocol): its connections never pass through the proxy",
+                pm.name, td.family
+            ),
+            "remove limits, or set \"appProtocol\" (http, http2 or grpc) on the port \
+                    mapping",
+        );
+        ok = false;
+    }
     let discovery_name = e
         .discovery_name
         .clone()
@@ -140,6 +154,7 @@ pub(super) fn endpoint(
         idle_timeout_s: e.idle_timeout_s,
         per_request_timeout_s: e.per_request_timeout_s,
         outlier: e.outlier.clone(),
+        limits: e.limits,
     })
 }
 
@@ -265,6 +280,18 @@ pub(super) fn recheck_existing(
                         "keep its appProtocol, or apply service {name:?} again without \
                         timeout.perRequestTimeoutSeconds"
                     ),
+                );
+            }
+            if ep.limits.is_some() && !pm.app_protocol.is_l7() {
+                report.error(
+                    &local.loc,
+                    "",
+                    format!(
+                        "port mapping {:?} of {:?} becomes TCP, but service {name:?} sets \
+                        limits on it",
+                        pm.name, local.td.family
+                    ),
+                    format!("keep its appProtocol, or apply service {name:?} again without limits"),
                 );
             }
             ep.app_protocol = pm.app_protocol;

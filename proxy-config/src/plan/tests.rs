@@ -68,6 +68,7 @@ fn ecs_full_example_from_the_seed_parses() {
             idle_timeout_s: None,
             per_request_timeout_s: None,
             outlier: None,
+            limits: None,
         }],
         access_log: None,
     };

@@ -312,6 +312,9 @@ fn sc_entry(
         }
         spec
     });
+    let limits = entry
+        .limits
+        .map(|l| limits_spec(l, loc, &format!("{at}.limits"), report));
     let Some(port_name) = entry.port_name else {
         report.error(
             loc,
@@ -330,7 +333,58 @@ fn sc_entry(
         idle_timeout_s,
         per_request_timeout_s,
         outlier,
+        limits,
     })
+}
+
+/// `limits` (knit's extension): every key optional, each in its range.
+fn limits_spec(
+    json: crate::ecs::LimitsJson,
+    loc: &Loc,
+    at: &str,
+    report: &mut Report,
+) -> crate::model::LimitsSpec {
+    use crate::model::LimitsSpec as L;
+    fn field<T: TryFrom<i128>>(
+        v: Option<crate::ecs::Int>,
+        name: &str,
+        range: std::ops::RangeInclusive<i128>,
+        fix: &str,
+        (loc, at, report): (&Loc, &str, &mut Report),
+    ) -> Option<T> {
+        v.and_then(|v| ranged(v, range, name, fix, loc, &format!("{at}.{name}"), report))
+    }
+    let count = i128::from(L::MAX_COUNT);
+    L {
+        max_connections: field(
+            json.max_connections,
+            "maxConnections",
+            1..=count,
+            "use 1 to 100000 (requests in flight at once; default 1024), or leave it out",
+            (loc, at, report),
+        ),
+        max_pending_requests: field(
+            json.max_pending_requests,
+            "maxPendingRequests",
+            0..=count,
+            "use 0 (never wait) to 100000 (default 1024), or leave it out",
+            (loc, at, report),
+        ),
+        max_request_bytes: field(
+            json.max_request_bytes,
+            "maxRequestBytes",
+            0..=i128::from(L::MAX_REQUEST_BYTES),
+            "use 0 to 9007199254740991 bytes, or leave it out for no limit",
+            (loc, at, report),
+        ),
+        max_header_bytes: field(
+            json.max_header_bytes,
+            "maxHeaderBytes",
+            i128::from(L::MIN_MAX_HEADER_BYTES)..=i128::from(L::DEFAULT_MAX_HEADER_BYTES),
+            "use 1024 to 65536 bytes (65536, the default, is the most the proxy reads)",
+            (loc, at, report),
+        ),
+    }
 }
 
 fn client_alias(

@@ -28,6 +28,7 @@ use crate::{
     outlier::Outliers,
     proxy::{
         AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
+        ServicePool,
     },
     registry::{
         AliasRecord, ConfigState, HostedTask, ServiceRecord, Store, TaskPort, TaskRecord,
@@ -120,6 +121,9 @@ pub struct Engine {
     cursors: BTreeMap<u32, Arc<AtomicUsize>>,
     /// Retry budgets of L7 aliases, by alias id.
     budgets: BTreeMap<u32, Arc<RetryBudget>>,
+    /// Connections and limits of L7 aliases, by alias id (ingress routes
+    /// share them; the limits change in place on every reconcile).
+    pools: BTreeMap<u32, Arc<ServicePool>>,
     /// Passive health and in-flight counts of L7 endpoints, by backend id.
     health: BTreeMap<u32, Arc<EndpointHealth>>,
     ingress: IngressListeners,
@@ -216,6 +220,7 @@ impl Engine {
             proxy,
             cursors: BTreeMap::new(),
             budgets: BTreeMap::new(),
+            pools: BTreeMap::new(),
             health: BTreeMap::new(),
             ingress: IngressListeners::default(),
             stopping: Vec::new(),
@@ -335,6 +340,7 @@ impl Engine {
         let mut routes = RouteTable::default();
         let members = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         let mut backend_ids = BTreeSet::new();
+        let mut l7_ids = BTreeSet::new();
         for s in &self.services {
             let members = members.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
@@ -364,6 +370,7 @@ impl Engine {
                     }
                 }
                 if is_l7(a) {
+                    l7_ids.insert(a.service_id);
                     let route = build_route(
                         s,
                         a,
@@ -372,6 +379,7 @@ impl Engine {
                             health: &mut self.health,
                             budget: self.budgets.entry(a.service_id).or_default().clone(),
                             cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                            pool: self.pools.entry(a.service_id).or_default().clone(),
                             outlier: &self.cfg.outlier,
                             metrics: &self.proxy.metrics,
                         },
@@ -393,6 +401,8 @@ impl Engine {
             }
         }
         self.proxy.routes.store(Arc::new(routes));
+        // A service gone (or no longer HTTP): its idle connections go too.
+        self.pools.retain(|id, _| l7_ids.contains(id));
         backend_ids.extend(
             self.tasks
                 .values()
@@ -1465,6 +1475,7 @@ impl Engine {
                     budget: self.budgets.entry(a.service_id).or_default().clone(),
                     // Its own cursor: one endpoint, nothing to rotate.
                     cursor: Arc::default(),
+                    pool: self.pools.entry(a.service_id).or_default().clone(),
                     outlier: &self.cfg.outlier,
                     metrics: &self.proxy.metrics,
                 },
@@ -1521,6 +1532,7 @@ struct RouteParts<'a> {
     health: &'a mut BTreeMap<u32, Arc<EndpointHealth>>,
     budget: Arc<RetryBudget>,
     cursor: Arc<AtomicUsize>,
+    pool: Arc<ServicePool>,
     outlier: &'a OutlierConfig,
     metrics: &'a ProxyMetrics,
 }
@@ -1545,6 +1557,7 @@ fn build_route(
                 .for_endpoint(&endpoint_labels(&target, task, *addr)),
         })
         .collect();
+    parts.pool.limits.set(&a.spec.limits.unwrap_or_default());
     Arc::new(AliasRoute {
         service: s.spec.name.clone(),
         counters: parts.metrics.for_alias(&labels, &target),
@@ -1557,6 +1570,7 @@ fn build_route(
         idle_timeout: idle_timeout(a),
         cursor: parts.cursor,
         budget: parts.budget,
+        pool: parts.pool,
         access_log: s.spec.access_log,
         discovery_name: a.spec.discovery_name.clone(),
     })

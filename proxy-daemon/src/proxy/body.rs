@@ -14,7 +14,7 @@ use hyper::{
 };
 use prometheus_client::metrics::counter::Counter;
 
-use super::routes::EndpointHealth;
+use super::{limits::Lane, routes::EndpointHealth};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends, either way.
@@ -44,6 +44,43 @@ pub fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
     r
 }
 
+/// The answer header that says which of the service's limits refused a
+/// request (`pending`, `request_bytes`, `header_bytes`): the client can
+/// tell the proxy's refusal from the service's own answer.
+pub const OVERFLOW_HEADER: &str = "x-knit-overflow";
+
+/// The answer to a request a limit of its service refused: `status` with
+/// [`OVERFLOW_HEADER`]; for a gRPC call the status it understands instead
+/// (HTTP 200, trailers only: RESOURCE_EXHAUSTED for a size limit,
+/// UNAVAILABLE, which it may retry, for a full queue).
+pub fn overflow_response(
+    status: StatusCode,
+    reason: crate::metrics::Overflow,
+    grpc: bool,
+    text: &str,
+) -> Response<ProxyBody> {
+    let mut r = if grpc {
+        let mut r = Response::new(empty());
+        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "14"
+        } else {
+            "8"
+        };
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        if let Ok(v) = HeaderValue::from_str(&format!("knit: {text}")) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        error_response(status, text)
+    };
+    r.headers_mut()
+        .insert(OVERFLOW_HEADER, HeaderValue::from_static(reason.as_str()));
+    r
+}
+
 /// Counts a request as in flight on its endpoint until dropped.
 #[derive(Debug)]
 pub struct InflightGuard(Arc<EndpointHealth>);
@@ -61,19 +98,21 @@ impl Drop for InflightGuard {
     }
 }
 
-/// A response body that keeps its request in flight until it ends, and
-/// counts its bytes.
+/// A response body that keeps its request in flight (and an HTTP/2
+/// request's lane taken) until it ends, and counts its bytes.
 pub struct Guarded {
     inner: ProxyBody,
     _guard: InflightGuard,
+    _lane: Option<Lane>,
     bytes: Counter,
 }
 
 impl Guarded {
-    pub fn new(inner: ProxyBody, guard: InflightGuard, bytes: Counter) -> Self {
+    pub fn new(inner: ProxyBody, guard: InflightGuard, lane: Option<Lane>, bytes: Counter) -> Self {
         Self {
             inner,
             _guard: guard,
+            _lane: lane,
             bytes,
         }
     }
@@ -119,6 +158,8 @@ struct TeeInner {
     complete: bool,
     /// Too big, trailers, an error, or dropped early: never replayable.
     spoiled: bool,
+    /// Cut off: longer than the service's `maxRequestBytes`.
+    too_large: bool,
 }
 
 impl TeeState {
@@ -128,6 +169,14 @@ impl TeeState {
         if g.complete || g.spoiled {
             self.done.notify_waiters();
         }
+    }
+
+    /// The body was cut off at the service's `maxRequestBytes`.
+    pub fn too_large(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .too_large
     }
 
     /// The whole body, once it is known (waiting at most `wait`).
@@ -152,22 +201,32 @@ impl TeeState {
 }
 
 /// Streams a request body upstream and keeps a copy of it (up to the
-/// replay limit) so that it can be replayed on another endpoint.
+/// replay limit) so that it can be replayed on another endpoint; ends it
+/// with an error once it passes `limit` bytes.
 pub struct Tee {
     inner: Incoming,
     state: Arc<TeeState>,
     bytes: Counter,
+    /// Bytes that may still pass.
+    left: u64,
 }
 
 impl Tee {
-    pub fn new(inner: Incoming, state: Arc<TeeState>, bytes: Counter) -> Self {
+    /// `limit`: the service's `maxRequestBytes` (`u64::MAX`: none).
+    pub fn new(inner: Incoming, state: Arc<TeeState>, bytes: Counter, limit: u64) -> Self {
         Self {
             inner,
             state,
             bytes,
+            left: limit,
         }
     }
 }
+
+/// A request body longer than its service's `maxRequestBytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the service's maxRequestBytes")]
+pub struct TooLarge;
 
 const TEE_LIMIT: usize = 64 * 1024;
 
@@ -184,7 +243,18 @@ impl Body for Tee {
         if let Poll::Ready(Some(Ok(f))) = &r
             && let Some(d) = f.data_ref()
         {
-            self.bytes.inc_by(d.len() as u64);
+            let n = d.len() as u64;
+            if n > self.left {
+                // Cut off here: what passed stays sent, this frame is not.
+                self.left = 0;
+                self.state.update(|t| {
+                    t.spoiled = true;
+                    t.too_large = true;
+                });
+                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            }
+            self.left -= n;
+            self.bytes.inc_by(n);
         }
         match &r {
             Poll::Ready(Some(Ok(f))) => self.state.update(|t| match f.data_ref() {
@@ -285,5 +355,75 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// A body that keeps something (a lane, an open connection) alive until
+/// it ends or is dropped.
+pub struct Holding<T> {
+    inner: ProxyBody,
+    _held: T,
+}
+
+impl<T> Holding<T> {
+    pub fn new(inner: ProxyBody, held: T) -> Self {
+        Self { inner, _held: held }
+    }
+}
+
+impl<T: Unpin> Body for Holding<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Overflow;
+
+    #[test]
+    fn overflow_answers_say_which_limit() {
+        let r = overflow_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Overflow::Pending,
+            false,
+            "full",
+        );
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[OVERFLOW_HEADER], "pending");
+        // gRPC: a status it maps right (413 would read as UNKNOWN).
+        let r = overflow_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Overflow::RequestBytes,
+            true,
+            "big",
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "8");
+        assert_eq!(r.headers()["grpc-message"], "knit: big");
+        assert_eq!(r.headers()[OVERFLOW_HEADER], "request_bytes");
+        assert!(r.body().is_end_stream());
+        let r = overflow_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Overflow::Pending,
+            true,
+            "full",
+        );
+        assert_eq!(r.headers()["grpc-status"], "14");
     }
 }

@@ -1,6 +1,8 @@
-//! One request's way through the proxy: pick an endpoint round-robin, send,
-//! retry on another endpoint when that is safe, time out, answer errors a
-//! client can act on (503 nothing healthy, 502 upstream broke, 504 timeout).
+//! One request's way through the proxy: check it against its service's
+//! limits, pick an endpoint round-robin, send, retry on another endpoint
+//! when that is safe, time out, answer errors a client can act on (503
+//! nothing healthy or too many waiting, 502 upstream broke, 504 timeout,
+//! 413 / 431 too large for the service).
 use std::{convert::Infallible, sync::Arc, sync::atomic::Ordering, time::Instant};
 
 use bytes::Bytes;
@@ -24,18 +26,23 @@ use tracing::debug;
 use super::{
     AliasRoute, Endpoint, Proxy, ProxyEvent,
     access::{self, Client, Record},
-    body::{Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming},
+    body::{
+        Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming, overflow_response,
+    },
     idle::{Activity, Tracked},
+    limits::{Lane, NoLane},
     pool::SendError,
     upgrade,
 };
+use crate::metrics::Overflow;
 
 /// At most this many retries per request (ECS Service Connect's agent: 2).
 const MAX_RETRIES: usize = 2;
 /// Bodies up to this size are kept so that a request can be replayed.
 const MAX_REPLAY_BODY: usize = 64 * 1024;
-/// Largest request head the proxy reads (more: 431).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest request head the proxy reads (more: 431), whatever the
+/// service's `maxHeaderBytes` (which is at most this).
+pub const MAX_HEADER_BYTES: usize = proxy_config::LimitsSpec::DEFAULT_MAX_HEADER_BYTES as usize;
 /// gRPC status UNAVAILABLE.
 const GRPC_UNAVAILABLE: &[u8] = b"14";
 
@@ -213,22 +220,34 @@ async fn handle(
     if let Target::Alias(_, Some(client)) = target {
         client.edge.inc();
     }
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     // Requests tasks send (egress); an ingress listener's are counted where
     // they came from.
     if matches!(target, Target::Alias(..)) {
         alias.counters.requests.inc();
-        if req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        {
+        if grpc {
             alias.counters.grpc_requests.inc();
         }
+    }
+    let h1 = req.version() < Version::HTTP_2;
+    let limits = &alias.pool.limits;
+    let max_head = limits.max_header_bytes();
+    // At the default the parser's own limit (the same size) applies.
+    if max_head < MAX_HEADER_BYTES && head_bytes(&req) > max_head {
+        return too_large(&alias, Overflow::HeaderBytes, grpc, h1);
     }
     // On an HTTP/2 or gRPC service, `Upgrade: h2c` and the like are hop by
     // hop: such a request goes on as a plain one.
     if is_upgrade(&req) && alias.protocol == AppProtocol::Http {
         return upgrade::forward(req, &alias, proxy).await;
+    }
+    let max_body = limits.max_request_bytes();
+    // A declared length (Content-Length) is checked before anything is sent.
+    if max_body.is_some_and(|max| req.body().size_hint().lower() > max) {
+        return too_large(&alias, Overflow::RequestBytes, grpc, h1);
     }
     let version = req.version();
     let (mut parts, body) = req.into_parts();
@@ -239,11 +258,7 @@ async fn handle(
             "the Host header is not a valid authority",
         );
     }
-    let grpc = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let mut body = match ReqBody::read(&parts, body).await {
+    let mut body = match ReqBody::read(&parts, body, max_body).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -264,6 +279,12 @@ async fn handle(
     let mut tried = Vec::new();
     let mut retries = 0;
     loop {
+        // A lane first: a request that waits for one picks its endpoint
+        // when it can go.
+        let lane = match alias.pool.limits.lane(deadline).await {
+            Ok(lane) => lane,
+            Err(why) => return no_lane(&alias, why, grpc),
+        };
         let Some(ep) = alias.pick(&tried).cloned() else {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -280,7 +301,7 @@ async fn handle(
                 true
             }
         };
-        let acquired = within(deadline, proxy.pools.acquire(ep.addr, h2)).await;
+        let acquired = within(deadline, alias.pool.acquire(ep.addr, h2, lane)).await;
         let (mut sender, reused) = match acquired {
             None => return timeout_response(),
             Some(Err(e)) => {
@@ -309,12 +330,9 @@ async fn handle(
             // A pooled connection the endpoint had closed: not a failure of
             // the endpoint; the request never left, so send it on a new one.
             debug!(endpoint = %ep.addr, reused, error = %e, "stale pooled connection");
-            sent = match within(deadline, proxy.pools.connect(ep.addr, h2)).await {
+            sent = match within(deadline, alias.pool.reconnect(ep.addr, &mut sender)).await {
                 None => None,
-                Some(Ok(s)) => {
-                    sender = s;
-                    within(deadline, sender.send(*req)).await
-                }
+                Some(Ok(())) => within(deadline, sender.send(*req)).await,
                 Some(Err(_)) => Some(Err(SendError::Failed(e))),
             };
         }
@@ -324,6 +342,11 @@ async fn handle(
                 return timeout_response();
             }
             Some(Err(SendError::NotSent(_, e) | SendError::Failed(e))) => {
+                // The body passed maxRequestBytes and was cut off before
+                // any answer: the client's doing, and it can act on it.
+                if body.too_large() {
+                    return too_large(&alias, Overflow::RequestBytes, grpc, h1);
+                }
                 debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "upstream failed before answering");
                 // The client's own body failing (an aborted upload) is not the
                 // endpoint's fault, nor is a pooled connection it closed.
@@ -333,10 +356,7 @@ async fn handle(
                 if may_retry(body.replayable() && idempotent(&parts.method)) {
                     continue;
                 }
-                return error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "the service's endpoint closed the connection before answering",
-                );
+                return bad_gateway_before_answer();
             }
             Some(Ok(resp)) => {
                 outcome.upstream = start.elapsed();
@@ -359,19 +379,80 @@ async fn handle(
                 let safe = idempotent(&parts.method) || grpc;
                 let replay = unavailable && safe && body.settle().await;
                 if unavailable && may_retry(replay) {
-                    release(proxy, &ep, sender);
+                    drop(alias.pool.release(ep.addr, sender));
                     continue;
                 }
-                release(proxy, &ep, sender);
-                return downstream_response(resp, version, guard, target_bytes);
+                let lane = alias.pool.release(ep.addr, sender);
+                return downstream_response(resp, version, guard, lane, target_bytes);
             }
         }
     }
 }
 
-fn release(proxy: &Arc<Proxy>, ep: &Endpoint, sender: super::pool::Sender) {
-    let (p, addr) = (proxy.clone(), ep.addr);
-    tokio::spawn(async move { p.pools.release(addr, sender).await });
+/// The answer when a request got no lane: 503 when too many wait
+/// already, 504 when its per-request timeout passed while it waited.
+pub(super) fn no_lane(alias: &AliasRoute, why: NoLane, grpc: bool) -> Response<ProxyBody> {
+    match why {
+        NoLane::TimedOut => timeout_response(),
+        NoLane::Overflow => {
+            alias.counters.overflow(Overflow::Pending);
+            overflow_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Overflow::Pending,
+                grpc,
+                "too many requests to this service are waiting; try again later",
+            )
+        }
+    }
+}
+
+fn bad_gateway_before_answer() -> Response<ProxyBody> {
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        "the service's endpoint closed the connection before answering",
+    )
+}
+
+/// 413 (`maxRequestBytes`) or 431 (`maxHeaderBytes`); gRPC:
+/// RESOURCE_EXHAUSTED. The rest of the request body is not read, so an
+/// HTTP/1.1 connection closes after this answer, and says so.
+fn too_large(alias: &AliasRoute, what: Overflow, grpc: bool, h1: bool) -> Response<ProxyBody> {
+    alias.counters.overflow(what);
+    let (status, text) = match what {
+        Overflow::HeaderBytes => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head is larger than this service accepts",
+        ),
+        _ => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this service accepts",
+        ),
+    };
+    let mut r = overflow_response(status, what, grpc, text);
+    if h1 {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// The request head's size as HTTP/1.1 carries it: the request line, one
+/// `name: value` line per field, the empty line. HTTP/2 requests are
+/// measured the same way, their `:authority` as a Host field.
+fn head_bytes<B>(req: &Request<B>) -> usize {
+    const CRLF: usize = 2;
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    // "GET /x HTTP/1.1\r\n"
+    let mut n = req.method().as_str().len() + 1 + target + 1 + 8 + CRLF;
+    for (name, value) in req.headers() {
+        n += name.as_str().len() + 2 + value.len() + CRLF;
+    }
+    if !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
+    {
+        n += "host: ".len() + a.as_str().len() + CRLF;
+    }
+    n + CRLF
 }
 
 async fn within<F: Future>(deadline: Option<tokio::time::Instant>, f: F) -> Option<F::Output> {
@@ -420,14 +501,22 @@ fn authority_of(parts: &Parts) -> Option<String> {
 }
 
 /// The request body: kept whole when small (it can be replayed), else
-/// streamed once, with a copy of its first 64 KiB kept by a tee.
+/// streamed once, with a copy of its first 64 KiB kept by a tee that also
+/// cuts it off past the service's `maxRequestBytes` (`u64::MAX`: none).
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>, Arc<super::body::TeeState>),
+    Streaming(Option<Incoming>, Arc<super::body::TeeState>, u64),
 }
 
 impl ReqBody {
-    async fn read(parts: &Parts, body: Incoming) -> Result<Self, Response<ProxyBody>> {
+    /// `max`: the service's `maxRequestBytes`. A body with a declared
+    /// length was checked against it already; one without is streamed.
+    async fn read(
+        parts: &Parts,
+        body: Incoming,
+        max: Option<u64>,
+    ) -> Result<Self, Response<ProxyBody>> {
+        let limit = max.unwrap_or(u64::MAX);
         let small = body.is_end_stream()
             || body
                 .size_hint()
@@ -441,7 +530,7 @@ impl ReqBody {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
                 && !body.is_end_stream()
         {
-            return Ok(ReqBody::Streaming(Some(body), Default::default()));
+            return Ok(ReqBody::Streaming(Some(body), Default::default(), limit));
         }
         match Limited::new(body, MAX_REPLAY_BODY).collect().await {
             Ok(c) => Ok(ReqBody::Buffered(c.to_bytes())),
@@ -464,17 +553,22 @@ impl ReqBody {
                 bytes.inc_by(b.len() as u64);
                 Some(full(b.clone()))
             }
-            ReqBody::Streaming(b, tee) => b
+            ReqBody::Streaming(b, tee, limit) => b
                 .take()
-                .map(|b| super::body::Tee::new(b, tee.clone(), bytes.clone()).boxed()),
+                .map(|b| super::body::Tee::new(b, tee.clone(), bytes.clone(), *limit).boxed()),
         }
+    }
+
+    /// The streamed body was cut off at `maxRequestBytes`.
+    fn too_large(&self) -> bool {
+        matches!(self, ReqBody::Streaming(_, tee, _) if tee.too_large())
     }
 
     /// After a retriable answer: whether the request can be sent again. A
     /// streamed body can when the tee saw all of it (waiting briefly for
     /// its end, which may race the answer).
     async fn settle(&mut self) -> bool {
-        let ReqBody::Streaming(_, tee) = self else {
+        let ReqBody::Streaming(_, tee, _) = self else {
             return true;
         };
         match tee.settled(std::time::Duration::from_millis(100)).await {
@@ -567,12 +661,16 @@ fn downstream_response(
     resp: Response<Incoming>,
     version: Version,
     guard: InflightGuard,
+    lane: Option<Lane>,
     bytes: Counter,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = version;
-    Response::from_parts(parts, Guarded::new(incoming(body), guard, bytes).boxed())
+    Response::from_parts(
+        parts,
+        Guarded::new(incoming(body), guard, lane, bytes).boxed(),
+    )
 }
 
 impl Proxy {
@@ -594,5 +692,27 @@ impl Proxy {
 
     pub(super) fn success(&self, ep: &Endpoint) {
         ep.health.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_bytes_counts_as_http1_sends_it() {
+        let wire = "GET /a?b=1 HTTP/1.1\r\nhost: web\r\nx-big: aaaa\r\n\r\n";
+        let req = Request::get("/a?b=1")
+            .header("host", "web")
+            .header("x-big", "aaaa")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(head_bytes(&req), wire.len());
+        // HTTP/2: the authority counts as a Host field.
+        let req = Request::get("http://web/a?b=1")
+            .header("x-big", "aaaa")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(head_bytes(&req), wire.len());
     }
 }

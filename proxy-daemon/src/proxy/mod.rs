@@ -4,7 +4,7 @@
 //! listener; on accept the proxy reads the VIP the task dialed from
 //! `KNIT_ORIG` (keyed by the task's end of the connection) and serves the
 //! connection with that alias's route: round-robin per request, retries,
-//! outlier reports, timeouts and draining. Ingress listeners (one per L7
+//! outlier reports, timeouts, draining and the service's limits. Ingress listeners (one per L7
 //! task port) take traffic from other hosts to the local app.
 pub mod access;
 mod body;
@@ -12,6 +12,7 @@ mod budget;
 mod forward;
 mod idle;
 mod ingress;
+mod limits;
 mod pool;
 mod routes;
 mod upgrade;
@@ -27,7 +28,7 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{debug, warn};
 
 pub use self::budget::RetryBudget;
-use self::pool::Pools;
+pub use self::pool::ServicePool;
 
 /// What the proxy tells the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +45,6 @@ pub struct Proxy {
     pub access_log: access::AccessLog,
     pub metrics: crate::metrics::ProxyMetrics,
     orig: HashMap<MapData, OrigKey, ConnInfo>,
-    pools: Pools,
     events: mpsc::UnboundedSender<ProxyEvent>,
     /// Handed over to a new daemon: finish what is in flight, then close.
     retiring: std::sync::atomic::AtomicBool,
@@ -65,7 +65,6 @@ impl Proxy {
             access_log: access::AccessLog::start(metrics.access_log_dropped.clone()),
             metrics,
             orig,
-            pools: Pools::default(),
             events,
             retiring: Default::default(),
             retire_notify: Default::default(),

@@ -1,11 +1,14 @@
-//! Connections to endpoints, shared by all tasks' requests: HTTP/1.1
-//! connections are kept idle per endpoint and reused one request at a
-//! time; an HTTP/2 connection per endpoint carries many streams at once.
+//! Connections to one L7 service's endpoints, shared by every request to
+//! it (egress and ingress): HTTP/1.1 connections are kept idle per endpoint
+//! and reused one request at a time; an HTTP/2 connection per endpoint
+//! carries many streams at once. Each request holds a [`Lane`] of the
+//! service's [`Limits`] while it uses a connection; HTTP/1.1 connections
+//! count against `maxConnections` while they are open.
 use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -18,7 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::ProxyBody;
+use super::{
+    body::ProxyBody,
+    limits::{Lane, Limits, OpenConn},
+};
 
 /// How long a connect to an endpoint may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,12 +35,25 @@ const MAX_IDLE_PER_ENDPOINT: usize = 128;
 /// closing races their FIN.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// An idle HTTP/1.1 connection and since when it has been idle.
-type IdleH1 = (http1::SendRequest<ProxyBody>, Instant);
+/// An HTTP/1.1 connection, counted as open while it lives.
+struct H1 {
+    send: http1::SendRequest<ProxyBody>,
+    _open: OpenConn,
+}
 
-pub enum Sender {
-    H1(http1::SendRequest<ProxyBody>),
+/// An idle HTTP/1.1 connection and since when it has been idle.
+type IdleH1 = (H1, Instant);
+
+enum Conn {
+    H1(H1),
     H2(http2::SendRequest<ProxyBody>),
+}
+
+/// A connection (or an HTTP/2 stream's connection) for one request, with
+/// the request's lane.
+pub struct Sender {
+    conn: Conn,
+    lane: Lane,
 }
 
 /// A send that failed before the request left: it comes back for another try.
@@ -45,9 +64,9 @@ pub enum SendError {
 
 impl Sender {
     pub async fn send(&mut self, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
-        let r = match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+        let r = match &mut self.conn {
+            Conn::H1(c) => c.send.try_send_request(req).await,
+            Conn::H2(s) => s.try_send_request(req).await,
         };
         r.map_err(|mut e| match e.take_message() {
             Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
@@ -56,10 +75,22 @@ impl Sender {
     }
 }
 
+/// One L7 service's connections and limits; outlives route tables.
 #[derive(Default)]
-pub struct Pools {
+pub struct ServicePool {
+    pub limits: Arc<Limits>,
     h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
+}
+
+impl std::fmt::Debug for ServicePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServicePool")
+            .field("max_connections", &self.limits.max_connections())
+            .field("open", &self.limits.open())
+            .field("pending", &self.limits.pending())
+            .finish_non_exhaustive()
+    }
 }
 
 async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -74,79 +105,224 @@ fn other(e: hyper::Error) -> io::Error {
     io::Error::other(e)
 }
 
-impl Pools {
-    /// A sender to `addr`: a pooled one when there is one (`true`: reused),
-    /// else a new connection.
-    pub async fn acquire(&self, addr: SocketAddr, h2: bool) -> io::Result<(Sender, bool)> {
+/// A new HTTP/1.1 connection to `addr`.
+async fn connect_h1(addr: SocketAddr) -> io::Result<http1::SendRequest<ProxyBody>> {
+    let io = TokioIo::new(dial(addr).await?);
+    let (send, conn) = http1::handshake(io).await.map_err(other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(%addr, error = %e, "upstream h1 connection");
+        }
+    });
+    Ok(send)
+}
+
+impl ServicePool {
+    /// A sender to `addr` for the request holding `lane`: a pooled
+    /// connection when there is one (`true`: reused), else a new one.
+    pub async fn acquire(
+        &self,
+        addr: SocketAddr,
+        h2: bool,
+        lane: Lane,
+    ) -> io::Result<(Sender, bool)> {
         if h2 {
             let existing = {
                 let map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
                 map.get(&addr).filter(|s| !s.is_closed()).cloned()
             };
-            if let Some(s) = existing {
-                return Ok((Sender::H2(s), true));
-            }
-        } else {
-            loop {
-                let idle = {
-                    let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-                    map.get_mut(&addr).and_then(Vec::pop)
-                };
-                match idle {
-                    Some((s, since)) if s.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT => {
-                        return Ok((Sender::H1(s), true));
+            let (s, reused) = match existing {
+                Some(s) => (s, true),
+                None => (self.connect_h2(addr).await?, false),
+            };
+            return Ok((
+                Sender {
+                    conn: Conn::H2(s),
+                    lane,
+                },
+                reused,
+            ));
+        }
+        let open = {
+            let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(idle) = map.get_mut(&addr) {
+                // Stale ones are dropped here, under the lock, so that the
+                // open count and the pool agree for whoever looks next.
+                while let Some((c, since)) = idle.pop() {
+                    if c.send.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                        let conn = Conn::H1(c);
+                        return Ok((Sender { conn, lane }, true));
                     }
-                    Some(_) => continue,
-                    None => break,
                 }
             }
-        }
-        Ok((self.connect(addr, h2).await?, false))
-    }
-
-    /// A new connection to `addr`.
-    pub async fn connect(&self, addr: SocketAddr, h2: bool) -> io::Result<Sender> {
-        let io = TokioIo::new(dial(addr).await?);
-        if h2 {
-            let (s, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(other)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(%addr, error = %e, "upstream h2 connection");
-                }
-            });
-            self.h2
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(addr, s.clone());
-            Ok(Sender::H2(s))
-        } else {
-            let (s, conn) = http1::handshake(io).await.map_err(other)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(%addr, error = %e, "upstream h1 connection");
-                }
-            });
-            Ok(Sender::H1(s))
-        }
-    }
-
-    /// Give an HTTP/1.1 connection back once its response has been read.
-    pub async fn release(&self, addr: SocketAddr, sender: Sender) {
-        let Sender::H1(mut s) = sender else {
-            return;
+            self.make_room(&mut map)
         };
-        if s.ready().await.is_err() {
-            return;
+        let send = connect_h1(addr).await?;
+        let conn = Conn::H1(H1 { send, _open: open });
+        Ok((Sender { conn, lane }, false))
+    }
+
+    /// A new connection in place of one the endpoint had closed (the
+    /// request never left); an HTTP/1.1 one takes over its place under
+    /// `maxConnections`.
+    pub async fn reconnect(&self, addr: SocketAddr, sender: &mut Sender) -> io::Result<()> {
+        match &mut sender.conn {
+            Conn::H1(c) => c.send = connect_h1(addr).await?,
+            Conn::H2(s) => *s = self.connect_h2(addr).await?,
         }
+        Ok(())
+    }
+
+    /// Room for one more HTTP/1.1 connection: at `maxConnections`, an idle
+    /// one (to any endpoint, the longest idle there) is closed. There is
+    /// always one to close while lanes in use are at most `maxConnections`
+    /// (the caller holds one and has no connection): each busy connection
+    /// holds a lane, and idle ones leave the pool only under this lock.
+    /// Right after `maxConnections` shrank, lanes in use may exceed it for
+    /// a moment; then this dials past the limit rather than stall.
+    fn make_room(&self, map: &mut HashMap<SocketAddr, Vec<IdleH1>>) -> OpenConn {
+        while self.limits.open() >= self.limits.max_connections() {
+            let Some(idle) = map.values_mut().find(|v| !v.is_empty()) else {
+                break;
+            };
+            idle.remove(0);
+        }
+        self.limits.open_conn()
+    }
+
+    /// A connection for an HTTP/1.1 upgrade (it leaves the pool for good),
+    /// counted as open while the token lives.
+    pub fn open_for_upgrade(&self) -> OpenConn {
+        let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        self.make_room(&mut map)
+    }
+
+    /// A new HTTP/2 connection to `addr`, shared from now on.
+    async fn connect_h2(&self, addr: SocketAddr) -> io::Result<http2::SendRequest<ProxyBody>> {
+        let io = TokioIo::new(dial(addr).await?);
+        let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream h2 connection");
+            }
+        });
+        self.h2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, s.clone());
+        Ok(s)
+    }
+
+    /// Done with a sender once its response head is in. HTTP/1.1: the
+    /// connection goes back to the pool once its response has been read,
+    /// and only then is the lane freed (so a request waiting for it finds
+    /// the connection). HTTP/2: the lane comes back, for the response body
+    /// to hold until it ends.
+    pub fn release(self: &Arc<Self>, addr: SocketAddr, sender: Sender) -> Option<Lane> {
+        let Sender { conn, lane } = sender;
+        let Conn::H1(mut c) = conn else {
+            return Some(lane);
+        };
+        let pool = self.clone();
+        tokio::spawn(async move {
+            match c.send.ready().await {
+                Ok(()) => pool.park(addr, c),
+                Err(_) => drop(c),
+            }
+            drop(lane);
+        });
+        None
+    }
+
+    fn park(&self, addr: SocketAddr, c: H1) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.entry(addr).or_default();
         // One clock read, not one per idle connection.
         let now = Instant::now();
         idle.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((s, now));
+            idle.push((c, now));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_config::LimitsSpec;
+
+    /// Two endpoints (listeners that never answer: an HTTP/1.1 connection
+    /// is ready to send as soon as it is open).
+    async fn endpoints() -> io::Result<[(tokio::net::TcpListener, SocketAddr); 2]> {
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (aa, ba) = (a.local_addr()?, b.local_addr()?);
+        Ok([(a, aa), (b, ba)])
+    }
+
+    fn idle(pool: &ServicePool, addr: SocketAddr) -> usize {
+        let map = pool.h1.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&addr).map_or(0, Vec::len)
+    }
+
+    #[tokio::test]
+    async fn at_max_connections_an_idle_one_closes_for_a_new_endpoint() -> io::Result<()> {
+        let [(_la, a), (_lb, b)] = endpoints().await?;
+        let pool = Arc::new(ServicePool::default());
+        pool.limits.set(&LimitsSpec {
+            max_connections: Some(1),
+            ..LimitsSpec::default()
+        });
+        let lane = |p: &Arc<ServicePool>| {
+            let l = p.limits.clone();
+            async move {
+                l.lane(None)
+                    .await
+                    .map_err(|e| io::Error::other(format!("{e:?}")))
+            }
+        };
+        let (s, reused) = pool.acquire(a, false, lane(&pool).await?).await?;
+        assert!(!reused);
+        assert_eq!(pool.limits.open(), 1);
+        assert!(pool.release(a, s).is_none());
+        // Parked, then the lane is free again.
+        let l = tokio::time::timeout(Duration::from_secs(5), lane(&pool)).await??;
+        assert_eq!(idle(&pool, a), 1);
+        // Another endpoint: the idle connection to `a` makes room.
+        let (s, reused) = pool.acquire(b, false, l).await?;
+        assert!(!reused);
+        assert_eq!((pool.limits.open(), idle(&pool, a)), (1, 0));
+        drop(s);
+        assert_eq!(pool.limits.open(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_is_reused() -> io::Result<()> {
+        let [(_la, a), _] = endpoints().await?;
+        let pool = Arc::new(ServicePool::default());
+        let limits = pool.limits.clone();
+        let lane = limits
+            .lane(None)
+            .await
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let (s, _) = pool.acquire(a, false, lane).await?;
+        assert!(pool.release(a, s).is_none());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while idle(&pool, a) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await?;
+        let lane = limits
+            .lane(None)
+            .await
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let (_s, reused) = pool.acquire(a, false, lane).await?;
+        assert!(reused);
+        assert_eq!(limits.open(), 1);
+        Ok(())
     }
 }

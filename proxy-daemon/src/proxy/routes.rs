@@ -55,6 +55,8 @@ pub struct AliasRoute {
     /// This service's retry budget (one failing service cannot spend
     /// another's).
     pub budget: Arc<super::RetryBudget>,
+    /// This service's connections and limits.
+    pub pool: Arc<super::ServicePool>,
     /// The target service's access log (requests its ingress listeners take).
     pub access_log: Option<proxy_config::AccessLogSpec>,
     pub discovery_name: String,
@@ -123,6 +125,7 @@ mod tests {
             idle_timeout: None,
             cursor: Arc::default(),
             budget: Arc::default(),
+            pool: Arc::default(),
         }
     }
 

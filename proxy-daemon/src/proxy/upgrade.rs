@@ -3,6 +3,7 @@
 //! two sides are spliced byte for byte.
 use std::sync::Arc;
 
+use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode, body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -10,7 +11,7 @@ use tracing::debug;
 
 use super::{
     AliasRoute, Proxy,
-    body::{InflightGuard, ProxyBody, error_response, incoming},
+    body::{Holding, InflightGuard, ProxyBody, error_response, incoming},
     pool::CONNECT_TIMEOUT,
 };
 
@@ -19,6 +20,15 @@ pub async fn forward(
     alias: &AliasRoute,
     proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
+    // An upgraded connection holds a lane and counts as open for as long
+    // as it lasts, like any request on its own connection.
+    let deadline = alias
+        .request_timeout
+        .map(|t| tokio::time::Instant::now() + t);
+    let lane = match alias.pool.limits.lane(deadline).await {
+        Ok(lane) => lane,
+        Err(why) => return super::forward::no_lane(alias, why, false),
+    };
     let Some(ep) = alias.pick(&[]).cloned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -26,6 +36,7 @@ pub async fn forward(
         );
     };
     let downstream = hyper::upgrade::on(&mut req);
+    let open = alias.pool.open_for_upgrade();
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await {
         Ok(Ok(s)) => s,
         _ => {
@@ -72,12 +83,13 @@ pub async fn forward(
         }
     };
     proxy.success(&ep);
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let held = (lane, open);
+    let (parts, body) = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         // An open WebSocket is a request in flight: a drain waits for it.
         let guard = InflightGuard::new(ep.health.clone());
         tokio::spawn(async move {
-            let _guard = guard;
+            let _held = (guard, held);
             match (downstream.await, upstream.await) {
                 (Ok(d), Ok(u)) => {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
@@ -88,7 +100,12 @@ pub async fn forward(
                 (d, u) => debug!(down = d.is_ok(), up = u.is_ok(), "upgrade did not complete"),
             }
         });
-    }
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, incoming(body))
+        let (parts, body) = resp.into_parts();
+        (parts, incoming(body))
+    } else {
+        // Not upgraded: the connection is done once this answer is read.
+        let (parts, body) = resp.into_parts();
+        (parts, Holding::new(incoming(body), held).boxed())
+    };
+    Response::from_parts(parts, body)
 }

@@ -325,6 +325,7 @@ mod tests {
                 idle_timeout_s: None,
                 per_request_timeout_s: None,
                 outlier: None,
+                limits: None,
             }],
             access_log: None,
         };

@@ -338,3 +338,33 @@ fn existing_task_definition_shape_is_used() {
     let ep = ok_with(&[("s.json", file)], &ex).services[0].endpoints[0].clone();
     assert_eq!((ep.dns_name.as_str(), ep.port), ("redis.default", 6379));
 }
+
+#[test]
+fn limits_only_for_http() {
+    let e = one(&[(
+        "s.json",
+        &with_web(r#"[{"portName": "db", "limits": {"maxConnections": 5}}]"#),
+    )]);
+    check(&e, &format!("{E0}.limits"), "is TCP", "set \"appProtocol\"");
+    let ep = endpoint(&[(
+        "s.json",
+        &with_web(r#"[{"portName": "http", "limits": {"maxConnections": 5}}]"#),
+    )]);
+    assert_eq!(ep.limits.map(|l| l.max_connections()), Some(5));
+}
+
+#[test]
+fn re_registering_as_tcp_breaks_limits() {
+    let mut ex = existing();
+    if let Some(old) = ex.services.get_mut("old") {
+        old.endpoints[0].limits = Some(crate::LimitsSpec::default());
+    }
+    let e = errs_with(
+        &[(
+            "t.json",
+            &td("web", r#"[{"name": "http", "containerPort": 8080}]"#),
+        )],
+        &ex,
+    );
+    check(&e[0], "$", "becomes TCP", "without limits");
+}

@@ -392,3 +392,118 @@ fn access_log_configuration_rules() {
         "\"DISABLED\"",
     );
 }
+
+#[test]
+fn limits_per_service() {
+    let at = "$[1].serviceConnectConfiguration.services[0].limits";
+    let case = |extra: &str| {
+        let file = format!(
+            "[{}, {}]",
+            web_td(),
+            svc("s", &format!(r#"[{{"portName": "http", {extra}}}]"#))
+        );
+        crate::test_support::run(&[("s.json", &file)], &crate::Existing::default())
+    };
+    let limits = |extra: &str| case(extra).map(|p| p.services[0].endpoints[0].limits);
+    // Every key, at the ends of its range.
+    assert_eq!(
+        limits(
+            r#""limits": {"maxConnections": 1, "maxPendingRequests": 0, "maxRequestBytes": 0, "maxHeaderBytes": 1024}"#
+        ),
+        Ok(Some(crate::LimitsSpec {
+            max_connections: Some(1),
+            max_pending_requests: Some(0),
+            max_request_bytes: Some(0),
+            max_header_bytes: Some(1024),
+        }))
+    );
+    let top = limits(
+        r#""limits": {"maxConnections": 100000, "maxPendingRequests": 100000, "maxRequestBytes": 9007199254740991, "maxHeaderBytes": 65536}"#,
+    );
+    assert_eq!(
+        top.map(|l| l.map(|l| (
+            l.max_connections(),
+            l.max_pending_requests(),
+            l.max_request_bytes(),
+            l.max_header_bytes()
+        ))),
+        Ok(Some((100_000, 100_000, Some((1 << 53) - 1), 65536)))
+    );
+    // Each key optional; the rest take their defaults.
+    let some = limits(r#""limits": {"maxConnections": 2}"#);
+    assert_eq!(
+        some.map(|l| l.map(|l| (
+            l.max_connections(),
+            l.max_pending_requests(),
+            l.max_request_bytes(),
+            l.max_header_bytes()
+        ))),
+        Ok(Some((2, 1024, None, 65536)))
+    );
+    assert_eq!(
+        limits(r#""limits": {}"#),
+        Ok(Some(crate::LimitsSpec::default()))
+    );
+    assert_eq!(limits(r#""discoveryName": "d""#), Ok(None));
+    let d = crate::LimitsSpec::default();
+    assert_eq!(
+        (
+            d.max_connections(),
+            d.max_pending_requests(),
+            d.max_request_bytes(),
+            d.max_header_bytes()
+        ),
+        (1024, 1024, None, 65536)
+    );
+    // Out of range: the key's path, the value, and the range in the fix.
+    let bad = |extra: &str| case(extra).map_err(|e| e.0).err().unwrap_or_default();
+    for (extra, key, message, fix) in [
+        (
+            r#"{"maxConnections": 0}"#,
+            "maxConnections",
+            "maxConnections 0 is out of range",
+            "use 1 to 100000",
+        ),
+        (
+            r#"{"maxConnections": 100001}"#,
+            "maxConnections",
+            "100001 is out of range",
+            "use 1 to 100000",
+        ),
+        (
+            r#"{"maxPendingRequests": -1}"#,
+            "maxPendingRequests",
+            "maxPendingRequests -1 is out of range",
+            "use 0 (never wait) to 100000",
+        ),
+        (
+            r#"{"maxRequestBytes": 9007199254740992}"#,
+            "maxRequestBytes",
+            "9007199254740992 is out of range",
+            "leave it out for no limit",
+        ),
+        (
+            r#"{"maxHeaderBytes": 1023}"#,
+            "maxHeaderBytes",
+            "maxHeaderBytes 1023 is out of range",
+            "use 1024 to 65536 bytes",
+        ),
+        (
+            r#"{"maxHeaderBytes": 65537}"#,
+            "maxHeaderBytes",
+            "65537 is out of range",
+            "the most the proxy reads",
+        ),
+    ] {
+        let e = bad(&format!(r#""limits": {extra}"#));
+        assert_eq!(e.len(), 1, "{extra}: {e:#?}");
+        check(&e[0], &format!("{at}.{key}"), message, fix);
+    }
+    // Every bad key is reported, not only the first.
+    let e = bad(r#""limits": {"maxConnections": 0, "maxHeaderBytes": 10}"#);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    // A value of the wrong type is a parse error that names the key.
+    let e = bad(r#""limits": {"maxConnections": "many"}"#);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].path.contains("limits.maxConnections"), "{}", e[0]);
+}

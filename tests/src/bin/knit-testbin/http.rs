@@ -44,7 +44,40 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// What the server saw, for `GET /stats` (those requests not counted).
+#[derive(Default)]
+struct Stats {
+    /// Requests, and connections that carried at least one.
+    requests: std::sync::atomic::AtomicU64,
+    connections: std::sync::atomic::AtomicU64,
+    /// Requests being answered now, and the most at once.
+    inflight: std::sync::atomic::AtomicU64,
+    max_inflight: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request as in flight until dropped.
+struct Inflight(Arc<Stats>);
+
+impl Inflight {
+    fn new(stats: Arc<Stats>) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = stats.inflight.fetch_add(1, SeqCst) + 1;
+        stats.max_inflight.fetch_max(now, SeqCst);
+        Self(stats)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Serve until killed. Every answer carries `x-backend: <id>`.
+/// `GET /stats` answers `{"requests": R, "connections": N, "max_inflight":
+/// M}` about the other requests.
 pub fn server(args: &[String]) -> Result<()> {
     let id = arg(args, "--id").context("--id")?;
     let var = arg(args, "--port-env").context("--port-env")?;
@@ -58,6 +91,7 @@ pub fn server(args: &[String]) -> Result<()> {
     // Requests served so far, rewritten on each request (for tests to read).
     let count_file = arg(args, "--count-file");
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stats = Arc::new(Stats::default());
     let host = std::env::var("KNIT_HOST_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
     let addr: SocketAddr = format!("{host}:{port}").parse()?;
     runtime()?.block_on(async move {
@@ -68,10 +102,30 @@ pub fn server(args: &[String]) -> Result<()> {
         loop {
             let (s, _) = l.accept().await?;
             let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
+            let stats = stats.clone();
+            let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
+                    let (stats, used) = (stats.clone(), used.clone());
                     async move {
+                        if req.uri().path() == "/stats" {
+                            let body = json!({
+                                "requests": stats.requests.load(std::sync::atomic::Ordering::SeqCst),
+                                "connections": stats.connections.load(std::sync::atomic::Ordering::SeqCst),
+                                "max_inflight": stats.max_inflight.load(std::sync::atomic::Ordering::SeqCst),
+                            });
+                            return Ok::<_, Infallible>(Response::new(full(body.to_string())));
+                        }
+                        if !used.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            stats
+                                .connections
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        stats
+                            .requests
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _inflight = Inflight::new(stats.clone());
                         let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         if let Some(f) = &count_file {
                             let _ = std::fs::write(f, n.to_string());
@@ -108,6 +162,16 @@ async fn route(req: Request<Incoming>, id: &str, always: Option<u16>) -> Respons
         Response::new(full(id.to_string()))
     } else if path == "/echo" {
         Response::new(req.into_body().boxed())
+    } else if path == "/sink" {
+        // Reads the whole body, then answers with its length (an upload).
+        match req.into_body().collect().await {
+            Ok(b) => Response::new(full(b.to_bytes().len().to_string())),
+            Err(_) => {
+                let mut r = Response::new(full("body error"));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
+            }
+        }
     } else if path == "/trailers" {
         let mut trailers = hyper::HeaderMap::new();
         trailers.insert("x-trailer", HeaderValue::from_static("yes"));
@@ -193,6 +257,8 @@ async fn connect(addr: SocketAddr, h2: bool) -> Result<Conn> {
 struct Tally {
     statuses: BTreeMap<u16, u64>,
     by_backend: BTreeMap<String, u64>,
+    /// Answers with `x-knit-overflow`, by its value.
+    overflow: BTreeMap<String, u64>,
     errors: Vec<String>,
     failed: u64,
     mismatched: u64,
@@ -215,6 +281,8 @@ pub fn client(args: &[String]) -> Result<()> {
         .unwrap_or_else(|| "GET".into())
         .parse()?;
     let body_bytes = num(args, "--body-bytes", 0)? as usize;
+    // Send the body in 1000-byte frames without a length (HTTP/1.1: chunked).
+    let chunked = args.iter().any(|a| a == "--chunked");
     let dump = args.iter().any(|a| a == "--dump-body");
     let last_body: Arc<Mutex<String>> = Arc::default();
     // Pseudo-random: no period a reordering of chunks could hide in.
@@ -251,11 +319,17 @@ pub fn client(args: &[String]) -> Result<()> {
                         break;
                     }
                     let t0 = Instant::now();
-                    let r = one(&mut conn, addr, h2, &authority, &path, &method, &payload).await;
+                    let r = one(
+                        &mut conn, addr, h2, &authority, &path, &method, &payload, chunked,
+                    )
+                    .await;
                     {
                         let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                         match r {
-                            Ok((status, backend, echoed, trailers)) => {
+                            Ok((status, backend, echoed, trailers, overflow)) => {
+                                if let Some(o) = overflow {
+                                    *t.overflow.entry(o).or_default() += 1;
+                                }
                                 if dump {
                                     *last_body.lock().unwrap_or_else(|p| p.into_inner()) =
                                         String::from_utf8_lossy(&echoed).into_owned();
@@ -305,6 +379,7 @@ pub fn client(args: &[String]) -> Result<()> {
         .sum();
     let report = json!({
         "ok": ok, "failed": t.failed, "statuses": t.statuses, "by_backend": t.by_backend,
+        "overflow": t.overflow,
         "errors": t.errors, "mismatched": t.mismatched, "trailers": t.trailers,
         "p50_us": pct(0.5), "p99_us": pct(0.99), "timeline": t.timeline,
         "body": dump.then(|| last_body.lock().unwrap_or_else(|p| p.into_inner()).clone()),
@@ -313,6 +388,11 @@ pub fn client(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// One request: (status, x-backend, body, trailers seen, x-knit-overflow).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's every knob, from the command line"
+)]
 async fn one(
     conn: &mut Option<Conn>,
     addr: SocketAddr,
@@ -321,11 +401,18 @@ async fn one(
     path: &str,
     method: &hyper::Method,
     payload: &Bytes,
-) -> Result<(u16, String, Bytes, bool)> {
+    chunked: bool,
+) -> Result<(u16, String, Bytes, bool, Option<String>)> {
     if conn.is_none() {
         *conn = Some(connect(addr, h2).await?);
     }
-    let body = if payload.is_empty() {
+    let body = if chunked {
+        let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = payload
+            .chunks(1000)
+            .map(|c| Ok(Frame::data(payload.slice_ref(c))))
+            .collect();
+        BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+    } else if payload.is_empty() {
         full(Bytes::new())
     } else {
         full(payload.clone())
@@ -360,6 +447,11 @@ async fn one(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    let overflow = resp
+        .headers()
+        .get("x-knit-overflow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let collected = resp.into_body().collect().await?;
     let trailers = collected
         .trailers()
@@ -367,7 +459,7 @@ async fn one(
     if closing {
         *conn = None;
     }
-    Ok((status, backend, collected.to_bytes(), trailers))
+    Ok((status, backend, collected.to_bytes(), trailers, overflow))
 }
 
 /// Open a WebSocket through the alias and check that messages come back.

@@ -7,9 +7,9 @@
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
 //! knit-testbin http --id NAME --port-env VAR [--always STATUS]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
-//!     [--method M --body-bytes B] [--hosts FILE] [--duration-ms D]
+//!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D]
 //! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
-//! knit-testbin raw --target HOST:PORT --send TEXT [--repeat-header N] [--hosts FILE]
+//! knit-testbin raw --target HOST:PORT --send TEXT [--big-header-bytes N] [--hosts FILE]
 //! knit-testbin grpc-server --id NAME --port-env VAR [--unavailable]
 //! knit-testbin grpc-client --url http://HOST:PORT --kind unary|server|client|bidi --count N
 //!     [--bytes B] [--messages M] [--concurrency C] [--hosts FILE]
@@ -345,9 +345,10 @@ fn raw(args: &[String]) -> Result<()> {
         .replace("\\n", "\n");
     let repeat = num(args, "--big-header-bytes", 0)? as usize;
     if repeat > 0 {
-        // A request whose head is `repeat` bytes of one header.
+        // A request (the last on its connection) with one header of
+        // `repeat` bytes.
         text = format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
             "a".repeat(repeat)
         );
     }
