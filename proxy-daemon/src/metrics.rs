@@ -112,6 +112,9 @@ pub struct ProxyMetrics {
     pub overflow: Family<OverflowLabels, Counter>,
     /// Access log lines the writer could not keep up with.
     pub access_log_dropped: Counter,
+    /// Downstream connections closed because a request head came too
+    /// slowly (slowloris).
+    pub slow_heads: Counter,
     /// The service graph, from real requests.
     pub service_graph: Family<EdgeLabels, Counter>,
     /// Requests to the admin listener, by path.
@@ -136,6 +139,7 @@ impl Default for ProxyMetrics {
             retries: Family::default(),
             overflow: Family::default(),
             access_log_dropped: Counter::default(),
+            slow_heads: Counter::default(),
             service_graph: Family::default(),
             admin_requests: Family::default(),
             edges: Default::default(),
@@ -312,6 +316,11 @@ impl ProxyMetrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             self.access_log_dropped.clone(),
+        );
+        r.register(
+            "downstream_slow_heads",
+            "Connections closed because a request head did not arrive whole within 10 s of its first byte (slowloris)",
+            self.slow_heads.clone(),
         );
     }
 }

@@ -448,3 +448,91 @@ fn an_endpoint_crashing_in_a_loop_costs_no_request() -> Result<()> {
     ensure!(ok > 100, "{r}");
     Ok(())
 }
+
+/// One task floods the egress listener with idle connections until its own
+/// descriptor limit stops it, another holds connections that dribble a
+/// request head (slowloris): a well-behaved client meanwhile sees no error,
+/// and every slowloris connection is closed once its head is 10 s late.
+#[test]
+fn floods_and_slowloris_from_tasks_do_not_starve_others() -> Result<()> {
+    let mut k = Knit::start("faults-flood", "")?;
+    setup_web(&mut k, 2)?;
+    let hosts = k.hosts.display().to_string();
+    let tb = tb();
+    let flood = k.spawn_task(
+        "client",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "ulimit -n 512 && exec {tb} flood --target web:8080 --hosts {hosts} --connections 5000 --hold-ms 13000"
+            ),
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    let slow = k.spawn_task(
+        "client",
+        &[
+            &tb,
+            "flood",
+            "--target",
+            "web:8080",
+            "--hosts",
+            &hosts,
+            "--connections",
+            "300",
+            "--slowloris",
+            "--hold-ms",
+            "13000",
+        ],
+        std::process::Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let good = k.run_json(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "11000",
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "10",
+        ],
+    )?;
+    let parse = |c: std::process::Child| -> Result<serde_json::Value> {
+        let out = c.wait_with_output()?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let flood = parse(flood)?;
+    let slow = parse(slow)?;
+    eprintln!(
+        "flood: {flood}\nslowloris: {slow}\nwell-behaved client: ok {} failed {}",
+        good["ok"], good["failed"]
+    );
+    // The flooder met its own limit, not knit's.
+    ensure!(
+        flood["emfile"] == 1 && flood["opened"].as_u64().is_some_and(|n| n > 400),
+        "{flood}"
+    );
+    assert_eq!(flood["refused"], 0, "{flood}");
+    // Every slowloris connection was opened, and closed by knit.
+    assert_eq!(slow["opened"], 300, "{slow}");
+    assert_eq!(slow["closed_by_peer"], 300, "{slow}");
+    assert_eq!(good["failed"], 0, "{good}");
+    ensure!(good["ok"].as_u64().is_some_and(|n| n > 200), "{good}");
+    let metrics = k.metrics()?;
+    let closed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("knit_downstream_slow_heads_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .context("knit_downstream_slow_heads_total")?;
+    assert_eq!(closed, 300, "slow heads counted");
+    Ok(())
+}

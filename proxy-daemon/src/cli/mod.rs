@@ -104,6 +104,18 @@ fn finish(r: Result<(), Failure>) -> i32 {
     }
 }
 
+/// Every proxied connection holds descriptors: take all the hard limit
+/// allows (systemd's unit sets it to 1048576), not the soft 1024 default,
+/// so that one task's flood of connections meets its own limit, not ours.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: bool) -> i32 {
     let explicit = config != Path::new(default);
     let mut cfg = match proxy_config::load_daemon_config(&config, explicit) {
@@ -117,6 +129,7 @@ pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: boo
         cfg.datapath.accelerate = false;
         crate::datapath::force_accelerate_off();
     }
+    raise_fd_limit();
     if let Err(e) = crate::logging::init(&cfg.log) {
         eprintln!("error: {} [log] level: {e}", config.display());
         return EXIT_BAD_INPUT;

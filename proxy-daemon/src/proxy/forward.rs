@@ -70,13 +70,20 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
     };
     proxy.live.fetch_add(1, Ordering::SeqCst);
     let _live = LiveGuard(proxy.clone());
+    let activity = Activity::new();
     let svc = {
-        let proxy = proxy.clone();
+        let (proxy, activity) = (proxy.clone(), activity.clone());
         service_fn(move |req| {
-            let (target, proxy) = (target.clone(), proxy.clone());
+            let (target, proxy, activity) = (target.clone(), proxy.clone(), activity.clone());
             async move {
                 let h1 = req.version() < Version::HTTP_2;
+                activity.head_done();
                 let mut resp = logged(req, &target, &proxy).await;
+                // HTTP/1.1 reads the next head after this answer; HTTP/2
+                // streams overlap, and h2 guards its own framing.
+                if h1 {
+                    activity.await_head();
+                }
                 // Handed over: this connection ends after this answer, and
                 // the client knows to open a new one (to the new daemon).
                 if h1 && proxy.is_retiring() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -90,7 +97,6 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1().max_buf_size(MAX_HEADER_BYTES);
     b.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
-    let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let conn = b.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -112,6 +118,10 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
         },
         // Dropping the connection closes it.
         () = idle_close => debug!(?idle, "closing an idle downstream connection"),
+        () = activity.slow_head(HEAD_TIMEOUT) => {
+            proxy.metrics.slow_heads.inc();
+            debug!("closing a connection whose request head came too slowly");
+        }
         () = retire => {
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
@@ -120,6 +130,11 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
         }
     }
 }
+
+/// A request head (HTTP/1.1, or an HTTP/2 preface) must arrive whole within
+/// this long of its first byte (slowloris); an idle keep-alive connection is
+/// not affected (its service's idle timeout applies).
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A connection quiet this long is closed once the daemon handed over.
 const RETIRE_IDLE: std::time::Duration = std::time::Duration::from_millis(300);

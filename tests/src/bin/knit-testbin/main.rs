@@ -16,6 +16,7 @@
 //! knit-testbin xfer-server --port-env VAR [--close-after BYTES]
 //! knit-testbin xfer --target HOST:PORT --sizes 1,64K,64M [--streams K] [--rate B/s]
 //!     [--expect-cut BYTES] [--hosts FILE]
+//! knit-testbin flood --target HOST:PORT --connections N [--slowloris] [--hold-ms D] [--hosts FILE]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -28,6 +29,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+mod flood;
 mod grpc;
 mod http;
 mod xfer;
@@ -67,8 +69,9 @@ fn main() -> Result<()> {
         Some("privileges") => privileges(&args),
         Some("xfer-server") => xfer::server(&args),
         Some("xfer") => xfer::client(&args),
+        Some("flood") => flood::run(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer|flood ..."
         ),
     }
 }
