@@ -6,19 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-mod cgroup;
-mod cli;
-mod control;
-mod daemon;
-mod datapath;
-mod health;
-mod hosts;
-mod logging;
-mod metrics;
-mod outlier;
-mod proxy;
-mod registry;
-mod systemd;
+use knit::cli;
 
 const DEFAULT_CONFIG: &str = "/etc/knit/knit.toml";
 const DEFAULT_SOCKET: &str = "/run/knit/knit.sock";

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod build;
 mod demo;
+mod faults;
 mod install;
 mod setup;
 mod test;
@@ -39,6 +40,24 @@ enum Cmd {
         /// Skip the VM tests (they take a few minutes under TCG).
         #[arg(long)]
         no_vm: bool,
+        /// Then the long checks too: `cargo xtask faults` (fault tests at
+        /// full length and every fuzz target for 10 minutes).
+        #[arg(long)]
+        long: bool,
+    },
+    /// Run the cargo-fuzz targets, each for a bounded time; the corpus grows in fuzz/corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Targets (default: all): ecs_json, knit_toml, http_head, map_encoding.
+        targets: Vec<String>,
+    },
+    /// The long fault suite: fault tests at full length, then every fuzz target.
+    Faults {
+        /// Seconds per fuzz target (0: no fuzzing).
+        #[arg(long, default_value_t = 600)]
+        fuzz_seconds: u64,
     },
     /// Boot Debian 12's 6.1 kernel under qemu and run the datapath tests inside.
     VmTest {
@@ -80,9 +99,21 @@ fn main() -> Result<()> {
             setup::run()?;
             build::all(release)
         }
-        Cmd::Test { no_vm } => {
+        Cmd::Test { no_vm, long } => {
             setup::run()?;
-            test::run(!no_vm)
+            test::run(!no_vm)?;
+            if long {
+                faults::faults(600)?;
+            }
+            Ok(())
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            setup::run()?;
+            faults::fuzz(seconds, &targets)
+        }
+        Cmd::Faults { fuzz_seconds } => {
+            setup::run()?;
+            faults::faults(fuzz_seconds)
         }
         Cmd::VmTest { filter, kernel } => {
             setup::run()?;

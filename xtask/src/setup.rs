@@ -60,7 +60,7 @@ fn rust_src() -> Result<()> {
     ]))
 }
 
-fn cargo_bin() -> PathBuf {
+pub fn cargo_bin() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

@@ -94,9 +94,7 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
             }
         })
     };
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().max_buf_size(MAX_HEADER_BYTES);
-    b.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
+    let b = downstream_builder();
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let conn = b.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -129,6 +127,68 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
             }
         }
     }
+}
+
+/// How the proxy reads downstream connections (HTTP/1.1 or h2c, detected).
+fn downstream_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().max_buf_size(MAX_HEADER_BYTES);
+    b.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
+    b
+}
+
+/// Fuzzing the HTTP edge: `data` as the bytes of a downstream connection,
+/// read with the proxy's own server settings, and every request head that
+/// parses put through what the proxy does to a head before it picks an
+/// endpoint: its size against `maxHeaderBytes`, the access log's path,
+/// upgrade detection, hop-by-hop stripping, the authority check and the
+/// upstream URI for HTTP/1.1 and HTTP/2. Must never panic. Returns how
+/// many requests were seen.
+pub fn fuzz_request_head(data: &[u8]) -> usize {
+    use tokio::io::AsyncWriteExt;
+    thread_local! {
+        static RT: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok();
+    }
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let _ = head_bytes(&req);
+            let _ = access::path(req.uri(), true);
+            let _ = access::path(req.uri(), false);
+            let _ = is_upgrade(&req);
+            let (mut parts, _body) = req.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let authority = authority_of(&parts).unwrap_or_else(|| "web:8080".into());
+            if authority.parse::<hyper::http::uri::Authority>().is_ok() {
+                let _ = upstream_uri(&parts, &authority, true);
+                let _ = upstream_uri(&parts, &authority, false);
+            }
+            Ok::<_, Infallible>(Response::new(empty()))
+        }
+    });
+    RT.with(|rt| {
+        let Some(rt) = rt else { return };
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(256 * 1024);
+            let data = data.to_vec();
+            let writer = tokio::spawn(async move {
+                let _ = client.write_all(&data).await;
+                let _ = client.shutdown().await;
+                // Keep our end open until the server is done reading.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            });
+            let builder = downstream_builder();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(server), svc);
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), conn).await;
+            writer.abort();
+        });
+    });
+    seen.load(Ordering::Relaxed)
 }
 
 /// A request head (HTTP/1.1, or an HTTP/2 preface) must arrive whole within
@@ -505,6 +565,17 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             })
 }
 
+/// The URI sent upstream: absolute for HTTP/2 (its `:authority`), the path
+/// and query alone for HTTP/1.1.
+fn upstream_uri(parts: &Parts, authority: &str, h2: bool) -> Uri {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if h2 {
+        Uri::try_from(format!("http://{authority}{path}")).unwrap_or_else(|_| parts.uri.clone())
+    } else {
+        Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"))
+    }
+}
+
 /// The request's authority: its Host header, else the URI's (HTTP/2).
 fn authority_of(parts: &Parts) -> Option<String> {
     parts
@@ -634,16 +705,14 @@ fn upstream_request(
 ) -> Request<ProxyBody> {
     let authority =
         authority_of(parts).unwrap_or_else(|| format!("{}:{}", alias.dns_name, alias.port));
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut b = Request::builder().method(parts.method.clone());
-    b = if h2 {
-        b.version(Version::HTTP_2).uri(
-            Uri::try_from(format!("http://{authority}{path}"))
-                .unwrap_or_else(|_| parts.uri.clone()),
-        )
-    } else {
-        b.version(Version::HTTP_11).uri(path)
-    };
+    let b = Request::builder()
+        .method(parts.method.clone())
+        .version(if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        })
+        .uri(upstream_uri(parts, &authority, h2));
     let mut req = b.body(body).unwrap_or_else(|_| Request::new(empty()));
     *req.headers_mut() = parts.headers.clone();
     if h2 {

@@ -10,6 +10,7 @@ pub mod access;
 mod body;
 mod budget;
 mod forward;
+pub use forward::fuzz_request_head;
 mod idle;
 mod ingress;
 mod limits;
