@@ -107,7 +107,8 @@ pub mod fuzzing {
         #[test]
         fn the_fuzz_corpus_replays() {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-            let targets: [(&str, fn(&[u8])); 4] = [
+            type Target = fn(&[u8]);
+            let targets: [(&str, Target); 4] = [
                 ("ecs_json", super::ecs_json),
                 ("knit_toml", super::knit_toml),
                 ("http_head", super::request_head),
