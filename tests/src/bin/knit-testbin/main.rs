@@ -16,6 +16,8 @@
 //! knit-testbin xfer-server --port-env VAR [--close-after BYTES]
 //! knit-testbin xfer --target HOST:PORT --sizes 1,64K,64M [--streams K] [--rate B/s]
 //!     [--expect-cut BYTES] [--hosts FILE]
+//! knit-testbin sink-server --port-env VAR
+//! knit-testbin blast --target HOST:PORT --bytes N [--chunk B] [--timeout-s S] [--hosts FILE]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -28,6 +30,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+mod blast;
 mod grpc;
 mod http;
 mod xfer;
@@ -67,8 +70,10 @@ fn main() -> Result<()> {
         Some("privileges") => privileges(&args),
         Some("xfer-server") => xfer::server(&args),
         Some("xfer") => xfer::client(&args),
+        Some("sink-server") => blast::server(&args),
+        Some("blast") => blast::client(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer|sink-server|blast ..."
         ),
     }
 }
