@@ -91,7 +91,7 @@ impl Drop for Guard {
 }
 
 /// Live descendants of `pid` (from /proc's parent links).
-fn descendants(pid: i32) -> Vec<i32> {
+pub fn descendants(pid: i32) -> Vec<i32> {
     let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
