@@ -21,7 +21,7 @@ use super::{
     l7::{
         self, Cell, Load, Outcome, Proto, Scenario, Timing,
         setup::Bench,
-        table::{self, p50, p99, p999, paired_by, rps, servers_cpu},
+        table::{self, p50, p99, p999, paired_by, rps, servers_cpu, skmsg_bytes},
     },
     report::{self, Machine},
     rounds::{self, Plan},
@@ -106,19 +106,16 @@ pub fn run(quick: bool) -> Result<()> {
         elapsed: started_measuring.elapsed(),
     };
     drop(bench);
-    let section = render(&o)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &o.machine, &o.date, &section)?;
-    println!(
-        "wrote the ## sk_msg latency section of {} ({} s with the build)",
-        path.display(),
-        started.elapsed().as_secs()
-    );
-    summary::record(quick, "accel", entry(&o)?)?;
-    if !quick {
-        report::update_readme("accel", &headline(&o)?)?;
-    }
+    summary::publish(
+        quick,
+        "accel",
+        &o.machine,
+        &o.date,
+        &render(&o)?,
+        entry(&o)?,
+        || headline(&o),
+    )?;
+    println!("{} s with the build", started.elapsed().as_secs());
     l7::sane(&o.runs)
 }
 
@@ -260,13 +257,7 @@ fn render(o: &Outcome) -> Result<String> {
             signed_micros(c.off.median - direct),
         )?;
     }
-    let moved = |on: bool| -> u64 {
-        o.runs
-            .iter()
-            .filter(|r| (r.cell.scenario == Scenario::Knit) == on)
-            .map(|r| r.sample.redirected)
-            .sum()
-    };
+    let moved = |on| skmsg_bytes(o, on);
     let knit_requests: u64 = o
         .runs
         .iter()

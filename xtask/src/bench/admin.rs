@@ -181,51 +181,40 @@ pub fn run(quick: bool) -> Result<()> {
         q1 = quiet * 100.0,
         w1 = watched * 100.0,
     );
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &machine, &date, &section)?;
-    println!("wrote the ## Admin cost section of {}", path.display());
     let pct = |x: f64| format!("{x:.2} %");
-    summary::record(
+    let entry = Entry {
+        date: date.clone(),
         quick,
-        "admin",
-        Entry {
-            date: date.clone(),
-            quick,
-            goals: vec![Goal::new(
-                "the dashboard open and /metrics scraped every second add < 2 % of a core",
-                format!("+{}", pct(added)),
-                if added < 2.0 { "met" } else { "not met" },
-            )],
-            panels: vec![Panel {
-                title: "Daemon CPU, % of one core (lower is better)".into(),
-                caption: format!(
-                    "{SERVICES} HTTP services, 4 clients at 10 req/s; {}-s windows, quiet then \
-                     watched (dashboard in Chromium, a /metrics scrape per second). Goal: \
-                     watching adds < 2 %.",
-                    window.as_secs()
-                ),
-                bars: vec![
-                    Bar::new("quiet", quiet * 100.0, pct(quiet * 100.0), Kind::Knit),
-                    Bar::new("watched", watched * 100.0, pct(watched * 100.0), Kind::Knit),
-                    Bar::new("added by watching", added, pct(added), Kind::Knit),
-                ],
-                reference: Some(Reference {
-                    value: 2.0,
-                    label: "goal for added: 2 %".into(),
-                }),
-            }],
-        },
-    )?;
-    if !quick {
-        report::update_readme(
-            "admin",
-            &format!(
-                "- `admin`: the dashboard open and `/metrics` scraped every second add {added:.2} % of one core to the daemon (goal < 2 %, {met}; quiet {:.2} %, watched {:.2} %). Measured {date}. See [BENCHMARKS.md](BENCHMARKS.md#admin-cost).",
-                quiet * 100.0,
-                watched * 100.0
+        goals: vec![Goal::new(
+            "the dashboard open and /metrics scraped every second add < 2 % of a core",
+            format!("+{}", pct(added)),
+            if added < 2.0 { "met" } else { "not met" },
+        )],
+        panels: vec![Panel {
+            title: "Daemon CPU, % of one core (lower is better)".into(),
+            caption: format!(
+                "{SERVICES} HTTP services, 4 clients at 10 req/s; {}-s windows, quiet then \
+                 watched (dashboard in Chromium, a /metrics scrape per second). Goal: watching \
+                 adds < 2 %.",
+                window.as_secs()
             ),
-        )?;
-    }
+            bars: vec![
+                Bar::new("quiet", quiet * 100.0, pct(quiet * 100.0), Kind::Knit),
+                Bar::new("watched", watched * 100.0, pct(watched * 100.0), Kind::Knit),
+                Bar::new("added by watching", added, pct(added), Kind::Knit),
+            ],
+            reference: Some(Reference {
+                value: 2.0,
+                label: "goal for added: 2 %".into(),
+            }),
+        }],
+    };
+    summary::publish(quick, "admin", &machine, &date, &section, entry, || {
+        Ok(format!(
+            "- `admin`: the dashboard open and `/metrics` scraped every second add {added:.2} % of one core to the daemon (goal < 2 %, {met}; quiet {:.2} %, watched {:.2} %). Measured {date}. See [BENCHMARKS.md](BENCHMARKS.md#admin-cost).",
+            quiet * 100.0,
+            watched * 100.0
+        ))
+    })?;
     Ok(())
 }

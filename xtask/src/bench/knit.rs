@@ -93,6 +93,43 @@ fn git_describe() -> String {
     }
 }
 
+/// `knit services --json`: one row per alias.
+pub struct Aliases(serde_json::Value);
+
+impl Aliases {
+    pub fn read(k: &Knit) -> Result<Self> {
+        Ok(Self(k.json(&["services"])?))
+    }
+
+    fn row(&self, alias: &str) -> Result<&serde_json::Value> {
+        self.0
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
+            .with_context(|| format!("no alias {alias} in `knit services --json`: {}", self.0))
+    }
+
+    /// New connections the kernel counted on `alias` (its connect hook).
+    pub fn new_connections(&self, alias: &str) -> Result<u64> {
+        self.row(alias)?["new_connections"]
+            .as_u64()
+            .with_context(|| format!("no new_connections for alias {alias}"))
+    }
+
+    /// `alias`'s VIP, checked to be in 127.255.0.0/16 (benchmarks send
+    /// nowhere else).
+    pub fn vip(&self, alias: &str) -> Result<String> {
+        let vip = self.row(alias)?["vip"]
+            .as_str()
+            .with_context(|| format!("alias {alias} has no VIP"))?
+            .to_string();
+        ensure!(
+            vip.starts_with("127.255."),
+            "VIP {vip} of {alias} is outside 127.255.0.0/16"
+        );
+        Ok(vip)
+    }
+}
+
 /// Same-host acceleration as `knit status --json` reports it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Accel {

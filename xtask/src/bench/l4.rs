@@ -229,15 +229,15 @@ pub fn run(quick: bool) -> Result<()> {
         elapsed: started.elapsed(),
     };
     drop(bench);
-    let section = table::render(&outcome)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
-    println!("wrote the ## L4 section of {}", path.display());
-    summary::record(quick, "l4", table::entry(&outcome)?)?;
-    if !quick {
-        report::update_readme("l4", &table::headline(&outcome)?)?;
-    }
+    summary::publish(
+        quick,
+        "l4",
+        &outcome.machine,
+        &outcome.date,
+        &table::render(&outcome)?,
+        table::entry(&outcome)?,
+        || table::headline(&outcome),
+    )?;
     table::sane(&outcome)
 }
 

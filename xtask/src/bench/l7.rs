@@ -438,20 +438,20 @@ pub fn run(quick: bool) -> Result<()> {
         elapsed: started_measuring.elapsed(),
     };
     drop(bench);
-    let section = table::render(&outcome)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
+    summary::publish(
+        quick,
+        "l7",
+        &outcome.machine,
+        &outcome.date,
+        &table::render(&outcome)?,
+        goals::entry(&outcome)?,
+        || goals::headline(&outcome),
+    )?;
     println!(
-        "wrote the ## L7 section of {} (measuring took {} s; with the build {} s)",
-        path.display(),
+        "measuring took {} s; with the build {} s",
         outcome.elapsed.as_secs(),
         started.elapsed().as_secs()
     );
-    summary::record(quick, "l7", goals::entry(&outcome)?)?;
-    if !quick {
-        report::update_readme("l7", &goals::headline(&outcome)?)?;
-    }
     goals::sane(&outcome.runs)
 }
 

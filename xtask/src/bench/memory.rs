@@ -26,7 +26,7 @@ use anyhow::{Context, Result, ensure};
 use knit_tests::Knit;
 
 use super::{
-    knit,
+    knit, procs,
     report::{self, Machine},
     rounds,
     stats::Summary,
@@ -205,19 +205,16 @@ pub fn run(quick: bool) -> Result<()> {
         sidecar_confs: confs,
         elapsed: started_measuring.elapsed(),
     };
-    let section = table::render(&o)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &o.machine, &o.date, &section)?;
-    println!(
-        "wrote the ## Memory section of {} ({} s with the build)",
-        path.display(),
-        started.elapsed().as_secs()
-    );
-    summary::record(quick, "memory", table::entry(&o)?)?;
-    if !quick {
-        report::update_readme("memory", &table::headline(&o)?)?;
-    }
+    summary::publish(
+        quick,
+        "memory",
+        &o.machine,
+        &o.date,
+        &table::render(&o)?,
+        table::entry(&o)?,
+        || table::headline(&o),
+    )?;
+    println!("{} s with the build", started.elapsed().as_secs());
     table::sane(&o)
 }
 
@@ -356,15 +353,12 @@ fn supervisor_pids(bin: &Path) -> Vec<u32> {
                 return false;
             };
             let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            args.len() > 2 && args[0] == bin && args[1] == b"run" && ppid(*pid) == Some(me)
+            args.len() > 2
+                && args[0] == bin
+                && args[1] == b"run"
+                && procs::ppid_of(*pid as i32) == Some(me as i32)
         })
         .collect()
-}
-
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.get(stat.rfind(')')? + 1..)?;
-    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The median memory of the `knit run` processes (up to 50 of them).

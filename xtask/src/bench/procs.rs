@@ -114,7 +114,8 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
-fn ppid_of(pid: i32) -> Option<i32> {
+/// The parent of `pid`, from /proc (None: gone).
+pub fn ppid_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.get(stat.rfind(')')? + 1..)?;
     after.split_whitespace().nth(1)?.parse().ok()

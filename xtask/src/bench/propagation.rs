@@ -136,15 +136,15 @@ pub fn run(quick: bool) -> Result<()> {
         latencies,
         scale,
     };
-    let section = outcome.render();
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
-    println!("wrote the ## Propagation section of {}", path.display());
-    summary::record(quick, "propagation", outcome.entry())?;
-    if !quick {
-        report::update_readme("propagation", &outcome.headline())?;
-    }
+    summary::publish(
+        quick,
+        "propagation",
+        &outcome.machine,
+        &outcome.date,
+        &outcome.render(),
+        outcome.entry(),
+        || Ok(outcome.headline()),
+    )?;
     Ok(())
 }
 

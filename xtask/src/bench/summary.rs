@@ -150,6 +150,33 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
+/// Where a benchmark's results go: its section (printed, then into
+/// BENCHMARKS.md, or the quick file), its entry (the summary and the
+/// chart), and for full runs its README line.
+pub fn publish(
+    quick: bool,
+    key: &str,
+    machine: &Machine,
+    date: &str,
+    section: &str,
+    entry: Entry,
+    readme_line: impl FnOnce() -> Result<String>,
+) -> Result<()> {
+    println!("\n{section}");
+    let path = report::output_path(quick);
+    report::write_section(&path, machine, date, section)?;
+    println!(
+        "wrote the {} section of {}",
+        section.lines().next().unwrap_or_default(),
+        path.display()
+    );
+    record(quick, key, entry)?;
+    if !quick {
+        report::update_readme(key, &readme_line()?)?;
+    }
+    Ok(())
+}
+
 /// Replace benchmark `key`'s entry, then draw the chart and write the
 /// summary again.
 pub fn record(quick: bool, key: &str, entry: Entry) -> Result<()> {

@@ -127,17 +127,7 @@ impl Bench {
             ],
         )?;
         k.wait_healthy("sink", 1)?;
-        let rows = k.json(&["services"])?;
-        let vip = rows
-            .as_array()
-            .and_then(|a| a.iter().find(|r| r["dns_name"] == "sink"))
-            .and_then(|r| r["vip"].as_str())
-            .with_context(|| format!("no VIP for sink in `knit services --json`: {rows}"))?
-            .to_string();
-        ensure!(
-            vip.starts_with("127.255."),
-            "VIP {vip} is outside 127.255.0.0/16"
-        );
+        let vip = knit::Aliases::read(&k)?.vip("sink")?;
         let eps = k.json(&["endpoints", "sink"])?;
         let direct: SocketAddr = eps
             .as_array()
@@ -184,11 +174,7 @@ impl Bench {
     }
 
     fn vip_connections(&self) -> Result<u64> {
-        let rows = self.k.json(&["services"])?;
-        rows.as_array()
-            .and_then(|a| a.iter().find(|r| r["dns_name"] == "sink"))
-            .and_then(|r| r["new_connections"].as_u64())
-            .with_context(|| format!("no new_connections for sink: {rows}"))
+        knit::Aliases::read(&self.k)?.new_connections("sink")
     }
 
     fn tasks_cpu(&self) -> Result<f64> {
@@ -373,19 +359,16 @@ pub fn run(quick: bool) -> Result<()> {
         elapsed: started_measuring.elapsed(),
     };
     drop(bench);
-    let section = render(&o)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &o.machine, &o.date, &section)?;
-    println!(
-        "wrote the ## L4 transfer section of {} ({} s with the build)",
-        path.display(),
-        started.elapsed().as_secs()
-    );
-    summary::record(quick, "xfer", entry(&o)?)?;
-    if !quick {
-        report::update_readme("xfer", &headline(&o)?)?;
-    }
+    summary::publish(
+        quick,
+        "xfer",
+        &o.machine,
+        &o.date,
+        &render(&o)?,
+        entry(&o)?,
+        || headline(&o),
+    )?;
+    println!("{} s with the build", started.elapsed().as_secs());
     for r in &o.runs {
         ensure!(
             r.sample.gib_per_s > 0.0 && r.sample.cpu_secs > 0.0,

@@ -95,14 +95,7 @@ impl Bench {
         )?;
         haproxy.ensure_running()?;
 
-        let vip = web_row(&k)?["vip"]
-            .as_str()
-            .context("`knit services --json` gives web no VIP")?
-            .to_string();
-        ensure!(
-            vip.starts_with("127.255."),
-            "VIP {vip} is outside 127.255.0.0/16"
-        );
+        let vip = knit::Aliases::read(&k)?.vip("web")?;
         let daemon_pid = k.daemon_pid().context("the daemon is not running")?;
         let script = wrk::write_script(&dir)?;
         Ok(Self {
@@ -237,9 +230,7 @@ impl Bench {
     }
 
     pub fn vip_connections(&self) -> Result<u64> {
-        web_row(&self.k)?["new_connections"]
-            .as_u64()
-            .context("`knit services --json` gives web no new_connections")
+        knit::Aliases::read(&self.k)?.new_connections("web")
     }
 
     pub fn dir_text(&self) -> String {
@@ -273,13 +264,4 @@ impl Bench {
         }
         c
     }
-}
-
-/// The `knit services --json` row of alias `web`.
-fn web_row(k: &Knit) -> Result<serde_json::Value> {
-    let rows = k.json(&["services"])?;
-    rows.as_array()
-        .and_then(|a| a.iter().find(|r| r["dns_name"] == "web"))
-        .cloned()
-        .with_context(|| format!("no alias web in `knit services --json`: {rows}"))
 }

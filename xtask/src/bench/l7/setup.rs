@@ -161,7 +161,8 @@ impl Bench {
              {SERVER_CPU} <pid>` right after it started (all its {threads} threads)"
         );
 
-        let vips = [vip_of(&k, "web")?, vip_of(&k, "web2")?];
+        let aliases = knit::Aliases::read(&k)?;
+        let vips = [aliases.vip("web")?, aliases.vip("web2")?];
         let admin = k.json(&["status"])?["admin"].as_str().map(str::to_string);
         let accel_on = knit::accel(&k)?.enabled;
         let script = wrk::write_script(k.dir.path())?;
@@ -474,14 +475,8 @@ impl Bench {
 
     /// New connections the kernel counted on `web` and `web2`.
     pub fn vip_connections(&self) -> Result<[u64; 2]> {
-        let rows = self.k.json(&["services"])?;
-        let get = |alias: &str| -> Result<u64> {
-            rows.as_array()
-                .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
-                .and_then(|r| r["new_connections"].as_u64())
-                .with_context(|| format!("no new_connections for alias {alias}: {rows}"))
-        };
-        Ok([get("web")?, get("web2")?])
+        let a = knit::Aliases::read(&self.k)?;
+        Ok([a.new_connections("web")?, a.new_connections("web2")?])
     }
 
     /// Requests the proxy counted for `web` and `web2` (from the daemon's
@@ -553,22 +548,6 @@ fn pin_daemon(k: &Knit) -> Result<(u32, usize)> {
         .map(|d| d.count())
         .unwrap_or(0);
     Ok((pid, threads))
-}
-
-/// The VIP of alias `alias` from `knit services --json`.
-fn vip_of(k: &Knit, alias: &str) -> Result<String> {
-    let rows = k.json(&["services"])?;
-    let vip = rows
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
-        .and_then(|r| r["vip"].as_str())
-        .with_context(|| format!("no alias {alias} with a VIP in `knit services --json`: {rows}"))?
-        .to_string();
-    ensure!(
-        vip.starts_with("127.255."),
-        "VIP {vip} of {alias} is outside 127.255.0.0/16"
-    );
-    Ok(vip)
 }
 
 /// GET `path` from the daemon's admin listener on loopback (HTTP/1.1,

@@ -110,6 +110,16 @@ pub fn paired_by(
     Summary::of(&ratios)
 }
 
+/// Bytes sk_msg carried during the sk_msg-on runs (`on`), or during all
+/// the others.
+pub fn skmsg_bytes(o: &Outcome, on: bool) -> u64 {
+    o.runs
+        .iter()
+        .filter(|r| (r.cell.scenario == Scenario::Knit) == on)
+        .map(|r| r.sample.redirected)
+        .sum()
+}
+
 /// Requests/s `a ÷ b` within each round.
 pub fn paired(o: &Outcome, p: Proto, l: Load, a: Scenario, b: Scenario) -> Option<Summary> {
     paired_by(o, p, l, a, b, |x| x.m.rps)
@@ -367,19 +377,13 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
              nginx) would not cost it. ",
         )?;
     }
-    let moved = |on: bool| -> u64 {
-        o.runs
-            .iter()
-            .filter(|r| (r.cell.scenario == Scenario::Knit) == on)
-            .map(|r| r.sample.redirected)
-            .sum()
-    };
     let on_requests: u64 = o
         .runs
         .iter()
         .filter(|r| r.cell.scenario == Scenario::Knit)
         .map(|r| r.sample.m.requests)
         .sum();
+    let moved = |on| skmsg_bytes(o, on);
     let fallbacks: u64 = o.runs.iter().map(|r| r.sample.fallbacks).sum();
     write!(
         s,
