@@ -277,18 +277,21 @@ fn render(o: &Outcome) -> Result<String> {
          counted the requests ({proxied} counted for the {knit_requests} the load generators \
          completed in the knit runs), so none took the kernel's fail-open path; direct runs \
          moved neither. sk_msg handed {} bytes socket to socket during the sk_msg-on runs and \
-         {} during all the others; {} sockets of the sockhash kept TCP/IP because their first \
-         send came before the peer was in the sockhash (`acceleration.tcp_fallback`; the \
-         table's bytes per request show a run that lost a leg). Switching sk_msg restarted the daemon {} times (the longest \
-         restart, to nginx's endpoints healthy again, {} ms); sk_msg switches once per \
-         protocol, the two knit runs swapping places from one protocol to the next. {} No run \
-         had errors.\n",
+         {} during all the others; in the runs kept, {} sockets of the sockhash kept TCP/IP \
+         because their first send came before the peer was in the sockhash \
+         (`acceleration.tcp_fallback`; the table's bytes per request would show a run that \
+         lost a leg), and {} sk_msg-on runs in which every socket did were measured again. \
+         Switching sk_msg restarted the daemon {} times (the longest restart, to nginx's \
+         endpoints healthy again, {} ms); sk_msg switches once per protocol, the two knit \
+         runs swapping places from one protocol to the next. {} {}\n",
         moved(true),
         moved(false),
         o.runs.iter().map(|r| r.sample.fallbacks).sum::<u64>(),
+        o.restarts.2,
         o.restarts.0,
         o.restarts.1.as_millis(),
-        rounds::quiet_note(o.runs.iter().map(|r| &r.sample.others), o.runs_repeated)
+        rounds::quiet_note(o.runs.iter().map(|r| &r.sample.others), o.runs_repeated),
+        errors(o)
     )?;
     writeln!(
         s,
@@ -300,6 +303,28 @@ fn render(o: &Outcome) -> Result<String> {
         o.machine.wrk, o.h2load, o.pinning
     )?;
     Ok(s)
+}
+
+/// "No run had errors." or the runs that had.
+fn errors(o: &Outcome) -> String {
+    let bad: Vec<String> = o
+        .runs
+        .iter()
+        .filter(|r| r.sample.m.errors > 0)
+        .map(|r| {
+            format!(
+                "round {} {}: {}",
+                r.round,
+                label(r.cell.proto, r.cell.scenario),
+                r.sample.m.error_text
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        "No run had errors.".into()
+    } else {
+        format!("Runs with errors: {}.", bad.join("; "))
+    }
 }
 
 fn headline(o: &Outcome) -> Result<String> {

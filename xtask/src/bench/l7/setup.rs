@@ -71,6 +71,8 @@ pub struct Bench {
     /// Restarts to switch it, and the longest.
     restarts: usize,
     longest_restart: Duration,
+    /// sk_msg-on runs measured again (see `measure`).
+    fallback_repeats: usize,
     /// wrk's p99.9 script.
     script: PathBuf,
 }
@@ -189,6 +191,7 @@ impl Bench {
             accel_on,
             restarts: 0,
             longest_restart: Duration::ZERO,
+            fallback_repeats: 0,
             script,
         })
     }
@@ -219,11 +222,6 @@ impl Bench {
             took.as_millis()
         );
         Ok(())
-    }
-
-    /// Daemon restarts so far, and the longest.
-    pub fn restarts(&self) -> (usize, Duration) {
-        (self.restarts, self.longest_restart)
     }
 
     pub fn describe(&self) -> String {
@@ -309,6 +307,32 @@ impl Bench {
         if c.scenario.via_knit() {
             self.accelerate(c.scenario == Scenario::Knit)?;
         }
+        // An sk_msg-on run whose every socket kept TCP/IP (each first send
+        // raced its peer's handshake: possible with one connection) did
+        // not measure sk_msg: measure it again, a few times at most.
+        for _ in 0..3 {
+            let s = self.measure_once(c, secs, shape)?;
+            if c.scenario == Scenario::Knit && s.redirected == 0 {
+                println!("  every socket of the run kept TCP/IP; measuring it again");
+                self.fallback_repeats += 1;
+                continue;
+            }
+            return Ok(s);
+        }
+        bail!(
+            "three sk_msg-on runs in a row through {} kept TCP/IP: acceleration does not take \
+             this path",
+            self.url(c)
+        )
+    }
+
+    /// Daemon restarts to switch sk_msg, the longest, and sk_msg-on runs
+    /// measured again because sk_msg carried none of their bytes.
+    pub fn restarts(&self) -> (usize, Duration, usize) {
+        (self.restarts, self.longest_restart, self.fallback_repeats)
+    }
+
+    fn measure_once(&mut self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
         let log = self.k.dir.path().join("h2load.log");
         let args = self.load_args(c, secs, shape, &log);
         let url = self.url(c);
@@ -445,11 +469,12 @@ impl Bench {
             ),
             _ => {}
         }
-        // sk_msg carried the sk_msg-on runs' bytes, and nobody else's.
+        // sk_msg carried the sk_msg-on runs' bytes (unless every socket
+        // fell back, see `measure`), and nobody else's.
         match c.scenario {
-            Scenario::Knit if redirected == 0 => bail!(
+            Scenario::Knit if redirected == 0 && fallbacks == 0 => bail!(
                 "sk_msg handed no byte socket to socket during a run through {url} with \
-                 acceleration on: `knit status` says {:?}",
+                 acceleration on, and no socket fell back: `knit status` says {:?}",
                 knit::accel(&self.k)?
             ),
             Scenario::Knit => {}

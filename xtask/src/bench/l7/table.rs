@@ -389,13 +389,15 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
         s,
         "sk_msg handed {} bytes socket to socket during the sk_msg-on runs ({:.0} per request, \
          both legs and both ways; `knit status --json`, `acceleration.redirected_bytes`) and \
-         {} during all the others; {fallbacks} sockets of the sockhash kept TCP/IP because \
-         their first send came before the peer was in the sockhash \
-         (`acceleration.tcp_fallback`). Switching sk_msg restarted the daemon {} times (the \
-         longest restart, to its endpoints healthy again, {} ms). ",
+         {} during all the others; in the runs kept, {fallbacks} sockets of the sockhash kept \
+         TCP/IP because their first send came before the peer was in the sockhash \
+         (`acceleration.tcp_fallback`), and {} sk_msg-on runs in which every socket did were \
+         measured again. Switching sk_msg restarted the daemon {} times (the longest restart, \
+         to its endpoints healthy again, {} ms). ",
         moved(true),
         moved(true) as f64 / on_requests.max(1) as f64,
         moved(false),
+        o.restarts.2,
         o.restarts.0,
         o.restarts.1.as_millis()
     )?;
