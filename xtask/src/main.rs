@@ -68,12 +68,19 @@ enum Cmd {
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
-    /// Run benchmarks and write their tables into BENCHMARKS.md.
+    /// Run the benchmarks and write their tables into BENCHMARKS.md, the
+    /// summary and the chart (docs/bench.svg).
+    ///
+    /// With no argument every benchmark runs, one after the other (about
+    /// 25 minutes on a quiet 2-CPU machine); name one to run only it.
+    /// --quick runs each briefly (about 2 minutes in all) and checks its
+    /// figures are sane (CI), writing target/BENCHMARKS.quick.md.
     Bench {
-        /// Which benchmark: l4, l7, propagation or admin.
-        #[arg(default_value = "l4")]
+        /// all (the default), or one of: l4, l7, accel, xfer, memory, admin,
+        /// propagation; chart redraws the chart and summary only.
+        #[arg(default_value = "all")]
         which: String,
-        /// Fewer and shorter runs (for CI).
+        /// Few and short runs that only prove the benchmarks work (for CI).
         #[arg(long)]
         quick: bool,
     },

@@ -156,6 +156,27 @@ pub fn tree_ticks(pid: u32) -> Result<Option<u64>> {
     ))
 }
 
+/// CPU time of everything in a cgroup v2 tree (its `cpu.stat`
+/// `usage_usec`, which the kernel keeps whether or not the cpu controller
+/// is enabled, and which keeps the time of child cgroups removed since),
+/// in seconds: a knit service's tasks, whatever processes they start. A
+/// cgroup that does not exist (a service none of whose tasks has started
+/// yet) has used none.
+pub fn cgroup_secs(cgroup: &std::path::Path) -> Result<f64> {
+    if !cgroup.exists() {
+        return Ok(0.0);
+    }
+    let path = cgroup.join("cpu.stat");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let usec: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no usage_usec in {}", path.display()))?;
+    Ok(usec as f64 / 1e6)
+}
+
 /// Clock ticks as seconds of CPU.
 pub fn ticks_to_secs(ticks: u64) -> f64 {
     ticks as f64 / clock_ticks_per_sec()
@@ -216,6 +237,20 @@ mod tests {
     #[test]
     fn tree_ticks_of_this_process() -> Result<()> {
         assert!(tree_ticks(std::process::id())?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn reads_a_cgroups_cpu_time() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+        )?;
+        assert!((cgroup_secs(dir.path())? - 2.5).abs() < 1e-9);
+        assert_eq!(cgroup_secs(&dir.path().join("none"))?, 0.0);
+        std::fs::remove_file(dir.path().join("cpu.stat"))?;
+        assert!(cgroup_secs(dir.path()).is_err());
         Ok(())
     }
 

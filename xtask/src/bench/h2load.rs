@@ -1,8 +1,8 @@
 //! h2load (Debian's `nghttp2-client`): HTTP/2 over cleartext with prior
 //! knowledge (h2c), which wrk cannot speak. Its summary gives the rate and
 //! the outcome of every request but no percentiles, so each run also writes
-//! `--log-file` (one line per request: start, status, microseconds) and p50
-//! and p99 come from that.
+//! `--log-file` (one line per request: start, status, microseconds) and p50,
+//! p99 and p99.9 come from that.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -52,6 +52,7 @@ pub struct Report {
     pub non_2xx: u64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
 }
 
 impl Report {
@@ -78,6 +79,7 @@ pub fn parse(out: &str, log: &Path) -> Result<Report> {
     let mut lat = latencies(&text)?;
     r.p50_us = percentile(&mut lat, 0.50).unwrap_or(0.0);
     r.p99_us = percentile(&mut lat, 0.99).unwrap_or(0.0);
+    r.p999_us = percentile(&mut lat, 0.999).unwrap_or(0.0);
     Ok(r)
 }
 
@@ -196,6 +198,7 @@ time for request:       17us     16.76ms      1.41ms      1.84ms    85.42%
         let mut v = latencies(&log)?;
         assert_eq!(percentile(&mut v, 0.50), Some(50.0));
         assert_eq!(percentile(&mut v, 0.99), Some(99.0));
+        assert_eq!(percentile(&mut v, 0.999), Some(100.0));
         assert_eq!(percentile(&mut [], 0.5), None);
         Ok(())
     }

@@ -1,23 +1,48 @@
 //! The `knit` a benchmark measures: a release build of this checkout (or
 //! the binary $KNIT_BIN names), its daemon started with
-//! `knit_tests::Knit::start_full`, and the version line for the report.
-use std::{path::PathBuf, process::Command};
+//! `knit_tests::Knit::start_full`, the version line for the report, and
+//! switching the daemon's same-host acceleration (sk_msg) on and off.
+use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 
-use anyhow::{Result, ensure};
-use knit_tests::Knit;
+use anyhow::{Context, Result, bail, ensure};
+use knit_tests::{Knit, wait_for};
 
 use crate::{build, util};
 
 /// Which `knit` binary, and whether it came from $KNIT_BIN.
+#[derive(Debug, Clone)]
 pub struct Binary {
     pub path: PathBuf,
     pub from_env: bool,
 }
 
+/// The binary of this `cargo xtask bench`: built once, whichever and
+/// however many benchmarks it runs.
+static BINARY: OnceLock<Binary> = OnceLock::new();
+
 /// Build the release `knit` (eBPF programs included) and return its path;
 /// or, when $KNIT_BIN is set, measure that binary without building (another
-/// build, or a tree that does not build).
+/// build, or a tree that does not build). Built once per process.
 pub fn binary() -> Result<Binary> {
+    if let Some(b) = BINARY.get() {
+        return Ok(b.clone());
+    }
+    let b = find_or_build()?;
+    Ok(BINARY.get_or_init(|| b).clone())
+}
+
+/// The test peers (`knit-testbin`), built beside `knit`.
+pub fn testbin(bin: &Binary) -> Result<PathBuf> {
+    bin.path
+        .parent()
+        .map(|d| d.join("knit-testbin"))
+        .filter(|p| p.exists())
+        .context(
+            "knit-testbin is not next to the knit binary (cargo xtask build --release builds both)",
+        )
+}
+
+fn find_or_build() -> Result<Binary> {
     if let Some(bin) = std::env::var_os("KNIT_BIN") {
         let path = PathBuf::from(bin);
         ensure!(path.exists(), "KNIT_BIN={} does not exist", path.display());
@@ -66,4 +91,143 @@ fn git_describe() -> String {
         }
         None => String::new(),
     }
+}
+
+/// `knit services --json`: one row per alias.
+pub struct Aliases(serde_json::Value);
+
+impl Aliases {
+    pub fn read(k: &Knit) -> Result<Self> {
+        Ok(Self(k.json(&["services"])?))
+    }
+
+    fn row(&self, alias: &str) -> Result<&serde_json::Value> {
+        self.0
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
+            .with_context(|| format!("no alias {alias} in `knit services --json`: {}", self.0))
+    }
+
+    /// New connections the kernel counted on `alias` (its connect hook).
+    pub fn new_connections(&self, alias: &str) -> Result<u64> {
+        self.row(alias)?["new_connections"]
+            .as_u64()
+            .with_context(|| format!("no new_connections for alias {alias}"))
+    }
+
+    /// `alias`'s VIP, checked to be in 127.255.0.0/16 (benchmarks send
+    /// nowhere else).
+    pub fn vip(&self, alias: &str) -> Result<String> {
+        let vip = self.row(alias)?["vip"]
+            .as_str()
+            .with_context(|| format!("alias {alias} has no VIP"))?
+            .to_string();
+        ensure!(
+            vip.starts_with("127.255."),
+            "VIP {vip} of {alias} is outside 127.255.0.0/16"
+        );
+        Ok(vip)
+    }
+}
+
+/// Same-host acceleration as `knit status --json` reports it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Accel {
+    pub enabled: bool,
+    /// Bytes the sk_msg program handed socket to socket since the maps
+    /// were made (pinned: they survive a daemon restart).
+    pub redirected_bytes: u64,
+    /// Sockets of the sockhash whose first send found no peer there, and
+    /// so kept TCP/IP (a send that raced the peer's handshake).
+    pub tcp_fallback: u64,
+}
+
+impl Accel {
+    /// sk_msg's bytes since `before`, an earlier reading.
+    pub fn redirected_since(&self, before: &Accel) -> Result<u64> {
+        self.redirected_bytes
+            .checked_sub(before.redirected_bytes)
+            .context("the sk_msg byte counter went down: were the pinned maps made anew?")
+    }
+
+    /// Sockets that fell back to TCP/IP since `before`.
+    pub fn fallbacks_since(&self, before: &Accel) -> u64 {
+        self.tcp_fallback.saturating_sub(before.tcp_fallback)
+    }
+}
+
+pub fn accel(k: &Knit) -> Result<Accel> {
+    let s = k.json(&["status"])?;
+    let a = &s["acceleration"];
+    Ok(Accel {
+        enabled: a["enabled"]
+            .as_bool()
+            .with_context(|| format!("`knit status --json` has no acceleration.enabled: {s}"))?,
+        redirected_bytes: a["redirected_bytes"]
+            .as_u64()
+            .context("`knit status --json` has no acceleration.redirected_bytes")?,
+        tcp_fallback: a["tcp_fallback"]
+            .as_u64()
+            .context("`knit status --json` has no acceleration.tcp_fallback")?,
+    })
+}
+
+/// What [`write_accelerate`] appends to the daemon's config; everything
+/// from it on is its own.
+const ACCEL_MARK: &str = "\n# cargo xtask bench: same-host acceleration\n";
+
+/// `[datapath] accelerate = on` at the end of the daemon's config, in place
+/// of what an earlier call wrote.
+fn write_accelerate(k: &Knit, on: bool) -> Result<()> {
+    let text = std::fs::read_to_string(&k.config)
+        .with_context(|| format!("reading {}", k.config.display()))?;
+    let base = text.split(ACCEL_MARK).next().unwrap_or_default();
+    std::fs::write(
+        &k.config,
+        format!("{base}{ACCEL_MARK}[datapath]\naccelerate = {on}\n"),
+    )
+    .with_context(|| format!("writing {}", k.config.display()))
+}
+
+/// Wait until the daemon reports acceleration `on`.
+fn wait_accelerate(k: &Knit, on: bool) -> Result<()> {
+    wait_for(
+        &format!("the daemon to report acceleration {on}"),
+        Duration::from_secs(15),
+        || (accel(k).ok()?.enabled == on).then_some(()),
+    )
+}
+
+/// Switch acceleration for new connections without a restart: the config,
+/// then SIGHUP (`[datapath] accelerate` is a live key). Sockets already
+/// established keep their path: right for runs that open their own
+/// connections through the L4 path, not for the L7 proxy's pooled upstream
+/// connections (see [`restart_accelerate`]).
+pub fn reload_accelerate(k: &Knit, on: bool) -> Result<()> {
+    if accel(k)?.enabled == on {
+        return Ok(());
+    }
+    write_accelerate(k, on)?;
+    let pid = k.daemon_pid().context("the daemon is not running")?;
+    // SAFETY: kill(2) on our own child, which has not been reaped (the
+    // Knit holds it), so the pid is still the daemon's.
+    if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+        bail!(
+            "SIGHUP to the daemon ({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    wait_accelerate(k, on)
+}
+
+/// Restart the daemon with acceleration `on` (kill -9, as a crash would:
+/// the pinned datapath and the tasks stay and the new daemon adopts them),
+/// so that every connection it makes afterwards, the proxy's pooled
+/// upstream connections included, takes the new path. The daemon's pid and
+/// admin address change: callers read them again.
+pub fn restart_accelerate(k: &mut Knit, on: bool) -> Result<()> {
+    write_accelerate(k, on)?;
+    k.kill_daemon()?;
+    k.start_daemon()?;
+    wait_accelerate(k, on).with_context(|| k.daemon_log())
 }

@@ -1,17 +1,23 @@
-//! `cargo xtask bench l4`: the L4 short-circuit against direct connections
-//! and HAProxy in `mode tcp`, in one run, with wrk and nginx.
+//! `cargo xtask bench l4`: the L4 short-circuit, with same-host
+//! acceleration (sk_msg) on and off, against direct connections and HAProxy
+//! in `mode tcp`, in one run, with wrk and nginx.
 //!
 //! One knit daemon; nginx runs as a task of service `web` (alias `web:8080`,
 //! TCP), so it is a real knit backend. wrk always runs as a task of the
 //! client-only service `bench`, so every scenario pays the same cgroup hooks
 //! and the only difference is the destination: nginx's own address
-//! (direct), the VIP (knit), or HAProxy's listener (haproxy). Keep-alive
-//! runs measure requests/s; `Connection: close` runs measure new
-//! connections/s. Each run is checked: wrk must complete requests, and the
-//! kernel's per-alias counter must grow by at least one connection per
-//! connection wrk made through the VIP (and not at all otherwise), which
-//! proves the knit runs took the VIP path and the others did not. A run
-//! during which other processes used the CPUs is repeated (see `cpu`).
+//! (direct), the VIP (knit), or HAProxy's listener (haproxy). Between the
+//! two knit scenarios the daemon's `[datapath] accelerate` is switched by
+//! SIGHUP (it applies to new connections, and every wrk run opens its own).
+//! Keep-alive runs measure requests/s; `Connection: close` runs measure new
+//! connections/s; both give p50/p99/p99.9 and the servers' CPU per request
+//! (daemon, nginx and HAProxy from /proc and nginx's cgroup). Each run is
+//! checked: wrk must complete requests, the kernel's per-alias counter must
+//! grow by at least one connection per connection wrk made through the VIP
+//! (and not at all otherwise), which proves the knit runs took the VIP path
+//! and the others did not, and sk_msg must have carried bytes in the
+//! sk_msg-on runs and none in the others. A run during which other
+//! processes used the CPUs is repeated (see `cpu`).
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -21,7 +27,7 @@ use super::{
     knit,
     report::{self, Machine},
     rounds::{self, Plan},
-    stats, wrk,
+    stats, summary, wrk,
 };
 use crate::util;
 
@@ -45,19 +51,33 @@ const SERVER_CPU: &str = "1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     Direct,
+    /// Through the VIP, sk_msg on (as shipped).
     Knit,
+    /// Through the VIP, `[datapath] accelerate = false`.
+    KnitPlain,
     Haproxy,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::Direct, Scenario::Knit, Scenario::Haproxy];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Direct,
+        Scenario::Knit,
+        Scenario::KnitPlain,
+        Scenario::Haproxy,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Scenario::Direct => "direct",
-            Scenario::Knit => "knit VIP (L4)",
+            Scenario::Knit => "knit VIP (L4, sk_msg on)",
+            Scenario::KnitPlain => "knit VIP (L4, sk_msg off)",
             Scenario::Haproxy => "HAProxy tcp",
         }
+    }
+
+    /// Through the VIP (either knit scenario).
+    pub fn via_vip(self) -> bool {
+        matches!(self, Scenario::Knit | Scenario::KnitPlain)
     }
 }
 
@@ -93,6 +113,11 @@ pub struct Run {
     pub wrk: wrk::Report,
     /// New connections the kernel counted on alias `web` during the run.
     pub vip_new: u64,
+    /// Bytes sk_msg handed socket to socket during the run.
+    pub redirected: u64,
+    /// CPU seconds of the servers: the daemon, nginx (its service's
+    /// cgroup) and HAProxy.
+    pub server_cpu_secs: f64,
     /// CPU that processes outside the benchmark used during the run.
     pub others: Usage,
 }
@@ -119,9 +144,9 @@ pub fn run(quick: bool) -> Result<()> {
     let started = Instant::now();
     let plan = if quick {
         Plan {
-            secs: 2,
+            secs: 1,
             warmup_secs: 0,
-            rounds: 3,
+            rounds: 2,
         }
     } else {
         Plan {
@@ -143,28 +168,32 @@ pub fn run(quick: bool) -> Result<()> {
         bench.nginx_port, bench.vip, bench.haproxy_port
     );
 
-    util::step("l4: sanity: one short run through each path, both modes");
-    for mode in Mode::ALL {
-        for s in Scenario::ALL {
-            let r = bench.measure(s, mode, 1, 4)?.wrk;
-            ensure!(
-                r.errors() == 0,
-                "sanity run {} {} had errors: {}",
-                s.label(),
-                mode.label(),
-                r.describe_errors()
-            );
-            println!(
-                "  ok  {:<10} {:<14} {} requests",
-                mode.label(),
-                s.label(),
-                r.requests
-            );
+    // Quick runs check every run as they go (and `sane` at the end): the
+    // sanity runs only matter before a long measurement.
+    if !quick {
+        util::step("l4: sanity: one short run through each path, both modes");
+        for mode in Mode::ALL {
+            for s in Scenario::ALL {
+                let r = bench.measure(s, mode, 1, 4)?.wrk;
+                ensure!(
+                    r.errors() == 0,
+                    "sanity run {} {} had errors: {}",
+                    s.label(),
+                    mode.label(),
+                    r.describe_errors()
+                );
+                println!(
+                    "  ok  {:<10} {:<26} {} requests",
+                    mode.label(),
+                    s.label(),
+                    r.requests
+                );
+            }
         }
     }
 
     util::step("l4: waiting for other processes to leave the CPUs alone");
-    rounds::settle(if quick { 30 } else { 120 })?;
+    rounds::settle(if quick { 3 } else { 120 })?;
 
     if plan.warmup_secs > 0 {
         util::step(&format!(
@@ -183,7 +212,7 @@ pub fn run(quick: bool) -> Result<()> {
         "l4: {} rounds of {} s per cell, scenarios interleaved",
         plan.rounds, plan.secs
     ));
-    let rounds = measure_rounds(&bench, plan, if quick { 15 } else { 60 })?;
+    let rounds = measure_rounds(&bench, plan, quick)?;
 
     let outcome = Outcome {
         machine: Machine::probe(),
@@ -200,30 +229,37 @@ pub fn run(quick: bool) -> Result<()> {
         elapsed: started.elapsed(),
     };
     drop(bench);
-    let section = table::render(&outcome)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
-    println!("wrote the ## L4 section of {}", path.display());
-    if !quick {
-        report::update_readme("l4", &table::headline(&outcome)?)?;
-    }
-    Ok(())
+    summary::publish(
+        quick,
+        "l4",
+        &outcome.machine,
+        &outcome.date,
+        &table::render(&outcome)?,
+        table::entry(&outcome)?,
+        || table::headline(&outcome),
+    )?;
+    table::sane(&outcome)
 }
 
 /// `plan.rounds` rounds, each every mode × scenario in the same order;
 /// disturbed runs are measured again (see `rounds::measure`).
-fn measure_rounds(bench: &Bench, plan: Plan, settle_secs: u64) -> Result<Rounds> {
+fn measure_rounds(bench: &Bench, plan: Plan, quick: bool) -> Result<Rounds> {
     let cells: Vec<(Mode, Scenario)> = Mode::ALL
         .into_iter()
         .flat_map(|m| Scenario::ALL.map(|s| (m, s)))
         .collect();
-    // Repeats may take the measuring to twice its plan plus two minutes.
+    // Repeats may take the measuring to twice its plan plus two minutes;
+    // quick runs keep disturbed runs (they only prove the benchmark works).
     let planned = u64::from(plan.secs) * (plan.rounds * cells.len()) as u64;
+    let (budget, settle_secs) = if quick {
+        (0, 1)
+    } else {
+        (2 * planned + 120, 60)
+    };
     let r = rounds::measure(
         &cells,
         plan.rounds,
-        2 * planned + 120,
+        budget,
         settle_secs,
         |(mode, s)| bench.measure(s, mode, plan.secs, mode.connections()),
         |label, (mode, s), m: &Sample| progress(label, s, mode, &m.wrk, &m.others),
@@ -237,6 +273,8 @@ fn measure_rounds(bench: &Bench, plan: Plan, settle_secs: u64) -> Result<Rounds>
                 let Sample {
                     wrk,
                     vip_new,
+                    redirected,
+                    server_cpu_secs,
                     others,
                 } = k.sample;
                 Run {
@@ -245,6 +283,8 @@ fn measure_rounds(bench: &Bench, plan: Plan, settle_secs: u64) -> Result<Rounds>
                     round: k.round,
                     wrk,
                     vip_new,
+                    redirected,
+                    server_cpu_secs,
                     others,
                 }
             })
@@ -262,11 +302,12 @@ struct Rounds {
 
 fn progress(what: &str, s: Scenario, mode: Mode, r: &wrk::Report, others: &Usage) {
     println!(
-        "  [{what}] {:<10} {:<14} {:>9} req/s  p50 {:>9}  others {:>4.0}%  errors: {}",
+        "  [{what}] {:<10} {:<26} {:>9} req/s  p50 {:>9}  p99.9 {:>9}  others {:>4.0}%  errors: {}",
         mode.label(),
         s.label(),
         stats::rate(r.rps),
         stats::micros(r.p50_us),
+        stats::micros(r.p999_us),
         others.cpus * 100.0,
         r.describe_errors()
     );

@@ -1,6 +1,7 @@
 //! `cargo xtask bench l7`: knit's L7 proxy (the daemon, reached through an
-//! L7 alias's VIP) against direct requests, HAProxy in `mode http` and nginx
-//! as a proxy, over HTTP/1.1 (wrk) and h2c (h2load), in one run.
+//! L7 alias's VIP), with same-host acceleration (sk_msg) on and off,
+//! against direct requests, HAProxy in `mode http` and nginx as a proxy,
+//! over HTTP/1.1 (wrk) and h2c (h2load), in one run.
 //!
 //! One knit daemon; one nginx (one worker) runs as the task of service
 //! `web`, with an HTTP/1.1 port behind alias `web:8080` (appProtocol `http`)
@@ -10,12 +11,17 @@
 //! Two loads per protocol: saturation (64 requests in flight: requests/s,
 //! and latency under load) and one connection with serial requests (the
 //! latency one hop adds). The daemon is pinned to the servers' CPU like
-//! HAProxy and the nginx proxy. Each run is checked: requests completed
-//! without errors; through knit the alias's kernel counter saw the
-//! connections and the daemon burned CPU for the requests (so the proxy
-//! served them, not the kernel's fail-open path); elsewhere the counters
-//! did not move. The daemon's, HAProxy's and the nginx proxy's CPU time per
-//! request come from /proc.
+//! HAProxy and the nginx proxy. For sk_msg off the daemon restarts with
+//! `[datapath] accelerate = false` (and again with `true` for on), so that
+//! its pooled upstream connections are made anew on the chosen path. Each
+//! run is checked: requests completed without errors; through knit the
+//! alias's kernel counter saw the connections and the proxy counted the
+//! requests (so the proxy served them, not the kernel's fail-open path);
+//! sk_msg carried bytes in the sk_msg-on runs and none in any other;
+//! elsewhere the counters did not move. The daemon's, HAProxy's and the
+//! nginx proxy's CPU time per request come from /proc, nginx's (the
+//! backend) from its service's cgroup. The `accel` benchmark reuses this
+//! setup for its one-connection runs.
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
@@ -28,12 +34,15 @@ use super::{
     knit,
     report::{self, Machine},
     rounds::{self, Disturbance, Plan},
-    stats,
+    stats, summary,
 };
 
-mod config;
-mod setup;
-mod table;
+pub mod config;
+mod goals;
+pub mod setup;
+pub mod table;
+
+pub use goals::sane;
 
 use setup::Bench;
 
@@ -90,15 +99,19 @@ impl Proto {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     Direct,
+    /// Through the VIP and the daemon's proxy, sk_msg on (as shipped).
     Knit,
+    /// The same with `[datapath] accelerate = false`.
+    KnitPlain,
     Haproxy,
     Nginx,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Direct,
         Scenario::Knit,
+        Scenario::KnitPlain,
         Scenario::Haproxy,
         Scenario::Nginx,
     ];
@@ -106,10 +119,16 @@ impl Scenario {
     pub fn label(self) -> &'static str {
         match self {
             Scenario::Direct => "direct",
-            Scenario::Knit => "knit VIP (L7 proxy)",
+            Scenario::Knit => "knit VIP (L7 proxy, sk_msg on)",
+            Scenario::KnitPlain => "knit VIP (L7 proxy, sk_msg off)",
             Scenario::Haproxy => "HAProxy http",
             Scenario::Nginx => "nginx proxy",
         }
+    }
+
+    /// Through the VIP and the daemon's proxy (either knit scenario).
+    pub fn via_knit(self) -> bool {
+        matches!(self, Scenario::Knit | Scenario::KnitPlain)
     }
 }
 
@@ -151,16 +170,32 @@ pub struct Cell {
 impl Cell {
     /// Protocol by protocol, load by load, scenarios interleaved.
     pub fn all() -> Vec<Cell> {
+        Self::grid(&Load::ALL, &Scenario::ALL)
+    }
+
+    /// As [`Cell::all`] over some loads and scenarios. The two knit
+    /// scenarios swap places from one block (protocol and load) to the
+    /// next: switching sk_msg restarts the daemon, and this way it happens
+    /// once per block rather than twice.
+    pub fn grid(loads: &[Load], scenarios: &[Scenario]) -> Vec<Cell> {
         let mut v = Vec::new();
+        let mut block = 0;
         for proto in Proto::ALL {
-            for load in Load::ALL {
-                for scenario in Scenario::ALL {
-                    v.push(Cell {
-                        proto,
-                        load,
-                        scenario,
-                    });
+            for &load in loads {
+                let mut order = scenarios.to_vec();
+                let on = order.iter().position(|&s| s == Scenario::Knit);
+                let off = order.iter().position(|&s| s == Scenario::KnitPlain);
+                if let (Some(a), Some(b)) = (on, off)
+                    && block % 2 == 1
+                {
+                    order.swap(a, b);
                 }
+                v.extend(order.into_iter().map(|scenario| Cell {
+                    proto,
+                    load,
+                    scenario,
+                }));
+                block += 1;
             }
         }
         v
@@ -191,6 +226,7 @@ pub struct Measured {
     pub rps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
     pub errors: u64,
     pub error_text: String,
 }
@@ -209,6 +245,14 @@ pub struct Sample {
     /// CPU seconds the knit daemon used (every scenario: it must be idle
     /// but for its monitor when it is not in the path).
     pub daemon_cpu_secs: f64,
+    /// CPU seconds of the backend (every process in service `web`'s
+    /// cgroup: nginx's master and worker).
+    pub backend_cpu_secs: f64,
+    /// Bytes sk_msg handed socket to socket.
+    pub redirected: u64,
+    /// Sockets of the sockhash that kept TCP/IP (their first send raced
+    /// the peer's handshake).
+    pub fallbacks: u64,
     pub others: Usage,
 }
 
@@ -222,6 +266,18 @@ impl Sample {
     /// The proxy's CPU time per request, in µs.
     pub fn proxy_us_per_request(&self) -> Option<f64> {
         let secs = self.proxy_cpu_secs?;
+        (self.m.requests > 0).then(|| secs * 1e6 / self.m.requests as f64)
+    }
+
+    /// The servers' CPU time per request, in µs: the daemon (the proxy in
+    /// the knit scenarios, its idle monitor in the others), the backend,
+    /// and HAProxy or the nginx proxy where they are the proxy.
+    pub fn servers_us_per_request(&self, s: Scenario) -> Option<f64> {
+        let proxy = match s {
+            Scenario::Haproxy | Scenario::Nginx => self.proxy_cpu_secs?,
+            _ => 0.0,
+        };
+        let secs = self.daemon_cpu_secs + self.backend_cpu_secs + proxy;
         (self.m.requests > 0).then(|| secs * 1e6 / self.m.requests as f64)
     }
 }
@@ -243,6 +299,9 @@ pub struct Outcome {
     pub proxy_conf: String,
     pub haproxy_cfg: String,
     pub sanity: Vec<String>,
+    /// Daemon restarts to switch sk_msg, their longest, and sk_msg-on runs
+    /// measured again because every socket kept TCP/IP.
+    pub restarts: (usize, Duration, usize),
     pub elapsed: Duration,
 }
 
@@ -251,9 +310,9 @@ pub fn run(quick: bool) -> Result<()> {
     let timing = if quick {
         Timing {
             plan: Plan {
-                secs: 2,
+                secs: 1,
                 warmup_secs: 0,
-                rounds: 3,
+                rounds: 1,
             },
             serial_secs: 1,
         }
@@ -267,15 +326,7 @@ pub fn run(quick: bool) -> Result<()> {
             serial_secs: 3,
         }
     };
-    ensure!(
-        std::thread::available_parallelism().map_or(1, usize::from) >= 2,
-        "the L7 benchmark pins the load generator to CPU {CLIENT_CPU} and the servers to CPU \
-         {SERVER_CPU}; it needs 2 CPUs"
-    );
-    ensure!(
-        which("h2load"),
-        "h2load is missing\n  fix: apt-get install nghttp2-client"
-    );
+    preflight()?;
     let bin = knit::binary()?;
     // The build is not the benchmark's time.
     let started_measuring = Instant::now();
@@ -283,50 +334,55 @@ pub fn run(quick: bool) -> Result<()> {
     crate::util::step(
         "l7: starting a knit daemon, nginx (service web), HAProxy and an nginx proxy",
     );
-    let bench = Bench::start(&bin)?;
+    let mut bench = Bench::start(&bin)?;
     println!("{}", bench.describe());
 
-    crate::util::step("l7: sanity: one short run through each path");
+    // Quick runs check every run as they go (and `sane` at the end).
     let mut sanity = Vec::new();
-    for proto in Proto::ALL {
-        for scenario in Scenario::ALL {
-            let cell = Cell {
-                proto,
-                load: Load::Saturate,
-                scenario,
-            };
-            let s = bench.measure(cell, 1, (2, 2))?;
-            ensure!(
-                s.m.errors == 0,
-                "sanity run {} {} had errors: {}",
-                proto.label(),
-                scenario.label(),
-                s.m.error_text
-            );
-            let line = format!(
-                "{} {}: {} requests{}",
-                proto.label(),
-                scenario.label(),
-                s.m.requests,
-                match (scenario, s.proxy_us_per_request()) {
-                    (Scenario::Knit, Some(us)) => format!(
-                        ", {} new connections on alias {}, {} requests counted by the proxy, \
-                         daemon CPU {us:.0} µs per request",
-                        s.vip_new[proto as usize],
-                        proto.alias(),
-                        s.proxied
-                            .map_or("no".into(), |p| p[proto as usize].to_string()),
-                    ),
-                    _ => String::new(),
-                }
-            );
-            println!("  ok  {line}");
-            sanity.push(line);
-        }
+    let sanity_cells = if quick {
+        Vec::new()
+    } else {
+        Cell::grid(&[Load::Saturate], &Scenario::ALL)
+    };
+    if !quick {
+        crate::util::step("l7: sanity: one short run through each path");
+    }
+    for cell in sanity_cells {
+        let Cell {
+            proto, scenario, ..
+        } = cell;
+        let s = bench.measure(cell, 1, (2, 2))?;
+        ensure!(
+            s.m.errors == 0,
+            "sanity run {} {} had errors: {}",
+            proto.label(),
+            scenario.label(),
+            s.m.error_text
+        );
+        let line = format!(
+            "{} {}: {} requests{}",
+            proto.label(),
+            scenario.label(),
+            s.m.requests,
+            match (scenario.via_knit(), s.proxy_us_per_request()) {
+                (true, Some(us)) => format!(
+                    ", {} new connections on alias {}, {} requests counted by the proxy, \
+                     daemon CPU {us:.0} µs per request, {} bytes through sk_msg",
+                    s.vip_new[proto as usize],
+                    proto.alias(),
+                    s.proxied
+                        .map_or("no".into(), |p| p[proto as usize].to_string()),
+                    s.redirected,
+                ),
+                _ => String::new(),
+            }
+        );
+        println!("  ok  {line}");
+        sanity.push(line);
     }
 
     crate::util::step("l7: waiting for other processes to leave the CPUs alone");
-    rounds::settle(if quick { 15 } else { 60 })?;
+    rounds::settle(if quick { 3 } else { 60 })?;
 
     let cells = Cell::all();
     if timing.plan.warmup_secs > 0 {
@@ -350,12 +406,13 @@ pub fn run(quick: bool) -> Result<()> {
         .sum::<u64>()
         * timing.plan.rounds as u64;
     // Repeats of disturbed runs may add this much; then they are kept.
-    let repeat_budget = if quick { 30 } else { 120 };
+    // Quick runs keep disturbed runs: they only prove the benchmark works.
+    let (budget, settle_secs) = if quick { (0, 1) } else { (planned + 120, 30) };
     let measured = rounds::measure(
         &cells,
         timing.plan.rounds,
-        planned + repeat_budget,
-        if quick { 10 } else { 30 },
+        budget,
+        settle_secs,
         |c| bench.measure(c, timing.secs(c.load), c.load.shape(c.proto)),
         progress,
     )?;
@@ -378,34 +435,51 @@ pub fn run(quick: bool) -> Result<()> {
             .replace(&bench.proxy_dir_text(), "$DIR/nginx-proxy"),
         haproxy_cfg: bench.haproxy_cfg.clone(),
         sanity,
+        restarts: bench.restarts(),
         elapsed: started_measuring.elapsed(),
     };
     drop(bench);
-    let section = table::render(&outcome)?;
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
+    summary::publish(
+        quick,
+        "l7",
+        &outcome.machine,
+        &outcome.date,
+        &table::render(&outcome)?,
+        goals::entry(&outcome)?,
+        || goals::headline(&outcome),
+    )?;
     println!(
-        "wrote the ## L7 section of {} (measuring took {} s; with the build {} s)",
-        path.display(),
+        "measuring took {} s; with the build {} s",
         outcome.elapsed.as_secs(),
         started.elapsed().as_secs()
     );
-    if !quick {
-        report::update_readme("l7", &table::headline(&outcome)?)?;
-    }
+    goals::sane(&outcome.runs)
+}
+
+/// What the L7 setup needs of the machine: 2 CPUs, h2load.
+pub fn preflight() -> Result<()> {
+    ensure!(
+        std::thread::available_parallelism().map_or(1, usize::from) >= 2,
+        "the L7 benchmarks pin the load generator to CPU {CLIENT_CPU} and the servers to CPU \
+         {SERVER_CPU}; they need 2 CPUs"
+    );
+    ensure!(
+        which("h2load"),
+        "h2load is missing\n  fix: apt-get install nghttp2-client"
+    );
     Ok(())
 }
 
-fn progress(what: &str, c: Cell, s: &Sample) {
+pub fn progress(what: &str, c: Cell, s: &Sample) {
     println!(
-        "  [{what}] {:<8} {:<13} {:<19} {:>9} req/s  p50 {:>9}  p99 {:>9}  proxy {:>6}  others {:>3.0}%  errors: {}",
+        "  [{what}] {:<8} {:<13} {:<31} {:>9} req/s  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  proxy {:>6}  others {:>3.0}%  errors: {}",
         c.proto.label(),
         c.load.label(),
         c.scenario.label(),
         stats::rate(s.m.rps),
         stats::micros(s.m.p50_us),
         stats::micros(s.m.p99_us),
+        stats::micros(s.m.p999_us),
         s.proxy_us_per_request()
             .map_or("-".into(), |us| format!("{us:.1}µs")),
         s.others.cpus * 100.0,
@@ -419,7 +493,7 @@ fn which(tool: &str) -> bool {
 }
 
 /// "h2load nghttp2/1.52.0".
-fn h2load_version() -> String {
+pub fn h2load_version() -> String {
     super::procs::banner(std::process::Command::new("h2load").arg("--version"))
         .lines()
         .next()

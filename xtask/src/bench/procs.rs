@@ -91,7 +91,7 @@ impl Drop for Guard {
 }
 
 /// Live descendants of `pid` (from /proc's parent links).
-fn descendants(pid: i32) -> Vec<i32> {
+pub fn descendants(pid: i32) -> Vec<i32> {
     let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -114,7 +114,8 @@ fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
-fn ppid_of(pid: i32) -> Option<i32> {
+/// The parent of `pid`, from /proc (None: gone).
+pub fn ppid_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.get(stat.rfind(')')? + 1..)?;
     after.split_whitespace().nth(1)?.parse().ok()

@@ -33,6 +33,7 @@ use serde_json::json;
 use super::{
     knit,
     report::{self, Machine},
+    summary::{self, Bar, Entry, Goal, Kind, Panel, Reference},
 };
 
 /// The synthetic host's address: inside the fleet's subnet, where nothing
@@ -121,14 +122,7 @@ pub fn run(quick: bool) -> Result<()> {
         endpoints: env("KNIT_BENCH_ENDPOINTS", sizes.endpoints).max(1),
     };
     let bin = knit::binary()?;
-    let testbin = bin
-        .path
-        .parent()
-        .map(|d| d.join("knit-testbin"))
-        .filter(|p| p.exists())
-        .context(
-            "knit-testbin is not next to the knit binary (cargo xtask build --release builds both)",
-        )?;
+    let testbin = knit::testbin(&bin)?;
     println!("starting a fleet of 3 hosts (network namespaces) with etcd");
     let mut fleet = Fleet::start_full("prop", 3, "", bin.path.clone())?;
     let version = knit::version(&fleet.hosts[0], &bin)?;
@@ -142,14 +136,15 @@ pub fn run(quick: bool) -> Result<()> {
         latencies,
         scale,
     };
-    let section = outcome.render();
-    println!("\n{section}");
-    let path = report::output_path(quick);
-    report::write_section(&path, &outcome.machine, &outcome.date, &section)?;
-    println!("wrote the ## Propagation section of {}", path.display());
-    if !quick {
-        report::update_readme("propagation", &outcome.headline())?;
-    }
+    summary::publish(
+        quick,
+        "propagation",
+        &outcome.machine,
+        &outcome.date,
+        &outcome.render(),
+        outcome.entry(),
+        || Ok(outcome.headline()),
+    )?;
     Ok(())
 }
 
@@ -438,6 +433,44 @@ impl Outcome {
             after = mib(s.rss_after_kib),
             fresh = mib(s.fresh_rss_kib),
         )
+    }
+
+    /// The summary's goal and the chart's panel.
+    fn entry(&self) -> Entry {
+        let (p50, p99, max) = (
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.percentile(1.0),
+        );
+        let ms = |v: f64| format!("{v:.1} ms");
+        Entry {
+            date: self.date.clone(),
+            quick: self.quick,
+            goals: vec![Goal::new(
+                "a task healthy on one host is in another host's kernel map: p99 < 100 ms",
+                format!("p99 {} over {} changes", ms(p99), self.latencies.len()),
+                if p99 < 100.0 { "met" } else { "not met" },
+            )],
+            panels: vec![Panel {
+                title: "Change to another host's kernel map (lower is better)".into(),
+                caption: format!(
+                    "3 hosts (network namespaces) sharing etcd; {} changes one at a time; \
+                     {} endpoints sync in {}.",
+                    self.latencies.len(),
+                    self.scale.endpoints,
+                    format_ms(self.scale.live_sync_ms)
+                ),
+                bars: vec![
+                    Bar::new("p50", p50, ms(p50), Kind::Knit),
+                    Bar::new("p99", p99, ms(p99), Kind::Knit),
+                    Bar::new("max", max, ms(max), Kind::Knit),
+                ],
+                reference: Some(Reference {
+                    value: 100.0,
+                    label: "goal p99 100 ms".into(),
+                }),
+            }],
+        }
     }
 
     fn headline(&self) -> String {

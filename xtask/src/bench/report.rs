@@ -74,9 +74,11 @@ pub fn output_path(quick: bool) -> PathBuf {
 pub fn intro(m: &Machine, date: &str) -> String {
     format!(
         "# Benchmarks\n\n\
-         Figures measured by `cargo xtask bench <which>` (`l4`, `l7`), which \
-         rewrites only its own `## ` section of this file. Compare ratios \
-         measured in the same run, not absolute figures across machines or \
+         Figures measured by `cargo xtask bench` (every benchmark, in one go) or \
+         `cargo xtask bench <which>` (one of them: `l4`, `l7`, `accel`, `xfer`, `memory`, \
+         `admin`, `propagation`), which rewrites only its own `## ` section of this file, \
+         its entry of `docs/bench.json`, the chart `docs/bench.svg` and the summary. \
+         Compare ratios measured in the same run, not absolute figures across machines or \
          sections.\n\n\
          - Machine: {} CPUs (`nproc`), {}, kernel {}.\n\
          - Tools: {}, {}, {} (Debian packages).\n\
@@ -92,12 +94,40 @@ pub fn intro(m: &Machine, date: &str) -> String {
     )
 }
 
+/// Where a section goes when the document does not have it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// After the last section.
+    End,
+    /// Before the first section, after the intro (the summary).
+    First,
+}
+
+/// Lines that start a `## ` section, outside fenced code (where "## " may
+/// be a shell comment).
+fn section_starts(lines: &[&str]) -> Vec<usize> {
+    let mut in_fence = false;
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("```") {
+            in_fence = !in_fence;
+        } else if !in_fence && l.starts_with("## ") {
+            out.push(i);
+        }
+    }
+    out
+}
+
 /// Put `section` (starting with its `## ` heading line) into `doc`: in
-/// place of the section with the same heading, else at the end.
-pub fn replace_section(doc: &str, section: &str) -> String {
+/// place of the section with the same heading, else where `place` says.
+pub fn replace_section_at(doc: &str, section: &str, place: Placement) -> String {
     let heading = section.lines().next().unwrap_or_default().trim_end();
     let lines: Vec<&str> = doc.lines().collect();
-    let start = lines.iter().position(|l| l.trim_end() == heading);
+    let starts = section_starts(&lines);
+    let start = starts
+        .iter()
+        .copied()
+        .find(|&i| lines[i].trim_end() == heading);
     let mut out = String::new();
     let push_section = |out: &mut String| {
         out.push_str(section.trim_end());
@@ -105,18 +135,12 @@ pub fn replace_section(doc: &str, section: &str) -> String {
     };
     match start {
         Some(start) => {
-            // The section runs to the next `## ` heading (not `###`),
-            // skipping fenced code, where "## " may be a shell comment.
-            let mut in_fence = false;
-            let mut end = lines.len();
-            for (i, l) in lines.iter().enumerate().skip(start + 1) {
-                if l.starts_with("```") {
-                    in_fence = !in_fence;
-                } else if !in_fence && l.starts_with("## ") {
-                    end = i;
-                    break;
-                }
-            }
+            // The section runs to the next `## ` heading (not `###`).
+            let end = starts
+                .iter()
+                .copied()
+                .find(|&i| i > start)
+                .unwrap_or(lines.len());
             for l in &lines[..start] {
                 out.push_str(l);
                 out.push('\n');
@@ -130,23 +154,48 @@ pub fn replace_section(doc: &str, section: &str) -> String {
                 }
             }
         }
-        None => {
-            out.push_str(doc.trim_end());
-            out.push_str("\n\n");
-            push_section(&mut out);
-        }
+        None => match starts.first() {
+            Some(&first) if place == Placement::First => {
+                for l in &lines[..first] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                push_section(&mut out);
+                out.push('\n');
+                for l in &lines[first..] {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            _ => {
+                out.push_str(doc.trim_end());
+                out.push_str("\n\n");
+                push_section(&mut out);
+            }
+        },
     }
     out
 }
 
 /// Write `section` into the file at `path`, creating it with an intro.
 pub fn write_section(path: &Path, m: &Machine, date: &str, section: &str) -> Result<()> {
+    write_section_at(path, m, date, section, Placement::End)
+}
+
+/// As [`write_section`], a new section going where `place` says.
+pub fn write_section_at(
+    path: &Path,
+    m: &Machine,
+    date: &str,
+    section: &str,
+    place: Placement,
+) -> Result<()> {
     let doc = match std::fs::read_to_string(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => intro(m, date),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let new = replace_section(&doc, section);
+    let new = replace_section_at(&doc, section, place);
     // Write then rename, so an interrupted run never leaves half a file.
     let tmp = path.with_extension("md.tmp");
     std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
@@ -274,6 +323,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    fn replace_section(doc: &str, section: &str) -> String {
+        replace_section_at(doc, section, Placement::End)
+    }
+
     const DOC: &str = "# Benchmarks\n\nintro\n\n## L4\n\nold l4\n```sh\n## not a heading\n```\n\n## L7\n\nl7 figures\n";
 
     #[test]
@@ -290,6 +343,18 @@ mod tests {
         let out = replace_section(DOC, "## Propagation\n\np\n");
         assert!(out.starts_with(DOC));
         assert!(out.ends_with("l7 figures\n\n## Propagation\n\np\n"));
+    }
+
+    #[test]
+    fn a_first_section_goes_after_the_intro_and_stays_there() {
+        let out = replace_section_at(DOC, "## Summary\n\ns\n", Placement::First);
+        assert!(out.starts_with("# Benchmarks\n\nintro\n\n## Summary\n\ns\n\n## L4\n"));
+        let again = replace_section_at(&out, "## Summary\n\nt\n", Placement::First);
+        assert!(again.starts_with("# Benchmarks\n\nintro\n\n## Summary\n\nt\n\n## L4\n"));
+        assert!(again.ends_with("l7 figures\n"));
+        // A file with no section yet: at the end.
+        let bare = replace_section_at("# B\n\nintro\n", "## Summary\n\ns\n", Placement::First);
+        assert_eq!(bare, "# B\n\nintro\n\n## Summary\n\ns\n");
     }
 
     #[test]

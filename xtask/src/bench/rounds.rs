@@ -110,6 +110,24 @@ pub fn measure<C: Copy, S: Disturbance>(
     Ok(out)
 }
 
+/// The warning at the top of a section whose table holds disturbed runs
+/// (empty when none did).
+pub fn disturbed_warning(quick: bool, used: usize, total: usize) -> String {
+    match (used, quick) {
+        (0, _) => String::new(),
+        (_, true) => format!(
+            "**Warning: a --quick run: {used} of the {total} runs ran while other processes used \
+             the CPUs (quick runs do not wait for a quiet machine). These figures only show that \
+             the benchmark works.**\n\n"
+        ),
+        (_, false) => format!(
+            "**Warning: {used} of the {total} runs in this section ran while other processes \
+             used the CPUs, and no quiet repeat came in time; figures from a busy machine are \
+             noisy. Rerun on a quiet machine.**\n\n"
+        ),
+    }
+}
+
 /// How much other processes used the CPUs during the kept runs, for the
 /// "Checks" paragraph of a section.
 pub fn quiet_note<'a>(others: impl Iterator<Item = &'a Usage>, repeated: usize) -> String {

@@ -61,6 +61,53 @@ pub fn micros(us: f64) -> String {
     }
 }
 
+/// A goal judged from medians: met or not, and whether the runs' own
+/// spread is wider than the margin to the goal (then the verdict is not
+/// conclusive).
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub met: bool,
+    /// Why the verdict is not conclusive, if it is not.
+    pub inconclusive: Option<String>,
+}
+
+impl Verdict {
+    pub fn new(met: bool, noise: f64, margin: f64, why: impl FnOnce() -> String) -> Self {
+        Self {
+            met,
+            inconclusive: (noise > margin).then(why),
+        }
+    }
+
+    /// "**met**" / "**not met** (not conclusive: ...)".
+    pub fn long(&self) -> String {
+        let v = if self.met { "met" } else { "not met" };
+        match &self.inconclusive {
+            Some(why) => format!("**{v}** (not conclusive: {why})"),
+            None => format!("**{v}**"),
+        }
+    }
+
+    /// "met" / "not met, not conclusive".
+    pub fn short(&self) -> &'static str {
+        match (self.met, self.inconclusive.is_some()) {
+            (true, false) => "met",
+            (false, false) => "not met",
+            (true, true) => "met, not conclusive",
+            (false, true) => "not met, not conclusive",
+        }
+    }
+}
+
+/// "+12 µs" / "−3 µs".
+pub fn signed_micros(us: f64) -> String {
+    if us < 0.0 {
+        format!("−{}", micros(-us))
+    } else {
+        format!("+{}", micros(us))
+    }
+}
+
 /// A rate summary as "median (min–max)".
 pub fn rate_range(s: &Summary) -> String {
     format!("{} ({}–{})", rate(s.median), rate(s.min), rate(s.max))
@@ -101,5 +148,16 @@ mod tests {
         assert_eq!(rate(1_000.0), "1,000");
         assert_eq!(micros(612.4), "612 µs");
         assert_eq!(micros(1150.0), "1.15 ms");
+        assert_eq!(signed_micros(-3.0), "−3 µs");
+        assert_eq!(signed_micros(12.0), "+12 µs");
+    }
+
+    #[test]
+    fn verdicts() {
+        let v = Verdict::new(true, 0.01, 0.05, || "noise".into());
+        assert_eq!((v.short(), v.long()), ("met", "**met**".to_string()));
+        let v = Verdict::new(false, 0.10, 0.05, || "spread 10%".into());
+        assert_eq!(v.short(), "not met, not conclusive");
+        assert_eq!(v.long(), "**not met** (not conclusive: spread 10%)");
     }
 }

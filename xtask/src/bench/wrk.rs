@@ -1,6 +1,25 @@
 //! wrk: the command line the benchmarks use, and the parts of its report
 //! they read (requests, Requests/sec, the latency distribution, errors).
+//! `--latency` prints p50 to p99; p99.9 comes from a `done` hook in Lua
+//! ([`LATENCY_SCRIPT`]), which runs once at the end, so requests keep wrk's
+//! fast path (no per-request Lua).
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
+
+/// wrk's `-s` script: one line with p99.9 in microseconds.
+pub const LATENCY_SCRIPT: &str = "-- knit bench: p99.9, which --latency does not print.
+done = function(summary, latency, requests)
+  io.write(string.format(\"Latency p99.9: %d\\n\", latency:percentile(99.9)))
+end
+";
+
+/// Write [`LATENCY_SCRIPT`] into `dir`; its path, for [`Load::script`].
+pub fn write_script(dir: &Path) -> Result<PathBuf> {
+    let p = dir.join("latency.lua");
+    std::fs::write(&p, LATENCY_SCRIPT).with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
+}
 
 /// One wrk load: where, how many connections, how long, keep-alive or not.
 #[derive(Debug, Clone)]
@@ -12,6 +31,8 @@ pub struct Load {
     /// wrk opens a new connection per request, so Requests/sec is the rate
     /// of new connections.
     pub close: bool,
+    /// wrk's `-s` script ([`write_script`]: p99.9); None: no p99.9.
+    pub script: Option<PathBuf>,
 }
 
 impl Load {
@@ -32,6 +53,10 @@ impl Load {
             a.push("-H".into());
             a.push("Connection: close".into());
         }
+        if let Some(script) = &self.script {
+            a.push("-s".into());
+            a.push(script.display().to_string());
+        }
         a.push(self.url.clone());
         a
     }
@@ -45,6 +70,8 @@ pub struct Report {
     pub rps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// From [`LATENCY_SCRIPT`]'s line (0 without it).
+    pub p999_us: f64,
     /// connect, read, write, timeout ("Socket errors:" line; absent = 0).
     pub socket_errors: [u64; 4],
     /// "Non-2xx or 3xx responses:" (absent = 0).
@@ -87,6 +114,9 @@ pub fn parse(out: &str) -> Result<Report> {
             }
             ["50%", v] => r.p50_us = duration_us(v)?,
             ["99%", v] => r.p99_us = duration_us(v)?,
+            ["Latency", "p99.9:", v] => {
+                r.p999_us = v.parse().with_context(|| format!("wrk line {line:?}"))?;
+            }
             ["Non-2xx", "or", "3xx", "responses:", n] => {
                 r.non_2xx = n.parse().with_context(|| format!("wrk line {line:?}"))?;
             }
@@ -149,6 +179,7 @@ mod tests {
   478276 requests in 3.00s, 67.96MB read
 Requests/sec: 159332.87
 Transfer/sec:     22.64MB
+Latency p99.9: 3120
 ";
 
     #[test]
@@ -158,6 +189,7 @@ Transfer/sec:     22.64MB
         assert!((r.rps - 159_332.87).abs() < 1e-6);
         assert!((r.p50_us - 196.0).abs() < 1e-9);
         assert!((r.p99_us - 1450.0).abs() < 1e-9);
+        assert!((r.p999_us - 3120.0).abs() < 1e-9);
         assert_eq!(r.errors(), 0);
         assert_eq!(r.describe_errors(), "none");
         Ok(())
@@ -188,10 +220,12 @@ Transfer/sec:     22.64MB
             connections: 16,
             secs: 2,
             close: true,
+            script: Some("/tmp/latency.lua".into()),
         };
         let a = l.args();
         assert_eq!(a[0], "wrk");
         assert!(a.windows(2).any(|w| w == ["-H", "Connection: close"]));
+        assert!(a.windows(2).any(|w| w == ["-s", "/tmp/latency.lua"]));
         assert_eq!(a.last().map(String::as_str), Some("http://127.0.0.1:1/"));
     }
 }

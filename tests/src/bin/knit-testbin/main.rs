@@ -17,6 +17,8 @@
 //! knit-testbin xfer --target HOST:PORT --sizes 1,64K,64M [--streams K] [--rate B/s]
 //!     [--expect-cut BYTES] [--hosts FILE]
 //! knit-testbin flood --target HOST:PORT --connections N [--slowloris] [--hold-ms D] [--hosts FILE]
+//! knit-testbin sink-server --port-env VAR
+//! knit-testbin blast --target HOST:PORT --bytes N [--chunk B] [--timeout-s S] [--hosts FILE]
 //! ```
 use std::{
     collections::BTreeMap,
@@ -29,6 +31,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+mod blast;
 mod flood;
 mod grpc;
 mod http;
@@ -70,8 +73,10 @@ fn main() -> Result<()> {
         Some("xfer-server") => xfer::server(&args),
         Some("xfer") => xfer::client(&args),
         Some("flood") => flood::run(&args),
+        Some("sink-server") => blast::server(&args),
+        Some("blast") => blast::client(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer|flood ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer|flood|sink-server|blast ..."
         ),
     }
 }

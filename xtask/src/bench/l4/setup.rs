@@ -1,5 +1,6 @@
 //! The running L4 benchmark: a knit daemon with nginx as a task of `web`,
-//! HAProxy in front of nginx, and one measured wrk run as a task of `bench`.
+//! HAProxy in front of nginx, and one measured wrk run as a task of `bench`
+//! (with the daemon's sk_msg acceleration switched for the knit scenario).
 use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -23,6 +24,10 @@ pub struct Sample {
     pub wrk: wrk::Report,
     /// New connections the kernel counted on alias `web` meanwhile.
     pub vip_new: u64,
+    /// Bytes sk_msg handed socket to socket meanwhile.
+    pub redirected: u64,
+    /// CPU seconds the daemon, nginx and HAProxy used meanwhile.
+    pub server_cpu_secs: f64,
     /// CPU that processes outside the benchmark used meanwhile.
     pub others: Usage,
 }
@@ -36,8 +41,11 @@ impl Disturbance for Sample {
 /// The running setup. Fields drop in order: HAProxy first, then the daemon
 /// with its tasks (nginx) and cgroups.
 pub struct Bench {
-    _haproxy: Guard,
+    haproxy: Guard,
     pub k: Knit,
+    daemon_pid: u32,
+    /// wrk's p99.9 script.
+    script: PathBuf,
     pub nginx_port: u16,
     pub haproxy_port: u16,
     pub vip: String,
@@ -87,17 +95,14 @@ impl Bench {
         )?;
         haproxy.ensure_running()?;
 
-        let vip = web_row(&k)?["vip"]
-            .as_str()
-            .context("`knit services --json` gives web no VIP")?
-            .to_string();
-        ensure!(
-            vip.starts_with("127.255."),
-            "VIP {vip} is outside 127.255.0.0/16"
-        );
+        let vip = knit::Aliases::read(&k)?.vip("web")?;
+        let daemon_pid = k.daemon_pid().context("the daemon is not running")?;
+        let script = wrk::write_script(&dir)?;
         Ok(Self {
-            _haproxy: haproxy,
+            haproxy,
             k,
+            daemon_pid,
+            script,
             nginx_port,
             haproxy_port,
             vip,
@@ -109,7 +114,7 @@ impl Bench {
     fn url(&self, s: Scenario) -> String {
         match s {
             Scenario::Direct => format!("http://127.0.0.1:{}/", self.nginx_port),
-            Scenario::Knit => format!("http://{}:{ALIAS_PORT}/", self.vip),
+            Scenario::Knit | Scenario::KnitPlain => format!("http://{}:{ALIAS_PORT}/", self.vip),
             Scenario::Haproxy => format!("http://127.0.0.1:{}/", self.haproxy_port),
         }
     }
@@ -120,13 +125,33 @@ impl Bench {
             connections,
             secs,
             close: mode == Mode::Close,
+            script: Some(self.script.clone()),
         }
+    }
+
+    /// CPU seconds of the servers so far: the daemon, nginx (every process
+    /// in service `web`'s cgroup) and HAProxy.
+    fn server_cpu(&self) -> Result<f64> {
+        let ticks = |pid: u32, what: &str| -> Result<f64> {
+            Ok(cpu::ticks_to_secs(
+                cpu::tree_ticks(pid)?.with_context(|| format!("{what} ({pid}) is gone"))?,
+            ))
+        };
+        Ok(ticks(self.daemon_pid, "the knit daemon")?
+            + ticks(self.haproxy.pid(), "HAProxy")?
+            + cpu::cgroup_secs(&self.k.cgroup.join("web"))?)
     }
 
     /// `knit run --service bench -- taskset -c 0 wrk ...` plus its checks.
     pub fn measure(&self, s: Scenario, mode: Mode, secs: u32, conns: u32) -> Result<Sample> {
+        if s.via_vip() {
+            // New connections take the new setting; wrk opens its own.
+            knit::reload_accelerate(&self.k, s == Scenario::Knit)?;
+        }
         let load = self.load(s, mode, secs, conns);
         let before = self.vip_connections()?;
+        let accel_before = knit::accel(&self.k)?;
+        let server_before = self.server_cpu()?;
         let cpu_before = cpu::Snapshot::take()?;
         let mut cmd = self.k.cmd();
         cmd.args([
@@ -141,6 +166,8 @@ impl Bench {
         .args(load.args());
         let out = procs::run_bounded(&mut cmd, Duration::from_secs(u64::from(secs) + 30))?;
         let others = cpu_before.usage_until(&cpu::Snapshot::take()?);
+        let server_cpu_secs = self.server_cpu()? - server_before;
+        let redirected = knit::accel(&self.k)?.redirected_since(&accel_before)?;
         ensure!(
             out.status.success(),
             "wrk to {} failed ({}):\n{}{}",
@@ -167,7 +194,7 @@ impl Bench {
             Mode::Close => r.requests,
         };
         match s {
-            Scenario::Knit if grew < expected => bail!(
+            Scenario::Knit | Scenario::KnitPlain if grew < expected => bail!(
                 "the VIP path counted {grew} new connections for a wrk run that made at least \
                  {expected}: the traffic did not go through the L4 short-circuit"
             ),
@@ -179,17 +206,31 @@ impl Bench {
             ),
             _ => {}
         }
+        // sk_msg carried the sk_msg-on runs' bytes, and nobody else's.
+        match s {
+            Scenario::Knit if redirected == 0 => bail!(
+                "sk_msg handed no byte socket to socket during a run through the VIP with \
+                 acceleration on: `knit status` says {:?}",
+                knit::accel(&self.k)?
+            ),
+            Scenario::Knit => {}
+            _ if redirected != 0 => bail!(
+                "{} run moved {redirected} bytes through sk_msg: the comparison is not clean",
+                s.label()
+            ),
+            _ => {}
+        }
         Ok(Sample {
             wrk: r,
             vip_new: grew,
+            redirected,
+            server_cpu_secs,
             others,
         })
     }
 
     pub fn vip_connections(&self) -> Result<u64> {
-        web_row(&self.k)?["new_connections"]
-            .as_u64()
-            .context("`knit services --json` gives web no new_connections")
+        knit::Aliases::read(&self.k)?.new_connections("web")
     }
 
     pub fn dir_text(&self) -> String {
@@ -205,25 +246,22 @@ impl Bench {
                 shell_words(&nginx_command(&dir, &dir.join("nginx.conf")))
             ),
             format!("taskset -c {SERVER_CPU} haproxy -db -f haproxy.cfg"),
+            "# the knit VIP runs once with sk_msg on, once off: [datapath] accelerate = true|false \
+             in $DIR/knit.toml, then kill -HUP <knit daemon pid> before each"
+                .into(),
         ];
         for mode in Mode::ALL {
-            for s in Scenario::ALL {
+            for s in Scenario::ALL
+                .into_iter()
+                .filter(|&s| s != Scenario::KnitPlain)
+            {
                 let load = self.load(s, mode, secs, mode.connections());
                 c.push(format!(
                     "knit run --service bench -- taskset -c {CLIENT_CPU} {}",
-                    shell_words(&load.args())
+                    shell_words(&load.args()).replace(&self.dir_text(), "$DIR")
                 ));
             }
         }
         c
     }
-}
-
-/// The `knit services --json` row of alias `web`.
-fn web_row(k: &Knit) -> Result<serde_json::Value> {
-    let rows = k.json(&["services"])?;
-    rows.as_array()
-        .and_then(|a| a.iter().find(|r| r["dns_name"] == "web"))
-        .cloned()
-        .with_context(|| format!("no alias web in `knit services --json`: {rows}"))
 }

@@ -1,13 +1,15 @@
-//! The `## L4` section of BENCHMARKS.md: the table, the goals judged from
-//! the measured medians (never written in by hand), and how it was run.
+//! The `## L4` section of BENCHMARKS.md: the tables, the goals judged from
+//! the measured medians (never written in by hand), how it was run, and
+//! the benchmark's entry of the summary and chart.
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
-use super::{Mode, Outcome, Scenario};
+use super::{Mode, Outcome, Run, Scenario};
 use crate::bench::{
     rounds,
     stats::{Summary, micros, rate_range},
+    summary::{Bar, Entry, Goal, Kind, Panel, Reference},
     wrk,
 };
 
@@ -15,27 +17,45 @@ use crate::bench::{
 const KEEPALIVE_GOAL: f64 = 0.99;
 const NEW_CONN_GOAL: f64 = 0.95;
 
-fn values(o: &Outcome, s: Scenario, mode: Mode, f: impl Fn(&wrk::Report) -> f64) -> Vec<f64> {
+fn runs(o: &Outcome, s: Scenario, mode: Mode) -> impl Iterator<Item = &Run> {
     o.runs
         .iter()
-        .filter(|r| r.scenario == s && r.mode == mode)
-        .map(|r| f(&r.wrk))
-        .collect()
+        .filter(move |r| r.scenario == s && r.mode == mode)
+}
+
+fn values(o: &Outcome, s: Scenario, mode: Mode, f: impl Fn(&wrk::Report) -> f64) -> Vec<f64> {
+    runs(o, s, mode).map(|r| f(&r.wrk)).collect()
+}
+
+fn summary(
+    o: &Outcome,
+    s: Scenario,
+    mode: Mode,
+    f: impl Fn(&wrk::Report) -> f64,
+) -> Result<Summary> {
+    Summary::of(&values(o, s, mode, f)).with_context(|| format!("no {} {mode:?} runs", s.label()))
 }
 
 fn rps(o: &Outcome, s: Scenario, mode: Mode) -> Result<Summary> {
-    Summary::of(&values(o, s, mode, |w| w.rps))
-        .with_context(|| format!("no {} {mode:?} runs", s.label()))
+    summary(o, s, mode, |w| w.rps)
 }
 
 fn p50(o: &Outcome, s: Scenario, mode: Mode) -> Result<Summary> {
-    Summary::of(&values(o, s, mode, |w| w.p50_us))
-        .with_context(|| format!("no {} {mode:?} runs", s.label()))
+    summary(o, s, mode, |w| w.p50_us)
 }
 
-/// knit ÷ direct within each round: the ratio with slow drift of the
+/// The servers' CPU (daemon, nginx, HAProxy) per request, µs, median.
+fn cpu_per_request(o: &Outcome, s: Scenario, mode: Mode) -> Result<Summary> {
+    let v: Vec<f64> = runs(o, s, mode)
+        .filter(|r| r.wrk.requests > 0)
+        .map(|r| r.server_cpu_secs * 1e6 / r.wrk.requests as f64)
+        .collect();
+    Summary::of(&v).with_context(|| format!("no {} {mode:?} runs", s.label()))
+}
+
+/// `s` ÷ direct within each round: the ratio with slow drift of the
 /// machine taken out, as a range across rounds.
-fn paired(o: &Outcome, mode: Mode) -> Option<Summary> {
+fn paired(o: &Outcome, s: Scenario, mode: Mode) -> Option<Summary> {
     let ratios: Vec<f64> = (1..=o.plan.rounds)
         .filter_map(|round| {
             let find = |s| {
@@ -44,73 +64,214 @@ fn paired(o: &Outcome, mode: Mode) -> Option<Summary> {
                     .find(|r| r.round == round && r.mode == mode && r.scenario == s)
                     .map(|r| r.wrk.rps)
             };
-            Some(find(Scenario::Knit)? / find(Scenario::Direct)?)
+            Some(find(s)? / find(Scenario::Direct)?)
         })
         .collect();
     Summary::of(&ratios)
 }
 
-fn goal_line(o: &Outcome, mode: Mode, what: &str, goal: f64) -> Result<String> {
-    let (knit, direct) = (
-        rps(o, Scenario::Knit, mode)?,
-        rps(o, Scenario::Direct, mode)?,
-    );
+fn goal_of(mode: Mode) -> f64 {
+    match mode {
+        Mode::KeepAlive => KEEPALIVE_GOAL,
+        Mode::Close => NEW_CONN_GOAL,
+    }
+}
+
+/// A goal judged: `s` ÷ direct against the mode's goal.
+struct Judged {
+    ratio: f64,
+    pair: Option<Summary>,
+    met: bool,
+    /// The rounds' own spread, when wider than the tolerance being judged.
+    noise: Option<f64>,
+}
+
+impl Judged {
+    fn verdict(&self) -> &'static str {
+        match (self.met, self.noise.is_some()) {
+            (true, false) => "met",
+            (false, false) => "not met",
+            (true, true) => "met, not conclusive",
+            (false, true) => "not met, not conclusive",
+        }
+    }
+}
+
+fn judge(o: &Outcome, s: Scenario, mode: Mode) -> Result<Judged> {
+    let (knit, direct) = (rps(o, s, mode)?, rps(o, Scenario::Direct, mode)?);
+    let goal = goal_of(mode);
     let ratio = knit.median / direct.median;
-    let verdict = if ratio >= goal { "met" } else { "not met" };
-    let pair = paired(o, mode)
-        .map(|p| format!("; per round {:.3}–{:.3}", p.min, p.max))
-        .unwrap_or_default();
     // A verdict on a 1% margin means little when the same configuration
     // varies by more than that from round to round: say so.
-    let tolerance = 1.0 - goal;
     let noise = knit.spread().max(direct.spread());
-    let caveat = if noise > tolerance {
-        format!(
-            " (not conclusive: knit's or direct's own rounds spread {:.1}%, more than the \
-             {:.0}% being judged)",
-            noise * 100.0,
-            tolerance * 100.0
-        )
-    } else {
-        String::new()
-    };
+    Ok(Judged {
+        ratio,
+        pair: paired(o, s, mode),
+        met: ratio >= goal,
+        noise: (noise > 1.0 - goal).then_some(noise),
+    })
+}
+
+fn goal_line(o: &Outcome, s: Scenario, mode: Mode, what: &str) -> Result<String> {
+    let goal = goal_of(mode);
+    let tolerance = 1.0 - goal;
+    let j = judge(o, s, mode)?;
+    let pair = j
+        .pair
+        .map(|p| format!("; per round {:.3}–{:.3}", p.min, p.max))
+        .unwrap_or_default();
+    let verdict = if j.met { "met" } else { "not met" };
+    let caveat = j
+        .noise
+        .map(|noise| {
+            format!(
+                " (not conclusive: this scenario's or direct's own rounds spread {:.1}%, more \
+                 than the {:.0}% being judged)",
+                noise * 100.0,
+                tolerance * 100.0
+            )
+        })
+        .unwrap_or_default();
     Ok(format!(
-        "- {what} within {:.0}% of direct (knit ÷ direct ≥ {goal:.2}): measured {ratio:.3}{pair}: **{verdict}**{caveat}.\n",
-        tolerance * 100.0
+        "- {what}, {}: within {:.0}% of direct (÷ direct ≥ {goal:.2}): measured {:.3}{pair}: **{verdict}**{caveat}.\n",
+        s.label(),
+        tolerance * 100.0,
+        j.ratio
     ))
 }
 
 /// The README's one line for this benchmark, from the same medians.
 pub fn headline(o: &Outcome) -> Result<String> {
-    let ratio = |mode| -> Result<(f64, &'static str)> {
-        let r = rps(o, Scenario::Knit, mode)?.median / rps(o, Scenario::Direct, mode)?.median;
-        let goal = match mode {
-            Mode::KeepAlive => KEEPALIVE_GOAL,
-            Mode::Close => NEW_CONN_GOAL,
-        };
-        // As in `goal_line`: rounds that spread wider than the tolerance
-        // being judged make the verdict not conclusive.
-        let noise = rps(o, Scenario::Knit, mode)?
-            .spread()
-            .max(rps(o, Scenario::Direct, mode)?.spread());
-        Ok((
-            r,
-            match (r >= goal, noise > 1.0 - goal) {
-                (true, false) => "met",
-                (false, false) => "not met",
-                (true, true) => "met, not conclusive",
-                (false, true) => "not met, not conclusive",
-            },
-        ))
-    };
-    let (ka, ka_v) = ratio(Mode::KeepAlive)?;
-    let (cl, cl_v) = ratio(Mode::Close)?;
+    let ka = judge(o, Scenario::Knit, Mode::KeepAlive)?;
+    let cl = judge(o, Scenario::Knit, Mode::Close)?;
+    let ka_off = judge(o, Scenario::KnitPlain, Mode::KeepAlive)?;
+    let cl_off = judge(o, Scenario::KnitPlain, Mode::Close)?;
     Ok(format!(
         "- `l4`: the L4 short-circuit against direct connections and HAProxy `mode tcp` (wrk). \
-         knit ÷ direct: {ka:.3} keep-alive requests/s (goal ≥ {KEEPALIVE_GOAL:.2}, {ka_v}), \
-         {cl:.3} new connections/s (goal ≥ {NEW_CONN_GOAL:.2}, {cl_v}). Measured {}.",
+         knit ÷ direct: {:.3} keep-alive requests/s (goal ≥ {KEEPALIVE_GOAL:.2}, {}), \
+         {:.3} new connections/s (goal ≥ {NEW_CONN_GOAL:.2}, {}); with sk_msg off {:.3} and \
+         {:.3}. Measured {}.",
+        ka.ratio,
+        ka.verdict(),
+        cl.ratio,
+        cl.verdict(),
+        ka_off.ratio,
+        cl_off.ratio,
         o.date
     ))
+}
+
+/// The summary's goals and the chart's panel, from the same medians.
+pub fn entry(o: &Outcome) -> Result<Entry> {
+    let mut goals = Vec::new();
+    let mut bars = Vec::new();
+    for mode in Mode::ALL {
+        let what = match mode {
+            Mode::KeepAlive => "keep-alive req/s",
+            Mode::Close => "new connections/s",
+        };
+        for s in [Scenario::Knit, Scenario::KnitPlain] {
+            let j = judge(o, s, mode)?;
+            goals.push(Goal::new(
+                format!("{what}, {}: ≥ {:.2} × direct", s.label(), goal_of(mode)),
+                format!("{:.3}", j.ratio),
+                j.verdict(),
+            ));
+        }
+        let direct = rps(o, Scenario::Direct, mode)?.median;
+        for s in [Scenario::Knit, Scenario::KnitPlain, Scenario::Haproxy] {
+            let r = rps(o, s, mode)?.median / direct;
+            let (who, kind) = match s {
+                Scenario::Knit => ("knit", Kind::Knit),
+                Scenario::KnitPlain => ("knit, sk_msg off", Kind::KnitOff),
+                _ => ("HAProxy tcp", Kind::Other),
+            };
+            let m = match mode {
+                Mode::KeepAlive => "keep-alive",
+                Mode::Close => "new conn",
+            };
+            bars.push(Bar::new(format!("{m}: {who}"), r, format!("{r:.3}"), kind));
+        }
+    }
+    Ok(Entry {
+        date: o.date.clone(),
+        quick: o.quick,
+        goals,
+        panels: vec![Panel {
+            title: "L4 short-circuit: requests/s ÷ direct (higher is better)".into(),
+            caption: format!(
+                "wrk to nginx, {} keep-alive connections / {} with Connection: close; medians \
+                 of {} rounds. Goals: ≥ {KEEPALIVE_GOAL:.2} keep-alive, ≥ {NEW_CONN_GOAL:.2} \
+                 new connections.",
+                Mode::KeepAlive.connections(),
+                Mode::Close.connections(),
+                o.plan.rounds
+            ),
+            bars,
+            reference: Some(Reference {
+                value: 1.0,
+                label: "direct = 1".into(),
+            }),
+        }],
+    })
+}
+
+/// Quick runs (CI) fail on figures that cannot be right: no requests, a
+/// zero rate or latency, errors.
+pub fn sane(o: &Outcome) -> Result<()> {
+    for r in &o.runs {
+        ensure!(
+            r.wrk.requests > 0 && r.wrk.rps > 0.0 && r.wrk.p50_us > 0.0 && r.wrk.p999_us > 0.0,
+            "round {} {} {}: implausible figures {:?}",
+            r.round,
+            r.mode.label(),
+            r.scenario.label(),
+            r.wrk
+        );
+        ensure!(
+            r.wrk.errors() == 0,
+            "round {} {} {}: {}",
+            r.round,
+            r.mode.label(),
+            r.scenario.label(),
+            r.wrk.describe_errors()
+        );
+        ensure!(
+            r.server_cpu_secs > 0.0,
+            "round {} {} {}: the servers used no CPU",
+            r.round,
+            r.mode.label(),
+            r.scenario.label()
+        );
+    }
+    Ok(())
+}
+
+/// p50, p99, p99.9 and the servers' CPU per request, per mode.
+fn latency_table(o: &Outcome, s: &mut String) -> Result<()> {
+    s.push_str(
+        "Latency (wrk's, closed loop: only comparable within this table) and the servers' CPU \
+         per request (the knit daemon, nginx and HAProxy, in every scenario: utime + stime \
+         from /proc, nginx from its service's cgroup `cpu.stat`):\n\n\
+         | scenario | mode | p50 | p99 | p99.9 | servers' CPU per request |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    for mode in Mode::ALL {
+        for sc in Scenario::ALL {
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.1} µs |",
+                sc.label(),
+                mode.label(),
+                micros(p50(o, sc, mode)?.median),
+                micros(summary(o, sc, mode, |w| w.p99_us)?.median),
+                micros(summary(o, sc, mode, |w| w.p999_us)?.median),
+                cpu_per_request(o, sc, mode)?.median
+            )?;
+        }
+    }
+    s.push('\n');
+    Ok(())
 }
 
 pub fn render(o: &Outcome) -> Result<String> {
@@ -122,6 +283,8 @@ pub fn render(o: &Outcome) -> Result<String> {
     };
     let warmup = if o.plan.warmup_secs > 0 {
         format!(" after a {} s warm-up run per cell", o.plan.warmup_secs)
+    } else if o.quick {
+        " (no warm-up, no sanity runs)".into()
     } else {
         " (no warm-up beyond the 1 s sanity runs)".into()
     };
@@ -136,21 +299,20 @@ pub fn render(o: &Outcome) -> Result<String> {
         o.plan.secs,
         o.elapsed.as_secs()
     )?;
-    if o.disturbed_used > 0 {
-        writeln!(
-            s,
-            "**Warning: {} of the {} runs in this table ran while other processes used the \
-             CPUs, and no quiet repeat came in time; figures from a busy machine are noisy. \
-             Rerun on a quiet machine.**\n",
-            o.disturbed_used,
-            o.runs.len()
-        )?;
-    }
+    s.push_str(&rounds::disturbed_warning(
+        o.quick,
+        o.disturbed_used,
+        o.runs.len(),
+    ));
     s.push_str(
         "wrk sends `GET /` to nginx (`return 200 \"ok\"`) three ways: straight to nginx's \
          address (**direct**), to the VIP of knit's alias `web:8080`, which the kernel's \
          `connect4` hook rewrites to nginx at `connect()` (**knit VIP**, the L4 \
-         short-circuit), and through **HAProxy** in `mode tcp`. Keep-alive runs measure \
+         short-circuit), and through **HAProxy** in `mode tcp`. The knit VIP runs twice: \
+         with same-host acceleration on (knit's default: wrk's and nginx's sockets go into \
+         the sockhash and sk_msg hands each send to the peer's receive queue) and off \
+         (`[datapath] accelerate = false`, switched by SIGHUP before the run: plain loopback \
+         TCP after the connect-time rewrite). Keep-alive runs measure \
          requests/s on open connections; `Connection: close` runs open one connection per \
          request, so their rate is new connections/s.\n\n",
     );
@@ -175,19 +337,17 @@ pub fn render(o: &Outcome) -> Result<String> {
             micros(p50(o, sc, Mode::Close)?.median),
         )?;
     }
-    s.push_str("\nGoals, judged from the medians above:\n\n");
-    s.push_str(&goal_line(
-        o,
-        Mode::KeepAlive,
-        "Keep-alive requests/s",
-        KEEPALIVE_GOAL,
-    )?);
-    s.push_str(&goal_line(
-        o,
-        Mode::Close,
-        "New connections/s",
-        NEW_CONN_GOAL,
-    )?);
+    s.push('\n');
+    latency_table(o, &mut s)?;
+    s.push_str("Goals, judged from the medians above:\n\n");
+    for (mode, what) in [
+        (Mode::KeepAlive, "Keep-alive requests/s"),
+        (Mode::Close, "New connections/s"),
+    ] {
+        for sc in [Scenario::Knit, Scenario::KnitPlain] {
+            s.push_str(&goal_line(o, sc, mode, what)?);
+        }
+    }
     writeln!(
         s,
         "\nNoise: direct's own rounds differ by {:.1}% (keep-alive) and {:.1}% (new connections) \
@@ -205,7 +365,7 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
     let min_conns: u64 = o
         .runs
         .iter()
-        .filter(|r| r.scenario == Scenario::Knit)
+        .filter(|r| r.scenario.via_vip())
         .map(|r| match r.mode {
             Mode::KeepAlive => u64::from(r.mode.connections()),
             Mode::Close => r.wrk.requests,
@@ -214,21 +374,44 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
     let counted = |knit: bool| -> u64 {
         o.runs
             .iter()
-            .filter(|r| (r.scenario == Scenario::Knit) == knit)
+            .filter(|r| r.scenario.via_vip() == knit)
             .map(|r| r.vip_new)
             .sum()
     };
+    let moved = |on: bool| -> u64 {
+        o.runs
+            .iter()
+            .filter(|r| (r.scenario == Scenario::Knit) == on)
+            .map(|r| r.redirected)
+            .sum()
+    };
+    let on_requests: u64 = o
+        .runs
+        .iter()
+        .filter(|r| r.scenario == Scenario::Knit)
+        .map(|r| r.wrk.requests)
+        .sum();
     write!(
         s,
-        "Checks: before measuring, a 1 s run through each path in each mode completed \
-         requests with no errors. During the knit runs in the table the kernel counted {} \
+        "Checks: {}During the knit runs in the table the kernel counted {} \
          new connections on alias `web` (`knit services --json`, `new_connections`), at \
          least the {} that wrk needed, and {} during the direct and HAProxy runs: the knit \
-         figures are the VIP path's, the others are not (each run is checked, and the \
-         benchmark stops otherwise). {}",
+         figures are the VIP path's, the others are not. sk_msg handed {} bytes socket to \
+         socket during the sk_msg-on runs ({:.0} per request; `knit status --json`, \
+         `acceleration.redirected_bytes`) and {} during all the others. Each run is checked, \
+         and the benchmark stops otherwise. {}",
+        if o.quick {
+            ""
+        } else {
+            "before measuring, a 1 s run through each path in each mode completed requests \
+             with no errors. "
+        },
         counted(true),
         min_conns,
         counted(false),
+        moved(true),
+        moved(true) as f64 / on_requests.max(1) as f64,
+        moved(false),
         quiet(o)
     )?;
     let bad: Vec<String> = o
@@ -270,25 +453,33 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
          `keepalive_requests 1000000` so keep-alive runs never reconnect; started with \
          `knit run --service web`, so it is a real knit backend (alias `web:8080`, TCP).\n\
          - Client: {}, one thread, pinned to CPU 0, run with `knit run --service bench` (a \
-         client-only service) in every scenario, so all three pay the same cgroup hooks and \
+         client-only service) in every scenario, so all pay the same cgroup hooks and \
          differ only in where they connect. {} connections keep-alive, {} with \
          `Connection: close`.\n\
          - {}, `mode tcp`, `nbthread 1`, pinned to CPU 1 beside nginx (one CPU serves both \
          proxy and backend: that is the cost of a userspace hop on this machine), started \
          outside knit.\n\
-         - Order: a 1 s sanity run per path and mode, {}then {} rounds, each \
-         running keep-alive direct, knit, HAProxy, then new-connection direct, knit, HAProxy. \
-         Medians of the rounds; latency is wrk's p50 (closed loop, so only comparable \
-         within this table).\n",
+         - Order: {}{}{} rounds, each \
+         running keep-alive direct, knit (sk_msg on), knit (sk_msg off), HAProxy, then the \
+         same with new connections. Medians of the rounds; latency is wrk's (p99.9 from a \
+         `done` hook in Lua, `-s latency.lua`), closed loop, so only comparable within this \
+         section.\n",
         o.machine.nginx,
         o.machine.wrk,
         Mode::KeepAlive.connections(),
         Mode::Close.connections(),
         o.machine.haproxy,
-        if o.plan.warmup_secs > 0 {
-            format!("a {} s warm-up run per cell, ", o.plan.warmup_secs)
+        if o.quick {
+            ""
         } else {
+            "a 1 s sanity run per path and mode, "
+        },
+        if o.plan.warmup_secs > 0 {
+            format!("a {} s warm-up run per cell, then ", o.plan.warmup_secs)
+        } else if o.quick {
             String::new()
+        } else {
+            "then ".into()
         },
         o.plan.rounds,
     )?;

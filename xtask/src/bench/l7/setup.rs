@@ -1,6 +1,7 @@
 //! The running L7 benchmark: a knit daemon (pinned to the servers' CPU)
 //! with nginx as the task of `web`, HAProxy and an nginx proxy in front of
 //! that nginx, and one measured load-generator run as a task of `bench`.
+//! The daemon restarts when a knit run wants sk_msg switched.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -65,6 +66,15 @@ pub struct Bench {
     /// requests); None for a knit without one (then the check falls back
     /// to the daemon's CPU time).
     admin: Option<String>,
+    /// The daemon's sk_msg setting now.
+    accel_on: bool,
+    /// Restarts to switch it, and the longest.
+    restarts: usize,
+    longest_restart: Duration,
+    /// sk_msg-on runs measured again (see `measure`).
+    fallback_repeats: usize,
+    /// wrk's p99.9 script.
+    script: PathBuf,
 }
 
 impl Bench {
@@ -146,29 +156,18 @@ impl Bench {
         haproxy.ensure_running()?;
         nginx_proxy.ensure_running()?;
 
-        // Pin every thread of the daemon (tokio's workers included) to the
-        // servers' CPU, as HAProxy and the nginx proxy are; threads it
-        // starts later inherit the mask.
-        let daemon_pid = k.daemon_pid().context("the daemon is not running")?;
-        util::output(Command::new("taskset").args([
-            "-a",
-            "-p",
-            "-c",
-            SERVER_CPU,
-            &daemon_pid.to_string(),
-        ]))
-        .context("pinning the knit daemon")?;
-        let threads = std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
-            .map(|d| d.count())
-            .unwrap_or(0);
+        let (daemon_pid, threads) = pin_daemon(&k)?;
         let pinning = format!(
             "load generator `taskset -c {CLIENT_CPU}`; nginx (backend), HAProxy and the nginx \
              proxy `taskset -c {SERVER_CPU}` at start; the knit daemon `taskset -a -p -c \
              {SERVER_CPU} <pid>` right after it started (all its {threads} threads)"
         );
 
-        let vips = [vip_of(&k, "web")?, vip_of(&k, "web2")?];
+        let aliases = knit::Aliases::read(&k)?;
+        let vips = [aliases.vip("web")?, aliases.vip("web2")?];
         let admin = k.json(&["status"])?["admin"].as_str().map(str::to_string);
+        let accel_on = knit::accel(&k)?.enabled;
+        let script = wrk::write_script(k.dir.path())?;
         // The L7 aliases must have their endpoint, and be L7.
         let eps = k.json(&["endpoints", "web"])?;
         ensure!(
@@ -189,7 +188,40 @@ impl Bench {
             haproxy_cfg,
             pinning,
             admin,
+            accel_on,
+            restarts: 0,
+            longest_restart: Duration::ZERO,
+            fallback_repeats: 0,
+            script,
         })
+    }
+
+    /// sk_msg on or off for what the daemon connects from now on: a
+    /// restart when it must change (see `knit::restart_accelerate`), then
+    /// the daemon pinned again and its new pid and admin address read.
+    fn accelerate(&mut self, on: bool) -> Result<()> {
+        if self.accel_on == on {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
+        knit::restart_accelerate(&mut self.k, on)?;
+        self.k
+            .wait_healthy("web", 2)
+            .context("nginx's endpoints after the daemon's restart")?;
+        let took = t0.elapsed();
+        (self.daemon_pid, _) = pin_daemon(&self.k)?;
+        self.admin = self.k.json(&["status"])?["admin"]
+            .as_str()
+            .map(str::to_string);
+        self.accel_on = on;
+        self.restarts += 1;
+        self.longest_restart = self.longest_restart.max(took);
+        println!(
+            "  (daemon restarted with sk_msg {} in {} ms)",
+            if on { "on" } else { "off" },
+            took.as_millis()
+        );
+        Ok(())
     }
 
     pub fn describe(&self) -> String {
@@ -210,7 +242,9 @@ impl Bench {
     fn url(&self, c: Cell) -> String {
         let host = match c.scenario {
             Scenario::Direct => format!("127.0.0.1:{}", self.backend.of(c.proto)),
-            Scenario::Knit => format!("{}:{ALIAS_PORT}", self.vips[c.proto as usize]),
+            Scenario::Knit | Scenario::KnitPlain => {
+                format!("{}:{ALIAS_PORT}", self.vips[c.proto as usize])
+            }
             Scenario::Haproxy => format!("127.0.0.1:{}", self.haproxy_ports.of(c.proto)),
             Scenario::Nginx => format!("127.0.0.1:{}", self.proxy_ports.of(c.proto)),
         };
@@ -232,6 +266,7 @@ impl Bench {
                 connections: conns * streams,
                 secs,
                 close: false,
+                script: Some(self.script.clone()),
             }
             .args(),
             Proto::H2c => h2load::Load {
@@ -249,7 +284,7 @@ impl Bench {
     fn proxy_ticks(&self, s: Scenario) -> Result<Option<u64>> {
         let pid = match s {
             Scenario::Direct => return Ok(None),
-            Scenario::Knit => self.daemon_pid,
+            Scenario::Knit | Scenario::KnitPlain => self.daemon_pid,
             Scenario::Haproxy => self.haproxy.pid(),
             Scenario::Nginx => self.nginx_proxy.pid(),
         };
@@ -262,9 +297,42 @@ impl Bench {
         cpu::tree_ticks(self.daemon_pid)?.context("the knit daemon is gone")
     }
 
+    fn backend_cpu(&self) -> Result<f64> {
+        cpu::cgroup_secs(&self.k.cgroup.join("web"))
+    }
+
     /// `knit run --service bench -- taskset -c 0 wrk|h2load ...` plus its
     /// checks.
-    pub fn measure(&self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
+    pub fn measure(&mut self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
+        if c.scenario.via_knit() {
+            self.accelerate(c.scenario == Scenario::Knit)?;
+        }
+        // An sk_msg-on run whose every socket kept TCP/IP (each first send
+        // raced its peer's handshake: possible with one connection) did
+        // not measure sk_msg: measure it again, a few times at most.
+        for _ in 0..3 {
+            let s = self.measure_once(c, secs, shape)?;
+            if c.scenario == Scenario::Knit && s.redirected == 0 {
+                println!("  every socket of the run kept TCP/IP; measuring it again");
+                self.fallback_repeats += 1;
+                continue;
+            }
+            return Ok(s);
+        }
+        bail!(
+            "three sk_msg-on runs in a row through {} kept TCP/IP: acceleration does not take \
+             this path",
+            self.url(c)
+        )
+    }
+
+    /// Daemon restarts to switch sk_msg, the longest, and sk_msg-on runs
+    /// measured again because sk_msg carried none of their bytes.
+    pub fn restarts(&self) -> (usize, Duration, usize) {
+        (self.restarts, self.longest_restart, self.fallback_repeats)
+    }
+
+    fn measure_once(&mut self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
         let log = self.k.dir.path().join("h2load.log");
         let args = self.load_args(c, secs, shape, &log);
         let url = self.url(c);
@@ -272,6 +340,8 @@ impl Bench {
         let req_before = self.proxied_requests()?;
         let proxy_before = self.proxy_ticks(c.scenario)?;
         let daemon_before = self.daemon_ticks()?;
+        let backend_before = self.backend_cpu()?;
+        let accel_before = knit::accel(&self.k)?;
         let cpu_before = cpu::Snapshot::take()?;
         let mut cmd = self.k.cmd();
         cmd.args([
@@ -292,6 +362,10 @@ impl Bench {
             (Some(a), Some(b)) => Some(cpu::ticks_to_secs(b.saturating_sub(a))),
             _ => None,
         };
+        let backend_cpu_secs = self.backend_cpu()? - backend_before;
+        let accel_after = knit::accel(&self.k)?;
+        let redirected = accel_after.redirected_since(&accel_before)?;
+        let fallbacks = accel_after.fallbacks_since(&accel_before);
         ensure!(
             out.status.success(),
             "{} to {url} failed ({}):\n{}{}",
@@ -308,6 +382,7 @@ impl Bench {
                     rps: r.rps,
                     p50_us: r.p50_us,
                     p99_us: r.p99_us,
+                    p999_us: r.p999_us,
                     errors: r.errors(),
                     error_text: r.describe_errors(),
                 }
@@ -320,6 +395,7 @@ impl Bench {
                     rps: r.rps,
                     p50_us: r.p50_us,
                     p99_us: r.p99_us,
+                    p999_us: r.p999_us,
                     errors: r.errors(),
                     error_text: r.describe_errors(),
                 }
@@ -348,7 +424,7 @@ impl Bench {
         });
         let mine = c.proto as usize;
         match c.scenario {
-            Scenario::Knit => {
+            Scenario::Knit | Scenario::KnitPlain => {
                 // The connect hook sent the load generator's connections to
                 // the alias (the kernel counted them) ...
                 if grew[mine] < conns || grew[1 - mine] != 0 {
@@ -393,26 +469,39 @@ impl Bench {
             ),
             _ => {}
         }
+        // sk_msg carried the sk_msg-on runs' bytes (unless every socket
+        // fell back, see `measure`), and nobody else's.
+        match c.scenario {
+            Scenario::Knit if redirected == 0 && fallbacks == 0 => bail!(
+                "sk_msg handed no byte socket to socket during a run through {url} with \
+                 acceleration on, and no socket fell back: `knit status` says {:?}",
+                knit::accel(&self.k)?
+            ),
+            Scenario::Knit => {}
+            _ if redirected != 0 => bail!(
+                "{} run to {url} moved {redirected} bytes through sk_msg: the comparison is \
+                 not clean",
+                c.scenario.label()
+            ),
+            _ => {}
+        }
         Ok(Sample {
             m,
             vip_new: grew,
             proxied,
             proxy_cpu_secs,
             daemon_cpu_secs,
+            backend_cpu_secs,
+            redirected,
+            fallbacks,
             others,
         })
     }
 
     /// New connections the kernel counted on `web` and `web2`.
     pub fn vip_connections(&self) -> Result<[u64; 2]> {
-        let rows = self.k.json(&["services"])?;
-        let get = |alias: &str| -> Result<u64> {
-            rows.as_array()
-                .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
-                .and_then(|r| r["new_connections"].as_u64())
-                .with_context(|| format!("no new_connections for alias {alias}: {rows}"))
-        };
-        Ok([get("web")?, get("web2")?])
+        let a = knit::Aliases::read(&self.k)?;
+        Ok([a.new_connections("web")?, a.new_connections("web2")?])
     }
 
     /// Requests the proxy counted for `web` and `web2` (from the daemon's
@@ -449,8 +538,15 @@ impl Bench {
             shell_words(&nginx_command(&p, &p.join("nginx.conf"))),
             format!("taskset -c {SERVER_CPU} haproxy -db -f $DIR/haproxy.cfg"),
             format!("taskset -a -p -c {SERVER_CPU} <knit daemon pid>"),
+            "# knit VIP runs once with sk_msg on, once off: the daemon is restarted (kill -9, \
+             then knit daemon --config $DIR/knit.toml with [datapath] accelerate = true|false) \
+             and pinned again"
+                .into(),
         ];
-        for cell in super::Cell::all() {
+        for cell in super::Cell::all()
+            .into_iter()
+            .filter(|c| c.scenario != Scenario::KnitPlain)
+        {
             let args = self.load_args(
                 cell,
                 t.secs(cell.load),
@@ -459,27 +555,24 @@ impl Bench {
             );
             c.push(format!(
                 "knit run --service bench -- taskset -c {CLIENT_CPU} {}",
-                shell_words(&args)
+                shell_words(&args).replace(&self.k.dir.path().display().to_string(), "$DIR")
             ));
         }
         c
     }
 }
 
-/// The VIP of alias `alias` from `knit services --json`.
-fn vip_of(k: &Knit, alias: &str) -> Result<String> {
-    let rows = k.json(&["services"])?;
-    let vip = rows
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["dns_name"] == alias))
-        .and_then(|r| r["vip"].as_str())
-        .with_context(|| format!("no alias {alias} with a VIP in `knit services --json`: {rows}"))?
-        .to_string();
-    ensure!(
-        vip.starts_with("127.255."),
-        "VIP {vip} of {alias} is outside 127.255.0.0/16"
-    );
-    Ok(vip)
+/// Pin every thread of the daemon (tokio's workers included) to the
+/// servers' CPU, as HAProxy and the nginx proxy are; threads it starts
+/// later inherit the mask. Its pid, and how many threads it had.
+fn pin_daemon(k: &Knit) -> Result<(u32, usize)> {
+    let pid = k.daemon_pid().context("the daemon is not running")?;
+    util::output(Command::new("taskset").args(["-a", "-p", "-c", SERVER_CPU, &pid.to_string()]))
+        .context("pinning the knit daemon")?;
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    Ok((pid, threads))
 }
 
 /// GET `path` from the daemon's admin listener on loopback (HTTP/1.1,

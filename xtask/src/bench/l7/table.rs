@@ -1,21 +1,19 @@
 //! The `## L7` section of BENCHMARKS.md: tables per protocol and load, the
-//! goals judged from the measured medians (never written in by hand), the
-//! checks, and how it was run.
+//! goals (see `goals`), the checks, and how it was run.
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 
-use super::{Cell, H1_CONNS, H2_CONNS, H2_STREAMS, Load, Outcome, Proto, Sample, Scenario};
+use super::{
+    Cell, H1_CONNS, H2_CONNS, H2_STREAMS, Load, Outcome, Proto, Sample, Scenario,
+    goals::{cpu_line, latency_goal, skmsg_goal, throughput_goal},
+};
 use crate::bench::{
     rounds,
-    stats::{Summary, micros, rate, rate_range},
+    stats::{Summary, micros, rate, rate_range, signed_micros},
 };
 
-/// The issue's goals: knit's requests/s at least HAProxy's; at most this
-/// much added to direct's p50.
-const MAX_ADDED_P50_US: f64 = 100.0;
-
-fn samples(o: &Outcome, p: Proto, l: Load, s: Scenario) -> impl Iterator<Item = &Sample> {
+pub fn samples(o: &Outcome, p: Proto, l: Load, s: Scenario) -> impl Iterator<Item = &Sample> {
     let want = Cell {
         proto: p,
         load: l,
@@ -27,7 +25,7 @@ fn samples(o: &Outcome, p: Proto, l: Load, s: Scenario) -> impl Iterator<Item = 
         .map(|r| &r.sample)
 }
 
-fn summary(
+pub fn summary(
     o: &Outcome,
     p: Proto,
     l: Load,
@@ -38,23 +36,27 @@ fn summary(
     Summary::of(&v).with_context(|| format!("no {} {} {} runs", p.label(), l.label(), s.label()))
 }
 
-fn rps(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+pub fn rps(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
     summary(o, p, l, s, |x| Some(x.m.rps))
 }
 
-fn p50(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+pub fn p50(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
     summary(o, p, l, s, |x| Some(x.m.p50_us))
 }
 
-fn p99(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+pub fn p99(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
     summary(o, p, l, s, |x| Some(x.m.p99_us))
+}
+
+pub fn p999(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    summary(o, p, l, s, |x| Some(x.m.p999_us))
 }
 
 /// The proxy's CPU µs per request. For knit, the daemon's CPU in the
 /// direct runs of the same protocol and load (its monitor, and registering
 /// the load generator's task: work that is not proxying) is taken out.
-fn cpu(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
-    let base = if s == Scenario::Knit {
+pub fn cpu(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    let base = if s.via_knit() {
         summary(o, p, l, Scenario::Direct, |x| Some(x.daemon_cpu_secs))?.median
     } else {
         0.0
@@ -70,18 +72,21 @@ fn cpu_per_request(o: &Outcome, p: Proto, l: Load, s: Scenario) -> String {
     cpu(o, p, l, s).map_or("—".into(), |c| format!("{:.1} µs", c.median))
 }
 
-/// "+12 µs" / "−3 µs".
-fn signed_micros(us: f64) -> String {
-    if us < 0.0 {
-        format!("−{}", micros(-us))
-    } else {
-        format!("+{}", micros(us))
-    }
+/// The servers' CPU µs per request (median): daemon, backend and proxy.
+pub fn servers_cpu(o: &Outcome, p: Proto, l: Load, s: Scenario) -> Result<Summary> {
+    summary(o, p, l, s, |x| x.servers_us_per_request(s))
 }
 
-/// `a ÷ b` within each round: the ratio with the machine's slow drift
-/// taken out, as a range across rounds.
-fn paired(o: &Outcome, p: Proto, l: Load, a: Scenario, b: Scenario) -> Option<Summary> {
+/// `a ÷ b` of `f` within each round: the ratio with the machine's slow
+/// drift taken out, as a range across rounds.
+pub fn paired_by(
+    o: &Outcome,
+    p: Proto,
+    l: Load,
+    a: Scenario,
+    b: Scenario,
+    f: impl Fn(&Sample) -> f64,
+) -> Option<Summary> {
     let rounds = o.runs.iter().map(|r| r.round).max().unwrap_or(0);
     let ratios: Vec<f64> = (1..=rounds)
         .filter_map(|round| {
@@ -97,12 +102,27 @@ fn paired(o: &Outcome, p: Proto, l: Load, a: Scenario, b: Scenario) -> Option<Su
                                     scenario: s,
                                 }
                     })
-                    .map(|r| r.sample.m.rps)
+                    .map(|r| f(&r.sample))
             };
             Some(find(a)? / find(b)?)
         })
         .collect();
     Summary::of(&ratios)
+}
+
+/// Bytes sk_msg carried during the sk_msg-on runs (`on`), or during all
+/// the others.
+pub fn skmsg_bytes(o: &Outcome, on: bool) -> u64 {
+    o.runs
+        .iter()
+        .filter(|r| (r.cell.scenario == Scenario::Knit) == on)
+        .map(|r| r.sample.redirected)
+        .sum()
+}
+
+/// Requests/s `a ÷ b` within each round.
+pub fn paired(o: &Outcome, p: Proto, l: Load, a: Scenario, b: Scenario) -> Option<Summary> {
+    paired_by(o, p, l, a, b, |x| x.m.rps)
 }
 
 fn load_heading(p: Proto, l: Load) -> String {
@@ -126,8 +146,8 @@ fn saturation_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
         load_heading(p, l)
     )?;
     s.push_str(
-        "| scenario | req/s (median, min–max) | ratio to direct | p50 | p99 | added p50 vs direct | proxy CPU per request |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | req/s (median, min–max) | ratio to direct | p50 | p99 | p99.9 | added p50 vs direct | proxy CPU per request | servers' CPU per request |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let d_rps = rps(o, p, l, Scenario::Direct)?;
     let d_p50 = p50(o, p, l, Scenario::Direct)?;
@@ -136,18 +156,20 @@ fn saturation_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
         let m = p50(o, p, l, sc)?;
         writeln!(
             s,
-            "| {} | {} | {:.3} | {} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {:.1} µs |",
             label(p, sc),
             rate_range(&r),
             r.median / d_rps.median,
             micros(m.median),
             micros(p99(o, p, l, sc)?.median),
+            micros(p999(o, p, l, sc)?.median),
             if sc == Scenario::Direct {
                 "—".into()
             } else {
                 signed_micros(m.median - d_p50.median)
             },
-            cpu_per_request(o, p, l, sc)
+            cpu_per_request(o, p, l, sc),
+            servers_cpu(o, p, l, sc)?.median
         )?;
     }
     s.push('\n');
@@ -164,218 +186,43 @@ fn serial_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
         load_heading(p, l)
     )?;
     s.push_str(
-        "| scenario | req/s | p50 (median, min–max) | p99 | added p50 vs direct | proxy CPU per request |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "| scenario | req/s | p50 (median, min–max) | p99 | p99.9 | added p50 vs direct | proxy CPU per request | servers' CPU per request |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let d_p50 = p50(o, p, l, Scenario::Direct)?;
     for sc in Scenario::ALL {
         let m = p50(o, p, l, sc)?;
         writeln!(
             s,
-            "| {} | {} | {} ({}–{}) | {} | {} | {} |",
+            "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {:.1} µs |",
             label(p, sc),
             rate(rps(o, p, l, sc)?.median),
             micros(m.median),
             micros(m.min),
             micros(m.max),
             micros(p99(o, p, l, sc)?.median),
+            micros(p999(o, p, l, sc)?.median),
             if sc == Scenario::Direct {
                 "—".into()
             } else {
                 signed_micros(m.median - d_p50.median)
             },
-            cpu_per_request(o, p, l, sc)
+            cpu_per_request(o, p, l, sc),
+            servers_cpu(o, p, l, sc)?.median
         )?;
     }
     s.push('\n');
     Ok(())
 }
 
-fn label(p: Proto, sc: Scenario) -> String {
+pub fn label(p: Proto, sc: Scenario) -> String {
     match (p, sc) {
         (Proto::H2c, Scenario::Nginx) => "nginx proxy (HTTP/1.1 upstream)".into(),
         (Proto::H2c, Scenario::Haproxy) => "HAProxy http (h2 upstream)".into(),
-        (Proto::H2c, Scenario::Knit) => "knit VIP (L7 proxy, h2 upstream)".into(),
+        (Proto::H2c, Scenario::Knit) => "knit VIP (L7 proxy, sk_msg on, h2 upstream)".into(),
+        (Proto::H2c, Scenario::KnitPlain) => "knit VIP (L7 proxy, sk_msg off, h2 upstream)".into(),
         _ => sc.label().into(),
     }
-}
-
-/// A goal judged from medians: met or not, and whether the rounds' own
-/// spread is wider than the margin (then the verdict is not conclusive).
-struct Verdict {
-    met: bool,
-    /// Why the verdict is not conclusive, if it is not.
-    inconclusive: Option<String>,
-}
-
-impl Verdict {
-    fn new(met: bool, noise: f64, margin: f64, why: impl FnOnce() -> String) -> Self {
-        Self {
-            met,
-            inconclusive: (noise > margin).then(why),
-        }
-    }
-
-    /// "**met**" / "**not met** (not conclusive: ...)".
-    fn long(&self) -> String {
-        let v = if self.met { "met" } else { "not met" };
-        match &self.inconclusive {
-            Some(why) => format!("**{v}** (not conclusive: {why})"),
-            None => format!("**{v}**"),
-        }
-    }
-
-    /// "met" / "not met, not conclusive".
-    fn short(&self) -> &'static str {
-        match (self.met, self.inconclusive.is_some()) {
-            (true, false) => "met",
-            (false, false) => "not met",
-            (true, true) => "met, not conclusive",
-            (false, true) => "not met, not conclusive",
-        }
-    }
-}
-
-/// Goal 1: knit's requests/s at least HAProxy's, at saturation.
-struct Throughput {
-    knit: Summary,
-    haproxy: Summary,
-    ratio: f64,
-    verdict: Verdict,
-}
-
-fn throughput(o: &Outcome, p: Proto) -> Result<Throughput> {
-    let l = Load::Saturate;
-    let knit = rps(o, p, l, Scenario::Knit)?;
-    let haproxy = rps(o, p, l, Scenario::Haproxy)?;
-    let ratio = knit.median / haproxy.median;
-    let noise = knit.spread().max(haproxy.spread());
-    let margin = (ratio - 1.0).abs();
-    let verdict = Verdict::new(ratio >= 1.0, noise, margin, || {
-        format!(
-            "knit's or HAProxy's own rounds spread {:.1}%, more than the {:.1}% between them",
-            noise * 100.0,
-            margin * 100.0
-        )
-    });
-    Ok(Throughput {
-        knit,
-        haproxy,
-        ratio,
-        verdict,
-    })
-}
-
-fn throughput_goal(o: &Outcome, p: Proto) -> Result<String> {
-    let t = throughput(o, p)?;
-    let pair = paired(o, p, Load::Saturate, Scenario::Knit, Scenario::Haproxy)
-        .map(|x| format!(", per round {:.3}–{:.3}", x.min, x.max))
-        .unwrap_or_default();
-    Ok(format!(
-        "- {}: knit's requests/s ≥ HAProxy's: {} vs {} req/s, knit ÷ HAProxy {:.3}{pair}: {}.\n",
-        p.label(),
-        rate(t.knit.median),
-        rate(t.haproxy.median),
-        t.ratio,
-        t.verdict.long()
-    ))
-}
-
-/// Goal 2: at most 100 µs added to direct's p50, one connection, serial.
-struct Latency {
-    knit: Summary,
-    direct: Summary,
-    added: f64,
-    verdict: Verdict,
-}
-
-fn latency(o: &Outcome, p: Proto) -> Result<Latency> {
-    let knit = p50(o, p, Load::Serial, Scenario::Knit)?;
-    let direct = p50(o, p, Load::Serial, Scenario::Direct)?;
-    let added = knit.median - direct.median;
-    let noise = (knit.max - knit.min).max(direct.max - direct.min);
-    let margin = (MAX_ADDED_P50_US - added).abs();
-    let verdict = Verdict::new(added <= MAX_ADDED_P50_US, noise, margin, || {
-        format!(
-            "knit's or direct's p50 varies by {} across rounds, more than the {} margin",
-            micros(noise),
-            micros(margin)
-        )
-    });
-    Ok(Latency {
-        knit,
-        direct,
-        added,
-        verdict,
-    })
-}
-
-fn latency_goal(o: &Outcome, p: Proto) -> Result<String> {
-    let t = latency(o, p)?;
-    let ha = p50(o, p, Load::Serial, Scenario::Haproxy)?.median - t.direct.median;
-    let loaded = p50(o, p, Load::Saturate, Scenario::Knit)?.median
-        - p50(o, p, Load::Saturate, Scenario::Direct)?.median;
-    Ok(format!(
-        "- {}: knit adds ≤ {} to p50 (one connection, serial requests: the cost of the hop): \
-         knit {} vs direct {}, added {} (HAProxy adds {}): {}. Under load the added p50 is {}; \
-         with a fixed number of requests in flight p50 is mostly queueing (about in-flight ÷ \
-         rate), so it follows the throughput gap rather than the hop's cost.\n",
-        p.label(),
-        micros(MAX_ADDED_P50_US),
-        micros(t.knit.median),
-        micros(t.direct.median),
-        signed_micros(t.added),
-        signed_micros(ha),
-        t.verdict.long(),
-        signed_micros(loaded)
-    ))
-}
-
-/// The README's one line for this benchmark: the goals' figures, from the
-/// same medians as the section.
-pub fn headline(o: &Outcome) -> Result<String> {
-    let (t1, t2) = (throughput(o, Proto::H1)?, throughput(o, Proto::H2c)?);
-    let (l1, l2) = (latency(o, Proto::H1)?, latency(o, Proto::H2c)?);
-    Ok(format!(
-        "- `l7`: the daemon's L7 proxy against direct requests, HAProxy `mode http` and nginx \
-         `proxy_pass`, HTTP/1.1 (wrk) and h2c (h2load). Requests/s knit ÷ HAProxy: {:.2} \
-         HTTP/1.1 ({}), {:.2} h2c ({}) (goal ≥ 1). p50 added to direct, one connection: {} \
-         HTTP/1.1 ({}), {} h2c ({}) (goal ≤ {}). Measured {}.",
-        t1.ratio,
-        t1.verdict.short(),
-        t2.ratio,
-        t2.verdict.short(),
-        signed_micros(l1.added),
-        l1.verdict.short(),
-        signed_micros(l2.added),
-        l2.verdict.short(),
-        micros(MAX_ADDED_P50_US),
-        o.date
-    ))
-}
-
-fn cpu_line(o: &Outcome, p: Proto) -> Result<String> {
-    let per = |sc| cpu(o, p, Load::Saturate, sc);
-    let (k, h, n) = (
-        per(Scenario::Knit)?,
-        per(Scenario::Haproxy)?,
-        per(Scenario::Nginx)?,
-    );
-    let k1 = cpu(o, p, Load::Serial, Scenario::Knit)?;
-    let h1 = cpu(o, p, Load::Serial, Scenario::Haproxy)?;
-    Ok(format!(
-        "- {}: the knit daemon used {:.1} µs of CPU per request at saturation ({:.3} vCPU per \
-         1k req/s), HAProxy {:.1} µs, the nginx proxy {:.1} µs (knit ÷ HAProxy {:.2}); with one \
-         connection, knit {:.1} µs and HAProxy {:.1} µs.\n",
-        p.label(),
-        k.median,
-        k.median / 1000.0,
-        h.median,
-        n.median,
-        k.median / h.median,
-        k1.median,
-        h1.median
-    ))
 }
 
 pub fn render(o: &Outcome) -> Result<String> {
@@ -392,30 +239,26 @@ pub fn render(o: &Outcome) -> Result<String> {
             t.plan.warmup_secs
         )
     } else {
-        " (no warm-up beyond the 1 s sanity runs)".into()
+        " (no warm-up)".into()
     };
     writeln!(
         s,
-        "Measured {} by `{run_cmd}` on {}, knit {}: {} rounds, {} s per saturation run and {} s \
+        "Measured {} by `{run_cmd}` on {}, knit {}: {} round{}, {} s per saturation run and {} s \
          per one-connection run{warmup}; measuring took {} s (the build not counted).\n",
         o.date,
         o.machine.short(),
         o.knit_version,
         t.plan.rounds,
+        if t.plan.rounds == 1 { "" } else { "s" },
         t.plan.secs,
         t.serial_secs,
         o.elapsed.as_secs()
     )?;
-    if o.disturbed_used > 0 {
-        writeln!(
-            s,
-            "**Warning: {} of the {} runs in these tables ran while other processes used the \
-             CPUs, and no quiet repeat came in time; figures from a busy machine are noisy. \
-             Rerun on a quiet machine.**\n",
-            o.disturbed_used,
-            o.runs.len()
-        )?;
-    }
+    s.push_str(&rounds::disturbed_warning(
+        o.quick,
+        o.disturbed_used,
+        o.runs.len(),
+    ));
     s.push_str(
         "The load generator sends `GET /` to nginx (`return 200 \"ok\"`) four ways: straight to \
          nginx (**direct**); to the VIP of a knit alias, which the kernel's `connect4` hook \
@@ -425,12 +268,19 @@ pub fn render(o: &Outcome) -> Result<String> {
          proxy** (`proxy_pass` to an upstream with `keepalive 64`). HTTP/1.1 runs use wrk, h2c \
          runs (HTTP/2 with prior knowledge) h2load. nginx cannot proxy to an upstream in \
          HTTP/2 (`proxy_pass` speaks HTTP/1.x), so the nginx proxy's h2c front goes to nginx's \
-         HTTP/1.1 port; knit and HAProxy speak h2 to nginx's h2c port. \"Proxy CPU per \
+         HTTP/1.1 port; knit and HAProxy speak h2 to nginx's h2c port. The knit VIP runs \
+         twice: with same-host acceleration on (knit's default: the load generator's \
+         connection to the daemon and the daemon's connections to nginx go through the \
+         sockhash, and sk_msg hands each send to the peer's receive queue) and off \
+         (`[datapath] accelerate = false`: loopback TCP). \"Proxy CPU per \
          request\" is the proxy process's CPU time (utime + stime from `/proc/<pid>/stat`, \
          all threads, an nginx master with its worker) over the requests of the run, for knit \
          less what the daemon used during the direct runs (its monitor, and registering the \
-         load generator's task); on this machine the proxy shares CPU 1 with nginx, so at saturation the two split one \
-         CPU.\n\n",
+         load generator's task). \"Servers' CPU per request\" adds everything on the server \
+         side of the run: the knit daemon (in every scenario; the proxy in knit's), the \
+         backend nginx (its service's cgroup, `cpu.stat`), and HAProxy or the nginx proxy in \
+         theirs. On this machine the proxy shares CPU 1 with nginx, so at saturation the two \
+         split one CPU.\n\n",
     );
     for p in Proto::ALL {
         writeln!(s, "### {}\n", p.label())?;
@@ -443,6 +293,9 @@ pub fn render(o: &Outcome) -> Result<String> {
     }
     for p in Proto::ALL {
         s.push_str(&latency_goal(o, p)?);
+    }
+    for p in Proto::ALL {
+        s.push_str(&skmsg_goal(o, p)?);
     }
     s.push_str("\nProxy CPU:\n\n");
     for p in Proto::ALL {
@@ -465,11 +318,14 @@ pub fn render(o: &Outcome) -> Result<String> {
 
 fn checks(o: &Outcome, s: &mut String) -> Result<()> {
     s.push_str("### Checks\n\n");
-    s.push_str("Before measuring, a 1 s run through each path (4 requests in flight):\n\n");
-    for l in &o.sanity {
-        writeln!(s, "- {l}")?;
+    if !o.sanity.is_empty() {
+        s.push_str("Before measuring, a 1 s run through each path (4 requests in flight):\n\n");
+        for l in &o.sanity {
+            writeln!(s, "- {l}")?;
+        }
+        s.push('\n');
     }
-    let is_knit = |r: &&rounds::Kept<Cell, Sample>| r.cell.scenario == Scenario::Knit;
+    let is_knit = |r: &&rounds::Kept<Cell, Sample>| r.cell.scenario.via_knit();
     let sum = |knit: bool, f: &dyn Fn(&Sample) -> u64| -> u64 {
         o.runs
             .iter()
@@ -489,7 +345,7 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
     let other_conns = sum(false, &|x| x.vip_new.iter().sum());
     write!(
         s,
-        "\nDuring the knit runs in the tables the kernel counted {} new connections on alias \
+        "During the knit runs in the tables the kernel counted {} new connections on alias \
          `web` and {} on `web2` (`knit services --json`, `new_connections`: the connect hook \
          took them to the proxy), and {other_conns} on either during the other runs. ",
         conns[0], conns[1],
@@ -521,6 +377,30 @@ fn checks(o: &Outcome, s: &mut String) -> Result<()> {
              nginx) would not cost it. ",
         )?;
     }
+    let on_requests: u64 = o
+        .runs
+        .iter()
+        .filter(|r| r.cell.scenario == Scenario::Knit)
+        .map(|r| r.sample.m.requests)
+        .sum();
+    let moved = |on| skmsg_bytes(o, on);
+    let fallbacks: u64 = o.runs.iter().map(|r| r.sample.fallbacks).sum();
+    write!(
+        s,
+        "sk_msg handed {} bytes socket to socket during the sk_msg-on runs ({:.0} per request, \
+         both legs and both ways; `knit status --json`, `acceleration.redirected_bytes`) and \
+         {} during all the others; in the runs kept, {fallbacks} sockets of the sockhash kept \
+         TCP/IP because their first send came before the peer was in the sockhash \
+         (`acceleration.tcp_fallback`), and {} sk_msg-on runs in which every socket did were \
+         measured again. Switching sk_msg restarted the daemon {} times (the longest restart, \
+         to its endpoints healthy again, {} ms). ",
+        moved(true),
+        moved(true) as f64 / on_requests.max(1) as f64,
+        moved(false),
+        o.restarts.2,
+        o.restarts.0,
+        o.restarts.1.as_millis()
+    )?;
     write!(
         s,
         "Each run is checked, and the benchmark stops otherwise. {}",
@@ -577,23 +457,37 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
          the nginx proxy run outside knit, as they would in front of any backend.\n\
          - Pinning: {}. One CPU serves the proxy and nginx: that is the cost of a userspace \
          hop on this machine.\n\
-         - Order: a 1 s sanity run per path, {}then {} rounds; each round runs, per protocol, \
-         the saturation runs (direct, knit, HAProxy, nginx) then the one-connection runs in \
-         the same order ({} s and {} s). Medians of the rounds. wrk and h2load are closed-loop \
-         tools: latencies compare within this table only.\n",
+         - sk_msg: the daemon starts with acceleration on; before a knit run that wants the \
+         other setting it is killed (-9) and started again with `[datapath] accelerate` \
+         switched, so that its pooled connections to nginx are made anew on the wanted path \
+         (the pinned datapath and the tasks stay, as after a crash), pinned again, and the \
+         benchmark waits for nginx's endpoints to be healthy.\n\
+         - Order: {}{}{} round(s); each round runs, per protocol, \
+         the saturation runs (direct, knit on, knit off, HAProxy, nginx) then the \
+         one-connection runs in the same order but with the two knit runs swapped (so that \
+         sk_msg switches once per block), {} s and {} s each. Medians of the rounds. wrk and \
+         h2load are closed-loop tools: latencies compare within this section only. p99.9: \
+         wrk's from a `done` hook in Lua (`-s latency.lua`), h2load's from its log.\n",
         o.machine.nginx,
         o.machine.wrk,
         o.h2load,
         o.machine.haproxy,
         o.machine.nginx,
         o.pinning,
+        if o.quick {
+            ""
+        } else {
+            "a 1 s sanity run per path, "
+        },
         if t.plan.warmup_secs > 0 {
             format!(
-                "a {} s warm-up run per saturation cell, ",
+                "a {} s warm-up run per saturation cell, then ",
                 t.plan.warmup_secs
             )
-        } else {
+        } else if o.quick {
             String::new()
+        } else {
+            "then ".into()
         },
         t.plan.rounds,
         t.plan.secs,
