@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the README's test command. Lints, unit tests,
-//! integration tests on this kernel, then the same datapath tests in a VM
+//! integration tests on this kernel, the demo, every benchmark briefly
+//! (`--quick`: they still work), then the same datapath tests in a VM
 //! running Debian 12's 6.1 kernel.
 use std::process::Command;
 
@@ -50,6 +51,8 @@ pub fn run(with_vm: bool) -> Result<()> {
     util::run(&mut cmd)?;
     step("the README's first command: cargo xtask demo");
     demo::run()?;
+    step("every benchmark, briefly: cargo xtask bench --quick (target/BENCHMARKS.quick.md)");
+    crate::bench::run("all", true)?;
     if with_vm {
         step("datapath tests inside a VM (Debian 12, Linux 6.1)");
         vm::run(&vm::VmArgs {
