@@ -187,7 +187,11 @@ pub fn run(quick: bool) -> Result<()> {
         quick,
         goals: vec![Goal::new(
             "the dashboard open and /metrics scraped every second add < 2 % of a core",
-            format!("+{}", pct(added)),
+            if added < 0.0 {
+                pct(added)
+            } else {
+                format!("+{}", pct(added))
+            },
             if added < 2.0 { "met" } else { "not met" },
         )],
         panels: vec![Panel {
