@@ -120,7 +120,10 @@ fn insert(ctx: &SockOpsContext, mut key: SockKey, state: SockState) {
     }
     // SAFETY: valid context pointer for this program type; the helper only
     // reads the socket it points to.
-    if KNIT_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_err() {
+    if KNIT_SOCKS
+        .update(&mut key, unsafe { &mut *ctx.ops }, 0)
+        .is_err()
+    {
         let _ = KNIT_SOCK_STATE.remove(&key);
         return;
     }
