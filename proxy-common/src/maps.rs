@@ -252,25 +252,32 @@ pub const PATH_REDIRECT: u32 = 1;
 pub const PATH_TCP: u32 = 2;
 
 /// `SockState::flags`: the socket is a task's connection the connect hook
-/// routed; bytes it sends and receives on the fast path are added to its
-/// alias's and backend's counters (`service_id`, `backend_id`).
+/// routed; the bytes it hands its peer are its alias's and backend's
+/// `bytes_sent` (`service_id`, `backend_id`).
 pub const SOCK_COUNTED: u32 = 1;
+/// `SockState::flags`: the socket's peer is such a connection; the bytes it
+/// hands that peer are the peer's `bytes_received` (the ids are the peer's).
+pub const SOCK_PEER_COUNTED: u32 = 2;
 
 /// Value of `KNIT_SOCK_STATE` (key: [`SockKey`]): what the sk_msg program
-/// decided for one socket in the sockhash.
+/// decided for one socket in the sockhash, and what it carried.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockState {
     /// [`PATH_UNDECIDED`], [`PATH_REDIRECT`] or [`PATH_TCP`].
     pub path: u32,
-    /// [`SOCK_COUNTED`] or 0.
+    /// [`SOCK_COUNTED`], [`SOCK_PEER_COUNTED`] or 0.
     pub flags: u32,
     pub service_id: u32,
     pub backend_id: u32,
+    /// Bytes this socket handed straight to its peer. Written only under
+    /// the socket's lock (sk_msg), added to the counters when it closes
+    /// (sockops), like the TCP/IP bytes of the same connection.
+    pub bytes: u64,
 }
 
-/// Value of `KNIT_ACCEL_STATS[0]`: the fast path's totals since the maps
-/// were created (the kernel adds atomically).
+/// Value of `KNIT_ACCEL_STATS[0]`, one per CPU: the fast path's totals
+/// since the maps were created (the daemon sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AccelCounters {

@@ -359,7 +359,7 @@ impl Snapshot {
         );
         r.register(
             "processed_bytes",
-            "Bytes of connections, both ways (ECS ProcessedBytes): TCP/IP bytes added on close, accelerated (sk_msg) bytes as they are sent",
+            "Bytes of connections, both ways, added on close (ECS ProcessedBytes)",
             bytes,
         );
         r.register(

@@ -2,7 +2,7 @@
 //! daemon (and the programs it left attached) share them.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, SockHash, SockMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS,
@@ -59,9 +59,10 @@ pub static KNIT_SOCKS: SockHash<SockKey> = SockHash::pinned(MAX_SOCKS, 0);
 #[map]
 pub static KNIT_SOCK_STATE: LruHashMap<SockKey, SockState> = LruHashMap::pinned(MAX_SOCKS, 0);
 
-/// [0]: the fast path's totals (kernel adds, daemon reads).
+/// [0]: the fast path's totals, per CPU (kernel adds, daemon sums): no
+/// cache line shared between CPUs on every send.
 #[map]
-pub static KNIT_ACCEL_STATS: Array<AccelCounters> = Array::pinned(1, 0);
+pub static KNIT_ACCEL_STATS: PerCpuArray<AccelCounters> = PerCpuArray::pinned(1, 0);
 
 /// [0]: the daemon's egress listener (the daemon inserts it; the kernel
 /// removes it when the socket closes, i.e. when the daemon dies).

@@ -13,14 +13,9 @@
 //! evicted) is read in order. So a socket may fall back, never move up.
 //! The verdict is always SK_PASS: a failed redirect sends by TCP/IP.
 use aya_ebpf::programs::SkMsgContext;
-use proxy_common::maps::{
-    PATH_REDIRECT, PATH_TCP, PATH_UNDECIDED, SOCK_COUNTED, SockKey, SockState,
-};
+use proxy_common::maps::{PATH_REDIRECT, PATH_TCP, PATH_UNDECIDED, SockKey};
 
-use crate::{
-    maps::{KNIT_ACCEL_STATS, KNIT_BE_STATS, KNIT_SOCK_STATE, KNIT_SOCKS, KNIT_SVC_STATS},
-    sockops::add,
-};
+use crate::maps::{KNIT_ACCEL_STATS, KNIT_SOCK_STATE, KNIT_SOCKS};
 
 const BPF_F_INGRESS: u64 = 1;
 const SK_PASS: i64 = 1;
@@ -55,26 +50,6 @@ fn msg_key(ctx: &SkMsgContext) -> Option<SockKey> {
     }
 }
 
-/// Add `bytes` to the alias and backend counters of a counted socket.
-#[inline(always)]
-fn count(state: &SockState, bytes: u64, sent: bool) {
-    if state.flags & SOCK_COUNTED == 0 {
-        return;
-    }
-    let svc = KNIT_SVC_STATS.get_ptr_mut(&state.service_id);
-    let be = KNIT_BE_STATS.get_ptr_mut(&state.backend_id);
-    for c in [svc, be].into_iter().flatten() {
-        // SAFETY: pointers into live map values; atomic adds.
-        unsafe {
-            if sent {
-                add(&raw mut (*c).bytes_sent, bytes);
-            } else {
-                add(&raw mut (*c).bytes_received, bytes);
-            }
-        }
-    }
-}
-
 pub fn try_sk_msg(ctx: &SkMsgContext) {
     let Some(key) = msg_key(ctx) else {
         return;
@@ -83,7 +58,7 @@ pub fn try_sk_msg(ctx: &SkMsgContext) {
         return;
     };
     // SAFETY: map value valid for this run; this socket's lock serializes
-    // its sends, so nobody else writes `path` meanwhile.
+    // its sends, so nobody else writes `path` or `bytes` meanwhile.
     let path = unsafe { (*st).path };
     if path == PATH_TCP {
         return;
@@ -95,28 +70,25 @@ pub fn try_sk_msg(ctx: &SkMsgContext) {
             // SAFETY: as above.
             unsafe { (*st).path = PATH_TCP };
             if let Some(s) = stats {
-                // SAFETY: pointer into a live map value.
-                add(unsafe { &raw mut (*s).tcp_fallback }, 1);
+                // SAFETY: this CPU's value of a live per-CPU map.
+                unsafe { (*s).tcp_fallback += 1 };
             }
         }
         return;
     }
-    // SAFETY: as above.
-    let state = unsafe {
-        (*st).path = PATH_REDIRECT;
-        *st
-    };
     let bytes = u64::from(ctx.size());
-    if let Some(s) = stats {
-        // SAFETY: pointer into a live map value.
-        unsafe {
-            add(&raw mut (*s).redirected_msgs, 1);
-            add(&raw mut (*s).redirected_bytes, bytes);
-        }
+    // SAFETY: as above. The alias and backend counters get these bytes when
+    // the socket closes (sockops): nothing shared is touched per send.
+    unsafe {
+        (*st).path = PATH_REDIRECT;
+        (*st).bytes += bytes;
     }
-    count(&state, bytes, true);
-    if let Some(p) = KNIT_SOCK_STATE.get_ptr(&peer) {
-        // SAFETY: map value valid for this run.
-        count(&unsafe { *p }, bytes, false);
+    if let Some(s) = stats {
+        // SAFETY: this CPU's value of a live per-CPU map; sk_msg runs with
+        // migration disabled.
+        unsafe {
+            (*s).redirected_msgs += 1;
+            (*s).redirected_bytes += bytes;
+        }
     }
 }

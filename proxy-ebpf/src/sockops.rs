@@ -16,7 +16,9 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
-use proxy_common::maps::{CFG_ACCELERATE, CONN_L7, OrigKey, SOCK_COUNTED, SockKey, SockState};
+use proxy_common::maps::{
+    CFG_ACCELERATE, CONN_L7, OrigKey, SOCK_COUNTED, SOCK_PEER_COUNTED, SockKey, SockState,
+};
 
 use crate::maps::{
     KNIT_ACCEL_STATS, KNIT_BE_STATS, KNIT_CONFIG, KNIT_CONNS, KNIT_ORIG, KNIT_SOCK_STATE,
@@ -36,7 +38,7 @@ const TCP_LAST_ACK: u32 = 9;
 const TCP_CLOSING: u32 = 11;
 
 #[inline(always)]
-pub fn add(field: *mut u64, v: u64) {
+fn add(field: *mut u64, v: u64) {
     // SAFETY: `field` points into a map value that lives for this run;
     // the add is an atomic BPF_XADD (result unused).
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
@@ -130,9 +132,35 @@ fn insert(ctx: &SockOpsContext, mut key: SockKey, state: SockState) {
     // Close tells us when to drop the state.
     let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
     if let Some(s) = KNIT_ACCEL_STATS.get_ptr_mut(0) {
-        // SAFETY: pointer into a live map value.
-        add(unsafe { &raw mut (*s).inserted }, 1);
+        // SAFETY: this CPU's value of a live per-CPU map.
+        unsafe { (*s).inserted += 1 };
     }
+}
+
+/// A socket of the sockhash closes: what it handed its peer joins the
+/// counters (once per connection, not per send), and its state goes.
+#[inline(always)]
+fn close_state(key: &SockKey) {
+    if let Some(st) = KNIT_SOCK_STATE.get_ptr(key) {
+        // SAFETY: map value valid for this run.
+        let st = unsafe { *st };
+        let sent = st.flags & SOCK_COUNTED != 0;
+        if st.bytes > 0 && (sent || st.flags & SOCK_PEER_COUNTED != 0) {
+            let svc = KNIT_SVC_STATS.get_ptr_mut(&st.service_id);
+            let be = KNIT_BE_STATS.get_ptr_mut(&st.backend_id);
+            for c in [svc, be].into_iter().flatten() {
+                // SAFETY: pointers into live map values; atomic adds.
+                unsafe {
+                    if sent {
+                        add(&raw mut (*c).bytes_sent, st.bytes);
+                    } else {
+                        add(&raw mut (*c).bytes_received, st.bytes);
+                    }
+                }
+            }
+        }
+    }
+    let _ = KNIT_SOCK_STATE.remove(key);
 }
 
 pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
@@ -146,11 +174,25 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
     }
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         // The accepted end of a connection: ours when its other end is.
+        // What it sends the other end, that end receives: a counted peer
+        // lends its ids.
         if accelerating()
             && let Some(key) = sock_key(ctx)
-            && KNIT_SOCK_STATE.get_ptr(&key.peer()).is_some()
+            && let Some(peer) = KNIT_SOCK_STATE.get_ptr(&key.peer())
         {
-            insert(ctx, key, SockState::default());
+            // SAFETY: map value valid for this run.
+            let peer = unsafe { *peer };
+            let state = if peer.flags & SOCK_COUNTED != 0 {
+                SockState {
+                    flags: SOCK_PEER_COUNTED,
+                    service_id: peer.service_id,
+                    backend_id: peer.backend_id,
+                    ..SockState::default()
+                }
+            } else {
+                SockState::default()
+            };
+            insert(ctx, key, state);
         }
         return;
     }
@@ -169,7 +211,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
                 if ctx.arg(1) == TCP_CLOSE
                     && let Some(key) = sock_key(ctx)
                 {
-                    let _ = KNIT_SOCK_STATE.remove(&key);
+                    close_state(&key);
                 }
             }
             _ => {}
@@ -185,7 +227,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
             && ctx.arg(1) == TCP_CLOSE
             && let Some(key) = sock_key(ctx)
         {
-            let _ = KNIT_SOCK_STATE.remove(&key);
+            close_state(&key);
         }
         return;
     };
@@ -238,7 +280,8 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
             // segments: our SYN (always, once established), our FIN once it
             // was acked, and the peer's FIN once received. The state we
             // leave tells which; count payload bytes only. (Bytes that took
-            // the sk_msg fast path never reach TCP: sk_msg counts those.)
+            // the sk_msg fast path never reach TCP: `close_state` adds
+            // those.)
             let fin_acked = matches!(old, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING);
             let fin_received = fin_acked || old == TCP_CLOSE_WAIT;
             let sent = acked.saturating_sub(1 + fin_acked as u64);
@@ -261,7 +304,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
                 let _ = KNIT_ORIG.remove(&local_end(ctx));
             }
             if let Some(key) = sock_key(ctx) {
-                let _ = KNIT_SOCK_STATE.remove(&key);
+                close_state(&key);
             }
             let _ = KNIT_CONNS.remove(&cookie);
         }

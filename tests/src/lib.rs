@@ -477,6 +477,14 @@ impl Drop for Knit {
     }
 }
 
+/// Wait for a task started with [`Knit::spawn_task`] (stdout piped) and
+/// parse the JSON report it printed; its stderr explains a bad one.
+pub fn json_output(child: Child) -> Result<Value> {
+    let out = child.wait_with_output()?;
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// Kill everything in a cgroup tree and remove it.
 fn kill_cgroup(path: &Path) {
     if !path.exists() {

@@ -200,9 +200,7 @@ fn accel_daemon_restarted_mid_stream() -> Result<()> {
     k.kill_daemon()?;
     std::thread::sleep(Duration::from_millis(700));
     k.start_daemon()?;
-    let out = client.wait_with_output()?;
-    let r: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let r = knit_tests::json_output(client)?;
     assert_eq!(r["failed"], 0, "{r}");
     assert_eq!(r["ok"], 8, "{r}");
     assert_eq!(r["verified_bytes"], 8 * (6 << 20), "{r}");

@@ -344,9 +344,7 @@ fn a_stopped_endpoint_is_timed_out_and_ejected() -> Result<()> {
     std::thread::sleep(Duration::from_millis(4500));
     let resumed_at = now_ms();
     kill(pid_in(&pids[1])?, Signal::SIGCONT)?;
-    let out = load.wait_with_output()?;
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let r = knit_tests::json_output(load)?;
     let t = timeline(&r);
     let bad: Vec<&(u64, u64)> = t.iter().filter(|(_, s)| *s != 200).collect();
     // Every error is a 504 of the stopped endpoint: 5 to eject it, plus
@@ -431,9 +429,7 @@ fn an_endpoint_crashing_in_a_loop_costs_no_request() -> Result<()> {
         victim = pid.clone();
         std::thread::sleep(Duration::from_millis(900));
     }
-    let out = load.wait_with_output()?;
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let r = knit_tests::json_output(load)?;
     eprintln!(
         "crash loop: {rounds} crashes, {} requests ok, {} failed, statuses {}",
         r["ok"], r["failed"], r["statuses"]
@@ -505,13 +501,8 @@ fn floods_and_slowloris_from_tasks_do_not_starve_others() -> Result<()> {
             "10",
         ],
     )?;
-    let parse = |c: std::process::Child| -> Result<serde_json::Value> {
-        let out = c.wait_with_output()?;
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let flood = parse(flood)?;
-    let slow = parse(slow)?;
+    let flood = knit_tests::json_output(flood)?;
+    let slow = knit_tests::json_output(slow)?;
     eprintln!(
         "flood: {flood}\nslowloris: {slow}\nwell-behaved client: ok {} failed {}",
         good["ok"], good["failed"]

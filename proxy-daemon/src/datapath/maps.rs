@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, SockHash, SockMap, sock::SockMapFd},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash, SockMap, sock::SockMapFd},
 };
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, CFG_ACCELERATE, CFG_LISTENER, ConnInfo, Counters,
@@ -48,7 +48,7 @@ pub struct Maps {
     task_ns: HashMap<MapData, u64, u32>,
     socks: SockHash<MapData, SockKey>,
     listen: SockMap<MapData>,
-    accel: Array<MapData, AccelCounters>,
+    accel: PerCpuArray<MapData, AccelCounters>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
 }
@@ -121,7 +121,7 @@ impl Maps {
                 let m = ebpf
                     .take_map(MAP_ACCEL_STATS)
                     .ok_or(DatapathError::MissingMap(MAP_ACCEL_STATS))?;
-                Array::try_from(m).map_err(map_err(MAP_ACCEL_STATS))?
+                PerCpuArray::try_from(m).map_err(map_err(MAP_ACCEL_STATS))?
             },
         })
     }
@@ -140,9 +140,18 @@ impl Maps {
             .count()
     }
 
-    /// The fast path's totals.
+    /// The fast path's totals, summed over the CPUs.
     pub fn accel_counters(&self) -> AccelCounters {
-        self.accel.get(&0, 0).unwrap_or_default()
+        let mut t = AccelCounters::default();
+        if let Ok(per_cpu) = self.accel.get(&0, 0) {
+            for c in per_cpu.iter() {
+                t.inserted += c.inserted;
+                t.redirected_msgs += c.redirected_msgs;
+                t.redirected_bytes += c.redirected_bytes;
+                t.tcp_fallback += c.tcp_fallback;
+            }
+        }
+        t
     }
 
     /// Publish the egress listener in `KNIT_LISTEN`: when it closes (this
