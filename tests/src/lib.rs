@@ -14,16 +14,35 @@ use serde_json::Value;
 
 pub mod fleet;
 
+/// How long [`Knit::run_json`] and [`json_output`] wait for a task before
+/// they kill it and fail: longer than any task a test or benchmark runs
+/// (the longest run for under a minute), short enough that a hung task
+/// fails its test instead of hanging the suite.
+pub const TASK_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How many lines of the daemon's log a failed test prints.
+const LOG_TAIL_LINES: usize = 60;
+
 /// Where cargo put the binaries: the running executable's directory, or its
 /// parent for test executables (target/<profile>/deps/<test>).
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().unwrap_or(Path::new(".")).to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    if under_test_harness() {
         dir.parent().unwrap_or(&dir).to_path_buf()
     } else {
         dir
     }
+}
+
+/// True in a test executable (cargo puts them in target/<profile>/deps/),
+/// whose harness captures what a test prints and shows it only when the
+/// test fails; false in the demo and the benchmarks.
+fn under_test_harness() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .is_some_and(|d| d.file_name().is_some_and(|n| n == "deps"))
 }
 
 /// The `knit` binary: $KNIT_BIN, else next to this executable.
@@ -105,6 +124,8 @@ pub struct Knit {
     netns: Option<String>,
     /// Extra environment of the daemon.
     env: Vec<(String, String)>,
+    /// Print the daemon's log tail when dropped (see [`Knit::show_log_on_drop`]).
+    log_on_drop: bool,
 }
 
 impl Knit {
@@ -193,7 +214,24 @@ impl Knit {
             bin,
             netns: None,
             env: Vec::new(),
+            log_on_drop: under_test_harness(),
         })
+    }
+
+    /// Whether dropping this daemon prints the tail of its log to stderr.
+    /// On by default in tests, whose harness shows it only for a test that
+    /// fails, whether it panicked or returned `Err`; off elsewhere (the
+    /// demo and benchmarks turn it on while they run and off once they
+    /// succeed). A panic always prints it.
+    pub fn show_log_on_drop(&mut self, show: bool) {
+        self.log_on_drop = show;
+    }
+
+    /// The last `n` lines of the daemon's log.
+    pub fn daemon_log_tail(&self, n: usize) -> String {
+        let log = self.daemon_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// As [`Knit::start`], with extra environment for the daemon.
@@ -416,16 +454,22 @@ impl Knit {
             .spawn()?)
     }
 
-    /// Run a task to its end and parse its stdout as JSON (the clients).
+    /// Run a task to its end (at most [`TASK_TIMEOUT`]) and parse its
+    /// stdout as JSON (the clients).
     pub fn run_json(&self, service: &str, cmd: &[&str]) -> Result<Value> {
-        let out = self
+        let child = self
             .cmd()
             .args(["run", "--service", service, "--"])
             .args(cmd)
-            .output()?;
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let what = format!("task of {service}: {}", cmd.join(" "));
+        let out = wait_output(child, &what, TASK_TIMEOUT)?;
         if !out.status.success() {
             bail!(
-                "task failed ({}): {}",
+                "{what} failed ({}): {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -471,18 +515,93 @@ impl Drop for Knit {
         kill_cgroup(&self.cgroup);
         kill_cgroup(&self.daemon_cgroup);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        if std::thread::panicking() {
-            eprintln!("--- daemon log of {} ---\n{}", self.name, self.daemon_log());
+        if self.log_on_drop || std::thread::panicking() {
+            eprintln!(
+                "--- the last {LOG_TAIL_LINES} lines of the daemon log of {} ({}) ---\n{}\n--- end of the daemon log ---",
+                self.name,
+                self.dir.path().join("daemon.log").display(),
+                self.daemon_log_tail(LOG_TAIL_LINES)
+            );
         }
     }
 }
 
-/// Wait for a task started with [`Knit::spawn_task`] (stdout piped) and
-/// parse the JSON report it printed; its stderr explains a bad one.
+/// Wait for a task started with [`Knit::spawn_task`] (stdout piped), at
+/// most [`TASK_TIMEOUT`], and parse the JSON report it printed; its stderr
+/// (when piped) explains a bad one.
 pub fn json_output(child: Child) -> Result<Value> {
-    let out = child.wait_with_output()?;
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    json_output_within(child, TASK_TIMEOUT)
+}
+
+/// As [`json_output`], waiting at most `timeout`.
+pub fn json_output_within(child: Child, timeout: Duration) -> Result<Value> {
+    let out = wait_output(child, "a task's JSON report", timeout)?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "the task's report ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Wait for `child` at most `timeout`, collecting what it writes to its
+/// piped stdout and stderr; past the timeout, kill it and fail with what it
+/// wrote so far. (The pipes are read on threads of their own: a process the
+/// child left behind may hold them open after the child is gone.)
+pub fn wait_output(mut child: Child, what: &str, timeout: Duration) -> Result<Output> {
+    use std::{
+        io::Read,
+        sync::{Arc, Mutex},
+    };
+    fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Arc<Mutex<Vec<u8>>> {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut p) = pipe {
+            let b = Arc::clone(&buf);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = p.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock().map(|mut v| v.extend_from_slice(&chunk[..n])).ok();
+                }
+            });
+        }
+        buf
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let taken = |b: &Arc<Mutex<Vec<u8>>>| b.lock().map(|v| v.clone()).unwrap_or_default();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{what}: still running after {timeout:?}; killed. It wrote:\n{}{}",
+                String::from_utf8_lossy(&taken(&out)),
+                String::from_utf8_lossy(&taken(&err))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The child is gone; its pipes close once whatever it left behind exits
+    // too. Give the readers a moment to reach the end.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(2)
+        && (Arc::strong_count(&out) > 1 || Arc::strong_count(&err) > 1)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Output {
+        status,
+        stdout: taken(&out),
+        stderr: taken(&err),
+    })
 }
 
 /// Kill everything in a cgroup tree and remove it.

@@ -1,20 +1,25 @@
 //! `cargo xtask`: everything around the code. Each subcommand lives in its own
 //! module; every subcommand but `setup` runs `setup` first, which is quick
 //! when the machine already has what knit needs.
+//!
+//! A thin launcher: it builds from nothing but rustup (no protoc, aya or
+//! tokio), so that it can install them. What needs them is built after
+//! setup and run as a binary of its own: the benchmarks (`knit-bench`, in
+//! bench/) and the demo (`knit-demo`, in tests/).
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod build;
 mod demo;
 mod faults;
 mod install;
 mod setup;
 mod test;
-mod util;
 mod vm;
+
+use xtask::{build, util};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "knit's development tasks")]

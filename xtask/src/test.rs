@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::Result;
 
 use crate::{
-    build, demo,
+    bench, build, demo,
     util::{self, step},
     vm,
 };
@@ -52,7 +52,7 @@ pub fn run(with_vm: bool) -> Result<()> {
     step("the README's first command: cargo xtask demo");
     demo::run()?;
     step("every benchmark, briefly: cargo xtask bench --quick (target/BENCHMARKS.quick.md)");
-    crate::bench::run("all", true)?;
+    bench::run("all", true)?;
     if with_vm {
         step("datapath tests inside a VM (Debian 12, Linux 6.1)");
         vm::run(&vm::VmArgs {

@@ -55,6 +55,10 @@ const SK_MSG: &str = "knit_sk_msg";
 #[derive(Debug, Error)]
 pub enum DatapathError {
     #[error(
+        "this knit was built without its eBPF programs (the object was missing when it was compiled): build it with `cargo xtask build` (or `cargo xtask build-ebpf`, then cargo build)"
+    )]
+    NoObject,
+    #[error(
         "{0} is not on a bpf filesystem: mount one (mount -t bpf bpf /sys/fs/bpf) or set bpf_pin_dir to a directory on bpffs"
     )]
     NoBpffs(PathBuf),
@@ -117,6 +121,12 @@ pub struct Datapath {
     pub daemon_paths: Result<PathBuf, String>,
 }
 
+/// False when this binary was built with build.rs's empty stub object
+/// (the eBPF programs were not built first).
+pub fn has_object() -> bool {
+    !OBJECT.is_empty()
+}
+
 /// A short, stable id of the embedded object (FNV-1a 64), naming its pin dir.
 pub fn object_id() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -142,6 +152,9 @@ impl Datapath {
         cgroup_is_new: bool,
         daemon_cgroup: Result<PathBuf, String>,
     ) -> Result<Self, DatapathError> {
+        if !has_object() {
+            return Err(DatapathError::NoObject);
+        }
         pins::check_bpffs(pin_root)?;
         let id = object_id();
         let dir = pin_root.join(&id);

@@ -172,7 +172,7 @@ impl Peer for PeerService {
 
 /// `grpc-server --id NAME --port-env VAR [--unavailable]`: serve h2c until killed.
 pub fn server(args: &[String]) -> Result<()> {
-    let id = arg(args, "--id").context("--id")?;
+    let id = crate::server_id(args)?;
     let var = arg(args, "--port-env").context("--port-env")?;
     let port: u16 = std::env::var(&var)
         .with_context(|| format!("${var}"))?

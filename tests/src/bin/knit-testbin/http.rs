@@ -79,7 +79,7 @@ impl Drop for Inflight {
 /// `GET /stats` answers `{"requests": R, "connections": N, "max_inflight":
 /// M}` about the other requests.
 pub fn server(args: &[String]) -> Result<()> {
-    let id = arg(args, "--id").context("--id")?;
+    let id = crate::server_id(args)?;
     let var = arg(args, "--port-env").context("--port-env")?;
     let port: u16 = std::env::var(&var)
         .with_context(|| format!("${var}"))?

@@ -1,16 +1,17 @@
 //! Real peers for knit's tests: a TCP server that says who it is and echoes,
-//! and clients that dial an alias and report what they saw as JSON.
+//! and clients that dial an alias and report what they saw as JSON. A
+//! server's id is `--id`, else the task id `knit run` gave it.
 //!
 //! ```text
-//! knit-testbin echo --id NAME [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
+//! knit-testbin echo [--id NAME] [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
 //! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--hosts FILE]
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
-//! knit-testbin http --id NAME --port-env VAR [--always STATUS]
+//! knit-testbin http [--id NAME] --port-env VAR [--always STATUS]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
 //!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D]
 //! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
 //! knit-testbin raw --target HOST:PORT --send TEXT [--big-header-bytes N] [--hosts FILE]
-//! knit-testbin grpc-server --id NAME --port-env VAR [--unavailable]
+//! knit-testbin grpc-server [--id NAME] --port-env VAR [--unavailable]
 //! knit-testbin grpc-client --url http://HOST:PORT --kind unary|server|client|bidi --count N
 //!     [--bytes B] [--messages M] [--concurrency C] [--hosts FILE]
 //! knit-testbin xfer-server --port-env VAR [--close-after BYTES]
@@ -41,6 +42,15 @@ pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Who a server says it is: `--id NAME`, else the task id `knit run` gave
+/// it ($KNIT_TASK_ID), so that what it reports and `knit endpoints` speak
+/// of the same task.
+pub(crate) fn server_id(args: &[String]) -> Result<String> {
+    arg(args, "--id")
+        .or_else(|| std::env::var("KNIT_TASK_ID").ok())
+        .context("--id NAME (or run it under `knit run`, which sets $KNIT_TASK_ID)")
 }
 
 pub(crate) fn num(args: &[String], name: &str, default: u64) -> Result<u64> {
@@ -146,7 +156,7 @@ fn privileges(args: &[String]) -> Result<()> {
 /// back. While the file `--close-while` exists the listener is closed, so
 /// connects are refused (a backend that is alive but failing).
 fn echo(args: &[String]) -> Result<()> {
-    let id = arg(args, "--id").context("--id")?;
+    let id = server_id(args)?;
     let port: u16 = match (arg(args, "--port"), arg(args, "--port-env")) {
         (Some(p), _) => p.parse()?,
         (None, Some(var)) => std::env::var(&var)

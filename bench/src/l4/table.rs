@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result, ensure};
 
 use super::{Mode, Outcome, Run, Scenario};
-use crate::bench::{
+use crate::{
     rounds,
     stats::{Summary, micros, rate_range},
     summary::{Bar, Entry, Goal, Kind, Panel, Reference},

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 use super::{Mem, mem_of};
-use crate::bench::{
+use crate::{
     procs::{self, Guard},
     stats::Summary,
 };

@@ -8,7 +8,7 @@ use super::{
     Cell, H1_CONNS, H2_CONNS, H2_STREAMS, Load, Outcome, Proto, Sample, Scenario,
     goals::{cpu_line, latency_goal, skmsg_goal, throughput_goal},
 };
-use crate::bench::{
+use crate::{
     rounds,
     stats::{Summary, micros, rate, rate_range, signed_micros},
 };

@@ -257,7 +257,7 @@ pub fn svg(entries: &BTreeMap<String, Entry>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::summary::{Bar, Reference};
+    use crate::summary::{Bar, Reference};
 
     #[test]
     fn wraps_words() {

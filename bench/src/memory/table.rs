@@ -8,7 +8,7 @@ use super::{
     Level, Outcome,
     sidecars::{self, Proxy},
 };
-use crate::bench::{
+use crate::{
     stats::Verdict,
     summary::{Bar, Entry, Goal, Kind, Panel},
 };

@@ -20,13 +20,10 @@ use super::{
     },
 };
 use crate::{
-    bench::{
-        cpu, h2load, knit,
-        procs::{self, Guard},
-        report::shell_words,
-        wrk,
-    },
-    util,
+    cpu, h2load, knit,
+    procs::{self, Guard},
+    report::shell_words,
+    util, wrk,
 };
 
 /// Ports of one HTTP/1.1 and one h2c listener.

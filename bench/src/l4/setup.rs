@@ -10,7 +10,7 @@ use super::{
     ALIAS_PORT, CLIENT_CPU, Mode, SERVER_CPU, Scenario,
     config::{WEB_SERVICE, haproxy_cfg, nginx_command, nginx_conf, web_task_definition},
 };
-use crate::bench::{
+use crate::{
     cpu::{self, Usage},
     knit,
     procs::{self, Guard},

@@ -8,7 +8,7 @@ use super::{
     Cell, Load, Outcome, Proto, Sample, Scenario,
     table::{cpu, p50, paired, rps, servers_cpu},
 };
-use crate::bench::{
+use crate::{
     rounds::Kept,
     stats::{Summary, Verdict, micros, rate, signed_micros},
     summary::{Bar, Entry, Goal, Kind, Panel, Reference},
