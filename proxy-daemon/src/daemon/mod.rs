@@ -37,6 +37,11 @@ pub async fn run(
             "knit daemon needs root: it loads eBPF programs (CAP_BPF, CAP_NET_ADMIN) and manages cgroups (CAP_SYS_ADMIN)"
         );
     }
+    // Before anything is created: a binary built without its eBPF object
+    // (build.rs's stub) can do nothing useful.
+    if !crate::datapath::has_object() {
+        return Err(crate::datapath::DatapathError::NoObject.into());
+    }
     // A new daemon taking over gets the running one's sockets and state
     // before it opens anything (see `handover`).
     let mut inherited = if takeover {
