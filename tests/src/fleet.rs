@@ -174,6 +174,23 @@ impl Etcd {
         Ok(())
     }
 
+    /// Freeze etcd (SIGSTOP): its connections stay open and nothing
+    /// answers, as with a stalled disk or a long GC pause.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Thaw etcd after [`Etcd::pause`] (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let c = self.child.as_ref().context("etcd is not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig)?;
+        Ok(())
+    }
+
     /// `etcdctl get --prefix KEY --keys-only`: the keys.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let out = self

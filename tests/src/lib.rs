@@ -86,6 +86,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// test's own process (outside knit's cgroup: never rewritten). `url` must
 /// be on loopback.
 pub fn http_get(url: &str) -> Result<String> {
+    http_get_in(None, url)
+}
+
+/// As [`http_get`], from inside network namespace `netns` (a fleet's host).
+fn http_get_in(netns: Option<&str>, url: &str) -> Result<String> {
     let host = url
         .strip_prefix("http://")
         .context("an http:// URL")?
@@ -95,7 +100,17 @@ pub fn http_get(url: &str) -> Result<String> {
     if !host.starts_with("127.") {
         bail!("{url}: tests only talk to loopback");
     }
-    let out = Command::new(testbin())
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(testbin());
+            c
+        }
+        None => Command::new(testbin()),
+    };
+    let out = cmd
         .args(["http-client", "--url", url, "--count", "1", "--dump-body"])
         .output()?;
     let v: Value = serde_json::from_slice(&out.stdout)
@@ -478,13 +493,14 @@ impl Knit {
             .with_context(|| format!("task output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
-    /// The daemon's `/metrics` text.
+    /// The daemon's `/metrics` text (fetched from the daemon's network
+    /// namespace: its admin listener is on that namespace's loopback).
     pub fn metrics(&self) -> Result<String> {
         let admin = self.json(&["status"])?["admin"]
             .as_str()
             .context("admin address")?
             .to_string();
-        http_get(&format!("http://{admin}/metrics"))
+        http_get_in(self.netns.as_deref(), &format!("http://{admin}/metrics"))
     }
 
     /// Endpoints of a service whose state is `state`.

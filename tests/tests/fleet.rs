@@ -334,3 +334,89 @@ fn health_checks_gate_and_remove_traffic_on_every_host() -> Result<()> {
     ensure!(r["failed"] == 3, "an unhealthy task still got traffic: {r}");
     Ok(())
 }
+
+/// The sum of `knit_request_count_total` for discovery name `web`.
+fn web_requests_counted(k: &Knit) -> Result<f64> {
+    Ok(k.metrics()?
+        .lines()
+        .filter(|l| {
+            l.starts_with("knit_request_count_total{") && l.contains("discovery_name=\"web\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// A stalled etcd (SIGSTOP: connections open, nothing answers) while an
+/// apply waits on it must not stall traffic: the kernel's heartbeat is
+/// written by a task of its own, so the connect hook keeps sending L7
+/// connects to the proxy (a stale heartbeat would send them straight to
+/// the endpoints, around retries, limits and metrics). Every request the
+/// client makes, each on a new connection, is counted by the proxy.
+#[test]
+fn l7_traffic_keeps_going_through_the_proxy_while_an_apply_waits_on_a_stalled_etcd() -> Result<()> {
+    let mut f = Fleet::start("stall", 1, "")?;
+    apply_all(&f.hosts[0])?;
+    run_web(&mut f.hosts[0], "w1")?;
+    f.hosts[0].wait_healthy("web", 1)?;
+    let before = web_requests_counted(&f.hosts[0])?;
+
+    let hosts = f.hosts[0].hosts.display().to_string();
+    let tb = tb();
+    let load = f.hosts[0].spawn_task(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "8000",
+            "--reconnect",
+            "--interval-ms",
+            "5",
+        ],
+        Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    f.etcd.pause()?;
+    // An apply waits on etcd (the daemon holds its engine's lock meanwhile).
+    let (wtd, _) = http_docs();
+    let file = f.hosts[0].file("again.json", &wtd)?;
+    let t0 = Instant::now();
+    let apply = f.hosts[0]
+        .cmd()
+        .args(["apply", "-f", &file.display().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Twice the heartbeat's 1.5 s: long enough for a stale one to show.
+    std::thread::sleep(Duration::from_secs(3));
+    f.etcd.resume()?;
+    let applied = knit_tests::wait_output(apply, "knit apply", Duration::from_secs(30))?;
+    let waited = t0.elapsed();
+    let r = knit_tests::json_output(load)?;
+
+    ensure!(
+        waited >= Duration::from_millis(2500),
+        "the apply did not wait for the stalled etcd ({waited:?}: {applied:?}), so this test proves nothing"
+    );
+    ensure!(r["failed"] == 0, "requests failed while etcd stalled: {r}");
+    let ok = r["ok"].as_f64().context("ok")?;
+    ensure!(ok > 100.0, "too little traffic to tell: {r}");
+    let counted = wait_for(
+        "the proxy's count to settle",
+        Duration::from_secs(5),
+        || {
+            let n = web_requests_counted(&f.hosts[0]).ok()? - before;
+            (n >= ok).then_some(n)
+        },
+    )
+    .unwrap_or_else(|_| web_requests_counted(&f.hosts[0]).unwrap_or(before) - before);
+    ensure!(
+        counted == ok,
+        "the client made {ok} requests, the proxy counted {counted}: the rest went around it"
+    );
+    Ok(())
+}

@@ -104,7 +104,7 @@ pub async fn run(
         }
         None => bind_socket(&cfg.socket)?,
     };
-    // At most 500 ms: the tick also writes the heartbeat the kernel checks.
+    // At most 500 ms: readiness probes and the watchdog run on this tick.
     let interval = Duration::from_millis(cfg.outlier.interval_ms.clamp(10, 500));
     // The egress listener: the connect hook sends tasks' L7 connects here.
     let egress = match inherited
@@ -130,6 +130,7 @@ pub async fn run(
         .context("the map of proxied connections was already taken")?;
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let proxy = Arc::new(Proxy::new(orig, events_tx));
+    let heartbeat;
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
         store,
@@ -147,6 +148,7 @@ pub async fn run(
         }
         e.dp.maps.set_accelerate(cfg.datapath.accelerate)?;
         e.dp.maps.heartbeat(true)?;
+        heartbeat = e.dp.maps.heartbeat_handle();
         // The maps are filled (Engine::new reconciled): an older version's
         // programs can go.
         e.dp.retire_other_versions();
@@ -216,6 +218,10 @@ pub async fn run(
     crate::systemd::ready(&engine.lock().await.status_line());
     info!(socket = %cfg.socket.display(), "knit daemon ready");
 
+    // The kernel's heartbeat has a task of its own: nothing the control
+    // plane holds (the engine's lock over a slow etcd, say) can make L7
+    // connects fail open while the proxy is serving.
+    let beating = tokio::spawn(beat(heartbeat.clone()));
     let monitor = tokio::spawn(monitor(engine.clone(), interval));
     let accept = tokio::spawn(server::accept(listener, engine.clone()));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -239,6 +245,7 @@ pub async fn run(
         // The new daemon accepts on our sockets, keeps the heartbeat and
         // the hosts file; ours only finish what they have.
         monitor.abort();
+        beating.abort();
         for t in &background {
             t.abort();
         }
@@ -252,10 +259,11 @@ pub async fn run(
         info!(left = proxy.live(), "handed over; exiting");
         return Ok(());
     }
+    beating.abort();
     let mut e = engine.lock().await;
     // L7 connects go straight to endpoints from now on (the egress
     // listener closes with this process).
-    if let Err(err) = e.dp.maps.heartbeat(false) {
+    if let Err(err) = heartbeat.beat(false) {
         warn!(error = %err, "clearing the heartbeat");
     }
     e.clear_hosts();
@@ -317,7 +325,24 @@ async fn reload(engine: &Arc<Mutex<Engine>>, path: &Path, explicit: bool) {
     crate::systemd::ready(&e.status_line());
 }
 
-/// Liveness, readiness, draining and outliers, every `interval`.
+/// How often [`beat`] writes the heartbeat; the connect hook calls it stale
+/// after 1.5 s.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+
+/// Write the kernel heartbeat every [`HEARTBEAT_EVERY`], whatever the
+/// control plane is doing.
+async fn beat(heartbeat: crate::datapath::Heartbeat) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = heartbeat.beat(true) {
+            warn!(error = %err, "heartbeat");
+        }
+    }
+}
+
+/// Readiness, draining, outliers and the watchdog, every `interval`.
 async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -335,9 +360,6 @@ async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
             }
             // A pass that completes is what the watchdog vouches for.
             watchdog.pass(e.status_line());
-            if let Err(err) = e.dp.maps.heartbeat(true) {
-                warn!(error = %err, "heartbeat");
-            }
             if let Err(err) = e.tick() {
                 warn!(error = %format!("{err:#}"), "monitor");
             }

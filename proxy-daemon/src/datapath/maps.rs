@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -44,13 +45,52 @@ pub struct Maps {
     svc_stats: HashMap<MapData, u32, Counters>,
     be_stats: HashMap<MapData, u32, Counters>,
     conns: HashMap<MapData, u64, ConnInfo>,
-    config: Array<MapData, DatapathConfig>,
+    /// `KNIT_CONFIG`, shared with the [`Heartbeat`] task.
+    config: ConfigMap,
     task_ns: HashMap<MapData, u64, u32>,
     socks: SockHash<MapData, SockKey>,
     listen: SockMap<MapData>,
     accel: PerCpuArray<MapData, AccelCounters>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
+}
+
+/// `KNIT_CONFIG` (one entry: the egress listener, flags, the heartbeat),
+/// written from the control plane and from the heartbeat task. Each write
+/// is a read-modify-write of the one entry, so the two share a lock, held
+/// only for the two map syscalls.
+#[derive(Clone)]
+struct ConfigMap(Arc<Mutex<Array<MapData, DatapathConfig>>>);
+
+impl ConfigMap {
+    fn update(&self, change: impl FnOnce(&mut DatapathConfig)) -> Result<(), DatapathError> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cfg = map.get(&0, 0).unwrap_or_default();
+        change(&mut cfg);
+        map.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+    }
+}
+
+/// Writes the heartbeat the connect hook checks before it sends a task's
+/// L7 connect to the egress listener (stale after 1.5 s: L7 services fail
+/// open to direct connections). Cheap to clone; safe from any thread.
+#[derive(Clone)]
+pub struct Heartbeat(ConfigMap);
+
+impl Heartbeat {
+    /// The daemon is alive: CLOCK_MONOTONIC now, as the kernel's
+    /// `bpf_ktime_get_ns` reads it. `false` writes 0: it is gone (clean
+    /// shutdown), and L7 connects go straight to endpoints at once.
+    pub fn beat(&self, alive: bool) -> Result<(), DatapathError> {
+        let now = if alive {
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.0.update(|cfg| cfg.heartbeat_ns = now)
+    }
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -101,7 +141,9 @@ impl Maps {
                 let m = ebpf
                     .take_map(MAP_CONFIG)
                     .ok_or(DatapathError::MissingMap(MAP_CONFIG))?;
-                Array::try_from(m).map_err(map_err(MAP_CONFIG))?
+                ConfigMap(Arc::new(Mutex::new(
+                    Array::try_from(m).map_err(map_err(MAP_CONFIG))?,
+                )))
             },
             orig: Some(take(ebpf, MAP_ORIG)?),
             task_ns: take(ebpf, MAP_TASK_NS)?,
@@ -163,21 +205,19 @@ impl Maps {
         self.listen
             .set(0, listener, 0)
             .map_err(map_err(MAP_LISTEN))?;
-        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
-        cfg.flags |= CFG_LISTENER;
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+        self.config.update(|cfg| cfg.flags |= CFG_LISTENER)
     }
 
     /// Turn same-host acceleration on or off for connections established
     /// from now on (established ones keep their path).
     pub fn set_accelerate(&mut self, on: bool) -> Result<(), DatapathError> {
-        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
-        if on {
-            cfg.flags |= CFG_ACCELERATE;
-        } else {
-            cfg.flags &= !CFG_ACCELERATE;
-        }
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+        self.config.update(|cfg| {
+            if on {
+                cfg.flags |= CFG_ACCELERATE;
+            } else {
+                cfg.flags &= !CFG_ACCELERATE;
+            }
+        })
     }
 
     /// The map of proxied connections' original VIPs, for the L7 proxy.
@@ -185,26 +225,24 @@ impl Maps {
         self.orig.take()
     }
 
-    /// The daemon is alive: CLOCK_MONOTONIC now, as the kernel's
-    /// `bpf_ktime_get_ns` reads it. 0 says it is gone (clean shutdown).
+    /// The daemon is alive (see [`Heartbeat::beat`]).
     pub fn heartbeat(&mut self, alive: bool) -> Result<(), DatapathError> {
-        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
-        cfg.heartbeat_ns = if alive {
-            nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+        self.heartbeat_handle().beat(alive)
+    }
+
+    /// A handle that writes the heartbeat from a task of its own, so that
+    /// nothing the control plane does (a lock held over a slow etcd, say)
+    /// can make it stale while the proxy works.
+    pub fn heartbeat_handle(&self) -> Heartbeat {
+        Heartbeat(self.config.clone())
     }
 
     /// Tell the connect hook where the egress listener is.
     pub fn set_egress(&mut self, addr: std::net::SocketAddrV4) -> Result<(), DatapathError> {
-        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
-        cfg.egress_ip = u32::from(*addr.ip()).to_be();
-        cfg.egress_port = addr.port().to_be();
-        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
+        self.config.update(|cfg| {
+            cfg.egress_ip = u32::from(*addr.ip()).to_be();
+            cfg.egress_port = addr.port().to_be();
+        })
     }
 
     /// Make the maps route exactly `desired`, and hold counters for exactly

@@ -18,7 +18,7 @@ use aya::{
     EbpfLoader,
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, links::FdLink},
 };
-pub use maps::{DesiredAlias, Maps};
+pub use maps::{DesiredAlias, Heartbeat, Maps};
 use thiserror::Error;
 use tracing::{info, warn};
 

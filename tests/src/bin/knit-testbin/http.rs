@@ -284,6 +284,9 @@ pub fn client(args: &[String]) -> Result<()> {
     // Send the body in 1000-byte frames without a length (HTTP/1.1: chunked).
     let chunked = args.iter().any(|a| a == "--chunked");
     let dump = args.iter().any(|a| a == "--dump-body");
+    // A new connection for every request (each one is a new connect, which
+    // the kernel's connect hook routes afresh).
+    let reconnect = args.iter().any(|a| a == "--reconnect");
     let last_body: Arc<Mutex<String>> = Arc::default();
     // Pseudo-random: no period a reordering of chunks could hide in.
     let payload: Bytes = {
@@ -352,6 +355,9 @@ pub fn client(args: &[String]) -> Result<()> {
                                 t.timeline.push(json!([crate::now_ms(), 0, null]));
                             }
                         }
+                    }
+                    if reconnect {
+                        conn = None;
                     }
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;

@@ -8,7 +8,7 @@
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
 //! knit-testbin http [--id NAME] --port-env VAR [--always STATUS]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
-//!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D]
+//!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D] [--reconnect]
 //! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
 //! knit-testbin raw --target HOST:PORT --send TEXT [--big-header-bytes N] [--hosts FILE]
 //! knit-testbin grpc-server [--id NAME] --port-env VAR [--unavailable]
