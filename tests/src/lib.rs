@@ -503,6 +503,36 @@ impl Knit {
         http_get_in(self.netns.as_deref(), &format!("http://{admin}/metrics"))
     }
 
+    /// `count` GETs of `path` on the daemon's admin listener, from the
+    /// daemon's network namespace, with `knit-testbin http-client`: its
+    /// report (statuses, p50_us, p99_us, ...).
+    pub fn admin_requests(&self, path: &str, count: u64) -> Result<Value> {
+        let admin = self.json(&["status"])?["admin"]
+            .as_str()
+            .context("admin address")?
+            .to_string();
+        if !admin.starts_with("127.") {
+            bail!("the admin listener {admin} is not on loopback");
+        }
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(testbin());
+                c
+            }
+            None => Command::new(testbin()),
+        };
+        let child = cmd
+            .args(["http-client", "--url", &format!("http://{admin}{path}")])
+            .args(["--count", &count.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        json_output(child)
+    }
+
     /// Endpoints of a service whose state is `state`.
     pub fn endpoints_in(&self, service: &str, state: &str) -> Result<usize> {
         let v = self.json(&["endpoints", service])?;

@@ -31,8 +31,8 @@ use crate::{
         ServicePool,
     },
     registry::{
-        AliasRecord, ConfigState, HostedTask, ServiceRecord, Store, TaskPort, TaskRecord,
-        etcd::Etcd,
+        AliasRecord, ConfigState, HostedTask, RegistryError, ServiceRecord, Store, TaskPort,
+        TaskRecord, etcd::Etcd, state::ApplySummary,
     },
 };
 
@@ -512,11 +512,34 @@ impl Engine {
             }
             Shared::Etcd(etcd) => etcd.apply(plan),
         };
+        self.applied(result)
+    }
+
+    /// With etcd: what an apply needs without the engine's lock (the
+    /// registry and the default namespace), so that planning and the etcd
+    /// transaction run outside it and nothing waits on etcd but the CLI
+    /// that applies; [`Engine::applied`] then routes by the result.
+    pub fn etcd_apply_handle(&self) -> Option<(Arc<Etcd>, String)> {
+        match &self.shared {
+            Shared::Etcd(etcd) => Some((etcd.clone(), self.cfg.default_namespace.clone())),
+            Shared::Embedded => None,
+        }
+    }
+
+    /// Route by the result of an apply (made here, or in etcd without the lock).
+    pub fn applied(
+        &mut self,
+        result: Result<Result<ApplySummary, proxy_config::ApplyErrors>, RegistryError>,
+    ) -> Response {
         let summary = match result {
             Ok(Ok(s)) => s,
             Ok(Err(errs)) => return Response::bad_input(errs.to_string()),
             Err(e) => return Response::failure(e.to_string()),
         };
+        if self.retired {
+            // Handed over meanwhile: the new daemon routes by it (etcd's watch).
+            return Response::ok(&summary);
+        }
         if let Err(e) = self.load_shared() {
             return Response::failure(format!("{e:#}"));
         }

@@ -108,6 +108,28 @@ async fn handover(w: &tokio::net::unix::OwnedWriteHalf, engine: &Mutex<Engine>) 
 async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
     tracing::debug!(request = req.name(), "control request");
     let mut e = engine.lock().await;
+    // With etcd, an apply plans and commits without the engine's lock
+    // (etcd may be slow or stalled; nothing else should wait for it), then
+    // takes it to route by the result.
+    let etcd = if e.retired {
+        None
+    } else {
+        e.etcd_apply_handle()
+    };
+    let req = match (req, etcd) {
+        (Request::Apply { files }, Some((etcd, default))) => {
+            drop(e);
+            let files: Vec<(String, Vec<u8>)> = files
+                .into_iter()
+                .map(|(n, c)| (n, c.into_bytes()))
+                .collect();
+            let result = etcd.apply(|state: &crate::registry::ConfigState| {
+                proxy_config::plan(&files, &state.existing(&default))
+            });
+            return engine.lock().await.applied(result);
+        }
+        (req, _) => req,
+    };
     if e.retired {
         return Response::failure(
             "this daemon handed over to a new one; run the command again".to_string(),
