@@ -23,6 +23,7 @@ use super::{
         setup::Bench,
         table::{self, p50, p99, p999, paired_by, rps, servers_cpu, skmsg_bytes},
     },
+    markdown::{Align, Table},
     report::{self, Machine},
     rounds::{self, Plan},
     stats::{Summary, Verdict, micros, rate, signed_micros},
@@ -105,6 +106,8 @@ pub fn run(quick: bool) -> Result<()> {
         restarts: bench.restarts(),
         elapsed: started_measuring.elapsed(),
     };
+    // Measured: the daemon's log is no longer of interest.
+    bench.k.show_log_on_drop(false);
     drop(bench);
     summary::publish(
         quick,
@@ -207,10 +210,17 @@ fn render(o: &Outcome) -> Result<String> {
          on** (knit's default): both legs' sockets are in the sockhash and each send goes \
          straight to the peer's receive queue. **sk_msg off**: the daemon restarted with \
          `[datapath] accelerate = false`, both legs loopback TCP. **direct**: the load \
-         generator straight to nginx, no proxy, for scale.\n\n\
-         | protocol and scenario | p50 (median, min–max) | p99 | p99.9 | req/s | sk_msg bytes per request | servers' CPU per request |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         generator straight to nginx, no proxy, for scale.\n\n",
     );
+    let mut t = Table::new(&[
+        ("protocol and scenario", Align::Left),
+        ("p50 (median, min–max)", Align::Right),
+        ("p99", Align::Right),
+        ("p99.9", Align::Right),
+        ("req/s", Align::Right),
+        ("sk_msg bytes per request", Align::Right),
+        ("servers' CPU per request", Align::Right),
+    ]);
     let l = Load::Serial;
     for p in Proto::ALL {
         for sc in SCENARIOS {
@@ -218,21 +228,18 @@ fn render(o: &Outcome) -> Result<String> {
             let bytes = table::summary(o, p, l, sc, |x| {
                 (x.m.requests > 0).then(|| x.redirected as f64 / x.m.requests as f64)
             })?;
-            writeln!(
-                s,
-                "| {} | {} ({}–{}) | {} | {} | {} | {:.0} | {:.1} µs |",
+            t.row([
                 label(p, sc),
-                micros(m.median),
-                micros(m.min),
-                micros(m.max),
+                format!("{} ({}–{})", micros(m.median), micros(m.min), micros(m.max)),
                 micros(p99(o, p, l, sc)?.median),
                 micros(p999(o, p, l, sc)?.median),
                 rate(rps(o, p, l, sc)?.median),
-                bytes.median,
-                servers_cpu(o, p, l, sc)?.median
-            )?;
+                format!("{:.0}", bytes.median),
+                format!("{:.1} µs", servers_cpu(o, p, l, sc)?.median),
+            ]);
         }
     }
+    write!(s, "{t}")?;
     s.push_str("\nGoal (issue #7), judged from the medians above:\n\n");
     for p in Proto::ALL {
         let c = cut(o, p)?;

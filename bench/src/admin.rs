@@ -19,6 +19,7 @@ use knit_tests::{client_service, http_task_definition};
 
 use super::{
     cpu, knit,
+    markdown::{Align, Table},
     procs::Guard,
     report::{self, Machine},
     summary::{self, Bar, Entry, Goal, Kind, Panel, Reference},
@@ -166,21 +167,31 @@ pub fn run(quick: bool) -> Result<()> {
     let met = if added < 2.0 { "met" } else { "**not met**" };
     let date = report::now_utc();
     let machine = Machine::probe();
+    let mut table = Table::new(&[
+        ("window", Align::Left),
+        ("daemon CPU (% of one core)", Align::Right),
+    ]);
+    table
+        .row(["quiet".to_string(), format!("{:.2} %", quiet * 100.0)])
+        .row(["watched".to_string(), format!("{:.2} %", watched * 100.0)])
+        .row([
+            "added by watching".to_string(),
+            format!("{added:.2} % (goal < 2 %: {met})"),
+        ]);
     let section = format!(
         "## Admin cost\n\n\
          {date}, {m}; knit {v}{q}. `cargo xtask bench admin`: the release daemon with {SERVICES} HTTP services \
          (2 tasks each) and 4 clients at 10 requests/s each. Daemon CPU (utime + stime from /proc) over two \
          {w}-s windows: quiet, then watched: the dashboard open in headless Chromium (it polled \
          `/api/v1/stats` {polls} times) and `/metrics` scraped every second ({scrapes} scrapes).\n\n\
-         | window | daemon CPU (% of one core) |\n|---|---:|\n\
-         | quiet | {q1:.2} % |\n| watched | {w1:.2} % |\n| added by watching | {added:.2} % (goal < 2 %: {met}) |\n",
+         {table}",
         m = machine.short(),
         v = knit::version(&k, &bin)?,
         q = if quick { " (--quick: 5-s windows)" } else { "" },
         w = window.as_secs(),
-        q1 = quiet * 100.0,
-        w1 = watched * 100.0,
     );
+    // Measured: the daemon's log is no longer of interest.
+    k.show_log_on_drop(false);
     let pct = |x: f64| format!("{x:.2} %");
     let entry = Entry {
         date: date.clone(),

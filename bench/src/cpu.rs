@@ -2,13 +2,21 @@
 //! noise when anything else runs (a build, a VM test), so every run counts
 //! the CPU time that processes outside this benchmark used meanwhile, from
 //! /proc: a run (or a round) that was disturbed can be repeated, and the
-//! report says how quiet the machine was.
+//! report says how quiet the machine was. Also where the benchmarks pin
+//! their clients and servers.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+
+/// Where the benchmarks pin what they start on 2 CPUs (`taskset -c`): the
+/// load generator (wrk, h2load, a client task) on one, the servers (nginx,
+/// HAProxy, the knit daemon where it proxies, a sink task) on the other,
+/// so that client and server do not steal each other's core.
+pub const CLIENT_CPU: &str = "0";
+pub const SERVER_CPU: &str = "1";
 
 /// One process as /proc/<pid>/stat shows it.
 struct Proc {

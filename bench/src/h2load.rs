@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::stats::percentile;
+
 /// One h2load load.
 #[derive(Debug, Clone)]
 pub struct Load {
@@ -76,10 +78,10 @@ pub fn parse(out: &str, log: &Path) -> Result<Report> {
     let mut r = parse_summary(out)?;
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
-    let mut lat = latencies(&text)?;
-    r.p50_us = percentile(&mut lat, 0.50).unwrap_or(0.0);
-    r.p99_us = percentile(&mut lat, 0.99).unwrap_or(0.0);
-    r.p999_us = percentile(&mut lat, 0.999).unwrap_or(0.0);
+    let lat = latencies(&text)?;
+    r.p50_us = percentile(&lat, 0.50).unwrap_or(0.0);
+    r.p99_us = percentile(&lat, 0.99).unwrap_or(0.0);
+    r.p999_us = percentile(&lat, 0.999).unwrap_or(0.0);
     Ok(r)
 }
 
@@ -137,26 +139,17 @@ fn parse_summary(out: &str) -> Result<Report> {
 }
 
 /// The third column of h2load's log: each request's time in microseconds.
-fn latencies(log: &str) -> Result<Vec<u32>> {
+fn latencies(log: &str) -> Result<Vec<f64>> {
     log.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             l.split('\t')
                 .nth(2)
-                .and_then(|v| v.trim().parse().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .map(f64::from)
                 .with_context(|| format!("h2load log line {l:?}"))
         })
         .collect()
-}
-
-/// The nearest-rank percentile `q` (0..1) of `v`, which it reorders.
-fn percentile(v: &mut [u32], q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    let (_, x, _) = v.select_nth_unstable(rank);
-    Some(f64::from(*x))
 }
 
 #[cfg(test)]
@@ -195,11 +188,12 @@ time for request:       17us     16.76ms      1.41ms      1.84ms    85.42%
             .rev()
             .map(|i| format!("1795483310738372\t200\t{i}\n"))
             .collect();
-        let mut v = latencies(&log)?;
-        assert_eq!(percentile(&mut v, 0.50), Some(50.0));
-        assert_eq!(percentile(&mut v, 0.99), Some(99.0));
-        assert_eq!(percentile(&mut v, 0.999), Some(100.0));
-        assert_eq!(percentile(&mut [], 0.5), None);
+        let v = latencies(&log)?;
+        assert_eq!(v.len(), 100);
+        assert_eq!(percentile(&v, 0.50), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&v, 0.999), Some(100.0));
+        assert!(latencies("1795483310738372\t200\n").is_err());
         Ok(())
     }
 

@@ -63,8 +63,13 @@ fn find_or_build() -> Result<Binary> {
 
 /// A daemon of the benchmark's own (cgroup, pins, state, socket and hosts
 /// file under a temp dir), running `bin` for the daemon and every CLI call.
+/// Dropped, it prints the tail of its log, so that a benchmark that fails
+/// shows what the daemon said: a benchmark turns that off
+/// (`show_log_on_drop(false)`) once it has measured.
 pub fn start(name: &str, extra_toml: &str, bin: &Binary) -> Result<Knit> {
-    Knit::start_full(name, extra_toml, None, bin.path.clone())
+    let mut k = Knit::start_full(name, extra_toml, None, bin.path.clone())?;
+    k.show_log_on_drop(true);
+    Ok(k)
 }
 
 /// The daemon's version, and where it came from: this checkout's git

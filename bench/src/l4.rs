@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 
 use super::{
-    cpu::Usage,
+    cpu::{CLIENT_CPU, SERVER_CPU, Usage},
     knit,
     report::{self, Machine},
     rounds::{self, Plan},
@@ -44,9 +44,6 @@ const KEEPALIVE_CONNS: u32 = 64;
 const CLOSE_CONNS: u32 = 16;
 /// The client alias port of `web`.
 const ALIAS_PORT: u16 = 8080;
-/// CPU for wrk, and for the servers (nginx and HAProxy share it).
-const CLIENT_CPU: &str = "0";
-const SERVER_CPU: &str = "1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -162,7 +159,7 @@ pub fn run(quick: bool) -> Result<()> {
     let bin = knit::binary()?;
 
     util::step("l4: starting a knit daemon, nginx (service web) and HAProxy");
-    let bench = Bench::start(&bin)?;
+    let mut bench = Bench::start(&bin)?;
     println!(
         "nginx on 127.0.0.1:{}, VIP {}:{ALIAS_PORT}, HAProxy on 127.0.0.1:{}",
         bench.nginx_port, bench.vip, bench.haproxy_port
@@ -228,6 +225,8 @@ pub fn run(quick: bool) -> Result<()> {
         haproxy_cfg: bench.haproxy_cfg.clone(),
         elapsed: started.elapsed(),
     };
+    // Measured: the daemon's log is no longer of interest.
+    bench.k.show_log_on_drop(false);
     drop(bench);
     summary::publish(
         quick,

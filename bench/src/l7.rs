@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Result, ensure};
 
 use super::{
-    cpu::Usage,
+    cpu::{CLIENT_CPU, SERVER_CPU, Usage},
     knit,
     report::{self, Machine},
     rounds::{self, Disturbance, Plan},
@@ -48,10 +48,6 @@ use setup::Bench;
 
 /// The client alias port of `web` and `web2`.
 pub const ALIAS_PORT: u16 = 8080;
-/// CPU for the load generator, and for the servers (nginx, the proxies and
-/// the knit daemon share it).
-pub const CLIENT_CPU: &str = "0";
-pub const SERVER_CPU: &str = "1";
 /// Requests in flight at saturation: wrk's connections (HTTP/1.1), and
 /// h2load's connections × streams per connection (h2c).
 const H1_CONNS: u32 = 64;
@@ -438,6 +434,8 @@ pub fn run(quick: bool) -> Result<()> {
         restarts: bench.restarts(),
         elapsed: started_measuring.elapsed(),
     };
+    // Measured: the daemon's log is no longer of interest.
+    bench.k.show_log_on_drop(false);
     drop(bench);
     summary::publish(
         quick,

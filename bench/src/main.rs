@@ -35,10 +35,12 @@
 //! chart` redraws both without measuring.
 //!
 //! Submodules: `knit` (the release binary, its daemon, switching sk_msg),
-//! `wrk` and `h2load` (running and parsing the load generators), `cpu` (who
-//! else uses the CPUs; a process's or a cgroup's CPU time), `rounds`
-//! (interleaved rounds, repeating disturbed runs), `stats` (medians, number
-//! formatting), `procs` (bounded child processes, kill-on-drop guards),
+//! `peers` (nginx and HAProxy as l4 and l7 run them), `wrk` and `h2load`
+//! (running and parsing the load generators), `cpu` (which CPU is the
+//! client's and the servers'; who else uses the CPUs; a process's or a
+//! cgroup's CPU time), `rounds` (interleaved rounds, repeating disturbed
+//! runs), `stats` (medians, percentiles, number formatting), `procs`
+//! (bounded child processes, kill-on-drop guards), `markdown` (the tables),
 //! `report` (machine facts and BENCHMARKS.md sections), `summary` and
 //! `chart`, and one module per benchmark.
 use std::time::{Duration, Instant};
@@ -55,7 +57,9 @@ mod h2load;
 mod knit;
 mod l4;
 mod l7;
+mod markdown;
 mod memory;
+mod peers;
 mod procs;
 mod propagation;
 mod report;

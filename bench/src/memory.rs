@@ -28,9 +28,7 @@ use knit_tests::Knit;
 use super::{
     knit, procs,
     report::{self, Machine},
-    rounds,
-    stats::Summary,
-    summary,
+    rounds, stats, summary,
 };
 use crate::util;
 
@@ -190,6 +188,8 @@ pub fn run(quick: bool) -> Result<()> {
         k.daemon_pid() == Some(pid),
         "the daemon restarted during the benchmark"
     );
+    // Measured: the daemon's log is no longer of interest.
+    k.show_log_on_drop(false);
     drop(k);
 
     util::step("memory: sidecars, one proxy per task");
@@ -326,16 +326,14 @@ fn sample(pid: u32) -> Result<Mem> {
 
 /// Each figure's median over `v`.
 pub fn medians(v: &[Mem]) -> Result<Mem> {
-    let of = |f: fn(&Mem) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let of = |f: fn(&Mem) -> f64| {
+        stats::median(&v.iter().map(f).collect::<Vec<_>>()).context("no samples")
+    };
     Ok(Mem {
         rss_kib: of(|m| m.rss_kib)?,
         pss_kib: of(|m| m.pss_kib)?,
         uss_kib: of(|m| m.uss_kib)?,
     })
-}
-
-fn median(v: &[f64]) -> Result<f64> {
-    Summary::of(v).map(|s| s.median).context("no samples")
 }
 
 /// Children of this process running `<bin> run ...`: the tasks' `knit run`.

@@ -32,7 +32,9 @@ use serde_json::json;
 
 use super::{
     knit,
+    markdown::{Align, Table},
     report::{self, Machine},
+    stats,
     summary::{self, Bar, Entry, Goal, Kind, Panel, Reference},
 };
 
@@ -125,15 +127,23 @@ pub fn run(quick: bool) -> Result<()> {
     let testbin = knit::testbin(&bin)?;
     println!("starting a fleet of 3 hosts (network namespaces) with etcd");
     let mut fleet = Fleet::start_full("prop", 3, "", bin.path.clone())?;
+    // A failed run shows what the daemons said; a good one does not.
+    for host in &mut fleet.hosts {
+        host.show_log_on_drop(true);
+    }
     let version = knit::version(&fleet.hosts[0], &bin)?;
     let (latencies, _healthy) = propagation(&mut fleet, &testbin, sizes.changes)?;
     let scale = scale(&mut fleet, &sizes)?;
+    for host in &mut fleet.hosts {
+        host.show_log_on_drop(false);
+    }
     let outcome = Outcome {
         machine: Machine::probe(),
         date: report::now_utc(),
         quick,
         version,
-        latencies,
+        changes: latencies.len(),
+        latency: Percentiles::of(&latencies)?,
         scale,
     };
     summary::publish(
@@ -370,32 +380,80 @@ fn write_synthetic(url: &str, services: usize, endpoints: usize) -> Result<()> {
     Ok(())
 }
 
+/// The changes' latencies (nearest rank), in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(ms: &[f64]) -> Result<Self> {
+        let at = |q| stats::percentile(ms, q).context("no change was measured");
+        Ok(Self {
+            p50: at(0.5)?,
+            p99: at(0.99)?,
+            max: at(1.0)?,
+        })
+    }
+}
+
 struct Outcome {
     machine: Machine,
     date: String,
     quick: bool,
     version: String,
-    latencies: Vec<f64>,
+    changes: usize,
+    latency: Percentiles,
     scale: Scale,
 }
 
 impl Outcome {
-    fn percentile(&self, p: f64) -> f64 {
-        let mut v = self.latencies.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    }
-
     fn render(&self) -> String {
-        let (p50, p99, max) = (
-            self.percentile(0.5),
-            self.percentile(0.99),
-            self.percentile(1.0),
-        );
+        let Percentiles { p50, p99, max } = self.latency;
         let s = &self.scale;
-        let met = if p99 < 100.0 { "met" } else { "**not met**" };
+        let n = self.changes;
+        let mut changes = Table::new(&[
+            ("changes", Align::Right),
+            ("p50", Align::Right),
+            ("p99", Align::Right),
+            ("max", Align::Right),
+            ("goal p99 < 100 ms", Align::Left),
+        ]);
+        changes.row([
+            n.to_string(),
+            format!("{p50:.1} ms"),
+            format!("{p99:.1} ms"),
+            format!("{max:.1} ms"),
+            (if p99 < 100.0 { "met" } else { "**not met**" }).to_string(),
+        ]);
+        let mut scale = Table::new(&[("measure", Align::Left), ("value", Align::Right)]);
+        scale
+            .row([
+                "live sync: written -> all in host 1's kernel map".to_string(),
+                format_ms(s.live_sync_ms),
+            ])
+            .row([
+                "full sync: a fresh daemon (empty datapath) started -> all in its kernel map"
+                    .to_string(),
+                format_ms(s.full_sync_ms),
+            ])
+            .row([
+                "host 1 daemon memory (RSS) before the services".to_string(),
+                mib(s.rss_before_kib),
+            ])
+            .row([
+                format!(
+                    "host 1 daemon memory (RSS) with {} services, {} endpoints",
+                    s.services, s.endpoints
+                ),
+                mib(s.rss_after_kib),
+            ])
+            .row([
+                "fresh daemon memory (RSS) after its full sync".to_string(),
+                mib(s.fresh_rss_kib),
+            ]);
         format!(
             "## Propagation (etcd)\n\n\
              {date}, {machine}; knit {version}{quick}. `cargo xtask bench propagation`: a fleet of 3 hosts \
@@ -403,17 +461,11 @@ impl Outcome {
              **Change to kernel map.** A task on host 2 becomes healthy (its check's first pass writes \
              the time just before it exits); host 1's pinned `KNIT_BACKENDS` map is polled every 0.2 ms \
              until the endpoint is in it. {n} changes, one at a time.\n\n\
-             | changes | p50 | p99 | max | goal p99 < 100 ms |\n|---:|---:|---:|---:|---|\n\
-             | {n} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms | {met} |\n\n\
+             {changes}\n\
              **Scale.** {services} services applied through `knit apply` ({per} per apply, one etcd \
              transaction each) in {apply:.1} s; then {endpoints} endpoints of a synthetic host written \
              into etcd (100 per transaction).\n\n\
-             | measure | value |\n|---|---:|\n\
-             | live sync: written -> all in host 1's kernel map | {live} |\n\
-             | full sync: a fresh daemon (empty datapath) started -> all in its kernel map | {full} |\n\
-             | host 1 daemon memory (RSS) before the services | {before} |\n\
-             | host 1 daemon memory (RSS) with {services} services, {endpoints} endpoints | {after} |\n\
-             | fresh daemon memory (RSS) after its full sync | {fresh} |\n",
+             {scale}",
             date = self.date,
             machine = self.machine.short(),
             version = self.version,
@@ -422,33 +474,23 @@ impl Outcome {
             } else {
                 ""
             },
-            n = self.latencies.len(),
             services = s.services,
             endpoints = s.endpoints,
             per = SERVICES_PER_APPLY,
             apply = s.apply_s,
-            live = format_ms(s.live_sync_ms),
-            full = format_ms(s.full_sync_ms),
-            before = mib(s.rss_before_kib),
-            after = mib(s.rss_after_kib),
-            fresh = mib(s.fresh_rss_kib),
         )
     }
 
     /// The summary's goal and the chart's panel.
     fn entry(&self) -> Entry {
-        let (p50, p99, max) = (
-            self.percentile(0.5),
-            self.percentile(0.99),
-            self.percentile(1.0),
-        );
+        let Percentiles { p50, p99, max } = self.latency;
         let ms = |v: f64| format!("{v:.1} ms");
         Entry {
             date: self.date.clone(),
             quick: self.quick,
             goals: vec![Goal::new(
                 "a task healthy on one host is in another host's kernel map: p99 < 100 ms",
-                format!("p99 {} over {} changes", ms(p99), self.latencies.len()),
+                format!("p99 {} over {} changes", ms(p99), self.changes),
                 if p99 < 100.0 { "met" } else { "not met" },
             )],
             panels: vec![Panel {
@@ -456,7 +498,7 @@ impl Outcome {
                 caption: format!(
                     "3 hosts (network namespaces) sharing etcd; {} changes one at a time; \
                      {} endpoints sync in {}.",
-                    self.latencies.len(),
+                    self.changes,
                     self.scale.endpoints,
                     format_ms(self.scale.live_sync_ms)
                 ),
@@ -476,9 +518,9 @@ impl Outcome {
     fn headline(&self) -> String {
         format!(
             "- `propagation`: a task healthy on one host is in another host's kernel map in p50 {:.1} ms, p99 {:.1} ms over {} changes (goal p99 < 100 ms); {} endpoints sync in {} ({} RSS). Measured {}. See [BENCHMARKS.md](BENCHMARKS.md#propagation-etcd).",
-            self.percentile(0.5),
-            self.percentile(0.99),
-            self.latencies.len(),
+            self.latency.p50,
+            self.latency.p99,
+            self.changes,
             self.scale.endpoints,
             format_ms(self.scale.live_sync_ms),
             mib(self.scale.rss_after_kib),

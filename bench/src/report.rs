@@ -4,11 +4,15 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::SystemTime,
 };
 
 use anyhow::{Context, Result};
 
-use super::procs::banner;
+use super::{
+    cpu::{CLIENT_CPU, SERVER_CPU},
+    procs::banner,
+};
 
 /// Facts about the machine and the tools, for the intro and each section.
 pub struct Machine {
@@ -86,7 +90,7 @@ pub fn intro(m: &Machine, date: &str) -> String {
          interleaved (A, B, C, A, B, C, ...), in rounds (3 unless a section \
          says otherwise); tables give the median and the min–max of the \
          rounds. On 2 CPUs the load generator \
-         is pinned to CPU 0 and the servers to CPU 1 (`taskset`), so client \
+         is pinned to CPU {CLIENT_CPU} and the servers to CPU {SERVER_CPU} (`taskset`), so client \
          and server do not steal each other's core. Each section says how \
          its own runs were made and when.\n\
          - File created: {date}.\n",
@@ -292,31 +296,15 @@ pub fn shell_words(words: &[String]) -> String {
 
 /// Now, in UTC, as "2025-01-31 14:05 UTC".
 pub fn now_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    utc_minute(SystemTime::now())
 }
 
-/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's algorithm,
-/// to avoid a date crate for one line of output.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `t` to the minute, in UTC, as "2025-01-31 14:05 UTC".
+fn utc_minute(t: SystemTime) -> String {
+    // "2025-01-31T14:05:09Z"
+    let rfc3339 = humantime::format_rfc3339_seconds(t).to_string();
+    let (date, time) = rfc3339.split_once('T').unwrap_or((&rfc3339, ""));
+    format!("{date} {} UTC", time.get(..5).unwrap_or(time))
 }
 
 #[cfg(test)]
@@ -398,8 +386,14 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        use std::time::{Duration, UNIX_EPOCH};
+        let day = |d: u64, secs: u64| UNIX_EPOCH + Duration::from_secs(d * 86_400 + secs);
+        assert_eq!(utc_minute(day(0, 0)), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_minute(day(19_723, 59)), "2024-01-01 00:00 UTC");
+        assert_eq!(
+            utc_minute(day(19_782, 14 * 3600 + 5 * 60 + 9)),
+            "2024-02-29 14:05 UTC"
+        );
+        assert!(now_utc().ends_with(" UTC"));
     }
 }

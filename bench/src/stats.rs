@@ -1,5 +1,31 @@
-//! Summaries of repeated runs (median and range) and the number formats the
-//! tables use.
+//! Medians and percentiles, summaries of repeated runs (median and
+//! range), and the number formats the tables use.
+
+/// The median of `values`: the middle one, or the mean of the middle two
+/// for an even count; None for none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[mid]),
+        _ => Some((v[mid - 1] + v[mid]) / 2.0),
+    }
+}
+
+/// The nearest-rank percentile `q` (0 to 1) of `values`: the smallest
+/// value that at least `q` of them do not exceed (`q` = 1: the maximum);
+/// None for none.
+pub fn percentile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    let (_, x, _) = v.select_nth_unstable_by(rank, f64::total_cmp);
+    Some(*x)
+}
 
 /// Median, minimum and maximum of a set of runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -12,19 +38,10 @@ pub struct Summary {
 impl Summary {
     /// None for no runs. An even count takes the mean of the middle two.
     pub fn of(values: &[f64]) -> Option<Self> {
-        let mut v: Vec<f64> = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let (first, last) = (*v.first()?, *v.last()?);
-        let mid = v.len() / 2;
-        let median = if v.len() % 2 == 1 {
-            v[mid]
-        } else {
-            (v[mid - 1] + v[mid]) / 2.0
-        };
         Some(Self {
-            median,
-            min: first,
-            max: last,
+            median: median(values)?,
+            min: values.iter().copied().reduce(f64::min)?,
+            max: values.iter().copied().reduce(f64::max)?,
         })
     }
 
@@ -118,7 +135,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn median_of_odd_and_even_counts() {
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[7.0]), Some(7.0));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.50), Some(50.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&v, 0.999), Some(100.0));
+        assert_eq!(percentile(&v, 1.0), Some(100.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&ten, 0.5), Some(5.0));
+        assert_eq!(percentile(&ten, 0.99), Some(10.0));
+        assert_eq!(percentile(&[2.5], 0.5), Some(2.5));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn summary_of_odd_and_even_counts() {
         let s = Summary::of(&[3.0, 1.0, 2.0]);
         assert_eq!(
             s,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ALL, chart,
+    markdown::{Align, Table},
     report::{self, Machine, Placement},
 };
 
@@ -229,45 +230,57 @@ fn section(entries: &BTreeMap<String, Entry>, svg_link: &str) -> String {
         "The goals of issue #7 and PERF-ANCHORS.md, as each benchmark's latest run judged them \
          from its medians (its section below has the tables, the checks and the method). \
          `cargo xtask bench` runs every benchmark; `cargo xtask bench <name>` reruns one and \
-         replaces its rows here, its bars in the chart and its section.\n\n\
-         | benchmark | goal | measured | verdict | run |\n|---|---|---|---|---|\n",
+         replaces its rows here, its bars in the chart and its section.\n\n",
     );
+    let mut t = Table::new(&[
+        ("benchmark", Align::Left),
+        ("goal", Align::Left),
+        ("measured", Align::Left),
+        ("verdict", Align::Left),
+        ("run", Align::Left),
+    ]);
     for (key, what) in ALL {
+        let name = format!("`{key}`");
         match entries.get(*key) {
             Some(e) if !e.goals.is_empty() => {
                 for g in &e.goals {
-                    let _ = writeln!(
-                        s,
-                        "| `{key}` | {} | {} | **{}** | {}{} |",
-                        g.goal,
-                        g.measured,
-                        g.verdict,
-                        e.date,
-                        if e.quick { " (--quick)" } else { "" }
-                    );
+                    t.row([
+                        name.clone(),
+                        g.goal.clone(),
+                        g.measured.clone(),
+                        format!("**{}**", g.verdict),
+                        format!("{}{}", e.date, if e.quick { " (--quick)" } else { "" }),
+                    ]);
                 }
             }
             Some(e) => {
-                let _ = writeln!(
-                    s,
-                    "| `{key}` | {what}: no goal | see its section | — | {} |",
-                    e.date
-                );
+                t.row([
+                    name,
+                    format!("{what}: no goal"),
+                    "see its section".into(),
+                    "—".into(),
+                    e.date.clone(),
+                ]);
             }
             None => {
-                let _ = writeln!(
-                    s,
-                    "| `{key}` | {what} | not measured by this version yet (`cargo xtask bench {key}`) | — | — |"
-                );
+                t.row([
+                    name,
+                    what.to_string(),
+                    format!("not measured by this version yet (`cargo xtask bench {key}`)"),
+                    "—".into(),
+                    "—".into(),
+                ]);
             }
         }
     }
+    s.push_str(&t.to_string());
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::markdown::unpadded;
 
     #[test]
     fn the_summary_lists_every_benchmark() {
@@ -283,6 +296,8 @@ mod tests {
         );
         let s = section(&entries, "docs/bench.svg");
         assert!(s.starts_with("## Summary\n\n![Headline"));
+        // The rows as written, less comfy-table's padding.
+        let s = unpadded(&s);
         assert!(s.contains(
             "| `l4` | keep-alive ≥ 0.99 × direct | 0.995 | **met** | 2026-01-01 00:00 UTC |"
         ));

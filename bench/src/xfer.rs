@@ -25,8 +25,9 @@ use anyhow::{Context, Result, bail, ensure};
 use knit_tests::{Knit, client_service, tcp_service, tcp_task_definition};
 
 use super::{
-    cpu::{self, Usage},
+    cpu::{self, CLIENT_CPU, SERVER_CPU, Usage},
     knit,
+    markdown::{Align, Table},
     procs::{self},
     report::{self, Machine},
     rounds::{self, Disturbance, Plan},
@@ -36,8 +37,6 @@ use super::{
 use crate::util;
 
 const ALIAS_PORT: u16 = 9000;
-const CLIENT_CPU: &str = "0";
-const SERVER_CPU: &str = "1";
 /// Goals: without sk_msg the L4 path costs nothing per byte (≥ 0.99 of
 /// direct, as for keep-alive requests); with it, it must not be slower
 /// than plain loopback (PERF-ANCHORS: sockmap only if it beats loopback).
@@ -358,6 +357,8 @@ pub fn run(quick: bool) -> Result<()> {
         commands: commands(&bench),
         elapsed: started_measuring.elapsed(),
     };
+    // Measured: the daemon's log is no longer of interest.
+    bench.k.show_log_on_drop(false);
     drop(bench);
     summary::publish(
         quick,
@@ -502,24 +503,25 @@ fn render(o: &Outcome) -> Result<String> {
          **off** (`[datapath] accelerate = false`: loopback TCP), and **direct** to the \
          server's own address. GiB/s is the bytes over the time from the first write to the \
          server's count (so every byte was read); CPU is the client's and the server's tasks' \
-         (their cgroups' `cpu.stat`), per GiB.\n\n\
-         | scenario | GiB/s (median, min–max) | ratio to direct | CPU per GiB (client + server) |\n\
-         |---|---:|---:|---:|\n",
+         (their cgroups' `cpu.stat`), per GiB.\n\n",
     );
+    let mut table = Table::new(&[
+        ("scenario", Align::Left),
+        ("GiB/s (median, min–max)", Align::Right),
+        ("ratio to direct", Align::Right),
+        ("CPU per GiB (client + server)", Align::Right),
+    ]);
     let d = gib(o, Scenario::Direct)?.median;
     for sc in Scenario::ALL {
         let g = gib(o, sc)?;
-        writeln!(
-            s,
-            "| {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.2} s |",
-            sc.label(),
-            g.median,
-            g.min,
-            g.max,
-            g.median / d,
-            cpu_per_gib(o, sc)?.median
-        )?;
+        table.row([
+            sc.label().to_string(),
+            format!("{:.2} ({:.2}–{:.2})", g.median, g.min, g.max),
+            format!("{:.3}", g.median / d),
+            format!("{:.2} s", cpu_per_gib(o, sc)?.median),
+        ]);
     }
+    write!(s, "{table}")?;
     s.push_str("\nGoals, judged from the medians above:\n\n");
     for sc in [Scenario::Knit, Scenario::KnitPlain] {
         let (ratio, goal, v) = judge(o, sc)?;

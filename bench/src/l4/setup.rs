@@ -1,18 +1,21 @@
 //! The running L4 benchmark: a knit daemon with nginx as a task of `web`,
 //! HAProxy in front of nginx, and one measured wrk run as a task of `bench`
 //! (with the daemon's sk_msg acceleration switched for the knit scenario).
-use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail, ensure};
 use knit_tests::{Knit, client_service};
 
 use super::{
-    ALIAS_PORT, CLIENT_CPU, Mode, SERVER_CPU, Scenario,
-    config::{WEB_SERVICE, haproxy_cfg, nginx_command, nginx_conf, web_task_definition},
+    ALIAS_PORT, Mode, Scenario,
+    config::{WEB_SERVICE, haproxy_cfg, nginx_conf, web_task_definition},
 };
 use crate::{
-    cpu::{self, Usage},
-    knit,
+    cpu::{self, CLIENT_CPU, Usage},
+    knit, peers,
     procs::{self, Guard},
     report::shell_words,
     rounds::Disturbance,
@@ -68,32 +71,11 @@ impl Bench {
         ])?;
 
         let dir = k.dir.path().join("nginx");
-        std::fs::create_dir_all(&dir)?;
         let nginx_conf = nginx_conf(&dir, nginx_port);
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, &nginx_conf)?;
-        let nginx_cmd = nginx_command(&dir, &conf_path);
-        let args: Vec<&str> = nginx_cmd.iter().map(String::as_str).collect();
-        k.run("web", &args)?;
-        k.wait_healthy("web", 1)
-            .with_context(|| format!("nginx did not come up; see {}", dir.display()))?;
+        peers::run_nginx_task(&mut k, "web", &dir, &nginx_conf, 1)?;
 
         let haproxy_cfg = haproxy_cfg(haproxy_port, nginx_port);
-        let cfg_path = k.dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg_path, &haproxy_cfg)?;
-        // HAProxy runs outside knit, as it would in front of any backend.
-        let mut haproxy = Guard::spawn(
-            "haproxy",
-            Command::new("taskset")
-                .args(["-c", SERVER_CPU, "haproxy", "-db", "-f"])
-                .arg(&cfg_path),
-            &k.dir.path().join("haproxy.log"),
-        )?;
-        procs::wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], haproxy_port)),
-            Duration::from_secs(10),
-        )?;
-        haproxy.ensure_running()?;
+        let haproxy = peers::start_haproxy(k.dir.path(), &haproxy_cfg, &[haproxy_port])?;
 
         let vip = knit::Aliases::read(&k)?.vip("web")?;
         let daemon_pid = k.daemon_pid().context("the daemon is not running")?;
@@ -243,9 +225,9 @@ impl Bench {
         let mut c = vec![
             format!(
                 "knit run --service web -- {}",
-                shell_words(&nginx_command(&dir, &dir.join("nginx.conf")))
+                shell_words(&peers::nginx_command(&dir, &dir.join("nginx.conf")))
             ),
-            format!("taskset -c {SERVER_CPU} haproxy -db -f haproxy.cfg"),
+            shell_words(&peers::haproxy_command(Path::new("haproxy.cfg"))),
             "# the knit VIP runs once with sk_msg on, once off: [datapath] accelerate = true|false \
              in $DIR/knit.toml, then kill -HUP <knit daemon pid> before each"
                 .into(),

@@ -7,6 +7,8 @@ use anyhow::{Context, Result, ensure};
 
 use super::{Mode, Outcome, Run, Scenario};
 use crate::{
+    cpu::{CLIENT_CPU, SERVER_CPU},
+    markdown::{Align, Table},
     rounds,
     stats::{Summary, micros, rate_range},
     summary::{Bar, Entry, Goal, Kind, Panel, Reference},
@@ -252,25 +254,29 @@ fn latency_table(o: &Outcome, s: &mut String) -> Result<()> {
     s.push_str(
         "Latency (wrk's, closed loop: only comparable within this table) and the servers' CPU \
          per request (the knit daemon, nginx and HAProxy, in every scenario: utime + stime \
-         from /proc, nginx from its service's cgroup `cpu.stat`):\n\n\
-         | scenario | mode | p50 | p99 | p99.9 | servers' CPU per request |\n\
-         |---|---|---:|---:|---:|---:|\n",
+         from /proc, nginx from its service's cgroup `cpu.stat`):\n\n",
     );
+    let mut t = Table::new(&[
+        ("scenario", Align::Left),
+        ("mode", Align::Left),
+        ("p50", Align::Right),
+        ("p99", Align::Right),
+        ("p99.9", Align::Right),
+        ("servers' CPU per request", Align::Right),
+    ]);
     for mode in Mode::ALL {
         for sc in Scenario::ALL {
-            writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {:.1} µs |",
-                sc.label(),
-                mode.label(),
+            t.row([
+                sc.label().to_string(),
+                mode.label().to_string(),
                 micros(p50(o, sc, mode)?.median),
                 micros(summary(o, sc, mode, |w| w.p99_us)?.median),
                 micros(summary(o, sc, mode, |w| w.p999_us)?.median),
-                cpu_per_request(o, sc, mode)?.median
-            )?;
+                format!("{:.1} µs", cpu_per_request(o, sc, mode)?.median),
+            ]);
         }
     }
-    s.push('\n');
+    writeln!(s, "{t}")?;
     Ok(())
 }
 
@@ -316,28 +322,31 @@ pub fn render(o: &Outcome) -> Result<String> {
          requests/s on open connections; `Connection: close` runs open one connection per \
          request, so their rate is new connections/s.\n\n",
     );
-    s.push_str(
-        "| scenario | keep-alive req/s (median, min–max) | ratio to direct | new conn/s (median, min–max) | ratio to direct | p50 latency (keep-alive) | p50 latency (new conn) |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut t = Table::new(&[
+        ("scenario", Align::Left),
+        ("keep-alive req/s (median, min–max)", Align::Right),
+        ("ratio to direct", Align::Right),
+        ("new conn/s (median, min–max)", Align::Right),
+        ("ratio to direct", Align::Right),
+        ("p50 latency (keep-alive)", Align::Right),
+        ("p50 latency (new conn)", Align::Right),
+    ]);
     let direct_ka = rps(o, Scenario::Direct, Mode::KeepAlive)?;
     let direct_cl = rps(o, Scenario::Direct, Mode::Close)?;
     for sc in Scenario::ALL {
         let ka = rps(o, sc, Mode::KeepAlive)?;
         let cl = rps(o, sc, Mode::Close)?;
-        writeln!(
-            s,
-            "| {} | {} | {:.3} | {} | {:.3} | {} | {} |",
-            sc.label(),
+        t.row([
+            sc.label().to_string(),
             rate_range(&ka),
-            ka.median / direct_ka.median,
+            format!("{:.3}", ka.median / direct_ka.median),
             rate_range(&cl),
-            cl.median / direct_cl.median,
+            format!("{:.3}", cl.median / direct_cl.median),
             micros(p50(o, sc, Mode::KeepAlive)?.median),
             micros(p50(o, sc, Mode::Close)?.median),
-        )?;
+        ]);
     }
-    s.push('\n');
+    writeln!(s, "{t}")?;
     latency_table(o, &mut s)?;
     s.push_str("Goals, judged from the medians above:\n\n");
     for (mode, what) in [
@@ -449,14 +458,14 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
     writeln!(
         s,
         "Method:\n\n\
-         - Backend: {}, one worker (`worker_processes 1`) pinned to CPU 1, `access_log off`, \
+         - Backend: {}, one worker (`worker_processes 1`) pinned to CPU {SERVER_CPU}, `access_log off`, \
          `keepalive_requests 1000000` so keep-alive runs never reconnect; started with \
          `knit run --service web`, so it is a real knit backend (alias `web:8080`, TCP).\n\
-         - Client: {}, one thread, pinned to CPU 0, run with `knit run --service bench` (a \
+         - Client: {}, one thread, pinned to CPU {CLIENT_CPU}, run with `knit run --service bench` (a \
          client-only service) in every scenario, so all pay the same cgroup hooks and \
          differ only in where they connect. {} connections keep-alive, {} with \
          `Connection: close`.\n\
-         - {}, `mode tcp`, `nbthread 1`, pinned to CPU 1 beside nginx (one CPU serves both \
+         - {}, `mode tcp`, `nbthread 1`, pinned to CPU {SERVER_CPU} beside nginx (one CPU serves both \
          proxy and backend: that is the cost of a userspace hop on this machine), started \
          outside knit.\n\
          - Order: {}{}{} rounds, each \

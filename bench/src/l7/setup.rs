@@ -13,14 +13,12 @@ use anyhow::{Context, Result, bail, ensure};
 use knit_tests::{Knit, client_service};
 
 use super::{
-    ALIAS_PORT, CLIENT_CPU, Cell, MIN_PROXY_CPU_US, Measured, Proto, SERVER_CPU, Sample, Scenario,
-    Timing,
-    config::{
-        backend_conf, haproxy_cfg, nginx_command, proxy_conf, web_service, web_task_definition,
-    },
+    ALIAS_PORT, Cell, MIN_PROXY_CPU_US, Measured, Proto, Sample, Scenario, Timing,
+    config::{backend_conf, haproxy_cfg, proxy_conf, web_service, web_task_definition},
 };
 use crate::{
-    cpu, h2load, knit,
+    cpu::{self, CLIENT_CPU, SERVER_CPU},
+    h2load, knit, peers,
     procs::{self, Guard},
     report::shell_words,
     util, wrk,
@@ -106,52 +104,25 @@ impl Bench {
 
         // The backend, a knit task.
         let dir = k.dir.path().join("nginx");
-        std::fs::create_dir_all(&dir)?;
         let backend_conf = backend_conf(&dir, backend.h1, backend.h2);
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, &backend_conf)?;
-        let cmd = nginx_command(&dir, &conf_path);
-        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        k.run("web", &args)?;
-        k.wait_healthy("web", 2)
-            .with_context(|| format!("nginx did not come up; see {}", dir.display()))?;
+        peers::run_nginx_task(&mut k, "web", &dir, &backend_conf, 2)?;
 
         // The proxies run outside knit, as they would in front of any
         // backend, pinned beside it.
         let haproxy_cfg = haproxy_cfg(haproxy_ports.h1, haproxy_ports.h2, backend.h1, backend.h2);
-        let cfg_path = k.dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg_path, &haproxy_cfg)?;
-        let mut haproxy = Guard::spawn(
-            "haproxy",
-            Command::new("taskset")
-                .args(["-c", SERVER_CPU, "haproxy", "-db", "-f"])
-                .arg(&cfg_path),
-            &k.dir.path().join("haproxy.log"),
+        let haproxy = peers::start_haproxy(
+            k.dir.path(),
+            &haproxy_cfg,
+            &[haproxy_ports.h1, haproxy_ports.h2],
         )?;
         let pdir = k.dir.path().join("nginx-proxy");
-        std::fs::create_dir_all(&pdir)?;
         let proxy_conf = proxy_conf(&pdir, proxy_ports.h1, proxy_ports.h2, backend.h1);
-        let pconf_path = pdir.join("nginx.conf");
-        std::fs::write(&pconf_path, &proxy_conf)?;
-        let pcmd = nginx_command(&pdir, &pconf_path);
-        let mut nginx_proxy = Guard::spawn_graceful(
+        let nginx_proxy = peers::start_nginx(
             "nginx proxy",
-            Command::new(&pcmd[0]).args(&pcmd[1..]),
-            &pdir.join("stdout.log"),
+            &pdir,
+            &proxy_conf,
+            &[proxy_ports.h1, proxy_ports.h2],
         )?;
-        for port in [
-            haproxy_ports.h1,
-            haproxy_ports.h2,
-            proxy_ports.h1,
-            proxy_ports.h2,
-        ] {
-            procs::wait_listening(
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(10),
-            )?;
-        }
-        haproxy.ensure_running()?;
-        nginx_proxy.ensure_running()?;
 
         let (daemon_pid, threads) = pin_daemon(&k)?;
         let pinning = format!(
@@ -530,10 +501,10 @@ impl Bench {
         let mut c = vec![
             format!(
                 "knit run --service web -- {}",
-                shell_words(&nginx_command(&n, &n.join("nginx.conf")))
+                shell_words(&peers::nginx_command(&n, &n.join("nginx.conf")))
             ),
-            shell_words(&nginx_command(&p, &p.join("nginx.conf"))),
-            format!("taskset -c {SERVER_CPU} haproxy -db -f $DIR/haproxy.cfg"),
+            shell_words(&peers::nginx_command(&p, &p.join("nginx.conf"))),
+            shell_words(&peers::haproxy_command(&dir.join("haproxy.cfg"))),
             format!("taskset -a -p -c {SERVER_CPU} <knit daemon pid>"),
             "# knit VIP runs once with sk_msg on, once off: the daemon is restarted (kill -9, \
              then knit daemon --config $DIR/knit.toml with [datapath] accelerate = true|false) \

@@ -9,6 +9,7 @@ use super::{
     goals::{cpu_line, latency_goal, skmsg_goal, throughput_goal},
 };
 use crate::{
+    markdown::{Align, Table},
     rounds,
     stats::{Summary, micros, rate, rate_range, signed_micros},
 };
@@ -145,34 +146,35 @@ fn saturation_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
         p.tool(),
         load_heading(p, l)
     )?;
-    s.push_str(
-        "| scenario | req/s (median, min–max) | ratio to direct | p50 | p99 | p99.9 | added p50 vs direct | proxy CPU per request | servers' CPU per request |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut t = Table::new(&[
+        ("scenario", Align::Left),
+        ("req/s (median, min–max)", Align::Right),
+        ("ratio to direct", Align::Right),
+        ("p50", Align::Right),
+        ("p99", Align::Right),
+        ("p99.9", Align::Right),
+        ("added p50 vs direct", Align::Right),
+        ("proxy CPU per request", Align::Right),
+        ("servers' CPU per request", Align::Right),
+    ]);
     let d_rps = rps(o, p, l, Scenario::Direct)?;
     let d_p50 = p50(o, p, l, Scenario::Direct)?;
     for sc in Scenario::ALL {
         let r = rps(o, p, l, sc)?;
         let m = p50(o, p, l, sc)?;
-        writeln!(
-            s,
-            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {:.1} µs |",
+        t.row([
             label(p, sc),
             rate_range(&r),
-            r.median / d_rps.median,
+            format!("{:.3}", r.median / d_rps.median),
             micros(m.median),
             micros(p99(o, p, l, sc)?.median),
             micros(p999(o, p, l, sc)?.median),
-            if sc == Scenario::Direct {
-                "—".into()
-            } else {
-                signed_micros(m.median - d_p50.median)
-            },
+            added_p50(sc, m.median - d_p50.median),
             cpu_per_request(o, p, l, sc),
-            servers_cpu(o, p, l, sc)?.median
-        )?;
+            format!("{:.1} µs", servers_cpu(o, p, l, sc)?.median),
+        ]);
     }
-    s.push('\n');
+    writeln!(s, "{t}")?;
     Ok(())
 }
 
@@ -185,34 +187,41 @@ fn serial_table(o: &Outcome, p: Proto, s: &mut String) -> Result<()> {
         p.tool(),
         load_heading(p, l)
     )?;
-    s.push_str(
-        "| scenario | req/s | p50 (median, min–max) | p99 | p99.9 | added p50 vs direct | proxy CPU per request | servers' CPU per request |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut t = Table::new(&[
+        ("scenario", Align::Left),
+        ("req/s", Align::Right),
+        ("p50 (median, min–max)", Align::Right),
+        ("p99", Align::Right),
+        ("p99.9", Align::Right),
+        ("added p50 vs direct", Align::Right),
+        ("proxy CPU per request", Align::Right),
+        ("servers' CPU per request", Align::Right),
+    ]);
     let d_p50 = p50(o, p, l, Scenario::Direct)?;
     for sc in Scenario::ALL {
         let m = p50(o, p, l, sc)?;
-        writeln!(
-            s,
-            "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {:.1} µs |",
+        t.row([
             label(p, sc),
             rate(rps(o, p, l, sc)?.median),
-            micros(m.median),
-            micros(m.min),
-            micros(m.max),
+            format!("{} ({}–{})", micros(m.median), micros(m.min), micros(m.max)),
             micros(p99(o, p, l, sc)?.median),
             micros(p999(o, p, l, sc)?.median),
-            if sc == Scenario::Direct {
-                "—".into()
-            } else {
-                signed_micros(m.median - d_p50.median)
-            },
+            added_p50(sc, m.median - d_p50.median),
             cpu_per_request(o, p, l, sc),
-            servers_cpu(o, p, l, sc)?.median
-        )?;
+            format!("{:.1} µs", servers_cpu(o, p, l, sc)?.median),
+        ]);
     }
-    s.push('\n');
+    writeln!(s, "{t}")?;
     Ok(())
+}
+
+/// What a scenario adds to direct's p50: "—" for direct itself.
+fn added_p50(sc: Scenario, us: f64) -> String {
+    if sc == Scenario::Direct {
+        "—".into()
+    } else {
+        signed_micros(us)
+    }
 }
 
 pub fn label(p: Proto, sc: Scenario) -> String {

@@ -9,6 +9,7 @@ use super::{
     sidecars::{self, Proxy},
 };
 use crate::{
+    markdown::{Align, Table},
     stats::Verdict,
     summary::{Bar, Entry, Goal, Kind, Panel},
 };
@@ -109,10 +110,18 @@ pub fn render(o: &Outcome) -> Result<String> {
          `Private_Clean` + `Private_Dirty`); the daemon's are medians of 5 readings 200 ms \
          apart. The daemon's PSS falls as tasks start because each task's `knit run` maps the \
          same binary. `knit run` stays beside each task (it started it in its cgroup and \
-         reports its exit): its figures are the medians over those processes.\n\n\
-         | services | tasks | healthy endpoints | daemon RSS | daemon PSS | daemon RSS over idle, per task | `knit run` per task: RSS / PSS / USS | step took |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         reports its exit): its figures are the medians over those processes.\n\n",
     );
+    let mut t = Table::new(&[
+        ("services", Align::Right),
+        ("tasks", Align::Right),
+        ("healthy endpoints", Align::Right),
+        ("daemon RSS", Align::Right),
+        ("daemon PSS", Align::Right),
+        ("daemon RSS over idle, per task", Align::Right),
+        ("`knit run` per task: RSS / PSS / USS", Align::Right),
+        ("step took", Align::Right),
+    ]);
     let idle_rss = idle(o)?.daemon.rss_kib;
     for l in &o.levels {
         let per_task = if l.tasks > 0 {
@@ -130,46 +139,60 @@ pub fn render(o: &Outcome) -> Result<String> {
         } else {
             "—".into()
         };
-        writeln!(
-            s,
-            "| {}{} | {} | {} | {:.1} MiB | {:.1} MiB | {per_task} | {sup} | {} |",
-            l.services,
-            if l.services == 0 { " (idle)" } else { "" },
-            l.tasks,
-            l.endpoints,
-            mib(l.daemon.rss_kib),
-            mib(l.daemon.pss_kib),
+        t.row([
+            format!(
+                "{}{}",
+                l.services,
+                if l.services == 0 { " (idle)" } else { "" }
+            ),
+            l.tasks.to_string(),
+            l.endpoints.to_string(),
+            format!("{:.1} MiB", mib(l.daemon.rss_kib)),
+            format!("{:.1} MiB", mib(l.daemon.pss_kib)),
+            per_task,
+            sup,
             if l.tasks > 0 {
                 format!("{:.1} s", l.took.as_secs_f64())
             } else {
                 "—".into()
-            }
-        )?;
+            },
+        ]);
     }
+    write!(s, "{t}")?;
     s.push_str(
         "\n**Sidecars: one proxy per task.** Started for real, each the minimal sidecar of one \
          task (one listener, HTTP keep-alive to the task's port, `maxconn`/`worker_connections` \
          1024, one thread or worker), all in front of one backend; each carried 50 requests \
          before its memory was read (an nginx sidecar is its master and its worker \
-         together: the master's RSS and the worker's own pages).\n\n\
-         | sidecar | started | RSS each (median, min–max) | PSS each (median) | USS each (median, min–max) |\n\
-         |---|---:|---:|---:|---:|\n",
+         together: the master's RSS and the worker's own pages).\n\n",
     );
+    let mut t = Table::new(&[
+        ("sidecar", Align::Left),
+        ("started", Align::Right),
+        ("RSS each (median, min–max)", Align::Right),
+        ("PSS each (median)", Align::Right),
+        ("USS each (median, min–max)", Align::Right),
+    ]);
     for m in &o.sidecars {
-        writeln!(
-            s,
-            "| {} | {} | {:.1} MiB ({:.1}–{:.1}) | {:.2} MiB | {:.2} MiB ({:.2}–{:.2}) |",
-            m.proxy.label(),
-            m.count,
-            mib(m.rss_kib.median),
-            mib(m.rss_kib.min),
-            mib(m.rss_kib.max),
-            mib(m.pss_kib.median),
-            mib(m.uss_kib.median),
-            mib(m.uss_kib.min),
-            mib(m.uss_kib.max)
-        )?;
+        t.row([
+            m.proxy.label().to_string(),
+            m.count.to_string(),
+            format!(
+                "{:.1} MiB ({:.1}–{:.1})",
+                mib(m.rss_kib.median),
+                mib(m.rss_kib.min),
+                mib(m.rss_kib.max)
+            ),
+            format!("{:.2} MiB", mib(m.pss_kib.median)),
+            format!(
+                "{:.2} MiB ({:.2}–{:.2})",
+                mib(m.uss_kib.median),
+                mib(m.uss_kib.min),
+                mib(m.uss_kib.max)
+            ),
+        ]);
     }
+    write!(s, "{t}")?;
     let ha = per_sidecar(o, Proxy::Haproxy)?;
     let ng = per_sidecar(o, Proxy::Nginx)?;
     writeln!(
@@ -179,25 +202,30 @@ pub fn render(o: &Outcome) -> Result<String> {
          own pages (USS); summing RSS would count the shared pages once per process. knit's \
          columns are measured at each step (the daemon's RSS, and the median `knit run`); \
          the sidecar columns are **extrapolated linearly** from the {} sidecars of each kind \
-         that ran (USS each: {:.2} MiB HAProxy, {:.2} MiB nginx) to the task count.\n\n\
-         | services | tasks | knit daemon (RSS) | knit daemon + `knit run` per task | HAProxy sidecars (extrapolated) | nginx sidecars (extrapolated) |\n\
-         |---:|---:|---:|---:|---:|---:|",
+         that ran (USS each: {:.2} MiB HAProxy, {:.2} MiB nginx) to the task count.\n",
         ha.count,
         mib(ha.uss_kib.median),
         mib(ng.uss_kib.median)
     )?;
+    let mut t = Table::new(&[
+        ("services", Align::Right),
+        ("tasks", Align::Right),
+        ("knit daemon (RSS)", Align::Right),
+        ("knit daemon + `knit run` per task", Align::Right),
+        ("HAProxy sidecars (extrapolated)", Align::Right),
+        ("nginx sidecars (extrapolated)", Align::Right),
+    ]);
     for l in o.levels.iter().filter(|l| l.tasks > 0) {
-        writeln!(
-            s,
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-            l.services,
-            l.tasks,
-            mib(l.daemon.rss_kib),
-            mib(knit_total_kib(l)),
-            mib(ha.extrapolate_kib(l.tasks)),
-            mib(ng.extrapolate_kib(l.tasks))
-        )?;
+        t.row([
+            l.services.to_string(),
+            l.tasks.to_string(),
+            format!("{:.1} MiB", mib(l.daemon.rss_kib)),
+            format!("{:.1} MiB", mib(knit_total_kib(l))),
+            format!("{:.1} MiB", mib(ha.extrapolate_kib(l.tasks))),
+            format!("{:.1} MiB", mib(ng.extrapolate_kib(l.tasks))),
+        ]);
     }
+    write!(s, "{t}")?;
     s.push_str("\nGoals (PERF-ANCHORS.md), judged from the figures above:\n\n");
     for (goal, measured, v) in goals(o)? {
         writeln!(s, "- {goal}: {measured}: {}.", long(&v))?;
