@@ -225,6 +225,10 @@ pub struct StatusReport {
     #[serde(default)]
     pub registry: String,
     pub tracked_connections: usize,
+    /// Routing map entries written or removed since the daemon started
+    /// (a reconcile writes only what changed).
+    #[serde(default)]
+    pub map_writes: u64,
     /// Same-host acceleration.
     #[serde(default)]
     pub acceleration: AccelStatus,

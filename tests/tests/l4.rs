@@ -501,3 +501,79 @@ fn hosts_block_is_removed_on_clean_shutdown_and_pins_stay() -> Result<()> {
     assert_eq!(bpftool_cgroup_progs(&k.cgroup)?.len(), 5);
     Ok(())
 }
+
+fn map_writes(k: &Knit) -> Result<u64> {
+    k.json(&["status"])?["map_writes"]
+        .as_u64()
+        .context("map_writes in knit status --json")
+}
+
+/// The reconciler writes only what differs from what the maps hold: with
+/// five services of two tasks each, nothing changing writes nothing, and
+/// one task ending writes its alias's few entries (count, slots, its
+/// counters, its namespace entry), not every slot of every alias.
+#[test]
+fn a_reconcile_writes_only_what_changed() -> Result<()> {
+    let mut k = Knit::start("writes", "")?;
+    let tb = tb();
+    let mut docs = Vec::new();
+    for i in 0..5 {
+        docs.push((
+            format!("s{i}-td.json"),
+            tcp_task_definition(&format!("s{i}")),
+        ));
+        docs.push((
+            format!("s{i}-svc.json"),
+            tcp_service(&format!("s{i}"), &format!("s{i}"), 7000 + i),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = docs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    k.apply(&refs)?;
+    for i in 0..5 {
+        for j in 0..2 {
+            let pidfile = k.dir.path().join(format!("s{i}-{j}.pid"));
+            k.run(
+                &format!("s{i}"),
+                &[
+                    &tb,
+                    "echo",
+                    "--port-env",
+                    "KNIT_PORT_TCP",
+                    "--pidfile",
+                    &pidfile.display().to_string(),
+                ],
+            )?;
+        }
+    }
+    for i in 0..5 {
+        k.wait_healthy(&format!("s{i}"), 2)?;
+    }
+    let settled = map_writes(&k)?;
+    // At least one entry per alias, slot and counter was written once.
+    ensure!(settled >= 5 + 10 + 5 + 10, "writes so far: {settled}");
+    // Monitor ticks with nothing to change write nothing.
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(
+        map_writes(&k)? == settled,
+        "idle ticks wrote {} entries",
+        map_writes(&k)? - settled
+    );
+    let pid: i32 = std::fs::read_to_string(k.dir.path().join("s2-0.pid"))?
+        .trim()
+        .parse()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    k.wait_healthy("s2", 1)?;
+    wait_for("the task to be gone", Duration::from_secs(10), || {
+        (k.json(&["endpoints", "s2"]).ok()?.as_array()?.len() == 1).then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(600));
+    let delta = map_writes(&k)? - settled;
+    ensure!(
+        (1..=8).contains(&delta),
+        "one task of one alias ended: {delta} map entries written"
+    );
+    Ok(())
+}

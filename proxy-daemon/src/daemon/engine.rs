@@ -13,15 +13,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use proxy_common::maps::{MODE_L4, MODE_L7};
-use proxy_config::{AppProtocol, DaemonConfig, HealthCheck, OutlierConfig, TaskDefinition};
+use proxy_config::{DaemonConfig, HealthCheck, OutlierConfig, TaskDefinition};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::desired::{self, is_l7, members_by_service};
 use crate::{
     cgroup,
     control::{EndpointRow, Response, ServiceRow, StatusReport, TaskPlan},
-    datapath::{Datapath, DesiredAlias},
+    datapath::Datapath,
     health::{self, HealthState},
     hosts::HostsFile,
     metrics::{EndpointLabels, ProxyMetrics, ServiceLabels, Snapshot, TargetLabels},
@@ -51,41 +51,6 @@ pub enum Shared {
     Embedded,
     /// etcd (a fleet); `store` keeps only this host's tasks.
     Etcd(Arc<Etcd>),
-}
-
-/// One task of a service as routing sees it: the record, the address of
-/// its host, and whether it runs here.
-#[derive(Clone, Copy)]
-struct Member<'a> {
-    task: &'a TaskRecord,
-    address: Ipv4Addr,
-    local: bool,
-}
-
-/// Every task each service has, here and on other hosts.
-fn members_by_service<'a>(
-    tasks: &'a BTreeMap<String, TaskRecord>,
-    remote: &'a BTreeMap<String, Arc<HostedTask>>,
-    address: Ipv4Addr,
-) -> BTreeMap<&'a str, Vec<Member<'a>>> {
-    let mut out: BTreeMap<&str, Vec<Member>> = BTreeMap::new();
-    for t in tasks.values() {
-        out.entry(t.service.as_str()).or_default().push(Member {
-            task: t,
-            address,
-            local: true,
-        });
-    }
-    for h in remote.values() {
-        out.entry(h.task.service.as_str())
-            .or_default()
-            .push(Member {
-                task: &h.task,
-                address: h.address,
-                local: false,
-            });
-    }
-    out
 }
 
 /// ECS Service Connect's per-request timeout when the service sets none.
@@ -150,10 +115,6 @@ fn eligible(outliers: &Outliers, t: &TaskRecord, p: &TaskPort) -> bool {
         && !t.draining
         && !outliers.is_ejected(p.backend_id)
         && t.health.is_none_or(|h| h == health::Status::Healthy)
-}
-
-fn is_l7(a: &AliasRecord) -> bool {
-    a.spec.app_protocol != AppProtocol::Tcp
 }
 
 fn now_ms() -> u64 {
@@ -333,81 +294,41 @@ impl Engine {
         }
     }
 
-    /// Make the kernel maps and the hosts block match the registry.
+    /// Make the kernel maps, the proxy's routes and the hosts block match
+    /// the registry (see [`desired::desired`]).
     pub fn reconcile(&mut self) -> anyhow::Result<()> {
-        let mut desired = Vec::new();
-        let mut names = BTreeMap::new();
+        let outliers = &self.outliers;
+        let d = desired::desired(&desired::Inputs {
+            services: &self.services,
+            tasks: &self.tasks,
+            remote: &self.remote,
+            address: self.cfg.host.address,
+            eligible: |t: &TaskRecord, p: &TaskPort| eligible(outliers, t, p),
+        });
         let mut routes = RouteTable::default();
-        let members = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
-        let mut backend_ids = BTreeSet::new();
         let mut l7_ids = BTreeSet::new();
-        for s in &self.services {
-            let members = members.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
-            for a in &s.aliases {
-                let mut backends = Vec::new();
-                // The proxy's endpoints: a local task's port, or the ingress
-                // listener of the host that runs it.
-                let mut eps: Vec<(String, SocketAddr, u32)> = Vec::new();
-                for m in members {
-                    for p in m.task.ports.iter().filter(|p| p.name == a.spec.port_name) {
-                        backend_ids.insert(p.backend_id);
-                        if !eligible(&self.outliers, m.task, p) {
-                            continue;
-                        }
-                        backends.push((m.address, p.port, p.backend_id));
-                        let port = if m.local {
-                            Some(p.port)
-                        } else {
-                            p.ingress_port
-                        };
-                        if let Some(port) = port {
-                            eps.push((
-                                m.task.id.clone(),
-                                SocketAddr::from((m.address, port)),
-                                p.backend_id,
-                            ));
-                        }
-                    }
-                }
-                if is_l7(a) {
-                    l7_ids.insert(a.service_id);
-                    let route = build_route(
-                        s,
-                        a,
-                        &eps,
-                        RouteParts {
-                            health: &mut self.health,
-                            budget: self.budgets.entry(a.service_id).or_default().clone(),
-                            cursor: self.cursors.entry(a.service_id).or_default().clone(),
-                            pool: self.pools.entry(a.service_id).or_default().clone(),
-                            outlier: &self.cfg.outlier,
-                            metrics: &self.proxy.metrics,
-                        },
-                    );
-                    routes.aliases.insert(a.service_id, route);
-                }
-                desired.push(DesiredAlias {
-                    vip: a.vip,
-                    port: a.spec.port,
-                    service_id: a.service_id,
-                    ns_id: s.ns_id,
-                    mode: if is_l7(a) { MODE_L7 } else { MODE_L4 },
-                    backends,
-                });
-                names
-                    .entry(s.spec.namespace.clone())
-                    .or_insert_with(BTreeMap::new)
-                    .insert(a.spec.dns_name.clone(), a.vip);
-            }
+        for r in &d.l7 {
+            let s = &self.services[r.service];
+            let a = &s.aliases[r.alias];
+            l7_ids.insert(a.service_id);
+            let route = build_route(
+                s,
+                a,
+                &r.endpoints,
+                RouteParts {
+                    health: &mut self.health,
+                    budget: self.budgets.entry(a.service_id).or_default().clone(),
+                    cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                    pool: self.pools.entry(a.service_id).or_default().clone(),
+                    outlier: &self.cfg.outlier,
+                    metrics: &self.proxy.metrics,
+                },
+            );
+            routes.aliases.insert(a.service_id, route);
         }
         self.proxy.routes.store(Arc::new(routes));
         // A service gone (or no longer HTTP): its idle connections go too.
         self.pools.retain(|id, _| l7_ids.contains(id));
-        backend_ids.extend(
-            self.tasks
-                .values()
-                .flat_map(|t| t.ports.iter().map(|p| p.backend_id)),
-        );
         // Each task's cgroup id (its directory's inode) -> its namespace.
         // And for the proxy, who sends: cgroup id -> service (and its
         // access log configuration).
@@ -430,11 +351,9 @@ impl Engine {
                 }),
             );
         }
-        self.dp.maps.sync(&desired, &backend_ids, &task_ns)?;
+        self.dp.maps.sync(&d.aliases, &d.backend_ids, &task_ns)?;
         self.proxy.sources.store(Arc::new(sources));
-        for s in &self.services {
-            names.entry(s.spec.namespace.clone()).or_default();
-        }
+        let names = d.names;
         if self.last_hosts.as_ref() != Some(&names) {
             match self.write_hosts(&names) {
                 Ok(()) => self.last_hosts = Some(names),
@@ -1358,6 +1277,7 @@ impl Engine {
                 }
             },
             tracked_connections: self.dp.maps.tracked_connections(),
+            map_writes: self.dp.maps.writes(),
             acceleration: {
                 let c = self.dp.maps.accel_counters();
                 crate::control::AccelStatus {

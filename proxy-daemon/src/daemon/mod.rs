@@ -1,6 +1,7 @@
 //! `knit daemon`: start-up checks, the control socket, the monitor loop and
 //! clean shutdown.
 mod admin;
+pub mod desired;
 mod engine;
 mod handover;
 mod server;

@@ -3,7 +3,6 @@
 //! order that keeps every concurrent connect routable.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
     sync::{Arc, Mutex},
 };
 
@@ -18,26 +17,16 @@ use proxy_common::maps::{
     ServiceEntry, SockKey, VipKey,
 };
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    reconcile::{self, DesiredAlias, Op, Written},
+};
 
 /// `knit status` stops counting tracked connections here.
 pub const MAX_COUNTED_CONNS: usize = 10_000;
 
 /// BPF_NOEXIST: create only; an existing entry (an adopted counter) is kept.
 const BPF_NOEXIST: u64 = 1;
-
-/// What one client alias (VIP:port) should route to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredAlias {
-    pub vip: Ipv4Addr,
-    pub port: u16,
-    pub service_id: u32,
-    pub mode: u32,
-    /// The alias's namespace id.
-    pub ns_id: u32,
-    /// Eligible backends in slot order: (address, port, backend id).
-    pub backends: Vec<(Ipv4Addr, u16, u32)>,
-}
 
 pub struct Maps {
     services: HashMap<MapData, VipKey, ServiceEntry>,
@@ -53,6 +42,11 @@ pub struct Maps {
     accel: PerCpuArray<MapData, AccelCounters>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
+    /// What the routing maps hold (read once at start, then kept in step):
+    /// [`Maps::sync`] writes only what differs from it.
+    written: Written,
+    /// Map entries written or removed by [`Maps::sync`] since start.
+    writes: u64,
 }
 
 /// `KNIT_CONFIG` (one entry: the egress listener, flags, the heartbeat),
@@ -121,14 +115,6 @@ fn tolerate(r: Result<(), MapError>, name: &'static str) -> Result<(), DatapathE
     }
 }
 
-pub fn vip_key(vip: Ipv4Addr, port: u16) -> VipKey {
-    VipKey {
-        ip: u32::from(vip).to_be(),
-        port: port.to_be(),
-        _pad: 0,
-    }
-}
-
 impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         Ok(Self {
@@ -165,7 +151,27 @@ impl Maps {
                     .ok_or(DatapathError::MissingMap(MAP_ACCEL_STATS))?;
                 PerCpuArray::try_from(m).map_err(map_err(MAP_ACCEL_STATS))?
             },
-        })
+            written: Written::default(),
+            writes: 0,
+        }
+        .read_written())
+    }
+
+    /// What an adopted datapath's maps hold (empty for a new one).
+    fn read_written(mut self) -> Self {
+        self.written = Written {
+            task_ns: self.task_ns.iter().filter_map(Result::ok).collect(),
+            services: self.services.iter().filter_map(Result::ok).collect(),
+            backends: self.backends.iter().filter_map(Result::ok).collect(),
+            svc_stats: self.svc_stats.keys().filter_map(Result::ok).collect(),
+            be_stats: self.be_stats.keys().filter_map(Result::ok).collect(),
+        };
+        self
+    }
+
+    /// Map entries [`Maps::sync`] wrote or removed since start.
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     /// The sockhash, for attaching sk_msg.
@@ -257,110 +263,40 @@ impl Maps {
         backend_ids: &BTreeSet<u32>,
         task_ns: &BTreeMap<u64, u32>,
     ) -> Result<(), DatapathError> {
-        // Tasks' namespaces first: a task may connect as soon as it exists.
-        for (cg, ns) in task_ns {
-            if self.task_ns.get(cg, 0).ok() != Some(*ns) {
-                self.task_ns
-                    .insert(*cg, *ns, 0)
-                    .map_err(map_err(MAP_TASK_NS))?;
-            }
-        }
-        let stale: Vec<u64> = self
-            .task_ns
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !task_ns.contains_key(k))
-            .collect();
-        for k in stale {
-            tolerate(self.task_ns.remove(&k), MAP_TASK_NS)?;
-        }
-        let current: BTreeMap<VipKey, ServiceEntry> =
-            self.services.iter().filter_map(Result::ok).collect();
-        // Counters first: a connect routed to a new backend must find its
-        // entry, or its close would subtract what its open never added.
-        for id in backend_ids {
-            tolerate(
-                self.be_stats.insert(*id, Counters::default(), BPF_NOEXIST),
-                MAP_BACKEND_STATS,
-            )?;
-        }
-        let mut wanted = BTreeMap::new();
-        for d in desired {
-            let key = vip_key(d.vip, d.port);
-            let n = d.backends.len() as u32;
-            let old = current.get(&key).map(|e| e.backend_count).unwrap_or(0);
-            let entry = ServiceEntry {
-                service_id: d.service_id,
-                backend_count: n,
-                mode: d.mode,
-                ns_id: d.ns_id,
-            };
-            tolerate(
-                self.svc_stats
-                    .insert(d.service_id, Counters::default(), BPF_NOEXIST),
-                MAP_SERVICE_STATS,
-            )?;
-            if n < old {
-                self.services
-                    .insert(key, entry, 0)
-                    .map_err(map_err(MAP_SERVICES))?;
-            }
-            for (slot, (ip, port, backend_id)) in d.backends.iter().enumerate() {
-                let bk = BackendKey {
-                    service_id: d.service_id,
-                    slot: slot as u32,
-                };
-                let be = Backend {
-                    ip: u32::from(*ip).to_be(),
-                    port: port.to_be(),
-                    _pad: 0,
-                    backend_id: *backend_id,
-                };
-                self.backends
-                    .insert(bk, be, 0)
-                    .map_err(map_err(MAP_BACKENDS))?;
-            }
-            if n >= old {
-                self.services
-                    .insert(key, entry, 0)
-                    .map_err(map_err(MAP_SERVICES))?;
-            }
-            wanted.insert(d.service_id, n);
-        }
-        for key in current.keys() {
-            if !desired.iter().any(|d| vip_key(d.vip, d.port) == *key) {
-                tolerate(self.services.remove(key), MAP_SERVICES)?;
-            }
-        }
-        // Slots beyond an alias's count, or of aliases that are gone.
-        let stale: Vec<BackendKey> = self
-            .backends
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| wanted.get(&k.service_id).is_none_or(|&n| k.slot >= n))
-            .collect();
-        for k in stale {
-            tolerate(self.backends.remove(&k), MAP_BACKENDS)?;
-        }
-        let stale: Vec<u32> = self
-            .svc_stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !wanted.contains_key(id))
-            .collect();
-        for id in stale {
-            tolerate(self.svc_stats.remove(&id), MAP_SERVICE_STATS)?;
-        }
-        let stale: Vec<u32> = self
-            .be_stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !backend_ids.contains(id))
-            .collect();
-        for id in stale {
-            tolerate(self.be_stats.remove(&id), MAP_BACKEND_STATS)?;
+        for op in reconcile::plan(&self.written, desired, backend_ids, task_ns) {
+            self.write(op)?;
+            self.written.record(op);
+            self.writes += 1;
         }
         Ok(())
+    }
+
+    /// One write of [`reconcile::plan`].
+    fn write(&mut self, op: Op) -> Result<(), DatapathError> {
+        match op {
+            Op::PutTaskNs(cg, ns) => self.task_ns.insert(cg, ns, 0).map_err(map_err(MAP_TASK_NS)),
+            Op::DelTaskNs(cg) => tolerate(self.task_ns.remove(&cg), MAP_TASK_NS),
+            Op::NewBackendStats(id) => tolerate(
+                self.be_stats.insert(id, Counters::default(), BPF_NOEXIST),
+                MAP_BACKEND_STATS,
+            ),
+            Op::NewServiceStats(id) => tolerate(
+                self.svc_stats.insert(id, Counters::default(), BPF_NOEXIST),
+                MAP_SERVICE_STATS,
+            ),
+            Op::PutService(key, entry) => self
+                .services
+                .insert(key, entry, 0)
+                .map_err(map_err(MAP_SERVICES)),
+            Op::PutBackend(key, be) => self
+                .backends
+                .insert(key, be, 0)
+                .map_err(map_err(MAP_BACKENDS)),
+            Op::DelService(key) => tolerate(self.services.remove(&key), MAP_SERVICES),
+            Op::DelBackend(key) => tolerate(self.backends.remove(&key), MAP_BACKENDS),
+            Op::DelServiceStats(id) => tolerate(self.svc_stats.remove(&id), MAP_SERVICE_STATS),
+            Op::DelBackendStats(id) => tolerate(self.be_stats.remove(&id), MAP_BACKEND_STATS),
+        }
     }
 
     /// The kernel's counters of an alias (by service id).

@@ -8,6 +8,7 @@
 //! a different object (an upgrade) replaces the old directory.
 mod maps;
 mod pins;
+pub mod reconcile;
 
 use std::{
     fs::File,
@@ -18,7 +19,8 @@ use aya::{
     EbpfLoader,
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, links::FdLink},
 };
-pub use maps::{DesiredAlias, Heartbeat, Maps};
+pub use maps::{Heartbeat, Maps};
+pub use reconcile::DesiredAlias;
 use thiserror::Error;
 use tracing::{info, warn};
 
