@@ -56,6 +56,13 @@ pub async fn run(
     let cgroup_is_new = cgroup::ensure(&cgroup_root)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
+    // Root only (0700): the store, and the hosts views (read by tasks
+    // through their bind mount, which does not walk this directory).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making state_dir {} root only", cfg.state_dir.display()))?;
+    }
     let store = Store::open(&cfg.state_dir)?;
     let shared = match cfg.registry.backend {
         RegistryBackend::Embedded => Shared::Embedded,

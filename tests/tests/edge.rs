@@ -1,0 +1,83 @@
+//! The HTTP edge a hostile task meets (issue 14): raw requests from a task
+//! through an `http` alias to a backend that records what reached it
+//! (`knit-testbin http --record`, asked from outside knit's cgroup), the
+//! egress listener under a burst of connects, oversized applies, the CLI
+//! on a closed pipe and the state files' modes.
+use std::process::Stdio;
+
+use anyhow::Result;
+use knit_tests::{Knit, client_service, testbin};
+
+fn tb() -> String {
+    testbin().display().to_string()
+}
+
+/// Service `web` (appProtocol `http`, alias web:8080) with `extra` in its
+/// `services[]` entry, a recording backend, and a client-only service.
+fn setup(test: &str, extra: &str) -> Result<Knit> {
+    let mut k = Knit::start(test, "")?;
+    let (ctd, csvc) = client_service("client");
+    let td = r#"{"family": "web", "containerDefinitions": [{"name": "app", "image": "unused",
+        "portMappings": [{"name": "web", "appProtocol": "http"}]}]}"#;
+    let svc = format!(
+        r#"{{"serviceName": "web", "taskDefinition": "web",
+            "serviceConnectConfiguration": {{"enabled": true,
+              "services": [{{"portName": "web", "discoveryName": "web",
+                             "clientAliases": [{{"dnsName": "web", "port": 8080}}]{extra}}}]}}}}"#
+    );
+    k.apply(&[
+        ("td.json", td),
+        ("svc.json", &svc),
+        ("c-td.json", &ctd),
+        ("c-svc.json", &csvc),
+    ])?;
+    let tb = tb();
+    k.run(
+        "web",
+        &[
+            &tb,
+            "http",
+            "--id",
+            "b0",
+            "--port-env",
+            "KNIT_PORT_WEB",
+            "--record",
+        ],
+    )?;
+    k.wait_healthy("web", 1)?;
+    Ok(k)
+}
+
+/// Item 10: the state directory is root only, the store 0600.
+#[test]
+fn edge_state_files_are_root_only() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let k = setup("edge-modes", "")?;
+    let state = k.dir.path().join("state");
+    let mode = |p: &std::path::Path| -> Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(&state)?, 0o700);
+    assert_eq!(mode(&state.join("registry.redb"))?, 0o600);
+    // A task running as nobody cannot read it.
+    let store = state.join("registry.redb").display().to_string();
+    let out = k
+        .cmd()
+        .args([
+            "run",
+            "--service",
+            "client",
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "cat",
+            &store,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    assert!(!out.status.success(), "nobody read the store");
+    Ok(())
+}
