@@ -3,7 +3,7 @@
 //! (`knit-testbin http --record`, asked from outside knit's cgroup), the
 //! egress listener under a burst of connects, oversized applies, the CLI
 //! on a closed pipe and the state files' modes.
-use std::process::Stdio;
+use std::{process::Stdio, time::Duration};
 
 use anyhow::Result;
 use knit_tests::{Knit, client_service, testbin};
@@ -46,6 +46,26 @@ fn setup(test: &str, extra: &str) -> Result<Knit> {
     )?;
     k.wait_healthy("web", 1)?;
     Ok(k)
+}
+
+/// Item 9: `knit services --json | head` (a reader that closes early)
+/// ends quietly.
+#[test]
+fn edge_cli_output_to_a_closed_pipe_exits_quietly() -> Result<()> {
+    let k = setup("edge-pipe", "")?;
+    let mut child = k
+        .cmd()
+        .args(["services", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The reader goes away before anything is written.
+    drop(child.stdout.take());
+    let out = knit_tests::wait_output(child, "knit services --json", Duration::from_secs(30))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    Ok(())
 }
 
 /// Item 10: the state directory is root only, the store 0600.
