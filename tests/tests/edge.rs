@@ -48,6 +48,33 @@ fn setup(test: &str, extra: &str) -> Result<Knit> {
     Ok(k)
 }
 
+/// Item 7: 6,000 connects at once from one task to an L7 alias (the
+/// egress listener) are all established within a second.
+#[test]
+fn edge_a_burst_of_connects_is_not_dropped_by_the_backlog() -> Result<()> {
+    let k = setup("edge-burst", "")?;
+    let hosts = k.hosts.display().to_string();
+    let tb = tb();
+    let r = k.run_json(
+        "client",
+        &[
+            &tb,
+            "burst",
+            "--hosts",
+            &hosts,
+            "--target",
+            "web:8080",
+            "--connections",
+            "6000",
+        ],
+    )?;
+    assert_eq!(r["connected"], 6000, "{r}");
+    let ms = r["ms"].as_u64().unwrap_or(u64::MAX);
+    eprintln!("6000 connects: {ms} ms");
+    assert!(ms < 1000, "{r}");
+    Ok(())
+}
+
 /// Item 9: `knit services --json | head` (a reader that closes early)
 /// ends quietly.
 #[test]

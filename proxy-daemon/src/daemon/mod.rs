@@ -102,6 +102,7 @@ pub async fn run(
     let listener = match inherited.control.take() {
         Some(l) => {
             l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
             UnixListener::from_std(l)?
         }
         None => bind_socket(&cfg.socket)?,
@@ -116,11 +117,13 @@ pub async fn run(
     {
         Some(l) => {
             l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
             tokio::net::TcpListener::from_std(l)?
         }
-        None => tokio::net::TcpListener::bind((cfg.host.address, 0))
-            .await
-            .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?,
+        None => tokio::net::TcpListener::from_std(
+            crate::listen::tcp((cfg.host.address, 0).into())
+                .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?,
+        )?,
     };
     let egress_addr = match egress.local_addr()? {
         std::net::SocketAddr::V4(a) => a,
@@ -177,13 +180,14 @@ pub async fn run(
     }) {
         Some(l) => {
             l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
             tokio::net::TcpListener::from_std(l)?
         }
-        None => tokio::net::TcpListener::bind(wanted).await.with_context(|| {
+        None => tokio::net::TcpListener::from_std(crate::listen::tcp(wanted).with_context(|| {
             format!(
                 "binding the admin listener on {wanted}: set [admin] listen in the config to a free address"
             )
-        })?,
+        })?)?,
     };
     {
         use std::os::fd::AsFd;
@@ -288,6 +292,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()));
     nix::sys::stat::umask(old);
     let l = l?;
+    crate::listen::widen(&l)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
