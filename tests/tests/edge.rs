@@ -5,8 +5,9 @@
 //! on a closed pipe and the state files' modes.
 use std::{process::Stdio, time::Duration};
 
-use anyhow::Result;
-use knit_tests::{Knit, client_service, testbin};
+use anyhow::{Context, Result};
+use knit_tests::{Knit, client_service, http_get, testbin};
+use serde_json::Value;
 
 fn tb() -> String {
     testbin().display().to_string()
@@ -46,6 +47,80 @@ fn setup(test: &str, extra: &str) -> Result<Knit> {
     )?;
     k.wait_healthy("web", 1)?;
     Ok(k)
+}
+
+/// `knit-testbin raw` from a task of the client service: `send` (with
+/// `\\r\\n` for CRLF) as is, then `extra` options.
+fn raw(k: &Knit, send: &str, extra: &[&str]) -> Result<Value> {
+    let hosts = k.hosts.display().to_string();
+    let tb = tb();
+    let mut cmd = vec![
+        tb.as_str(),
+        "raw",
+        "--target",
+        "web:8080",
+        "--hosts",
+        hosts.as_str(),
+        "--send",
+        send,
+    ];
+    cmd.extend_from_slice(extra);
+    k.run_json("client", &cmd)
+}
+
+/// Every request the backend recorded, in order.
+fn seen(k: &Knit) -> Result<Vec<Value>> {
+    let eps = k.json(&["endpoints", "web"])?;
+    let addr = eps[0]["address"].as_str().context("an endpoint address")?;
+    let v: Value = serde_json::from_str(&http_get(&format!("http://{addr}/seen"))?)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn status(r: &Value) -> &str {
+    r["status_line"].as_str().unwrap_or_default()
+}
+
+/// Item 5: two Host fields, or an HTTP/2 Host that differs from its
+/// :authority, are a 400 that never reaches the backend.
+#[test]
+fn edge_duplicate_host_and_authority_mismatch_are_refused() -> Result<()> {
+    let k = setup("edge-host", "")?;
+    let head =
+        "GET /two-hosts HTTP/1.1\\r\\nHost: web\\r\\nHost: evil\\r\\nConnection: close\\r\\n\\r\\n";
+    let r = raw(&k, head, &[])?;
+    assert!(status(&r).contains(" 400"), "{r}");
+    // HTTP/2 with a Host beside a different :authority.
+    let hosts = k.hosts.display().to_string();
+    let tb = tb();
+    let h2 = k.run_json(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--hosts",
+            &hosts,
+            "--url",
+            "http://web:8080/mismatch",
+            "--h2",
+            "--host-header",
+            "evil",
+            "--count",
+            "1",
+        ],
+    )?;
+    assert_eq!(h2["statuses"], serde_json::json!({"400": 1}), "{h2}");
+    assert_eq!(
+        seen(&k)?,
+        Vec::<Value>::new(),
+        "nothing reached the backend"
+    );
+    let ok = raw(
+        &k,
+        "GET /one-host HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n\\r\\n",
+        &[],
+    )?;
+    assert!(status(&ok).contains(" 200"), "{ok}");
+    Ok(())
 }
 
 /// Item 7: 6,000 connects at once from one task to an L7 alias (the

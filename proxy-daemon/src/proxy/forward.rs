@@ -161,6 +161,7 @@ pub fn fuzz_request_head(data: &[u8]) -> usize {
             let _ = access::path(req.uri(), true);
             let _ = access::path(req.uri(), false);
             let _ = is_upgrade(&req);
+            let _ = bad_head(&req);
             let (mut parts, _body) = req.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let authority = authority_of(&parts).unwrap_or_else(|| "web:8080".into());
@@ -310,6 +311,10 @@ async fn handle(
     let h1 = req.version() < Version::HTTP_2;
     let limits = &alias.pool.limits;
     let max_head = limits.max_header_bytes();
+    // Every request's head is checked the same way, an upgrade's too.
+    if let Some(why) = bad_head(&req) {
+        return bad_request(why, h1);
+    }
     // At the default the parser's own limit (the same size) applies.
     if max_head < MAX_HEADER_BYTES && head_bytes(&req) > max_head {
         return too_large(&alias, Overflow::HeaderBytes, grpc, h1);
@@ -327,12 +332,6 @@ async fn handle(
     let version = req.version();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if authority_of(&parts).is_some_and(|a| a.parse::<hyper::http::uri::Authority>().is_err()) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "the Host header is not a valid authority",
-        );
-    }
     let mut body = match ReqBody::read(&parts, body, max_body).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -461,6 +460,43 @@ async fn handle(
                 return downstream_response(resp, version, guard, lane, target_bytes);
             }
         }
+    }
+}
+
+/// 400 for a request whose head a proxy must not pass on (RFC 9112 3.2,
+/// RFC 9113 8.3.1); HTTP/1.1 connections close after it.
+fn bad_request(why: &str, h1: bool) -> Response<ProxyBody> {
+    let mut r = error_response(StatusCode::BAD_REQUEST, why);
+    if h1 {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Why a request head is refused before anything else: two Host fields
+/// (a backend might route by another than the proxy did), an HTTP/2
+/// request whose Host differs from its `:authority`, a Host that is not an
+/// authority.
+pub(super) fn bad_head<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("the request has more than one Host header");
+    }
+    if req.version() == Version::HTTP_2
+        && let (Some(h), Some(a)) = (host, req.uri().authority())
+        && h.as_bytes() != a.as_str().as_bytes()
+    {
+        return Some("the Host header and :authority differ");
+    }
+    let authority = host
+        .map(|h| h.to_str().map(str::to_string))
+        .or_else(|| req.uri().authority().map(|a| Ok(a.to_string())));
+    match authority {
+        Some(Ok(a)) if a.parse::<hyper::http::uri::Authority>().is_ok() => None,
+        None => None,
+        _ => Some("the Host header is not a valid authority"),
     }
 }
 
