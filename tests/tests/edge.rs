@@ -76,8 +76,75 @@ fn seen(k: &Knit) -> Result<Vec<Value>> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
+/// The requests the backend recorded for `path`.
+fn seen_at(k: &Knit, path: &str) -> Result<Vec<Value>> {
+    Ok(seen(k)?.into_iter().filter(|r| r["path"] == path).collect())
+}
+
+/// A recorded request's fields named `name` (lower case).
+fn fields(r: &Value, name: &str) -> Vec<String> {
+    r["headers"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|f| f[0] == name)
+                .filter_map(|f| f[1].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn status(r: &Value) -> &str {
     r["status_line"].as_str().unwrap_or_default()
+}
+
+/// Items 4 and 6: a body reaches the backend with its framing whatever the
+/// method; bad chunked framing is the client's 400 and no request reaches
+/// the backend.
+#[test]
+fn edge_bodies_keep_their_framing_and_bad_framing_is_a_400() -> Result<()> {
+    let k = setup("edge-bodies", "")?;
+    for method in ["GET", "HEAD"] {
+        let head = format!(
+            "{method} /small-{method} HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\nConnection: close\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n"
+        );
+        let r = raw(&k, &head, &[])?;
+        assert!(status(&r).contains(" 200"), "{r}");
+        let got = seen_at(&k, &format!("/small-{method}"))?;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["body_bytes"], 5, "{method}: {got:?}");
+        // A body larger than what the proxy reads ahead is streamed, chunked.
+        let head = format!(
+            "{method} /big-{method} HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\nConnection: close\\r\\n\\r\\n"
+        );
+        let r = raw(&k, &head, &["--body-bytes", "300000", "--chunked"])?;
+        assert!(status(&r).contains(" 200"), "{r}");
+        let got = seen_at(&k, &format!("/big-{method}"))?;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["body_bytes"], 300000, "{method}: {got:?}");
+        assert_eq!(fields(&got[0], "transfer-encoding"), vec!["chunked"]);
+    }
+    // An invalid chunk size: 400, and the backend never sees the request.
+    let head = "POST /bad HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\nhello\\r\\n0\\r\\n\\r\\n";
+    let r = raw(&k, head, &[])?;
+    assert!(status(&r).contains(" 400"), "{r}");
+    assert_eq!(r["closed"], true, "{r}");
+    assert_eq!(seen_at(&k, "/bad")?, Vec::<Value>::new());
+    // Bad framing after 300 KB already went: still the client's 400; the
+    // backend got no whole request (its body broke off).
+    let head = "POST /bad-late HTTP/1.1\\r\\nHost: web\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n";
+    let r = raw(
+        &k,
+        head,
+        &["--body-bytes", "300000", "--chunked", "--after", "zz\\r\\n"],
+    )?;
+    assert!(status(&r).contains(" 400"), "{r}");
+    let late = seen_at(&k, "/bad-late")?;
+    assert!(
+        late.iter().all(|r| !r["body_error"].is_null()),
+        "no whole request: {late:?}"
+    );
+    Ok(())
 }
 
 /// Item 5: two Host fields, or an HTTP/2 Host that differs from its

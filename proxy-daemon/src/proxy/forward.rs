@@ -6,7 +6,7 @@
 use std::{convert::Infallible, sync::Arc, sync::atomic::Ordering, time::Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
     body::{Body, Incoming},
@@ -334,7 +334,8 @@ async fn handle(
     strip_hop_by_hop(&mut parts.headers);
     let mut body = match ReqBody::read(&parts, body, max_body).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(BodyRefused::TooLarge) => return too_large(&alias, Overflow::RequestBytes, grpc, h1),
+        Err(BodyRefused::Malformed) => return bad_body(h1),
     };
     outcome.request_bytes = match &body {
         ReqBody::Buffered(b) => b.len() as u64,
@@ -421,6 +422,12 @@ async fn handle(
                 if body.too_large() {
                     return too_large(&alias, Overflow::RequestBytes, grpc, h1);
                 }
+                // The client's body broke off or its framing was bad after
+                // some of it went: the client's error; the endpoint got no
+                // whole request (its connection is dropped mid-body).
+                if e.is_user() && body.client_failed() {
+                    return bad_body(h1);
+                }
                 debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "upstream failed before answering");
                 // The client's own body failing (an aborted upload) is not the
                 // endpoint's fault, nor is a pooled connection it closed.
@@ -472,6 +479,15 @@ fn bad_request(why: &str, h1: bool) -> Response<ProxyBody> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
+}
+
+/// 400 for a body whose framing was bad (an invalid chunk size) or that
+/// broke off: the client's error, never the endpoint's.
+fn bad_body(h1: bool) -> Response<ProxyBody> {
+    bad_request(
+        "the request body is malformed (bad chunked framing) or was cut short",
+        h1,
+    )
 }
 
 /// Why a request head is refused before anything else: two Host fields
@@ -627,40 +643,93 @@ fn authority_of(parts: &Parts) -> Option<String> {
 /// cuts it off past the service's `maxRequestBytes` (`u64::MAX`: none).
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>, Arc<super::body::TeeState>, u64),
+    Streaming(
+        Option<super::body::Prefixed>,
+        Arc<super::body::TeeState>,
+        u64,
+    ),
 }
+
+/// Why a request body was refused before anything went upstream.
+enum BodyRefused {
+    /// Longer than `maxRequestBytes`: 413.
+    TooLarge,
+    /// Bad framing, or it broke off: 400.
+    Malformed,
+}
+
+/// How long the proxy waits for a streamed body's first frame, and then
+/// for each next one, before it starts sending upstream: long enough that
+/// a body sent with its head is read (and its framing checked) before
+/// anything leaves; short enough that a client streaming slowly is not
+/// held up.
+const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const NEXT_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl ReqBody {
     /// `max`: the service's `maxRequestBytes`. A body with a declared
-    /// length was checked against it already; one without is streamed.
+    /// length was checked against it already. Whatever its framing, the
+    /// body's first 64 KiB that are at hand are read before anything is
+    /// sent: bad framing there (an invalid chunk size) or a body past the
+    /// limit is refused with nothing sent upstream; a body that ends
+    /// within them is kept whole (replayable).
     async fn read(
         parts: &Parts,
-        body: Incoming,
+        mut body: Incoming,
         max: Option<u64>,
-    ) -> Result<Self, Response<ProxyBody>> {
+    ) -> Result<Self, BodyRefused> {
         let limit = max.unwrap_or(u64::MAX);
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= MAX_REPLAY_BODY as u64);
+        if body.is_end_stream() {
+            return Ok(ReqBody::Buffered(Bytes::new()));
+        }
         // gRPC streams stay streams, whatever their first frames look like.
-        if !small
-            || parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-                && !body.is_end_stream()
+        if parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
         {
-            return Ok(ReqBody::Streaming(Some(body), Default::default(), limit));
+            let b = super::body::Prefixed::new(Vec::new(), body);
+            return Ok(ReqBody::Streaming(Some(b), Default::default(), limit));
         }
-        match Limited::new(body, MAX_REPLAY_BODY).collect().await {
-            Ok(c) => Ok(ReqBody::Buffered(c.to_bytes())),
-            Err(_) => Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            )),
+        let mut frames = Vec::new();
+        let (mut seen, mut trailers) = (0usize, false);
+        let mut wait = FIRST_FRAME_WAIT;
+        while seen <= MAX_REPLAY_BODY && !body.is_end_stream() && !trailers {
+            let f = match tokio::time::timeout(wait, body.frame()).await {
+                // Not at hand: stream from here.
+                Err(_) => break,
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(BodyRefused::Malformed),
+                Ok(Some(Ok(f))) => f,
+            };
+            wait = NEXT_FRAME_WAIT;
+            if let Some(d) = f.data_ref() {
+                seen += d.len();
+                if seen as u64 > limit {
+                    return Err(BodyRefused::TooLarge);
+                }
+            } else {
+                trailers = true;
+            }
+            frames.push(f);
         }
+        if body.is_end_stream() && !trailers && seen <= MAX_REPLAY_BODY {
+            let mut all = bytes::BytesMut::with_capacity(seen);
+            for f in frames {
+                if let Ok(d) = f.into_data() {
+                    all.extend_from_slice(&d);
+                }
+            }
+            return Ok(ReqBody::Buffered(all.freeze()));
+        }
+        let b = super::body::Prefixed::new(frames, body);
+        Ok(ReqBody::Streaming(Some(b), Default::default(), limit))
+    }
+
+    /// The streamed body failed on the client's side (bad framing, broke
+    /// off), not by the service's limit.
+    fn client_failed(&self) -> bool {
+        matches!(self, ReqBody::Streaming(_, tee, _) if tee.failed() && !tee.too_large())
     }
 
     fn replayable(&self) -> bool {
@@ -749,8 +818,18 @@ fn upstream_request(
             Version::HTTP_11
         })
         .uri(upstream_uri(parts, &authority, h2));
+    // A body without a length goes chunked whatever the method (hyper
+    // would send a GET's or HEAD's as no body at all).
+    let unsized_body = !body.is_end_stream() && body.size_hint().exact().is_none();
     let mut req = b.body(body).unwrap_or_else(|_| Request::new(empty()));
     *req.headers_mut() = parts.headers.clone();
+    if !h2 && unsized_body && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+
     if h2 {
         req.headers_mut().remove(header::HOST);
     } else {
