@@ -5,7 +5,7 @@
 //! on a closed pipe and the state files' modes.
 use std::{process::Stdio, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use knit_tests::{Knit, client_service, http_get, testbin};
 use serde_json::Value;
 
@@ -96,6 +96,83 @@ fn fields(r: &Value, name: &str) -> Vec<String> {
 
 fn status(r: &Value) -> &str {
     r["status_line"].as_str().unwrap_or_default()
+}
+
+/// Items 1 and 2: an upgrade request meets the same checks as any other;
+/// only WebSocket is tunnelled, h2c is served as HTTP/1.1, other tokens are
+/// refused; nothing refused reaches the backend.
+#[test]
+fn edge_upgrades_pass_every_check_and_h2c_is_never_tunnelled() -> Result<()> {
+    let k = setup("edge-upgrade", r#", "limits": {"maxRequestBytes": 1024}"#)?;
+    let ten_mib = (10u64 << 20).to_string();
+    // An unknown upgrade token: 403, whatever its body.
+    let head = format!(
+        "POST /foo HTTP/1.1\\r\\nHost: web\\r\\nConnection: Upgrade\\r\\nUpgrade: foo\\r\\nContent-Length: {ten_mib}\\r\\n\\r\\n"
+    );
+    let r = raw(&k, &head, &["--body-bytes", &ten_mib])?;
+    assert!(status(&r).contains(" 403"), "{r}");
+    // WebSocket with a declared body past maxRequestBytes: 413.
+    let head = format!(
+        "POST /ws HTTP/1.1\\r\\nHost: web\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\nContent-Length: {ten_mib}\\r\\n\\r\\n"
+    );
+    let r = raw(&k, &head, &["--body-bytes", &ten_mib])?;
+    assert!(status(&r).contains(" 413"), "{r}");
+    // ... or chunked: 413 once it passes the limit (read before anything
+    // is sent) or 400 (an upgrade carries no body).
+    let head = "POST /ws HTTP/1.1\\r\\nHost: web\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n";
+    let r = raw(&k, head, &["--body-bytes", &ten_mib, "--chunked"])?;
+    assert!(
+        status(&r).contains(" 400") || status(&r).contains(" 413"),
+        "{r}"
+    );
+    // A Host that is no authority: 400, upgrade or not.
+    let head = "GET /ws HTTP/1.1\\r\\nHost: a b/c\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\nSec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n";
+    let r = raw(&k, head, &[])?;
+    assert!(status(&r).contains(" 400"), "{r}");
+    assert_eq!(
+        seen(&k)?,
+        Vec::<Value>::new(),
+        "nothing refused reached the backend"
+    );
+
+    // A WebSocket handshake goes through with its hop-by-hop fields
+    // stripped (those its Connection names too).
+    let head = "GET /ws HTTP/1.1\\r\\nHost: web\\r\\nConnection: Upgrade, X-Hop\\r\\nX-Hop: secret\\r\\nKeep-Alive: timeout=5\\r\\nProxy-Connection: keep-alive\\r\\nUpgrade: websocket\\r\\nSec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n";
+    let r = raw(&k, head, &["--read-ms", "500"])?;
+    assert!(status(&r).contains(" 101"), "{r}");
+    let ws = seen_at(&k, "/ws")?;
+    assert_eq!(ws.len(), 1, "{ws:?}");
+    for hop in ["x-hop", "keep-alive", "proxy-connection"] {
+        assert_eq!(fields(&ws[0], hop), Vec::<String>::new(), "{hop}: {ws:?}");
+    }
+    assert_eq!(fields(&ws[0], "upgrade"), vec!["websocket"], "{ws:?}");
+
+    // h2c: served as the HTTP/1.1 request it also is; the backend gets one
+    // plain request, no upgrade, no HTTP2-Settings.
+    let head = "GET /h2c HTTP/1.1\\r\\nHost: web\\r\\nConnection: Upgrade, HTTP2-Settings\\r\\nUpgrade: h2c\\r\\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\\r\\n\\r\\n";
+    let r = raw(&k, head, &["--read-ms", "1000"])?;
+    assert_eq!(
+        r["status_lines"],
+        serde_json::json!(["HTTP/1.1 200 OK"]),
+        "{r}"
+    );
+    let h2c = seen_at(&k, "/h2c")?;
+    assert_eq!(h2c.len(), 1, "{h2c:?}");
+    assert_eq!(h2c[0]["version"], "HTTP/1.1", "{h2c:?}");
+    for hop in ["upgrade", "http2-settings", "connection"] {
+        assert_eq!(fields(&h2c[0], hop), Vec::<String>::new(), "{hop}: {h2c:?}");
+    }
+    // The refusals were counted as any request's.
+    let metrics = k.metrics()?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("knit_limit_overflow_total{")
+                && l.contains("reason=\"request_bytes\"")
+                && !l.ends_with(" 0")),
+        "a 413 counted: {metrics}"
+    );
+    Ok(())
 }
 
 /// Items 4 and 6: a body reaches the backend with its framing whatever the

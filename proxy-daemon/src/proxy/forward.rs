@@ -160,7 +160,7 @@ pub fn fuzz_request_head(data: &[u8]) -> usize {
             let _ = head_bytes(&req);
             let _ = access::path(req.uri(), true);
             let _ = access::path(req.uri(), false);
-            let _ = is_upgrade(&req);
+            let _ = upgrade::Kind::of(&req);
             let _ = bad_head(&req);
             let (mut parts, _body) = req.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -211,13 +211,13 @@ impl Drop for LiveGuard {
 
 /// What became of a request, for its access log line.
 #[derive(Default)]
-struct Outcome {
-    retries: u32,
-    endpoint: Option<std::net::SocketAddr>,
+pub(super) struct Outcome {
+    pub(super) retries: u32,
+    pub(super) endpoint: Option<std::net::SocketAddr>,
     /// From the start to the response head.
-    upstream: std::time::Duration,
-    request_bytes: u64,
-    target: Option<(String, String)>,
+    pub(super) upstream: std::time::Duration,
+    pub(super) request_bytes: u64,
+    pub(super) target: Option<(String, String)>,
 }
 
 /// [`handle`], with an access log line when the source service (egress)
@@ -319,18 +319,27 @@ async fn handle(
     if max_head < MAX_HEADER_BYTES && head_bytes(&req) > max_head {
         return too_large(&alias, Overflow::HeaderBytes, grpc, h1);
     }
-    // On an HTTP/2 or gRPC service, `Upgrade: h2c` and the like are hop by
-    // hop: such a request goes on as a plain one.
-    if is_upgrade(&req) && alias.protocol == AppProtocol::Http {
-        return upgrade::forward(req, &alias, proxy).await;
+    let upgrade = upgrade::Kind::of(&req);
+    if let Some(refused) = upgrade.refused(alias.protocol) {
+        return refused;
     }
     let max_body = limits.max_request_bytes();
     // A declared length (Content-Length) is checked before anything is sent.
     if max_body.is_some_and(|max| req.body().size_hint().lower() > max) {
         return too_large(&alias, Overflow::RequestBytes, grpc, h1);
     }
+    if upgrade == upgrade::Kind::WebSocket {
+        // A WebSocket handshake has no body: one would be read by nobody
+        // (or smuggled into the tunnel).
+        if !req.body().is_end_stream() {
+            return bad_request("an upgrade request carries no body", h1);
+        }
+        return upgrade::forward(req, &alias, proxy, outcome).await;
+    }
     let version = req.version();
     let (mut parts, body) = req.into_parts();
+    // `Upgrade: h2c` (and any upgrade an HTTP/2 service gets) goes no
+    // further: the request is served as the HTTP/1.1 request it also is.
     strip_hop_by_hop(&mut parts.headers);
     let mut body = match ReqBody::read(&parts, body, max_body).await {
         Ok(b) => b,
@@ -603,20 +612,6 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
 /// The URI sent upstream: absolute for HTTP/2 (its `:authority`), the path
 /// and query alone for HTTP/1.1.
 fn upstream_uri(parts: &Parts, authority: &str, h2: bool) -> Uri {
@@ -773,7 +768,7 @@ impl ReqBody {
 }
 
 /// Headers that belong to one hop, never forwarded (RFC 9110 7.6.1).
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -792,6 +787,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         "proxy-connection",
         "transfer-encoding",
         "upgrade",
+        // Only meaningful with `Upgrade: h2c`, which is never passed on.
+        "http2-settings",
     ] {
         h.remove(n);
     }
