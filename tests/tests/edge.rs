@@ -6,7 +6,7 @@
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use knit_tests::{Knit, client_service, http_get, testbin};
+use knit_tests::{Knit, client_service, http_get, json_output, testbin};
 use serde_json::Value;
 
 fn tb() -> String {
@@ -264,6 +264,62 @@ fn edge_duplicate_host_and_authority_mismatch_are_refused() -> Result<()> {
         &[],
     )?;
     assert!(status(&ok).contains(" 200"), "{ok}");
+    Ok(())
+}
+
+/// Item 3: with maxConnections 3 and a 3 s idle timeout, a task opening
+/// three idle WebSockets gets its share (one: half of 3) and 503 for the
+/// rest; another task is served meanwhile; the tunnel closes at the idle
+/// timeout.
+#[test]
+fn edge_tunnels_obey_the_idle_timeout_and_a_client_share() -> Result<()> {
+    let k = setup(
+        "edge-tunnels",
+        r#", "limits": {"maxConnections": 3}, "timeout": {"idleTimeoutSeconds": 3}"#,
+    )?;
+    let hosts = k.hosts.display().to_string();
+    let tb = tb();
+    let idle = k.spawn_task(
+        "client",
+        &[
+            &tb,
+            "ws-idle",
+            "--hosts",
+            &hosts,
+            "--url",
+            "ws://web:8080/ws",
+            "--sockets",
+            "3",
+            "--idle-ms",
+            "10000",
+        ],
+        Stdio::piped(),
+    )?;
+    // Once the tunnel is up, a second task is served.
+    knit_tests::wait_for("a tunnel", Duration::from_secs(10), || {
+        (seen_at(&k, "/ws").ok()?.len() == 1).then_some(())
+    })?;
+    let other = k.run_json(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--hosts",
+            &hosts,
+            "--url",
+            "http://web:8080/other",
+            "--count",
+            "5",
+        ],
+    )?;
+    assert_eq!(other["ok"], 5, "{other}");
+    let r = json_output(idle)?;
+    assert_eq!(r["opened"], 1, "{r}");
+    assert_eq!(r["refused"], serde_json::json!([503, 503]), "{r}");
+    let closed = r["closed_after_ms"][0]
+        .as_u64()
+        .context("closed by the proxy")?;
+    assert!((2500..6000).contains(&closed), "{r}");
     Ok(())
 }
 

@@ -51,8 +51,9 @@ const GRPC_UNAVAILABLE: &[u8] = b"14";
 pub enum Target {
     /// The alias the task dialed (by kernel id), looked up per request so
     /// that keep-alive connections follow endpoint changes; and the task's
-    /// service, when known.
-    Alias(u32, Option<Arc<Client>>),
+    /// service, when known; and the client task (its cgroup id), whose
+    /// share of the service's upgraded tunnels is capped.
+    Alias(u32, Option<Arc<Client>>, u64),
     /// A fixed route (an ingress listener to its local app).
     Fixed(Arc<AliasRoute>),
 }
@@ -60,7 +61,7 @@ pub enum Target {
 /// Serve one downstream connection (HTTP/1.1 or HTTP/2, detected).
 pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Proxy>) {
     let idle = match &target {
-        Target::Alias(id, _) => proxy
+        Target::Alias(id, ..) => proxy
             .routes
             .load()
             .aliases
@@ -229,14 +230,14 @@ async fn logged(
     proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
     let log = match target {
-        Target::Alias(_, Some(c)) => c
+        Target::Alias(_, Some(c), _) => c
             .source
             .access_log
             .map(|spec| (spec, c.source.service.clone(), "egress")),
         Target::Fixed(route) => route
             .access_log
             .map(|spec| (spec, "-".to_string(), "ingress")),
-        Target::Alias(_, None) => None,
+        Target::Alias(_, None, _) => None,
     };
     let Some((spec, source, direction)) = log else {
         return handle(req, target, proxy, &mut Outcome::default()).await;
@@ -281,7 +282,7 @@ async fn handle(
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let alias = match target {
-        Target::Alias(id, _) => match proxy.routes.load().aliases.get(id) {
+        Target::Alias(id, ..) => match proxy.routes.load().aliases.get(id) {
             Some(a) => a.clone(),
             None => {
                 return error_response(
@@ -293,7 +294,7 @@ async fn handle(
         Target::Fixed(a) => a.clone(),
     };
     outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
-    if let Target::Alias(_, Some(client)) = target {
+    if let Target::Alias(_, Some(client), _) = target {
         client.edge.inc();
     }
     let grpc = req
@@ -334,7 +335,11 @@ async fn handle(
         if !req.body().is_end_stream() {
             return bad_request("an upgrade request carries no body", h1);
         }
-        return upgrade::forward(req, &alias, proxy, outcome).await;
+        let client = match target {
+            Target::Alias(_, _, task) => Some(*task),
+            Target::Fixed(_) => None,
+        };
+        return upgrade::forward(req, &alias, proxy, client, outcome).await;
     }
     let version = req.version();
     let (mut parts, body) = req.into_parts();

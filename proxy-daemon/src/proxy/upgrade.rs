@@ -4,7 +4,9 @@
 //!   hop-by-hop fields stripped like any other's) goes to one endpoint on a
 //!   connection of its own; after `101 Switching Protocols` the two sides
 //!   are spliced byte for byte. The tunnel holds a lane (`maxConnections`)
-//!   and counts as an open connection while it lasts.
+//!   and counts as an open connection while it lasts, is closed after the
+//!   service's `idleTimeoutSeconds` without a byte either way, and one
+//!   client task holds at most half of `maxConnections` of them.
 //! - `h2c` is never passed on (it would splice an HTTP/2 connection past
 //!   every per-request limit, retry, timeout and metric): the `Upgrade`
 //!   and `HTTP2-Settings` fields are stripped and the request is served as
@@ -27,10 +29,12 @@ use tracing::debug;
 
 use super::{
     AliasRoute, Proxy,
-    body::{Holding, InflightGuard, ProxyBody, error_response, incoming},
+    body::{Holding, InflightGuard, ProxyBody, error_response, incoming, overflow_response},
     forward::{Outcome, strip_hop_by_hop},
+    idle::{Activity, Tracked},
     pool::CONNECT_TIMEOUT,
 };
+use crate::metrics::Overflow;
 
 /// What a request's `Connection: upgrade` + `Upgrade` ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,14 +102,31 @@ impl Kind {
     }
 }
 
-/// A WebSocket request.
+/// A WebSocket request of client task `client` (its cgroup id; `None`:
+/// from another host's daemon, which applied the share at its egress).
 pub async fn forward(
     mut req: Request<Incoming>,
     alias: &AliasRoute,
     proxy: &Arc<Proxy>,
+    client: Option<u64>,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let limits = &alias.pool.limits;
+    let tunnel = match client {
+        Some(c) => match limits.tunnel(c) {
+            Some(t) => Some(t),
+            None => {
+                alias.counters.overflow(Overflow::ClientShare);
+                return overflow_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Overflow::ClientShare,
+                    false,
+                    "this task holds its share of this service's upgraded connections (half of maxConnections)",
+                );
+            }
+        },
+        None => None,
+    };
     // An upgraded connection holds a lane and counts as open for as long
     // as it lasts, like any request on its own connection.
     let start = std::time::Instant::now();
@@ -136,6 +157,9 @@ pub async fn forward(
         }
     };
     let _ = stream.set_nodelay(true);
+    // The tunnel's clock: any byte either way through it.
+    let activity = Activity::new();
+    let stream = Tracked::new(stream, activity.clone());
     let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
         Ok(x) => x,
         Err(_) => {
@@ -191,17 +215,28 @@ pub async fn forward(
         proxy.success(&ep);
     }
     let held = (lane, open);
+    let idle = alias.idle_timeout;
     let (mut parts, body) = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         // An open WebSocket is a request in flight: a drain waits for it.
         let guard = InflightGuard::new(ep.health.clone());
         tokio::spawn(async move {
-            let _held = (guard, held);
+            let _held = (guard, held, tunnel);
             match (downstream.await, upstream.await) {
                 (Ok(d), Ok(u)) => {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        debug!(error = %e, "upgraded connection ended");
+                    let quiet = async {
+                        match idle {
+                            Some(idle) => activity.idle_for(idle).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        r = tokio::io::copy_bidirectional(&mut d, &mut u) => if let Err(e) = r {
+                            debug!(error = %e, "upgraded connection ended");
+                        },
+                        // Dropping both ends closes them.
+                        () = quiet => debug!(?idle, "closing an idle upgraded connection"),
                     }
                 }
                 (d, u) => debug!(down = d.is_ok(), up = u.is_ok(), "upgrade did not complete"),
@@ -213,7 +248,7 @@ pub async fn forward(
         // Not upgraded: the connection is done once this answer is read.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        (parts, Holding::new(incoming(body), held).boxed())
+        (parts, Holding::new(incoming(body), (held, tunnel)).boxed())
     };
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body)
