@@ -350,6 +350,66 @@ fn edge_a_burst_of_connects_is_not_dropped_by_the_backlog() -> Result<()> {
     Ok(())
 }
 
+/// The daemon's resident memory, in KiB.
+fn rss_kib(k: &Knit) -> Result<u64> {
+    let pid = k.daemon_pid().context("a daemon")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+/// Item 8: an apply of 100,000 services is refused while it is read, ten
+/// times, and the daemon's memory stays where it was; one past the
+/// request size limit gets the daemon's refusal, not a broken pipe.
+#[test]
+fn edge_oversized_applies_are_refused_cheaply() -> Result<()> {
+    let k = Knit::start("edge-apply", "")?;
+    let one = |i: usize| {
+        format!(
+            r#"{{"serviceName": "s{i}", "taskDefinition": "web",
+  "serviceConnectConfiguration": {{"enabled": true, "services": [{{"portName": "web",
+  "clientAliases": [{{"dnsName": "s{i}", "port": 8080}}]}}]}}}}"#
+        )
+    };
+    let many: Vec<String> = (0..100_000).map(one).collect();
+    let text = format!("[{}]", many.join(",\n"));
+    eprintln!("apply of {} bytes", text.len());
+    let file = k.file("many.json", &text)?;
+    drop((many, text));
+    let file = file.display().to_string();
+    let before = rss_kib(&k)?;
+    for _ in 0..10 {
+        let out = k.cli(&["apply", "-f", &file])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("more than 20000 objects"), "{err}");
+        eprintln!("daemon RSS after a refused apply: {} KiB", rss_kib(&k)?);
+    }
+    let after = rss_kib(&k)?;
+    eprintln!("daemon RSS: {before} KiB before, {after} KiB after 10 refused applies");
+    assert!(
+        after < before + 20 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    // Past the request limit (64 MiB): the daemon's refusal is printed.
+    let huge = k.dir.path().join("huge.json");
+    let pad = "x".repeat(100 << 20);
+    std::fs::write(&huge, format!(r#"{{"family": "{pad}"}}"#))?;
+    drop(pad);
+    let out = k.cli(&["apply", "-f", &huge.display().to_string()])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("request too large"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    let after_huge = rss_kib(&k)?;
+    eprintln!("daemon RSS after a 100 MiB apply: {after_huge} KiB");
+    assert!(after_huge < before + 20 * 1024, "RSS {after_huge} KiB");
+    Ok(())
+}
+
 /// Item 9: `knit services --json | head` (a reader that closes early)
 /// ends quietly.
 #[test]

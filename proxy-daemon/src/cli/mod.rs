@@ -62,9 +62,17 @@ impl Client {
         let mut line =
             serde_json::to_vec(req).map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(io)?;
+        let sent = self.writer.write_all(&line);
         let mut answer = String::new();
-        if self.reader.read_line(&mut answer).map_err(io)? == 0 {
+        let read = self.reader.read_line(&mut answer);
+        // The daemon may refuse a request before reading all of it (too
+        // large) and close: its answer is still there to read.
+        if let Err(e) = sent
+            && answer.is_empty()
+        {
+            return Err(io(e));
+        }
+        if read.map_err(io)? == 0 {
             return Err(Failure::new(
                 EXIT_FAILURE,
                 "the daemon closed the connection",
@@ -154,6 +162,7 @@ pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: boo
         crate::datapath::force_accelerate_off();
     }
     raise_fd_limit();
+    crate::daemon::tune_allocator();
     if let Err(e) = crate::logging::init(&cfg.log) {
         eprintln!("error: {} [log] level: {e}", config.display());
         return EXIT_BAD_INPUT;

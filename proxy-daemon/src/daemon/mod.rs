@@ -4,6 +4,7 @@ mod admin;
 mod engine;
 mod handover;
 mod server;
+pub use server::tune_allocator;
 
 use std::{
     path::{Path, PathBuf},

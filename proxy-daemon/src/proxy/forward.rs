@@ -831,7 +831,6 @@ fn upstream_request(
             HeaderValue::from_static("chunked"),
         );
     }
-
     if h2 {
         req.headers_mut().remove(header::HOST);
     } else {
