@@ -36,4 +36,5 @@ pub use model::{
     AccessLogFormat, AccessLogSpec, AppProtocol, ApplyPlan, DEFAULT_NAMESPACE, EndpointSpec,
     Existing, HealthCheck, LimitsSpec, OutlierSpec, PortMapping, ServiceSpec, TaskDefinition,
 };
+pub use parse::MAX_OBJECTS_PER_APPLY;
 pub use plan::plan;

@@ -81,6 +81,46 @@ const KINDS: &str = "knit reads four kinds of objects: a task definition (keys \
      \"containerDefinitions\"), a service (\"serviceName\"), a cluster (\"clusterName\" or \
      \"serviceConnectDefaults\") and a namespace (\"Name\")";
 
+/// The most objects one apply may carry (all its files together). The
+/// VIP range holds 65,534 aliases; an apply far past what a fleet needs is
+/// refused while it is read, before any object is built (a plan of 100,000
+/// services costs the daemon hundreds of MB for nothing).
+pub const MAX_OBJECTS_PER_APPLY: usize = 20_000;
+
+/// How many objects a file holds (1 for an object or anything that is not
+/// an array: the full parse reports what is wrong with it), counted
+/// without building them; stops counting past `budget`.
+pub(crate) fn count_objects(bytes: &[u8], budget: usize) -> usize {
+    use serde::de::{Deserializer, Error, IgnoredAny, SeqAccess, Visitor};
+    struct Count<'a>(usize, &'a std::cell::Cell<usize>);
+    impl<'de> Visitor<'de> for Count<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                self.1.set(self.1.get() + 1);
+                if self.1.get() > self.0 {
+                    // Stop reading here: the caller knows why.
+                    return Err(A::Error::custom("over budget"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let trimmed = bytes.trim_ascii_start();
+    if !trimmed.starts_with(b"[") {
+        return 1;
+    }
+    let seen = std::cell::Cell::new(0);
+    let mut de = serde_json::Deserializer::from_slice(trimmed);
+    // A syntax error is the full parse's to report; what was counted stands.
+    let _ = (&mut de).deserialize_seq(Count(budget, &seen));
+    seen.get()
+}
+
 /// Parses one file into its objects; problems go to `report`.
 pub(crate) fn file(name: &str, bytes: &[u8], report: &mut Report) -> Vec<Doc> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -266,3 +306,16 @@ fn json_path(path: &serde_path_to_error::Path) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod count_tests {
+    use super::count_objects;
+
+    #[test]
+    fn objects_are_counted_up_to_the_budget() {
+        assert_eq!(count_objects(br#"{"family": "a"}"#, 5), 1);
+        assert_eq!(count_objects(br#" [{}, {}, {"a": [1, 2]}]"#, 5), 3);
+        assert_eq!(count_objects(br#"[{}, {}, {}, {}]"#, 2), 3);
+        assert_eq!(count_objects(br#"[{}, {"#, 5), 1);
+    }
+}

@@ -32,6 +32,32 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
     let mut services: Vec<LocalService> = Vec::new();
     let mut namespaces: Vec<String> = Vec::new();
     let mut default_namespace: Option<(String, Loc)> = None;
+    // Counted before anything is built: a refusal costs a scan of the
+    // bytes, not a plan.
+    let mut objects = 0;
+    for (name, bytes) in files {
+        objects += parse::count_objects(
+            bytes,
+            parse::MAX_OBJECTS_PER_APPLY - objects.min(parse::MAX_OBJECTS_PER_APPLY),
+        );
+        if objects > parse::MAX_OBJECTS_PER_APPLY {
+            let loc = Loc {
+                file: name.clone(),
+                prefix: "$".to_owned(),
+            };
+            report.error(
+                &loc,
+                "",
+                format!(
+                    "this apply holds more than {} objects (task definitions, services, \
+                     namespaces, clusters), the most one apply may carry",
+                    parse::MAX_OBJECTS_PER_APPLY
+                ),
+                "split it into several applies",
+            );
+            return Err(ApplyErrors(report.finish()));
+        }
+    }
     for (name, bytes) in files {
         for doc in parse::file(name, bytes, &mut report) {
             match doc.object {

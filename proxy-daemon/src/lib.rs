@@ -7,6 +7,7 @@ mod daemon;
 mod datapath;
 mod health;
 mod hosts;
+mod listen;
 mod logging;
 mod metrics;
 mod outlier;

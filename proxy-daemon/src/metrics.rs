@@ -56,13 +56,17 @@ pub enum Overflow {
     RequestBytes = 1,
     /// `maxHeaderBytes`: 431.
     HeaderBytes = 2,
+    /// A client task's share of the upgraded tunnels (half of
+    /// `maxConnections`): 503.
+    ClientShare = 3,
 }
 
 impl Overflow {
-    pub const ALL: [Overflow; 3] = [
+    pub const ALL: [Overflow; 4] = [
         Overflow::Pending,
         Overflow::RequestBytes,
         Overflow::HeaderBytes,
+        Overflow::ClientShare,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Overflow {
             Overflow::Pending => "pending",
             Overflow::RequestBytes => "request_bytes",
             Overflow::HeaderBytes => "header_bytes",
+            Overflow::ClientShare => "client_share",
         }
     }
 }
@@ -161,7 +166,7 @@ pub struct AliasCounters {
     pub response_time: Histogram,
     pub retries: Counter,
     /// By [`Overflow`] (its discriminant).
-    pub overflow: [Counter; 3],
+    pub overflow: [Counter; 4],
     pub latency_sum_us: Counter,
     pub latency_count: Counter,
 }

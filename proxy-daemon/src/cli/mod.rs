@@ -62,9 +62,17 @@ impl Client {
         let mut line =
             serde_json::to_vec(req).map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(io)?;
+        let sent = self.writer.write_all(&line);
         let mut answer = String::new();
-        if self.reader.read_line(&mut answer).map_err(io)? == 0 {
+        let read = self.reader.read_line(&mut answer);
+        // The daemon may refuse a request before reading all of it (too
+        // large) and close: its answer is still there to read.
+        if let Err(e) = sent
+            && answer.is_empty()
+        {
+            return Err(io(e));
+        }
+        if read.map_err(io)? == 0 {
             return Err(Failure::new(
                 EXIT_FAILURE,
                 "the daemon closed the connection",
@@ -85,6 +93,30 @@ impl Client {
         }
     }
 }
+
+/// Write to stdout; a closed pipe (`knit services --json | head`) ends
+/// the process quietly with status 0: the reader has all it wanted.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let r = o.write_fmt(args).and_then(|()| o.flush());
+    if let Err(e) = r {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(EXIT_FAILURE);
+    }
+}
+
+/// `print!` through [`out`].
+macro_rules! say {
+    ($($t:tt)*) => { $crate::cli::out(format_args!($($t)*)) };
+}
+/// `println!` through [`out`].
+macro_rules! sayln {
+    ($($t:tt)*) => { $crate::cli::out(format_args!("{}\n", format_args!($($t)*))) };
+}
+pub(crate) use {say, sayln};
 
 /// One request, one answer.
 pub fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, Failure> {
@@ -130,6 +162,7 @@ pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: boo
         crate::datapath::force_accelerate_off();
     }
     raise_fd_limit();
+    crate::daemon::tune_allocator();
     if let Err(e) = crate::logging::init(&cfg.log) {
         eprintln!("error: {} [log] level: {e}", config.display());
         return EXIT_BAD_INPUT;
@@ -181,7 +214,7 @@ pub fn apply(socket: &Path, files: &[PathBuf]) -> i32 {
         call::<serde_json::Value>(socket, &Request::Apply { files: contents }).map(|v| {
             let items = v["items"].as_array().cloned().unwrap_or_default();
             for i in items {
-                println!(
+                sayln!(
                     "{}/{} {}",
                     i["kind"].as_str().unwrap_or("?"),
                     i["name"].as_str().unwrap_or("?"),
@@ -193,7 +226,7 @@ pub fn apply(socket: &Path, files: &[PathBuf]) -> i32 {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    sayln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 pub fn services(socket: &Path, json: bool) -> i32 {
@@ -202,7 +235,7 @@ pub fn services(socket: &Path, json: bool) -> i32 {
             if json {
                 print_json(&rows)
             } else {
-                print!("{}", tables::services(&rows))
+                say!("{}", tables::services(&rows))
             }
         }),
     )
@@ -214,7 +247,7 @@ pub fn endpoints(socket: &Path, service: Option<String>, json: bool) -> i32 {
             if json {
                 print_json(&rows)
             } else {
-                print!("{}", tables::endpoints(&rows))
+                say!("{}", tables::endpoints(&rows))
             }
         }),
     )
@@ -225,7 +258,7 @@ pub fn status(socket: &Path, json: bool) -> i32 {
         if json {
             print_json(&s)
         } else {
-            print!("{}", tables::status(&s))
+            say!("{}", tables::status(&s))
         }
     }))
 }
@@ -234,7 +267,7 @@ pub fn drain(socket: &Path, service: Option<String>, task: Option<String>) -> i3
     finish(
         call::<Vec<String>>(socket, &Request::Drain { service, task }).map(|ids| {
             for id in ids {
-                println!("task/{id} draining");
+                sayln!("task/{id} draining");
             }
         }),
     )
@@ -248,6 +281,6 @@ pub fn log_level(socket: &Path, filter: String) -> i32 {
                 filter: filter.clone(),
             },
         )
-        .map(|()| println!("log level: {filter}")),
+        .map(|()| sayln!("log level: {filter}")),
     )
 }

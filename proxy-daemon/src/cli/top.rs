@@ -128,12 +128,12 @@ pub fn top(socket: &Path, interval_ms: u64, iterations: Option<u64>, json: bool)
         };
         let f = frame(&prev, &cur);
         if json {
-            println!("{}", serde_json::to_string(&f).unwrap_or_default());
+            super::sayln!("{}", serde_json::to_string(&f).unwrap_or_default());
         } else {
             if redraw {
-                print!("\x1b[2J\x1b[H");
+                super::say!("\x1b[2J\x1b[H");
             }
-            print!("{}", tables::top(&f, interval));
+            super::say!("{}", tables::top(&f, interval));
         }
         prev = cur;
         shown += 1;

@@ -5,6 +5,7 @@ pub mod desired;
 mod engine;
 mod handover;
 mod server;
+pub use server::tune_allocator;
 
 use std::{
     path::{Path, PathBuf},
@@ -62,6 +63,13 @@ pub async fn run(
     let cgroup_is_new = cgroup::ensure(&cgroup_root)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.state_dir.display()))?;
+    // Root only (0700): the store, and the hosts views (read by tasks
+    // through their bind mount, which does not walk this directory).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making state_dir {} root only", cfg.state_dir.display()))?;
+    }
     let store = Store::open(&cfg.state_dir)?;
     let shared = match cfg.registry.backend {
         RegistryBackend::Embedded => Shared::Embedded,
@@ -101,6 +109,7 @@ pub async fn run(
     let listener = match inherited.control.take() {
         Some(l) => {
             l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
             UnixListener::from_std(l)?
         }
         None => bind_socket(&cfg.socket)?,
@@ -115,11 +124,13 @@ pub async fn run(
     {
         Some(l) => {
             l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
             tokio::net::TcpListener::from_std(l)?
         }
-        None => tokio::net::TcpListener::bind((cfg.host.address, 0))
-            .await
-            .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?,
+        None => tokio::net::TcpListener::from_std(
+            crate::listen::tcp((cfg.host.address, 0).into())
+                .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?,
+        )?,
     };
     let egress_addr = match egress.local_addr()? {
         std::net::SocketAddr::V4(a) => a,
@@ -178,13 +189,14 @@ pub async fn run(
     }) {
         Some(l) => {
             l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
             tokio::net::TcpListener::from_std(l)?
         }
-        None => tokio::net::TcpListener::bind(wanted).await.with_context(|| {
+        None => tokio::net::TcpListener::from_std(crate::listen::tcp(wanted).with_context(|| {
             format!(
                 "binding the admin listener on {wanted}: set [admin] listen in the config to a free address"
             )
-        })?,
+        })?)?,
     };
     {
         use std::os::fd::AsFd;
@@ -295,6 +307,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()));
     nix::sys::stat::umask(old);
     let l = l?;
+    crate::listen::widen(&l)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)

@@ -39,7 +39,16 @@ async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
         match limited.read_line(&mut line).await {
             Ok(0) => return,
             Ok(n) if n > MAX_LINE => {
-                let _ = reply(&mut w, &Response::bad_input("request too large")).await;
+                drop(std::mem::take(&mut line));
+                release_memory();
+                let _ = reply(
+                    &mut w,
+                    &Response::bad_input(format!(
+                        "request too large: the daemon reads at most {} MiB per request\n  fix: apply fewer or smaller files at a time",
+                        MAX_LINE >> 20
+                    )),
+                )
+                .await;
                 return;
             }
             Ok(_) => {}
@@ -58,9 +67,48 @@ async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
                 "malformed request: {e} (is the knit CLI the same version as the daemon?)"
             )),
         };
+        if line.capacity() > BIG_REQUEST {
+            // A large apply (refused or not) left large blocks behind:
+            // give them back to the system instead of keeping the peak.
+            line = String::new();
+            release_memory();
+        }
         if reply(&mut w, &resp).await.is_err() {
             return;
         }
+    }
+}
+
+/// A request line past this size is followed by [`release_memory`].
+const BIG_REQUEST: usize = 1 << 20;
+
+/// Allocations from this size on get pages of their own (mmap), returned
+/// to the system when freed.
+const MMAP_FROM: i32 = 1 << 20;
+
+/// At start: large blocks (a big apply's request line and files) are
+/// mapped on their own, at a fixed threshold. glibc's default threshold
+/// grows to the largest block freed (up to 32 MiB), after which such
+/// blocks come from a thread's arena, whose free top it never gives back
+/// (`malloc_trim` trims only the main arena's): refused 25 MB applies
+/// left the daemon tens of MB larger each time a new thread served one.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt sets a glibc tunable; called before the runtime
+    // allocates much, and safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
+    }
+}
+
+/// Return freed heap memory to the system: what a large request left in
+/// glibc's bins (below [`MMAP_FROM`]) is released.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own arenas; no pointer is
+    // passed.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

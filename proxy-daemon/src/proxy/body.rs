@@ -160,6 +160,8 @@ struct TeeInner {
     spoiled: bool,
     /// Cut off: longer than the service's `maxRequestBytes`.
     too_large: bool,
+    /// The client's body failed (bad framing, broke off).
+    failed: bool,
 }
 
 impl TeeState {
@@ -177,6 +179,11 @@ impl TeeState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .too_large
+    }
+
+    /// The client's body failed: bad framing, or it broke off.
+    pub fn failed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).failed
     }
 
     /// The whole body, once it is known (waiting at most `wait`).
@@ -204,7 +211,7 @@ impl TeeState {
 /// replay limit) so that it can be replayed on another endpoint; ends it
 /// with an error once it passes `limit` bytes.
 pub struct Tee {
-    inner: Incoming,
+    inner: Prefixed,
     state: Arc<TeeState>,
     bytes: Counter,
     /// Bytes that may still pass.
@@ -213,7 +220,7 @@ pub struct Tee {
 
 impl Tee {
     /// `limit`: the service's `maxRequestBytes` (`u64::MAX`: none).
-    pub fn new(inner: Incoming, state: Arc<TeeState>, bytes: Counter, limit: u64) -> Self {
+    pub fn new(inner: Prefixed, state: Arc<TeeState>, bytes: Counter, limit: u64) -> Self {
         Self {
             inner,
             state,
@@ -264,7 +271,10 @@ impl Body for Tee {
                 }
                 _ => t.spoiled = true,
             }),
-            Poll::Ready(Some(Err(_))) => self.state.update(|t| t.spoiled = true),
+            Poll::Ready(Some(Err(_))) => self.state.update(|t| {
+                t.spoiled = true;
+                t.failed = true;
+            }),
             Poll::Ready(None) => self.state.update(|t| t.complete = true),
             Poll::Pending => {}
         }
@@ -284,6 +294,61 @@ impl Drop for Tee {
     fn drop(&mut self) {
         // Dropped before its end (the upstream stopped reading): incomplete.
         self.state.update(|t| t.spoiled |= !t.complete);
+    }
+}
+
+/// A request body of which the proxy read the first frames already (to
+/// check their framing and size before sending anything): those, then the
+/// rest as it comes.
+pub struct Prefixed {
+    read: std::collections::VecDeque<Frame<Bytes>>,
+    read_bytes: u64,
+    rest: Incoming,
+}
+
+impl Prefixed {
+    pub fn new(read: Vec<Frame<Bytes>>, rest: Incoming) -> Self {
+        let read_bytes = read
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        Self {
+            read: read.into(),
+            read_bytes,
+            rest,
+        }
+    }
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(f) = self.read.pop_front() {
+            self.read_bytes -= f.data_ref().map_or(0, |d| d.len() as u64);
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+
+    /// Exact when the rest's is (a Content-Length body): the upstream gets
+    /// the same Content-Length.
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower() + self.read_bytes);
+        if let Some(u) = rest.upper() {
+            h.set_upper(u + self.read_bytes);
+        }
+        h
     }
 }
 

@@ -6,7 +6,7 @@
 use std::{convert::Infallible, sync::Arc, sync::atomic::Ordering, time::Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
     body::{Body, Incoming},
@@ -51,8 +51,9 @@ const GRPC_UNAVAILABLE: &[u8] = b"14";
 pub enum Target {
     /// The alias the task dialed (by kernel id), looked up per request so
     /// that keep-alive connections follow endpoint changes; and the task's
-    /// service, when known.
-    Alias(u32, Option<Arc<Client>>),
+    /// service, when known; and the client task (its cgroup id), whose
+    /// share of the service's upgraded tunnels is capped.
+    Alias(u32, Option<Arc<Client>>, u64),
     /// A fixed route (an ingress listener to its local app).
     Fixed(Arc<AliasRoute>),
 }
@@ -60,7 +61,7 @@ pub enum Target {
 /// Serve one downstream connection (HTTP/1.1 or HTTP/2, detected).
 pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Proxy>) {
     let idle = match &target {
-        Target::Alias(id, _) => proxy
+        Target::Alias(id, ..) => proxy
             .routes
             .load()
             .aliases
@@ -160,7 +161,8 @@ pub fn fuzz_request_head(data: &[u8]) -> usize {
             let _ = head_bytes(&req);
             let _ = access::path(req.uri(), true);
             let _ = access::path(req.uri(), false);
-            let _ = is_upgrade(&req);
+            let _ = upgrade::Kind::of(&req);
+            let _ = bad_head(&req);
             let (mut parts, _body) = req.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let authority = authority_of(&parts).unwrap_or_else(|| "web:8080".into());
@@ -210,13 +212,13 @@ impl Drop for LiveGuard {
 
 /// What became of a request, for its access log line.
 #[derive(Default)]
-struct Outcome {
-    retries: u32,
-    endpoint: Option<std::net::SocketAddr>,
+pub(super) struct Outcome {
+    pub(super) retries: u32,
+    pub(super) endpoint: Option<std::net::SocketAddr>,
     /// From the start to the response head.
-    upstream: std::time::Duration,
-    request_bytes: u64,
-    target: Option<(String, String)>,
+    pub(super) upstream: std::time::Duration,
+    pub(super) request_bytes: u64,
+    pub(super) target: Option<(String, String)>,
 }
 
 /// [`handle`], with an access log line when the source service (egress)
@@ -228,14 +230,14 @@ async fn logged(
     proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
     let log = match target {
-        Target::Alias(_, Some(c)) => c
+        Target::Alias(_, Some(c), _) => c
             .source
             .access_log
             .map(|spec| (spec, c.source.service.clone(), "egress")),
         Target::Fixed(route) => route
             .access_log
             .map(|spec| (spec, "-".to_string(), "ingress")),
-        Target::Alias(_, None) => None,
+        Target::Alias(_, None, _) => None,
     };
     let Some((spec, source, direction)) = log else {
         return handle(req, target, proxy, &mut Outcome::default()).await;
@@ -280,7 +282,7 @@ async fn handle(
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let alias = match target {
-        Target::Alias(id, _) => match proxy.routes.load().aliases.get(id) {
+        Target::Alias(id, ..) => match proxy.routes.load().aliases.get(id) {
             Some(a) => a.clone(),
             None => {
                 return error_response(
@@ -292,7 +294,7 @@ async fn handle(
         Target::Fixed(a) => a.clone(),
     };
     outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
-    if let Target::Alias(_, Some(client)) = target {
+    if let Target::Alias(_, Some(client), _) = target {
         client.edge.inc();
     }
     let grpc = req
@@ -310,32 +312,44 @@ async fn handle(
     let h1 = req.version() < Version::HTTP_2;
     let limits = &alias.pool.limits;
     let max_head = limits.max_header_bytes();
+    // Every request's head is checked the same way, an upgrade's too.
+    if let Some(why) = bad_head(&req) {
+        return bad_request(why, h1);
+    }
     // At the default the parser's own limit (the same size) applies.
     if max_head < MAX_HEADER_BYTES && head_bytes(&req) > max_head {
         return too_large(&alias, Overflow::HeaderBytes, grpc, h1);
     }
-    // On an HTTP/2 or gRPC service, `Upgrade: h2c` and the like are hop by
-    // hop: such a request goes on as a plain one.
-    if is_upgrade(&req) && alias.protocol == AppProtocol::Http {
-        return upgrade::forward(req, &alias, proxy).await;
+    let upgrade = upgrade::Kind::of(&req);
+    if let Some(refused) = upgrade.refused(alias.protocol) {
+        return refused;
     }
     let max_body = limits.max_request_bytes();
     // A declared length (Content-Length) is checked before anything is sent.
     if max_body.is_some_and(|max| req.body().size_hint().lower() > max) {
         return too_large(&alias, Overflow::RequestBytes, grpc, h1);
     }
+    if upgrade == upgrade::Kind::WebSocket {
+        // A WebSocket handshake has no body: one would be read by nobody
+        // (or smuggled into the tunnel).
+        if !req.body().is_end_stream() {
+            return bad_request("an upgrade request carries no body", h1);
+        }
+        let client = match target {
+            Target::Alias(_, _, task) => Some(*task),
+            Target::Fixed(_) => None,
+        };
+        return upgrade::forward(req, &alias, proxy, client, outcome).await;
+    }
     let version = req.version();
     let (mut parts, body) = req.into_parts();
+    // `Upgrade: h2c` (and any upgrade an HTTP/2 service gets) goes no
+    // further: the request is served as the HTTP/1.1 request it also is.
     strip_hop_by_hop(&mut parts.headers);
-    if authority_of(&parts).is_some_and(|a| a.parse::<hyper::http::uri::Authority>().is_err()) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "the Host header is not a valid authority",
-        );
-    }
     let mut body = match ReqBody::read(&parts, body, max_body).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(BodyRefused::TooLarge) => return too_large(&alias, Overflow::RequestBytes, grpc, h1),
+        Err(BodyRefused::Malformed) => return bad_body(h1),
     };
     outcome.request_bytes = match &body {
         ReqBody::Buffered(b) => b.len() as u64,
@@ -422,6 +436,12 @@ async fn handle(
                 if body.too_large() {
                     return too_large(&alias, Overflow::RequestBytes, grpc, h1);
                 }
+                // The client's body broke off or its framing was bad after
+                // some of it went: the client's error; the endpoint got no
+                // whole request (its connection is dropped mid-body).
+                if e.is_user() && body.client_failed() {
+                    return bad_body(h1);
+                }
                 debug!(service = %alias.service, endpoint = %ep.addr, error = %e, "upstream failed before answering");
                 // The client's own body failing (an aborted upload) is not the
                 // endpoint's fault, nor is a pooled connection it closed.
@@ -461,6 +481,52 @@ async fn handle(
                 return downstream_response(resp, version, guard, lane, target_bytes);
             }
         }
+    }
+}
+
+/// 400 for a request whose head a proxy must not pass on (RFC 9112 3.2,
+/// RFC 9113 8.3.1); HTTP/1.1 connections close after it.
+fn bad_request(why: &str, h1: bool) -> Response<ProxyBody> {
+    let mut r = error_response(StatusCode::BAD_REQUEST, why);
+    if h1 {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// 400 for a body whose framing was bad (an invalid chunk size) or that
+/// broke off: the client's error, never the endpoint's.
+fn bad_body(h1: bool) -> Response<ProxyBody> {
+    bad_request(
+        "the request body is malformed (bad chunked framing) or was cut short",
+        h1,
+    )
+}
+
+/// Why a request head is refused before anything else: two Host fields
+/// (a backend might route by another than the proxy did), an HTTP/2
+/// request whose Host differs from its `:authority`, a Host that is not an
+/// authority.
+pub(super) fn bad_head<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("the request has more than one Host header");
+    }
+    if req.version() == Version::HTTP_2
+        && let (Some(h), Some(a)) = (host, req.uri().authority())
+        && h.as_bytes() != a.as_str().as_bytes()
+    {
+        return Some("the Host header and :authority differ");
+    }
+    let authority = host
+        .map(|h| h.to_str().map(str::to_string))
+        .or_else(|| req.uri().authority().map(|a| Ok(a.to_string())));
+    match authority {
+        Some(Ok(a)) if a.parse::<hyper::http::uri::Authority>().is_ok() => None,
+        None => None,
+        _ => Some("the Host header is not a valid authority"),
     }
 }
 
@@ -551,20 +617,6 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
 /// The URI sent upstream: absolute for HTTP/2 (its `:authority`), the path
 /// and query alone for HTTP/1.1.
 fn upstream_uri(parts: &Parts, authority: &str, h2: bool) -> Uri {
@@ -591,40 +643,93 @@ fn authority_of(parts: &Parts) -> Option<String> {
 /// cuts it off past the service's `maxRequestBytes` (`u64::MAX`: none).
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>, Arc<super::body::TeeState>, u64),
+    Streaming(
+        Option<super::body::Prefixed>,
+        Arc<super::body::TeeState>,
+        u64,
+    ),
 }
+
+/// Why a request body was refused before anything went upstream.
+enum BodyRefused {
+    /// Longer than `maxRequestBytes`: 413.
+    TooLarge,
+    /// Bad framing, or it broke off: 400.
+    Malformed,
+}
+
+/// How long the proxy waits for a streamed body's first frame, and then
+/// for each next one, before it starts sending upstream: long enough that
+/// a body sent with its head is read (and its framing checked) before
+/// anything leaves; short enough that a client streaming slowly is not
+/// held up.
+const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const NEXT_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl ReqBody {
     /// `max`: the service's `maxRequestBytes`. A body with a declared
-    /// length was checked against it already; one without is streamed.
+    /// length was checked against it already. Whatever its framing, the
+    /// body's first 64 KiB that are at hand are read before anything is
+    /// sent: bad framing there (an invalid chunk size) or a body past the
+    /// limit is refused with nothing sent upstream; a body that ends
+    /// within them is kept whole (replayable).
     async fn read(
         parts: &Parts,
-        body: Incoming,
+        mut body: Incoming,
         max: Option<u64>,
-    ) -> Result<Self, Response<ProxyBody>> {
+    ) -> Result<Self, BodyRefused> {
         let limit = max.unwrap_or(u64::MAX);
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= MAX_REPLAY_BODY as u64);
+        if body.is_end_stream() {
+            return Ok(ReqBody::Buffered(Bytes::new()));
+        }
         // gRPC streams stay streams, whatever their first frames look like.
-        if !small
-            || parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-                && !body.is_end_stream()
+        if parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
         {
-            return Ok(ReqBody::Streaming(Some(body), Default::default(), limit));
+            let b = super::body::Prefixed::new(Vec::new(), body);
+            return Ok(ReqBody::Streaming(Some(b), Default::default(), limit));
         }
-        match Limited::new(body, MAX_REPLAY_BODY).collect().await {
-            Ok(c) => Ok(ReqBody::Buffered(c.to_bytes())),
-            Err(_) => Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            )),
+        let mut frames = Vec::new();
+        let (mut seen, mut trailers) = (0usize, false);
+        let mut wait = FIRST_FRAME_WAIT;
+        while seen <= MAX_REPLAY_BODY && !body.is_end_stream() && !trailers {
+            let f = match tokio::time::timeout(wait, body.frame()).await {
+                // Not at hand: stream from here.
+                Err(_) => break,
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(BodyRefused::Malformed),
+                Ok(Some(Ok(f))) => f,
+            };
+            wait = NEXT_FRAME_WAIT;
+            if let Some(d) = f.data_ref() {
+                seen += d.len();
+                if seen as u64 > limit {
+                    return Err(BodyRefused::TooLarge);
+                }
+            } else {
+                trailers = true;
+            }
+            frames.push(f);
         }
+        if body.is_end_stream() && !trailers && seen <= MAX_REPLAY_BODY {
+            let mut all = bytes::BytesMut::with_capacity(seen);
+            for f in frames {
+                if let Ok(d) = f.into_data() {
+                    all.extend_from_slice(&d);
+                }
+            }
+            return Ok(ReqBody::Buffered(all.freeze()));
+        }
+        let b = super::body::Prefixed::new(frames, body);
+        Ok(ReqBody::Streaming(Some(b), Default::default(), limit))
+    }
+
+    /// The streamed body failed on the client's side (bad framing, broke
+    /// off), not by the service's limit.
+    fn client_failed(&self) -> bool {
+        matches!(self, ReqBody::Streaming(_, tee, _) if tee.failed() && !tee.too_large())
     }
 
     fn replayable(&self) -> bool {
@@ -668,7 +773,7 @@ impl ReqBody {
 }
 
 /// Headers that belong to one hop, never forwarded (RFC 9110 7.6.1).
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -687,6 +792,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         "proxy-connection",
         "transfer-encoding",
         "upgrade",
+        // Only meaningful with `Upgrade: h2c`, which is never passed on.
+        "http2-settings",
     ] {
         h.remove(n);
     }
@@ -713,8 +820,17 @@ fn upstream_request(
             Version::HTTP_11
         })
         .uri(upstream_uri(parts, &authority, h2));
+    // A body without a length goes chunked whatever the method (hyper
+    // would send a GET's or HEAD's as no body at all).
+    let unsized_body = !body.is_end_stream() && body.size_hint().exact().is_none();
     let mut req = b.body(body).unwrap_or_else(|_| Request::new(empty()));
     *req.headers_mut() = parts.headers.clone();
+    if !h2 && unsized_body && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     if h2 {
         req.headers_mut().remove(header::HOST);
     } else {

@@ -36,8 +36,11 @@ impl IngressListeners {
     ) -> std::io::Result<u16> {
         let key = (task.to_string(), port_name.to_string());
         let l = match self.inherited.remove(&key) {
-            Some(l) if listen.port() == 0 || l.local_addr()?.port() == listen.port() => l,
-            _ => std::net::TcpListener::bind(listen)?,
+            Some(l) if listen.port() == 0 || l.local_addr()?.port() == listen.port() => {
+                crate::listen::widen(&l)?;
+                l
+            }
+            _ => crate::listen::tcp(listen)?,
         };
         l.set_nonblocking(true)?;
         let copy: OwnedFd = l.try_clone()?.into();

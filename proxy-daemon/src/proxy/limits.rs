@@ -49,6 +49,8 @@ pub struct Limits {
     max_header_bytes: AtomicUsize,
     /// HTTP/1.1 connections open (busy, idle, or being dialed).
     open: AtomicUsize,
+    /// Upgraded tunnels open, by client task (cgroup id).
+    tunnels: Mutex<std::collections::HashMap<u64, usize>>,
 }
 
 impl Default for Limits {
@@ -70,6 +72,7 @@ impl Limits {
             max_request_bytes: AtomicU64::new(u64::MAX),
             max_header_bytes: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            tunnels: Mutex::default(),
         };
         l.set(spec);
         l
@@ -164,6 +167,60 @@ impl Limits {
     pub fn open_conn(self: &Arc<Self>) -> OpenConn {
         self.open.fetch_add(1, Ordering::AcqRel);
         OpenConn(self.clone())
+    }
+}
+
+impl Limits {
+    /// The most upgraded tunnels one client task may hold open to the
+    /// service: half of `maxConnections` (at least one), so that one task
+    /// can never take every lane and starve the other clients.
+    pub fn tunnel_share(&self) -> usize {
+        (self.max_connections() / 2).max(1)
+    }
+
+    /// Count a tunnel of client task `client` (its cgroup id) while the
+    /// token lives; `None` when the task holds its share already.
+    pub fn tunnel(self: &Arc<Self>, client: u64) -> Option<Tunnel> {
+        let share = self.tunnel_share();
+        let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(client).or_default();
+        if *n >= share {
+            return None;
+        }
+        *n += 1;
+        Some(Tunnel {
+            limits: self.clone(),
+            client,
+        })
+    }
+
+    /// Tunnels client task `client` holds open.
+    #[cfg(test)]
+    pub fn tunnels_of(&self, client: u64) -> usize {
+        let t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(&client).copied().unwrap_or(0)
+    }
+}
+
+/// One upgraded tunnel of a client task, counted until dropped.
+pub struct Tunnel {
+    limits: Arc<Limits>,
+    client: u64,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let mut t = self
+            .limits
+            .tunnels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -309,6 +366,24 @@ mod tests {
             .collect();
         assert_eq!(all.len(), 3);
         assert_eq!(l.lane(None).await.err(), Some(NoLane::Overflow));
+    }
+
+    #[test]
+    fn a_client_task_gets_half_the_tunnels() {
+        let l = Arc::new(Limits::new(&spec(3, 0)));
+        assert_eq!(l.tunnel_share(), 1);
+        let a = l.tunnel(7);
+        assert!(a.is_some());
+        assert!(l.tunnel(7).is_none(), "task 7 holds its share");
+        let b = l.tunnel(8);
+        assert!(b.is_some(), "another task has its own");
+        drop(a);
+        assert_eq!(l.tunnels_of(7), 0);
+        assert!(l.tunnel(7).is_some());
+        l.set(&spec(10, 0));
+        assert_eq!(l.tunnel_share(), 5);
+        let l1 = Arc::new(Limits::new(&spec(1, 0)));
+        assert_eq!(l1.tunnel_share(), 1);
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Proxy {
 
     /// The alias a task dialed (its kernel id) and who the task is, from the
     /// kernel's record of its connection.
-    fn alias_of(&self, peer: SocketAddr) -> Option<(u32, Option<Arc<access::Client>>)> {
+    fn alias_of(&self, peer: SocketAddr) -> Option<(u32, Option<Arc<access::Client>>, u64)> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -121,7 +121,7 @@ impl Proxy {
                 source: source.clone(),
             })
         });
-        Some((info.service_id, client))
+        Some((info.service_id, client, info.cgroup_id))
     }
 }
 
@@ -136,7 +136,7 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        let Some((alias, client)) = proxy.alias_of(peer) else {
+        let Some((alias, client, task)) = proxy.alias_of(peer) else {
             // Not a task's connection to a VIP (or one we no longer route).
             debug!(%peer, "egress: no VIP recorded for this connection; closing");
             continue;
@@ -144,7 +144,7 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(forward::serve_connection(
             stream,
-            forward::Target::Alias(alias, client),
+            forward::Target::Alias(alias, client, task),
             proxy.clone(),
         ));
     }

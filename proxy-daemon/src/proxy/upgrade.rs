@@ -1,31 +1,139 @@
-//! HTTP/1.1 upgrades (WebSocket and the like): the request goes to one
-//! endpoint on a connection of its own; after `101 Switching Protocols` the
-//! two sides are spliced byte for byte.
+//! HTTP/1.1 upgrades. What a service allows, and nothing else:
+//!
+//! - `websocket` on an `http` service: the request (its head checked, its
+//!   hop-by-hop fields stripped like any other's) goes to one endpoint on a
+//!   connection of its own; after `101 Switching Protocols` the two sides
+//!   are spliced byte for byte. The tunnel holds a lane (`maxConnections`)
+//!   and counts as an open connection while it lasts, is closed after the
+//!   service's `idleTimeoutSeconds` without a byte either way, and one
+//!   client task holds at most half of `maxConnections` of them.
+//! - `h2c` is never passed on (it would splice an HTTP/2 connection past
+//!   every per-request limit, retry, timeout and metric): the `Upgrade`
+//!   and `HTTP2-Settings` fields are stripped and the request is served as
+//!   the plain HTTP/1.1 request it also is (RFC 9110 7.8 lets a server
+//!   ignore an upgrade).
+//! - Any other token (or WebSocket on an `http2` / `grpc` service): 403.
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
-use hyper::{Request, Response, StatusCode, body::Incoming, client::conn::http1};
+use hyper::{
+    Request, Response, StatusCode, Version,
+    body::Incoming,
+    client::conn::http1,
+    header::{self, HeaderValue},
+};
 use hyper_util::rt::TokioIo;
+use proxy_config::AppProtocol;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{
     AliasRoute, Proxy,
-    body::{Holding, InflightGuard, ProxyBody, error_response, incoming},
+    body::{Holding, InflightGuard, ProxyBody, error_response, incoming, overflow_response},
+    forward::{Outcome, strip_hop_by_hop},
+    idle::{Activity, Tracked},
     pool::CONNECT_TIMEOUT,
 };
+use crate::metrics::Overflow;
 
+/// What a request's `Connection: upgrade` + `Upgrade` ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Not an upgrade (also: `Upgrade` without `Connection: upgrade`).
+    None,
+    /// `h2c` among the tokens: stripped, served as HTTP/1.1.
+    H2c,
+    /// `websocket` alone.
+    WebSocket,
+    /// Anything else.
+    Other,
+}
+
+impl Kind {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        let names_upgrade = req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            });
+        if req.version() != Version::HTTP_11 || !names_upgrade {
+            return Kind::None;
+        }
+        let tokens: Vec<String> = req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if tokens.is_empty() {
+            Kind::None
+        } else if tokens.iter().any(|t| t.split('/').next() == Some("h2c")) {
+            Kind::H2c
+        } else if tokens.len() == 1 && tokens[0] == "websocket" {
+            Kind::WebSocket
+        } else {
+            Kind::Other
+        }
+    }
+
+    /// The answer to an upgrade the service does not allow.
+    pub fn refused(self, protocol: AppProtocol) -> Option<Response<ProxyBody>> {
+        let why = match self {
+            Kind::Other => "this service allows no upgrade but WebSocket",
+            Kind::WebSocket if protocol != AppProtocol::Http => {
+                "WebSocket upgrades go only to services with appProtocol http"
+            }
+            _ => return None,
+        };
+        let mut r = error_response(StatusCode::FORBIDDEN, why);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(r)
+    }
+}
+
+/// A WebSocket request of client task `client` (its cgroup id; `None`:
+/// from another host's daemon, which applied the share at its egress).
 pub async fn forward(
     mut req: Request<Incoming>,
     alias: &AliasRoute,
     proxy: &Arc<Proxy>,
+    client: Option<u64>,
+    outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
+    let limits = &alias.pool.limits;
+    let tunnel = match client {
+        Some(c) => match limits.tunnel(c) {
+            Some(t) => Some(t),
+            None => {
+                alias.counters.overflow(Overflow::ClientShare);
+                return overflow_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Overflow::ClientShare,
+                    false,
+                    "this task holds its share of this service's upgraded connections (half of maxConnections)",
+                );
+            }
+        },
+        None => None,
+    };
     // An upgraded connection holds a lane and counts as open for as long
     // as it lasts, like any request on its own connection.
+    let start = std::time::Instant::now();
     let deadline = alias
         .request_timeout
         .map(|t| tokio::time::Instant::now() + t);
-    let lane = match alias.pool.limits.lane(deadline).await {
+    let lane = match limits.lane(deadline).await {
         Ok(lane) => lane,
         Err(why) => return super::forward::no_lane(alias, why, false),
     };
@@ -35,6 +143,7 @@ pub async fn forward(
             "no healthy endpoint for this service",
         );
     };
+    outcome.endpoint = Some(ep.addr);
     let downstream = hyper::upgrade::on(&mut req);
     let open = alias.pool.open_for_upgrade();
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await {
@@ -47,6 +156,10 @@ pub async fn forward(
             );
         }
     };
+    let _ = stream.set_nodelay(true);
+    // The tunnel's clock: any byte either way through it.
+    let activity = Activity::new();
+    let stream = Tracked::new(stream, activity.clone());
     let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
         Ok(x) => x,
         Err(_) => {
@@ -61,17 +174,26 @@ pub async fn forward(
             debug!(error = %e, "upgraded upstream connection");
         }
     });
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
+    // Hop by hop like any request; then the two fields this hop asks for.
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let mut up = Request::from_parts(parts, incoming(body));
     *up.uri_mut() = match path.parse() {
         Ok(u) => u,
         Err(_) => return error_response(StatusCode::BAD_REQUEST, "bad request target"),
     };
+    let sent_at = std::time::Instant::now();
     let mut resp = match sender.send_request(up).await {
         Ok(r) => r,
         Err(_) => {
@@ -82,19 +204,39 @@ pub async fn forward(
             );
         }
     };
-    proxy.success(&ep);
+    outcome.upstream = start.elapsed();
+    let m = &alias.counters;
+    m.code(resp.status().as_u16());
+    ep.requests.inc();
+    m.latency(sent_at.elapsed().as_secs_f64() * 1000.0);
+    if resp.status().is_server_error() {
+        proxy.failure(alias, &ep);
+    } else {
+        proxy.success(&ep);
+    }
     let held = (lane, open);
-    let (parts, body) = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let idle = alias.idle_timeout;
+    let (mut parts, body) = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         // An open WebSocket is a request in flight: a drain waits for it.
         let guard = InflightGuard::new(ep.health.clone());
         tokio::spawn(async move {
-            let _held = (guard, held);
+            let _held = (guard, held, tunnel);
             match (downstream.await, upstream.await) {
                 (Ok(d), Ok(u)) => {
                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        debug!(error = %e, "upgraded connection ended");
+                    let quiet = async {
+                        match idle {
+                            Some(idle) => activity.idle_for(idle).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        r = tokio::io::copy_bidirectional(&mut d, &mut u) => if let Err(e) = r {
+                            debug!(error = %e, "upgraded connection ended");
+                        },
+                        // Dropping both ends closes them.
+                        () = quiet => debug!(?idle, "closing an idle upgraded connection"),
                     }
                 }
                 (d, u) => debug!(down = d.is_ok(), up = u.is_ok(), "upgrade did not complete"),
@@ -104,8 +246,10 @@ pub async fn forward(
         (parts, incoming(body))
     } else {
         // Not upgraded: the connection is done once this answer is read.
-        let (parts, body) = resp.into_parts();
-        (parts, Holding::new(incoming(body), held).boxed())
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        (parts, Holding::new(incoming(body), (held, tunnel)).boxed())
     };
+    parts.version = Version::HTTP_11;
     Response::from_parts(parts, body)
 }

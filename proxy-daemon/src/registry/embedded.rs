@@ -68,6 +68,24 @@ fn open_db(path: &Path) -> Result<Database, RegistryError> {
         path: shown.clone(),
         detail,
     };
+    // Root only: the store holds every service's configuration. Created
+    // 0600 (an older file is narrowed too) before redb opens it.
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        if let Err(e) = made {
+            return Err(RegistryError::Open {
+                path: shown.clone(),
+                source: Box::new(redb::Error::Io(e)),
+            });
+        }
+    }
     let mut db = match Database::create(path) {
         Ok(db) => db,
         Err(e) => {

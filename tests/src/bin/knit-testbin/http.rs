@@ -85,6 +85,11 @@ pub fn server(args: &[String]) -> Result<()> {
         .with_context(|| format!("${var}"))?
         .parse()?;
     let always: Option<u16> = arg(args, "--always").map(|s| s.parse()).transpose()?;
+    // Record every request as it reached us (head fields in order, body
+    // bytes, body errors) and answer it with that record; `GET /seen`
+    // (not recorded) lists them all.
+    let record = args.iter().any(|a| a == "--record");
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     if let Some(p) = arg(args, "--pidfile") {
         std::fs::write(p, std::process::id().to_string())?;
     }
@@ -103,12 +108,19 @@ pub fn server(args: &[String]) -> Result<()> {
             let (s, _) = l.accept().await?;
             let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
             let stats = stats.clone();
+            let seen = seen.clone();
             let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
-                    let (stats, used) = (stats.clone(), used.clone());
+                    let (stats, used, seen) = (stats.clone(), used.clone(), seen.clone());
                     async move {
+                        if record && req.uri().path() == "/seen" {
+                            let all = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            return Ok::<_, Infallible>(Response::new(full(
+                                serde_json::Value::from(all).to_string(),
+                            )));
+                        }
                         if req.uri().path() == "/stats" {
                             let body = json!({
                                 "requests": stats.requests.load(std::sync::atomic::Ordering::SeqCst),
@@ -129,6 +141,9 @@ pub fn server(args: &[String]) -> Result<()> {
                         let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         if let Some(f) = &count_file {
                             let _ = std::fs::write(f, n.to_string());
+                        }
+                        if record {
+                            return Ok(recorded(req, &id, &seen).await);
                         }
                         Ok::<_, Infallible>(route(req, &id, always).await)
                     }
@@ -185,6 +200,67 @@ async fn route(req: Request<Incoming>, id: &str, always: Option<u16>) -> Respons
     } else {
         Response::new(full(id.to_string()))
     };
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-backend", v);
+    }
+    resp
+}
+
+/// `--record`: what reached this backend, kept and sent back as JSON:
+/// `{"method", "path", "version", "headers": [[name, value]...],
+/// "body_bytes", "body_error"}`. WebSocket upgrades are recorded (no body)
+/// and then served as usual.
+async fn recorded(
+    req: Request<Incoming>,
+    id: &str,
+    seen: &Mutex<Vec<serde_json::Value>>,
+) -> Response<Body> {
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let head = json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    if req.uri().path() == "/ws" {
+        let mut r = head;
+        r["body_bytes"] = 0.into();
+        seen.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        return route(req, id, None).await;
+    }
+    let method = req.method().clone();
+    let mut r = head;
+    let (mut bytes, mut error) = (0u64, None);
+    let mut body = req.into_body();
+    // Frame by frame: what came before an error counts too.
+    while let Some(f) = body.frame().await {
+        match f {
+            Ok(f) => bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    r["body_bytes"] = bytes.into();
+    r["body_error"] = error.into();
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(r.clone());
+    let mut resp = Response::new(if method == hyper::Method::HEAD {
+        full(Bytes::new())
+    } else {
+        full(r.to_string())
+    });
     if let Ok(v) = HeaderValue::from_str(id) {
         resp.headers_mut().insert("x-backend", v);
     }
@@ -287,6 +363,8 @@ pub fn client(args: &[String]) -> Result<()> {
     // A new connection for every request (each one is a new connect, which
     // the kernel's connect hook routes afresh).
     let reconnect = args.iter().any(|a| a == "--reconnect");
+    // A Host field other than the URL's authority (HTTP/2: beside it).
+    let authority_field = arg(args, "--host-header");
     let last_body: Arc<Mutex<String>> = Arc::default();
     // Pseudo-random: no period a reordering of chunks could hide in.
     let payload: Bytes = {
@@ -311,6 +389,7 @@ pub fn client(args: &[String]) -> Result<()> {
                 payload.clone(),
             );
             let last_body = last_body.clone();
+            let host_field = authority_field.clone().unwrap_or_else(|| authority.clone());
             workers.push(tokio::spawn(async move {
                 let mut conn: Option<Conn> = None;
                 loop {
@@ -323,7 +402,14 @@ pub fn client(args: &[String]) -> Result<()> {
                     }
                     let t0 = Instant::now();
                     let r = one(
-                        &mut conn, addr, h2, &authority, &path, &method, &payload, chunked,
+                        &mut conn,
+                        addr,
+                        h2,
+                        (&authority, &host_field),
+                        &path,
+                        &method,
+                        &payload,
+                        chunked,
                     )
                     .await;
                     {
@@ -403,7 +489,7 @@ async fn one(
     conn: &mut Option<Conn>,
     addr: SocketAddr,
     h2: bool,
-    authority: &str,
+    (authority, host_field): (&str, &str),
     path: &str,
     method: &hyper::Method,
     payload: &Bytes,
@@ -425,7 +511,7 @@ async fn one(
     };
     let mut b = Request::builder()
         .method(method.clone())
-        .header(header::HOST, authority);
+        .header(header::HOST, host_field);
     b = if h2 {
         b.uri(format!("http://{authority}{path}"))
     } else {
@@ -494,6 +580,54 @@ pub fn ws_client(args: &[String]) -> Result<()> {
         }
         let _ = ws.close(None).await;
         println!("{}", json!({"ok": ok, "bad": bad, "backend": backend}));
+        Ok(())
+    })
+}
+
+/// Open `--sockets K` WebSockets at once through the alias, say nothing on
+/// them, and report how each fared: `{"opened": n, "refused": [status...],
+/// "closed_after_ms": [ms or null per opened socket]}`; a socket still open
+/// after `--idle-ms D` counts as null (bounded: D at most 60 s).
+pub fn ws_idle(args: &[String]) -> Result<()> {
+    let url = arg(args, "--url").context("--url")?;
+    let (authority, addr, path) = parse_url(args, &url)?;
+    let k = num(args, "--sockets", 1)?.clamp(1, 64);
+    let idle = Duration::from_millis(num(args, "--idle-ms", 5000)?.min(60_000));
+    runtime()?.block_on(async move {
+        let mut open = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..k {
+            let stream = TcpStream::connect(addr).await?;
+            match tokio_tungstenite::client_async(format!("ws://{authority}{path}"), stream).await {
+                Ok((ws, _)) => open.push(ws),
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                    refused.push(r.status().as_u16())
+                }
+                Err(e) => bail!("opening a WebSocket: {e}"),
+            }
+        }
+        let start = Instant::now();
+        let mut waits = Vec::new();
+        for mut ws in open.drain(..) {
+            waits.push(tokio::spawn(async move {
+                // Until the peer closes (or a frame comes: not expected).
+                let r = tokio::time::timeout(idle, ws.next()).await;
+                match r {
+                    Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {
+                        Some(start.elapsed().as_millis() as u64)
+                    }
+                    _ => None,
+                }
+            }));
+        }
+        let mut closed = Vec::new();
+        for w in waits {
+            closed.push(w.await.ok().flatten());
+        }
+        println!(
+            "{}",
+            json!({"opened": closed.len(), "refused": refused, "closed_after_ms": closed})
+        );
         Ok(())
     })
 }

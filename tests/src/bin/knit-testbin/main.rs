@@ -6,11 +6,15 @@
 //! knit-testbin echo [--id NAME] [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
 //! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--hosts FILE]
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
-//! knit-testbin http [--id NAME] --port-env VAR [--always STATUS]
+//! knit-testbin http [--id NAME] --port-env VAR [--always STATUS] [--record]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
 //!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D] [--reconnect]
+//!     [--host-header H]
 //! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
-//! knit-testbin raw --target HOST:PORT --send TEXT [--big-header-bytes N] [--hosts FILE]
+//! knit-testbin ws-idle --url ws://HOST:PORT/ws --sockets K --idle-ms D [--hosts FILE]
+//! knit-testbin raw --target HOST:PORT --send TEXT [--big-header-bytes N]
+//!     [--body-bytes N [--chunked]] [--after TEXT] [--read-ms MS] [--hosts FILE]
+//! knit-testbin burst --target HOST:PORT --connections N [--hosts FILE]
 //! knit-testbin grpc-server [--id NAME] --port-env VAR [--unavailable]
 //! knit-testbin grpc-client --url http://HOST:PORT --kind unary|server|client|bidi --count N
 //!     [--bytes B] [--messages M] [--concurrency C] [--hosts FILE]
@@ -76,6 +80,8 @@ fn main() -> Result<()> {
         Some("http") => http::server(&args),
         Some("http-client") => http::client(&args),
         Some("ws-client") => http::ws_client(&args),
+        Some("ws-idle") => http::ws_idle(&args),
+        Some("burst") => flood::burst(&args),
         Some("raw") => raw(&args),
         Some("grpc-server") => grpc::server(&args),
         Some("grpc-client") => grpc::client(&args),
@@ -86,7 +92,7 @@ fn main() -> Result<()> {
         Some("sink-server") => blast::server(&args),
         Some("blast") => blast::client(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|grpc-server|grpc-client|privileges|xfer-server|xfer|flood|sink-server|blast ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|ws-idle|burst|raw|grpc-server|grpc-client|privileges|xfer-server|xfer|flood|sink-server|blast ..."
         ),
     }
 }
@@ -370,9 +376,43 @@ fn raw(args: &[String]) -> Result<()> {
             "a".repeat(repeat)
         );
     }
+    // A body after the text: N bytes, as is or in 64 KiB chunks (the
+    // chunked framing is written here: the text must say so).
+    let body_bytes = num(args, "--body-bytes", 0)?.min(64 << 20) as usize;
+    let chunked = args.iter().any(|a| a == "--chunked");
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(text.as_bytes())?;
+    s.set_read_timeout(Some(Duration::from_millis(
+        num(args, "--read-ms", 5000)?.clamp(100, 30_000),
+    )))?;
+    // Written after the body instead of its last chunk (bad framing).
+    let after = arg(args, "--after").map(|t| t.replace("\\r", "\r").replace("\\n", "\n"));
+    let mut w = s.try_clone()?;
+    // Written on a thread of its own: the answer may come (and the peer
+    // close) before the body is all sent.
+    let writer = std::thread::spawn(move || -> std::io::Result<u64> {
+        w.write_all(text.as_bytes())?;
+        let block = vec![b'x'; 64 * 1024];
+        let mut left = body_bytes;
+        let mut sent = 0u64;
+        while left > 0 {
+            let n = left.min(block.len());
+            if chunked {
+                w.write_all(format!("{n:x}\r\n").as_bytes())?;
+            }
+            w.write_all(&block[..n])?;
+            if chunked {
+                w.write_all(b"\r\n")?;
+            }
+            left -= n;
+            sent += n as u64;
+        }
+        if let Some(a) = after {
+            w.write_all(a.as_bytes())?;
+        } else if chunked && body_bytes > 0 {
+            w.write_all(b"0\r\n\r\n")?;
+        }
+        Ok(sent)
+    });
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let closed = loop {
@@ -385,12 +425,17 @@ fn raw(args: &[String]) -> Result<()> {
             break false;
         }
     };
+    let sent = match writer.join() {
+        Ok(Ok(n)) => json!(n),
+        Ok(Err(e)) => json!(e.to_string()),
+        Err(_) => json!("the writer panicked"),
+    };
     let answer = String::from_utf8_lossy(&buf);
     let status = answer.lines().next().unwrap_or_default().to_string();
     let all: Vec<&str> = answer.lines().filter(|l| l.starts_with("HTTP/")).collect();
     println!(
         "{}",
-        json!({"status_line": status, "status_lines": all, "closed": closed,
+        json!({"status_line": status, "status_lines": all, "closed": closed, "body_sent": sent,
                 "body_tail": answer.lines().last(), "answer": answer.chars().take(4096).collect::<String>()})
     );
     Ok(())
