@@ -1,0 +1,611 @@
+//! The daemon's state and every change to it. One `Engine` behind a tokio
+//! mutex; each operation updates the registry first (the source of truth
+//! that survives a crash), then [`Engine::reconcile`] applies the desired
+//! state (`daemon/desired.rs`) to the kernel maps, the proxy's routes and
+//! the hosts block.
+//!
+//! Here: start-up and recovery, the registry (embedded or etcd), applies,
+//! reconcile, reload and handover. Each other job has a file of its own:
+//! `tasks` (lifecycle: start, running, gone, drain, readiness), `checks`
+//! (health checks), `ingress` (listeners for other hosts), `outliers` (the
+//! monitor's ejection pass), `routes` (one L7 alias's proxy route),
+//! `views` (tables, metrics snapshot, stats, status).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use proxy_config::{DaemonConfig, HealthCheck, OutlierConfig, TaskDefinition};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+mod checks;
+mod ingress;
+mod outliers;
+mod routes;
+mod tasks;
+mod views;
+
+use routes::{RouteParts, alias_labels, build_route, endpoint_labels, outlier_config};
+
+use super::desired::{self, is_l7, members_by_service};
+use crate::{
+    cgroup,
+    control::{EndpointRow, Response, ServiceRow, StatusReport, TaskPlan},
+    datapath::Datapath,
+    health::{self, HealthState},
+    hosts::HostsFile,
+    metrics::{EndpointLabels, ProxyMetrics, ServiceLabels, Snapshot, TargetLabels},
+    outlier::Outliers,
+    proxy::{
+        AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
+        ServicePool,
+    },
+    registry::{
+        AliasRecord, ConfigState, HostedTask, RegistryError, ServiceRecord, Store, TaskPort,
+        TaskRecord, etcd::Etcd, state::ApplySummary,
+    },
+};
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Keys whose new values are in effect.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed but take effect at the next start.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// Which registry holds the shared state.
+pub enum Shared {
+    /// `store` (one host).
+    Embedded,
+    /// etcd (a fleet); `store` keeps only this host's tasks.
+    Etcd(Arc<Etcd>),
+}
+
+/// ECS Service Connect's per-request timeout when the service sets none.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long what is left of an ended task has between SIGTERM and SIGKILL
+/// (ECS's default `stopTimeout`).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// ECS Service Connect's idle timeout for HTTP, HTTP/2 and gRPC.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A task that asked to start but never reported running is dropped after this.
+const START_GRACE_MS: u64 = 30_000;
+
+pub struct Engine {
+    pub cfg: DaemonConfig,
+    pub store: Store,
+    pub shared: Shared,
+    pub dp: Datapath,
+    pub hosts: HostsFile,
+    /// `<cgroup2 mount>/<cfg.cgroup>`.
+    pub cgroup_root: PathBuf,
+    pub services: Vec<ServiceRecord>,
+    pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// This host's tasks.
+    pub tasks: BTreeMap<String, TaskRecord>,
+    /// Other hosts' tasks (etcd), by task id.
+    pub remote: BTreeMap<String, Arc<HostedTask>>,
+    pub outliers: Outliers,
+    pub started: Instant,
+    last_hosts: Option<BTreeMap<String, BTreeMap<String, Ipv4Addr>>>,
+    pub proxy: Arc<Proxy>,
+    /// Round-robin cursors of L7 aliases, by alias id (outlive route tables).
+    cursors: BTreeMap<u32, Arc<AtomicUsize>>,
+    /// Retry budgets of L7 aliases, by alias id.
+    budgets: BTreeMap<u32, Arc<RetryBudget>>,
+    /// Connections and limits of L7 aliases, by alias id (ingress routes
+    /// share them; the limits change in place on every reconcile).
+    pools: BTreeMap<u32, Arc<ServicePool>>,
+    /// Passive health and in-flight counts of L7 endpoints, by backend id.
+    health: BTreeMap<u32, Arc<EndpointHealth>>,
+    ingress: IngressListeners,
+    /// Cgroups of ended tasks being stopped: (cgroup, SIGKILL deadline).
+    stopping: Vec<(PathBuf, Instant)>,
+    /// Health-check state of tasks whose task definition has a healthCheck.
+    health_checks: BTreeMap<String, HealthState>,
+    /// Where the admin HTTP listens (set once bound).
+    pub admin: String,
+    /// Copies of the egress, admin and control listeners, by name, for a
+    /// new daemon that takes over.
+    pub listener_fds: Vec<(String, std::os::fd::OwnedFd)>,
+    /// Handed over: no more changes; the main loop drains and exits.
+    pub retired: bool,
+    /// Tells the main loop to retire.
+    pub retire_signal: Arc<tokio::sync::Notify>,
+}
+
+/// Is this endpoint in rotation now? (Running, its port accepted a
+/// connection, not draining, not ejected, healthy if it has a check.)
+fn eligible(outliers: &Outliers, t: &TaskRecord, p: &TaskPort) -> bool {
+    t.pid.is_some()
+        && p.ready
+        && !t.draining
+        && !outliers.is_ejected(p.backend_id)
+        && t.health.is_none_or(|h| h == health::Status::Healthy)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    pub fn new(
+        cfg: DaemonConfig,
+        store: Store,
+        shared: Shared,
+        dp: Datapath,
+        cgroup_root: PathBuf,
+        proxy: Arc<Proxy>,
+        inherited_ingress: std::collections::HashMap<(String, String), std::net::TcpListener>,
+    ) -> anyhow::Result<Self> {
+        let hosts = HostsFile::new(cfg.hosts_file.clone(), &cfg.cgroup);
+        let mut tasks = BTreeMap::new();
+        for t in store.tasks()? {
+            if cgroup::is_populated(&t.cgroup) {
+                info!(task = %t.id, "recovered a running task");
+                tasks.insert(t.id.clone(), t);
+            } else {
+                info!(task = %t.id, "a task ended while the daemon was away; deregistering it");
+                store.remove_task(&t.id)?;
+                if let Shared::Etcd(etcd) = &shared {
+                    etcd.withdraw(&t.id);
+                }
+                cgroup::remove_tree(&t.cgroup);
+            }
+        }
+        let mut e = Self {
+            cfg,
+            store,
+            shared,
+            dp,
+            hosts,
+            cgroup_root,
+            services: Vec::new(),
+            task_definitions: BTreeMap::new(),
+            tasks,
+            remote: BTreeMap::new(),
+            outliers: Outliers::default(),
+            started: Instant::now(),
+            last_hosts: None,
+            proxy,
+            cursors: BTreeMap::new(),
+            budgets: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            health: BTreeMap::new(),
+            ingress: IngressListeners::default(),
+            stopping: Vec::new(),
+            health_checks: BTreeMap::new(),
+            admin: String::new(),
+            listener_fds: Vec::new(),
+            retired: false,
+            retire_signal: Arc::default(),
+        };
+        e.ingress.inherited = inherited_ingress;
+        e.load_shared()?;
+        if let Shared::Etcd(etcd) = &e.shared {
+            for t in e.tasks.values() {
+                etcd.publish(t);
+            }
+            // Learn this host's fleet index now, so that tasks can start
+            // even if etcd goes away later.
+            if e.store.host_index()?.is_none() {
+                match etcd.host_index() {
+                    Ok(i) => e.store.set_host_index(i)?,
+                    Err(err) => {
+                        warn!(error = %err, "no fleet index yet; tasks start once etcd answers")
+                    }
+                }
+            }
+        }
+        e.sweep_unknown_cgroups();
+        // Recovered tasks keep their last verdict until their next check.
+        let recovered: Vec<(String, String, Option<health::Status>)> = e
+            .tasks
+            .values()
+            .map(|t| (t.id.clone(), t.service.clone(), t.health))
+            .collect();
+        for (id, service, status) in recovered {
+            if let (Some(spec), Some(status)) = (e.health_spec(&service), status) {
+                e.health_checks
+                    .insert(id, HealthState::new(spec, status, Instant::now()));
+            }
+        }
+        let ids: Vec<String> = e.tasks.keys().cloned().collect();
+        for id in ids {
+            e.start_ingress(&id);
+        }
+        e.reconcile()?;
+        Ok(e)
+    }
+
+    /// Is this endpoint in rotation now?
+    fn eligible(&self, t: &TaskRecord, p: &TaskPort) -> bool {
+        eligible(&self.outliers, t, p)
+    }
+
+    /// Read the shared state again (after an apply, or when etcd's view
+    /// changed) and route by it.
+    fn load_shared(&mut self) -> anyhow::Result<()> {
+        let config: ConfigState = match &self.shared {
+            Shared::Embedded => self.store.config()?,
+            Shared::Etcd(etcd) => {
+                let v = etcd.view();
+                self.remote = v.remote.clone();
+                v.config.clone()
+            }
+        };
+        self.services = config.services.into_values().collect();
+        self.task_definitions = config.task_definitions;
+        Ok(())
+    }
+
+    /// etcd's view changed: route by it.
+    pub fn refresh_shared(&mut self) -> anyhow::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
+        self.load_shared()?;
+        let known: BTreeSet<u32> = self
+            .remote
+            .values()
+            .flat_map(|h| h.task.ports.iter().map(|p| p.backend_id))
+            .chain(
+                self.tasks
+                    .values()
+                    .flat_map(|t| t.ports.iter().map(|p| p.backend_id)),
+            )
+            .collect();
+        // Endpoints that left the fleet take their passive health along.
+        self.health.retain(|id, _| known.contains(id));
+        self.reconcile()
+    }
+
+    /// Save one of this host's tasks: locally, and for the fleet.
+    fn save_task(&self, rec: &TaskRecord) -> Result<(), crate::registry::RegistryError> {
+        self.store.put_task(rec)?;
+        if let Shared::Etcd(etcd) = &self.shared {
+            etcd.publish(rec);
+        }
+        Ok(())
+    }
+
+    /// Make the kernel maps, the proxy's routes and the hosts block match
+    /// the registry (see [`desired::desired`]).
+    pub fn reconcile(&mut self) -> anyhow::Result<()> {
+        let outliers = &self.outliers;
+        let d = desired::desired(&desired::Inputs {
+            services: &self.services,
+            tasks: &self.tasks,
+            remote: &self.remote,
+            address: self.cfg.host.address,
+            eligible: |t: &TaskRecord, p: &TaskPort| eligible(outliers, t, p),
+        });
+        let mut routes = RouteTable::default();
+        let mut l7_ids = BTreeSet::new();
+        for r in &d.l7 {
+            let s = &self.services[r.service];
+            let a = &s.aliases[r.alias];
+            l7_ids.insert(a.service_id);
+            let route = build_route(
+                s,
+                a,
+                &r.endpoints,
+                RouteParts {
+                    health: &mut self.health,
+                    budget: self.budgets.entry(a.service_id).or_default().clone(),
+                    cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                    pool: self.pools.entry(a.service_id).or_default().clone(),
+                    outlier: &self.cfg.outlier,
+                    metrics: &self.proxy.metrics,
+                },
+            );
+            routes.aliases.insert(a.service_id, route);
+        }
+        self.proxy.routes.store(Arc::new(routes));
+        // A service gone (or no longer HTTP): its idle connections go too.
+        self.pools.retain(|id, _| l7_ids.contains(id));
+        // Each task's cgroup id (its directory's inode) -> its namespace.
+        // And for the proxy, who sends: cgroup id -> service (and its
+        // access log configuration).
+        let mut task_ns: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        for t in self.tasks.values() {
+            let Some(s) = self.services.iter().find(|s| s.spec.name == t.service) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&t.cgroup) else {
+                continue;
+            };
+            let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+            task_ns.insert(ino, s.ns_id);
+            sources.insert(
+                ino,
+                Arc::new(crate::proxy::access::Source {
+                    service: t.service.clone(),
+                    access_log: s.spec.access_log,
+                }),
+            );
+        }
+        self.dp.maps.sync(&d.aliases, &d.backend_ids, &task_ns)?;
+        self.proxy.sources.store(Arc::new(sources));
+        let names = d.names;
+        if self.last_hosts.as_ref() != Some(&names) {
+            match self.write_hosts(&names) {
+                Ok(()) => self.last_hosts = Some(names),
+                Err(e) => {
+                    warn!(file = %self.hosts.path().display(), error = %e, "could not update the hosts file")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The hosts file has every namespace's aliases (the default
+    /// namespace's first where two share a name); each namespace's view
+    /// only its own.
+    fn write_hosts(
+        &self,
+        names: &BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
+    ) -> std::io::Result<()> {
+        let mut all: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+        let default = self.default_namespace();
+        let order = names
+            .iter()
+            .filter(|(ns, _)| **ns == default)
+            .chain(names.iter().filter(|(ns, _)| **ns != default));
+        for (_, entries) in order {
+            for (name, vip) in entries {
+                all.entry(name.clone()).or_insert(*vip);
+            }
+        }
+        self.hosts.write(&all.into_iter().collect::<Vec<_>>())?;
+        for (ns, entries) in names {
+            let entries: Vec<(String, Ipv4Addr)> =
+                entries.iter().map(|(n, v)| (n.clone(), *v)).collect();
+            self.hosts.write_view(&self.hosts_view(ns), &entries)?;
+        }
+        Ok(())
+    }
+
+    /// `<state_dir>/hosts/<namespace>`.
+    fn hosts_view(&self, namespace: &str) -> PathBuf {
+        self.cfg.state_dir.join("hosts").join(namespace)
+    }
+
+    fn default_namespace(&self) -> String {
+        match &self.shared {
+            Shared::Etcd(etcd) => etcd.view().config.default_namespace.clone(),
+            Shared::Embedded => self.store.config().ok().and_then(|c| c.default_namespace),
+        }
+        .unwrap_or_else(|| self.cfg.default_namespace.clone())
+    }
+
+    /// Remove our block from the hosts file (clean shutdown).
+    pub fn clear_hosts(&mut self) {
+        if let Err(e) = self.hosts.write(&[]) {
+            warn!(file = %self.hosts.path().display(), error = %e, "could not clean the hosts file");
+        }
+    }
+
+    pub fn apply(&mut self, files: Vec<(String, String)>) -> Response {
+        let files: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .map(|(n, c)| (n, c.into_bytes()))
+            .collect();
+        let default = self.cfg.default_namespace.clone();
+        let plan = |state: &ConfigState| proxy_config::plan(&files, &state.existing(&default));
+        let result = match &self.shared {
+            Shared::Embedded => {
+                self.store
+                    .config()
+                    .map(|state| plan(&state))
+                    .and_then(|p| match p {
+                        Ok(p) => self.store.apply(&p).map(Ok),
+                        Err(errs) => Ok(Err(errs)),
+                    })
+            }
+            Shared::Etcd(etcd) => etcd.apply(plan),
+        };
+        self.applied(result)
+    }
+
+    /// With etcd: what an apply needs without the engine's lock (the
+    /// registry and the default namespace), so that planning and the etcd
+    /// transaction run outside it and nothing waits on etcd but the CLI
+    /// that applies; [`Engine::applied`] then routes by the result.
+    pub fn etcd_apply_handle(&self) -> Option<(Arc<Etcd>, String)> {
+        match &self.shared {
+            Shared::Etcd(etcd) => Some((etcd.clone(), self.cfg.default_namespace.clone())),
+            Shared::Embedded => None,
+        }
+    }
+
+    /// Route by the result of an apply (made here, or in etcd without the lock).
+    pub fn applied(
+        &mut self,
+        result: Result<Result<ApplySummary, proxy_config::ApplyErrors>, RegistryError>,
+    ) -> Response {
+        let summary = match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(errs)) => return Response::bad_input(errs.to_string()),
+            Err(e) => return Response::failure(e.to_string()),
+        };
+        if self.retired {
+            // Handed over meanwhile: the new daemon routes by it (etcd's watch).
+            return Response::ok(&summary);
+        }
+        if let Err(e) = self.load_shared() {
+            return Response::failure(format!("{e:#}"));
+        }
+        if let Err(e) = self.reconcile() {
+            return Response::failure(format!("applied, but updating the datapath failed: {e:#}"));
+        }
+        let changed = summary
+            .items
+            .iter()
+            .filter(|i| i.action != "unchanged")
+            .count();
+        info!(
+            changed,
+            unchanged = summary.items.len() - changed,
+            "applied"
+        );
+        Response::ok(&summary)
+    }
+
+    /// The sockets a new daemon takes over: names and descriptors.
+    pub fn handover_fds(&self) -> (Vec<String>, Vec<std::os::fd::BorrowedFd<'_>>) {
+        use std::os::fd::AsFd;
+        let mut names = Vec::new();
+        let mut fds = Vec::new();
+        for (name, fd) in &self.listener_fds {
+            names.push(name.clone());
+            fds.push(fd.as_fd());
+        }
+        for (name, fd) in self.ingress.fds() {
+            names.push(name);
+            fds.push(fd);
+        }
+        (names, fds)
+    }
+
+    /// Handed over: stop accepting, stop checking, close the store (a new
+    /// daemon opens it next), and tell the main loop.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        self.ingress.stop_all();
+        self.health_checks.clear();
+        self.store.close();
+        self.retire_signal.notify_one();
+    }
+
+    /// One line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let registry = match &self.shared {
+            Shared::Embedded => String::new(),
+            Shared::Etcd(etcd) => {
+                if etcd.view().connected {
+                    "; etcd connected".into()
+                } else {
+                    "; etcd unreachable, serving the last known view".into()
+                }
+            }
+        };
+        format!(
+            "serving {} services; {} tasks here, {} on other hosts{registry}",
+            self.services.len(),
+            self.tasks.len(),
+            self.remote.len()
+        )
+    }
+
+    /// A new config from SIGHUP: take what can change while running.
+    pub fn reload(&mut self, new: DaemonConfig) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let old = self.cfg.clone();
+        let mut take = |key: &'static str, changed: bool, live: bool| {
+            if changed {
+                if live {
+                    report.applied.push(key);
+                } else {
+                    report.need_restart.push(key);
+                }
+            }
+        };
+        take(
+            "default_namespace",
+            old.default_namespace != new.default_namespace,
+            true,
+        );
+        take(
+            "outlier.consecutive_failures",
+            old.outlier.consecutive_failures != new.outlier.consecutive_failures,
+            true,
+        );
+        take(
+            "outlier.base_ejection_ms",
+            old.outlier.base_ejection_ms != new.outlier.base_ejection_ms,
+            true,
+        );
+        take(
+            "outlier.max_ejection_ms",
+            old.outlier.max_ejection_ms != new.outlier.max_ejection_ms,
+            true,
+        );
+        take(
+            "outlier.max_ejection_percent",
+            old.outlier.max_ejection_percent != new.outlier.max_ejection_percent,
+            true,
+        );
+        take(
+            "outlier.interval_ms",
+            old.outlier.interval_ms != new.outlier.interval_ms,
+            false,
+        );
+        take(
+            "proxy.drain_timeout_ms",
+            old.proxy.drain_timeout_ms != new.proxy.drain_timeout_ms,
+            true,
+        );
+        take("log.level", old.log.level != new.log.level, true);
+        let accelerate = new.datapath.accelerate && !crate::datapath::accelerate_forced_off();
+        take(
+            "datapath.accelerate",
+            old.datapath.accelerate != accelerate,
+            true,
+        );
+        take("log.format", old.log.format != new.log.format, false);
+        take("state_dir", old.state_dir != new.state_dir, false);
+        take("bpf_pin_dir", old.bpf_pin_dir != new.bpf_pin_dir, false);
+        take("cgroup", old.cgroup != new.cgroup, false);
+        take("socket", old.socket != new.socket, false);
+        take("hosts_file", old.hosts_file != new.hosts_file, false);
+        take("admin", old.admin != new.admin, false);
+        take("registry", old.registry != new.registry, false);
+        take("host", old.host != new.host, false);
+        // What needs a restart keeps its running value.
+        let mut cfg = old;
+        cfg.default_namespace = new.default_namespace;
+        cfg.outlier = proxy_config::OutlierConfig {
+            interval_ms: cfg.outlier.interval_ms,
+            ..new.outlier
+        };
+        cfg.proxy = new.proxy;
+        cfg.log.level = new.log.level;
+        cfg.datapath.accelerate = accelerate;
+        if let Err(e) = self.dp.maps.set_accelerate(accelerate) {
+            warn!(error = %e, "switching same-host acceleration");
+        }
+        self.cfg = cfg;
+        // Routes carry the failure threshold; the hosts file the default
+        // namespace's preference.
+        self.last_hosts = None;
+        if let Err(e) = self.reconcile() {
+            warn!(error = %format!("{e:#}"), "routing after a reload");
+        }
+        report
+    }
+
+    /// This host's name in the registry.
+    pub fn host_name(&self) -> String {
+        match &self.shared {
+            Shared::Etcd(etcd) => etcd.host().to_string(),
+            Shared::Embedded => self.cfg.host.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl Engine {}

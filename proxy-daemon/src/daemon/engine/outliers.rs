@@ -1,0 +1,117 @@
+//! The monitor's outlier pass: ejections from the kernel's and the proxy's
+//! failure counts.
+use super::*;
+
+impl Engine {
+    /// Failures in a row of an endpoint: for L7 the 5xx answers and failed
+    /// connects the proxy saw, for L4 the failed connects the kernel saw.
+    pub(super) fn consecutive_failures(&self, backend_id: u32, l7: bool) -> Option<u64> {
+        if l7 {
+            Some(self.health.get(&backend_id).map_or(0, |h| {
+                u64::from(h.consecutive_failures.load(Ordering::Relaxed))
+            }))
+        } else {
+            self.dp
+                .maps
+                .backend_counters(backend_id)
+                .map(|c| c.consecutive_failures)
+        }
+    }
+
+    /// One pass of the monitor: task liveness, draining, outliers.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let gone: Vec<(String, &'static str)> = self
+            .tasks
+            .values()
+            .filter_map(|t| {
+                if t.pid.is_some() && !cgroup::is_populated(&t.cgroup) {
+                    Some((t.id.clone(), "its processes exited"))
+                } else if t.pid.is_none()
+                    && now_ms().saturating_sub(t.started_unix_ms) > START_GRACE_MS
+                {
+                    Some((t.id.clone(), "it never started"))
+                } else if t.draining && self.drained(t) {
+                    Some((t.id.clone(), "drained"))
+                } else if t.draining
+                    && now_ms().saturating_sub(t.drain_started_unix_ms)
+                        > self.cfg.proxy.drain_timeout_ms
+                {
+                    Some((t.id.clone(), "its drain timed out"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, why) in gone {
+            self.task_gone(&id, why)?;
+        }
+        self.reap();
+        let returning: Vec<u32> = self.outliers.due(now);
+        for id in returning {
+            // L7 counts restart from zero (the proxy reports the endpoint
+            // again as it crosses the threshold); the kernel's L4 count is
+            // not ours to reset, so new failures count from where it is.
+            let c = match self.health.get(&id) {
+                Some(h) => {
+                    h.consecutive_failures.store(0, Ordering::Relaxed);
+                    0
+                }
+                None => self.consecutive_failures(id, false).unwrap_or(0),
+            };
+            self.outliers.restore(id, c);
+        }
+        let mut changed = false;
+        let cfg = self.cfg.outlier.clone();
+        let mut ejections = Vec::new();
+        let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
+        for s in &self.services {
+            let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
+            for a in &s.aliases {
+                let members: Vec<u32> = all
+                    .iter()
+                    .filter(|m| m.task.pid.is_some() && !m.task.draining)
+                    .flat_map(|m| {
+                        m.task
+                            .ports
+                            .iter()
+                            .filter(|p| p.name == a.spec.port_name && p.ready)
+                    })
+                    .map(|p| p.backend_id)
+                    .collect();
+                for id in &members {
+                    let Some(consecutive) = self.consecutive_failures(*id, is_l7(a)) else {
+                        continue;
+                    };
+                    ejections.push((
+                        s.spec.name.clone(),
+                        *id,
+                        consecutive,
+                        members.clone(),
+                        outlier_config(&cfg, a),
+                    ));
+                }
+            }
+        }
+        for (service, id, consecutive, members, cfg) in ejections {
+            let ejected = members
+                .iter()
+                .filter(|m| self.outliers.is_ejected(**m))
+                .count();
+            if self
+                .outliers
+                .observe(&cfg, id, consecutive, members.len(), ejected, now)
+            {
+                warn!(backend = id, service = %service, failures = consecutive, "ejecting an endpoint that keeps failing");
+                changed = true;
+            }
+        }
+        if changed || self.outliers.take_returned() {
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! One L7 alias's proxy route: endpoints, timeouts, outlier settings,
+//! labels, and the state that outlives route tables.
+use super::*;
+
+/// An alias's per-request timeout: its own, ECS's 15 s default, or none (0).
+pub(super) fn request_timeout(a: &AliasRecord) -> Option<Duration> {
+    match a.spec.per_request_timeout_s {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(u64::from(s))),
+        None => Some(DEFAULT_REQUEST_TIMEOUT),
+    }
+}
+
+/// What a route shares with the engine's longer-lived state.
+pub(super) struct RouteParts<'a> {
+    pub(super) health: &'a mut BTreeMap<u32, Arc<EndpointHealth>>,
+    pub(super) budget: Arc<RetryBudget>,
+    pub(super) cursor: Arc<AtomicUsize>,
+    pub(super) pool: Arc<ServicePool>,
+    pub(super) outlier: &'a OutlierConfig,
+    pub(super) metrics: &'a ProxyMetrics,
+}
+
+/// The L7 route of alias `a` of service `s` over `endpoints` (task, address,
+/// backend id), with its metric series looked up once.
+pub(super) fn build_route(
+    s: &ServiceRecord,
+    a: &AliasRecord,
+    endpoints: &[(String, SocketAddr, u32)],
+    parts: RouteParts<'_>,
+) -> Arc<AliasRoute> {
+    let (labels, target) = alias_labels(s, a);
+    let endpoints = endpoints
+        .iter()
+        .map(|(task, addr, id)| Endpoint {
+            backend_id: *id,
+            addr: *addr,
+            health: parts.health.entry(*id).or_default().clone(),
+            requests: parts
+                .metrics
+                .for_endpoint(&endpoint_labels(&target, task, *addr)),
+        })
+        .collect();
+    parts.pool.limits.set(&a.spec.limits.unwrap_or_default());
+    Arc::new(AliasRoute {
+        service: s.spec.name.clone(),
+        counters: parts.metrics.for_alias(&labels, &target),
+        dns_name: a.spec.dns_name.clone(),
+        port: a.spec.port,
+        protocol: a.spec.app_protocol,
+        endpoints,
+        request_timeout: request_timeout(a),
+        failure_threshold: outlier_config(parts.outlier, a).consecutive_failures,
+        idle_timeout: idle_timeout(a),
+        cursor: parts.cursor,
+        budget: parts.budget,
+        pool: parts.pool,
+        access_log: s.spec.access_log,
+        discovery_name: a.spec.discovery_name.clone(),
+    })
+}
+
+/// An alias's metric labels: server side and client side.
+pub(super) fn alias_labels(s: &ServiceRecord, a: &AliasRecord) -> (ServiceLabels, TargetLabels) {
+    (
+        ServiceLabels {
+            namespace: s.spec.namespace.clone(),
+            service: s.spec.name.clone(),
+            discovery_name: a.spec.discovery_name.clone(),
+        },
+        TargetLabels {
+            namespace: s.spec.namespace.clone(),
+            service: s.spec.name.clone(),
+            target_discovery_name: a.spec.discovery_name.clone(),
+        },
+    )
+}
+
+pub(super) fn endpoint_labels(t: &TargetLabels, task: &str, addr: SocketAddr) -> EndpointLabels {
+    EndpointLabels {
+        namespace: t.namespace.clone(),
+        service: t.service.clone(),
+        target_discovery_name: t.target_discovery_name.clone(),
+        task: task.to_string(),
+        endpoint: addr.to_string(),
+    }
+}
+
+/// An alias's outlier detection: the daemon's `[outlier]`, overridden by
+/// the service's `outlierDetection` where it sets a value.
+pub(super) fn outlier_config(base: &OutlierConfig, a: &AliasRecord) -> OutlierConfig {
+    let mut c = base.clone();
+    if let Some(o) = &a.spec.outlier {
+        c.consecutive_failures = o.consecutive_failures.unwrap_or(c.consecutive_failures);
+        c.base_ejection_ms = o
+            .base_ejection_s
+            .map_or(c.base_ejection_ms, |s| u64::from(s) * 1000);
+        c.max_ejection_ms = o
+            .max_ejection_s
+            .map_or(c.max_ejection_ms, |s| u64::from(s) * 1000);
+        c.max_ejection_percent = o.max_ejection_percent.unwrap_or(c.max_ejection_percent);
+    }
+    c
+}
+
+/// An L7 alias's idle timeout: its own, ECS's 300 s default, or none (0).
+pub(super) fn idle_timeout(a: &AliasRecord) -> Option<Duration> {
+    match a.spec.idle_timeout_s {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(u64::from(s))),
+        None => Some(DEFAULT_IDLE_TIMEOUT),
+    }
+}
