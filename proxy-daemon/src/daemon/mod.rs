@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use engine::{Engine, Shared};
+use engine::Engine;
 use proxy_config::{DaemonConfig, RegistryBackend};
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 use tracing::{info, warn};
@@ -23,7 +23,7 @@ use crate::{
     cgroup,
     datapath::Datapath,
     proxy::Proxy,
-    registry::{Store, etcd::Etcd},
+    registry::{Registry, Store, etcd::Etcd},
 };
 
 /// Run the daemon with `cfg`, read from `config_path` (SIGHUP reads it
@@ -71,8 +71,8 @@ pub async fn run(
             .with_context(|| format!("making state_dir {} root only", cfg.state_dir.display()))?;
     }
     let store = Store::open(&cfg.state_dir)?;
-    let shared = match cfg.registry.backend {
-        RegistryBackend::Embedded => Shared::Embedded,
+    let registry = match cfg.registry.backend {
+        RegistryBackend::Embedded => Registry::embedded(store),
         RegistryBackend::Etcd => {
             let host = match &cfg.host.name {
                 Some(n) => n.clone(),
@@ -89,7 +89,7 @@ pub async fn run(
                     warn!(error = %e, "starting without the shared registry; it is read as soon as etcd answers")
                 }
             }
-            Shared::Etcd(etcd)
+            Registry::fleet(store, etcd)
         }
     };
     let dp = Datapath::open(
@@ -145,8 +145,7 @@ pub async fn run(
     let heartbeat;
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
-        store,
-        shared,
+        registry,
         dp,
         cgroup_root,
         proxy.clone(),
@@ -168,7 +167,8 @@ pub async fn run(
     info!(egress = %egress_addr, "L7 egress listener");
     // Tasks that end when this daemon hands over.
     let mut background = Vec::new();
-    if let Shared::Etcd(etcd) = &engine.lock().await.shared {
+    let etcd = engine.lock().await.registry.etcd().cloned();
+    if let Some(etcd) = &etcd {
         // The session keeps the view; every change of it is routed at once.
         background.push(tokio::spawn(etcd.clone().run()));
         let changed = etcd.changed.clone();

@@ -8,11 +8,13 @@
 //! so an apply is all there or not at all. This host's own tasks are always
 //! kept in the embedded store; with etcd they are also published under the
 //! host's lease for every other host to route to.
+pub mod daemon;
 pub mod embedded;
 pub mod etcd;
 mod model;
 pub mod state;
 
+pub use daemon::Registry;
 pub use embedded::Store;
 pub use model::{AliasRecord, HostedTask, ServiceRecord, TaskPort, TaskRecord};
 pub use state::ConfigState;

@@ -48,7 +48,7 @@ use crate::{
         ServicePool,
     },
     registry::{
-        AliasRecord, ConfigState, HostedTask, RegistryError, ServiceRecord, Store, TaskPort,
+        AliasRecord, ConfigState, HostedTask, Registry, RegistryError, ServiceRecord, TaskPort,
         TaskRecord, etcd::Etcd, state::ApplySummary,
     },
 };
@@ -60,14 +60,6 @@ pub struct ReloadReport {
     pub applied: Vec<&'static str>,
     /// Keys that changed but take effect at the next start.
     pub need_restart: Vec<&'static str>,
-}
-
-/// Which registry holds the shared state.
-pub enum Shared {
-    /// `store` (one host).
-    Embedded,
-    /// etcd (a fleet); `store` keeps only this host's tasks.
-    Etcd(Arc<Etcd>),
 }
 
 /// ECS Service Connect's per-request timeout when the service sets none.
@@ -83,8 +75,8 @@ const START_GRACE_MS: u64 = 30_000;
 
 pub struct Engine {
     pub cfg: DaemonConfig,
-    pub store: Store,
-    pub shared: Shared,
+    /// The embedded store or etcd, behind one face.
+    pub registry: Registry,
     pub dp: Datapath,
     pub hosts: HostsFile,
     /// `<cgroup2 mount>/<cfg.cgroup>`.
@@ -144,8 +136,7 @@ fn now_ms() -> u64 {
 impl Engine {
     pub fn new(
         cfg: DaemonConfig,
-        store: Store,
-        shared: Shared,
+        registry: Registry,
         dp: Datapath,
         cgroup_root: PathBuf,
         proxy: Arc<Proxy>,
@@ -153,23 +144,19 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let hosts = HostsFile::new(cfg.hosts_file.clone(), &cfg.cgroup);
         let mut tasks = BTreeMap::new();
-        for t in store.tasks()? {
+        for t in registry.store.tasks()? {
             if cgroup::is_populated(&t.cgroup) {
                 info!(task = %t.id, "recovered a running task");
                 tasks.insert(t.id.clone(), t);
             } else {
                 info!(task = %t.id, "a task ended while the daemon was away; deregistering it");
-                store.remove_task(&t.id)?;
-                if let Shared::Etcd(etcd) = &shared {
-                    etcd.withdraw(&t.id);
-                }
+                registry.remove_task(&t.id)?;
                 cgroup::remove_tree(&t.cgroup);
             }
         }
         let mut e = Self {
             cfg,
-            store,
-            shared,
+            registry,
             dp,
             hosts,
             cgroup_root,
@@ -195,20 +182,11 @@ impl Engine {
         };
         e.ingress.inherited = inherited_ingress;
         e.load_shared()?;
-        if let Shared::Etcd(etcd) = &e.shared {
-            for t in e.tasks.values() {
-                etcd.publish(t);
-            }
-            // Learn this host's fleet index now, so that tasks can start
-            // even if etcd goes away later.
-            if e.store.host_index()?.is_none() {
-                match etcd.host_index() {
-                    Ok(i) => e.store.set_host_index(i)?,
-                    Err(err) => {
-                        warn!(error = %err, "no fleet index yet; tasks start once etcd answers")
-                    }
-                }
-            }
+        e.registry.publish_all(e.tasks.values());
+        // Learn this host's fleet index now, so that tasks can start even
+        // if etcd goes away later.
+        if let Err(err) = e.registry.fleet_host() {
+            warn!(error = %err, "no fleet index yet; tasks start once etcd answers");
         }
         e.sweep_unknown_cgroups();
         // Recovered tasks keep their last verdict until their next check.
@@ -239,16 +217,10 @@ impl Engine {
     /// Read the shared state again (after an apply, or when etcd's view
     /// changed) and route by it.
     fn load_shared(&mut self) -> anyhow::Result<()> {
-        let config: ConfigState = match &self.shared {
-            Shared::Embedded => self.store.config()?,
-            Shared::Etcd(etcd) => {
-                let v = etcd.view();
-                self.remote = v.remote.clone();
-                v.config.clone()
-            }
-        };
-        self.services = config.services.into_values().collect();
-        self.task_definitions = config.task_definitions;
+        let shared = self.registry.shared()?;
+        self.remote = shared.remote;
+        self.services = shared.config.services.into_values().collect();
+        self.task_definitions = shared.config.task_definitions;
         Ok(())
     }
 
@@ -274,12 +246,8 @@ impl Engine {
     }
 
     /// Save one of this host's tasks: locally, and for the fleet.
-    fn save_task(&self, rec: &TaskRecord) -> Result<(), crate::registry::RegistryError> {
-        self.store.put_task(rec)?;
-        if let Shared::Etcd(etcd) = &self.shared {
-            etcd.publish(rec);
-        }
-        Ok(())
+    fn save_task(&self, rec: &TaskRecord) -> Result<(), RegistryError> {
+        self.registry.save_task(rec)
     }
 
     /// Make the kernel maps, the proxy's routes and the hosts block match
@@ -386,11 +354,9 @@ impl Engine {
     }
 
     fn default_namespace(&self) -> String {
-        match &self.shared {
-            Shared::Etcd(etcd) => etcd.view().config.default_namespace.clone(),
-            Shared::Embedded => self.store.config().ok().and_then(|c| c.default_namespace),
-        }
-        .unwrap_or_else(|| self.cfg.default_namespace.clone())
+        self.registry
+            .default_namespace()
+            .unwrap_or_else(|| self.cfg.default_namespace.clone())
     }
 
     /// Remove our block from the hosts file (clean shutdown).
@@ -407,18 +373,7 @@ impl Engine {
             .collect();
         let default = self.cfg.default_namespace.clone();
         let plan = |state: &ConfigState| proxy_config::plan(&files, &state.existing(&default));
-        let result = match &self.shared {
-            Shared::Embedded => {
-                self.store
-                    .config()
-                    .map(|state| plan(&state))
-                    .and_then(|p| match p {
-                        Ok(p) => self.store.apply(&p).map(Ok),
-                        Err(errs) => Ok(Err(errs)),
-                    })
-            }
-            Shared::Etcd(etcd) => etcd.apply(plan),
-        };
+        let result = self.registry.apply(plan);
         self.applied(result)
     }
 
@@ -427,10 +382,9 @@ impl Engine {
     /// transaction run outside it and nothing waits on etcd but the CLI
     /// that applies; [`Engine::applied`] then routes by the result.
     pub fn etcd_apply_handle(&self) -> Option<(Arc<Etcd>, String)> {
-        match &self.shared {
-            Shared::Etcd(etcd) => Some((etcd.clone(), self.cfg.default_namespace.clone())),
-            Shared::Embedded => None,
-        }
+        self.registry
+            .etcd()
+            .map(|etcd| (etcd.clone(), self.cfg.default_namespace.clone()))
     }
 
     /// Route by the result of an apply (made here, or in etcd without the lock).
@@ -488,22 +442,13 @@ impl Engine {
         self.retired = true;
         self.ingress.stop_all();
         self.health_checks.clear();
-        self.store.close();
+        self.registry.store.close();
         self.retire_signal.notify_one();
     }
 
     /// One line for systemd's STATUS=.
     pub fn status_line(&self) -> String {
-        let registry = match &self.shared {
-            Shared::Embedded => String::new(),
-            Shared::Etcd(etcd) => {
-                if etcd.view().connected {
-                    "; etcd connected".into()
-                } else {
-                    "; etcd unreachable, serving the last known view".into()
-                }
-            }
-        };
+        let registry = self.registry.status_suffix();
         format!(
             "serving {} services; {} tasks here, {} on other hosts{registry}",
             self.services.len(),
@@ -601,10 +546,7 @@ impl Engine {
 
     /// This host's name in the registry.
     pub fn host_name(&self) -> String {
-        match &self.shared {
-            Shared::Etcd(etcd) => etcd.host().to_string(),
-            Shared::Embedded => self.cfg.host.name.clone().unwrap_or_default(),
-        }
+        self.registry.host_name(self.cfg.host.name.as_deref())
     }
 }
 

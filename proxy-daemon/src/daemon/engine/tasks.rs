@@ -28,28 +28,15 @@ impl Engine {
         };
         // Ids come from this host's own counters: a task starts also while
         // etcd is away (once this host has its fleet index).
-        let host = match &self.shared {
-            Shared::Embedded => None,
-            Shared::Etcd(etcd) => {
-                let index = match self.store.host_index() {
-                    Ok(Some(i)) => i,
-                    Ok(None) => match etcd
-                        .host_index()
-                        .and_then(|i| self.store.set_host_index(i).map(|()| i))
-                    {
-                        Ok(i) => i,
-                        Err(e) => {
-                            return Response::failure(format!(
-                                "this host has no index in the fleet yet (it gets one from etcd once): {e}"
-                            ));
-                        }
-                    },
-                    Err(e) => return Response::failure(e.to_string()),
-                };
-                Some((etcd.host().to_string(), index))
+        let host = match self.registry.fleet_host() {
+            Ok(h) => h,
+            Err(e) => {
+                return Response::failure(format!(
+                    "this host has no index in the fleet yet (it gets one from etcd once): {e}"
+                ));
             }
         };
-        let reserved = self.store.reserve_task(
+        let reserved = self.registry.store.reserve_task(
             service,
             td.port_mappings.len(),
             host.as_ref().map(|(n, i)| (n.as_str(), *i)),
@@ -173,10 +160,7 @@ impl Engine {
         cgroup::signal_all(&t.cgroup, nix::sys::signal::Signal::SIGTERM);
         self.stopping
             .push((t.cgroup.clone(), Instant::now() + STOP_TIMEOUT));
-        self.store.remove_task(task_id)?;
-        if let Shared::Etcd(etcd) = &self.shared {
-            etcd.withdraw(task_id);
-        }
+        self.registry.remove_task(task_id)?;
         Ok(())
     }
 

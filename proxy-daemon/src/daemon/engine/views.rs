@@ -249,22 +249,7 @@ impl Engine {
             aliases: self.services.iter().map(|s| s.aliases.len()).sum(),
             tasks: self.tasks.len(),
             remote_tasks: self.remote.len(),
-            registry: match &self.shared {
-                Shared::Embedded => "embedded".into(),
-                Shared::Etcd(etcd) => {
-                    let v = etcd.view();
-                    format!(
-                        "etcd as host {:?}: {} (revision {})",
-                        etcd.host(),
-                        if v.connected {
-                            "connected"
-                        } else {
-                            "unreachable, serving the last known view"
-                        },
-                        v.revision
-                    )
-                }
-            },
+            registry: self.registry.describe(),
             tracked_connections: self.dp.maps.tracked_connections(),
             map_writes: self.dp.maps.writes(),
             acceleration: {
