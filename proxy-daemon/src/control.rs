@@ -180,6 +180,35 @@ pub struct ServiceRow {
     pub failed_connects: u64,
 }
 
+/// Where an endpoint stands (`knit endpoints`' STATE; lower-case in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointState {
+    /// Running, ready, healthy, not ejected: in rotation.
+    Healthy,
+    /// Not running yet, its port not accepting yet, or its first health
+    /// check not passed yet.
+    Starting,
+    /// Its health check failed.
+    Unhealthy,
+    /// Ejected by outlier detection, for now.
+    Ejected,
+    /// Leaving: no new traffic, in-flight work finishing.
+    Draining,
+}
+
+impl std::fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Healthy => "healthy",
+            Self::Starting => "starting",
+            Self::Unhealthy => "unhealthy",
+            Self::Ejected => "ejected",
+            Self::Draining => "draining",
+        })
+    }
+}
+
 /// A row of `knit endpoints`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointRow {
@@ -193,7 +222,7 @@ pub struct EndpointRow {
     #[serde(default)]
     pub backend_id: u32,
     pub address: String,
-    pub state: String,
+    pub state: EndpointState,
     pub new_connections: u64,
     pub active_connections: u64,
     pub failed_connects: u64,

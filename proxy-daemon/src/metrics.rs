@@ -333,10 +333,40 @@ impl ProxyMetrics {
 /// Kernel-side and state figures, read at a scrape.
 #[derive(Default)]
 pub struct Snapshot {
-    pub services: Vec<(ServiceLabels, u64, u64, u64, u64)>,
-    pub endpoints: Vec<(EndpointLabels, bool, u64, u64, u64)>,
-    /// Same-host acceleration: on?, sockets in the sockhash, kernel totals.
-    pub accel: (bool, usize, proxy_common::maps::AccelCounters),
+    pub services: Vec<ServiceSample>,
+    pub endpoints: Vec<EndpointSample>,
+    pub accel: AccelSample,
+}
+
+/// One client alias: the kernel's counters of its connections.
+pub struct ServiceSample {
+    pub labels: ServiceLabels,
+    pub active_connections: u64,
+    pub new_connections: u64,
+    /// Both ways.
+    pub bytes: u64,
+    pub failed_connects: u64,
+}
+
+/// One endpoint of an alias.
+pub struct EndpointSample {
+    pub labels: EndpointLabels,
+    pub in_rotation: bool,
+    pub ejections: u64,
+    pub new_connections: u64,
+    /// Both ways.
+    pub bytes: u64,
+}
+
+/// Same-host acceleration.
+#[derive(Default)]
+pub struct AccelSample {
+    /// New connections are accelerated.
+    pub enabled: bool,
+    /// Sockets in the sockhash now.
+    pub sockets: usize,
+    /// The kernel's totals.
+    pub counters: proxy_common::maps::AccelCounters,
 }
 
 impl Snapshot {
@@ -346,11 +376,14 @@ impl Snapshot {
         let new: Family<ServiceLabels, Counter> = Family::default();
         let bytes: Family<ServiceLabels, Counter> = Family::default();
         let failed: Family<ServiceLabels, Counter> = Family::default();
-        for (l, a, n, b, f) in &self.services {
-            active.get_or_create(l).set(*a as i64);
-            new.get_or_create(l).inc_by(*n);
-            bytes.get_or_create(l).inc_by(*b);
-            failed.get_or_create(l).inc_by(*f);
+        for x in &self.services {
+            let l = &x.labels;
+            active
+                .get_or_create(l)
+                .set(x.active_connections.min(i64::MAX as u64) as i64);
+            new.get_or_create(l).inc_by(x.new_connections);
+            bytes.get_or_create(l).inc_by(x.bytes);
+            failed.get_or_create(l).inc_by(x.failed_connects);
         }
         r.register(
             "active_connection_count",
@@ -376,11 +409,12 @@ impl Snapshot {
         let ejections: Family<EndpointLabels, Counter> = Family::default();
         let conns: Family<EndpointLabels, Counter> = Family::default();
         let ep_bytes: Family<EndpointLabels, Counter> = Family::default();
-        for (l, h, e, c, b) in &self.endpoints {
-            healthy.get_or_create(l).set(i64::from(*h));
-            ejections.get_or_create(l).inc_by(*e);
-            conns.get_or_create(l).inc_by(*c);
-            ep_bytes.get_or_create(l).inc_by(*b);
+        for x in &self.endpoints {
+            let l = &x.labels;
+            healthy.get_or_create(l).set(i64::from(x.in_rotation));
+            ejections.get_or_create(l).inc_by(x.ejections);
+            conns.get_or_create(l).inc_by(x.new_connections);
+            ep_bytes.get_or_create(l).inc_by(x.bytes);
         }
         r.register(
             "endpoint_healthy",
@@ -402,7 +436,11 @@ impl Snapshot {
             "Bytes of the endpoint's connections, both ways (TCP services)",
             ep_bytes,
         );
-        let (on, sockets, c) = self.accel;
+        let AccelSample {
+            enabled: on,
+            sockets,
+            counters: c,
+        } = self.accel;
         let g = |v: i64| {
             let g: Gauge = Gauge::default();
             g.set(v);

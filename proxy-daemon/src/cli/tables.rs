@@ -78,7 +78,7 @@ pub fn endpoints(rows: &[EndpointRow]) -> String {
                 r.host.clone()
             },
             r.address.clone(),
-            r.state.clone(),
+            r.state.to_string(),
             r.new_connections.to_string(),
             r.active_connections.to_string(),
             r.failed_connects.to_string(),

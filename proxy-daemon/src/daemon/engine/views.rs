@@ -1,18 +1,22 @@
 //! Read models: the tables, the metrics snapshot, stats and status.
 use super::*;
+use crate::{
+    control::EndpointState,
+    metrics::{AccelSample, EndpointSample, ServiceSample},
+};
 
 impl Engine {
-    pub(super) fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort) -> &'static str {
+    pub(super) fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort) -> EndpointState {
         if t.draining {
-            "draining"
+            EndpointState::Draining
         } else if t.pid.is_none() || !p.ready || t.health == Some(health::Status::Starting) {
-            "starting"
+            EndpointState::Starting
         } else if t.health == Some(health::Status::Unhealthy) {
-            "unhealthy"
+            EndpointState::Unhealthy
         } else if self.outliers.is_ejected(p.backend_id) {
-            "ejected"
+            EndpointState::Ejected
         } else {
-            "healthy"
+            EndpointState::Healthy
         }
     }
 
@@ -100,7 +104,7 @@ impl Engine {
                         host: host.clone(),
                         backend_id: p.backend_id,
                         address: SocketAddr::from((m.address, p.port)).to_string(),
-                        state: self.endpoint_state(t, p).to_string(),
+                        state: self.endpoint_state(t, p),
                         new_connections: c.new_conns,
                         active_connections: c.active,
                         failed_connects: c.failed,
@@ -117,11 +121,11 @@ impl Engine {
     /// Kernel counters and endpoint states for a metrics scrape.
     pub fn metrics_snapshot(&self) -> Snapshot {
         let mut snap = Snapshot {
-            accel: (
-                self.cfg.datapath.accelerate,
-                self.dp.maps.accelerated_sockets(),
-                self.dp.maps.accel_counters(),
-            ),
+            accel: AccelSample {
+                enabled: self.cfg.datapath.accelerate,
+                sockets: self.dp.maps.accelerated_sockets(),
+                counters: self.dp.maps.accel_counters(),
+            },
             ..Snapshot::default()
         };
         let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
@@ -134,13 +138,13 @@ impl Engine {
                     .maps
                     .service_counters(a.service_id)
                     .unwrap_or_default();
-                snap.services.push((
+                snap.services.push(ServiceSample {
                     labels,
-                    c.active.min(i64::MAX as u64),
-                    c.new_conns,
-                    c.bytes_sent + c.bytes_received,
-                    c.failed,
-                ));
+                    active_connections: c.active,
+                    new_connections: c.new_conns,
+                    bytes: c.bytes_sent + c.bytes_received,
+                    failed_connects: c.failed,
+                });
                 for m in all {
                     let t = m.task;
                     for p in t.ports.iter().filter(|p| p.name == a.spec.port_name) {
@@ -156,13 +160,17 @@ impl Engine {
                         } else {
                             p.port
                         };
-                        snap.endpoints.push((
-                            endpoint_labels(&target, &t.id, SocketAddr::from((m.address, port))),
-                            self.eligible(t, p),
-                            u64::from(self.outliers.ejections(p.backend_id)),
-                            c.new_conns,
-                            c.bytes_sent + c.bytes_received,
-                        ));
+                        snap.endpoints.push(EndpointSample {
+                            labels: endpoint_labels(
+                                &target,
+                                &t.id,
+                                SocketAddr::from((m.address, port)),
+                            ),
+                            in_rotation: self.eligible(t, p),
+                            ejections: u64::from(self.outliers.ejections(p.backend_id)),
+                            new_connections: c.new_conns,
+                            bytes: c.bytes_sent + c.bytes_received,
+                        });
                     }
                 }
             }
