@@ -174,7 +174,7 @@ fn reapplying_is_a_diff_and_drops_no_traffic() -> Result<()> {
     assert_ne!(changed, svc);
     let upd = k.apply(&[("svc2.json", &changed)])?;
     assert!(upd.contains("service/db updated"), "{upd}");
-    let out = load.wait_with_output()?;
+    let out = knit_tests::wait_output(load, "load", knit_tests::TASK_TIMEOUT)?;
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(r["failed"], 0, "traffic dropped during re-apply: {r}");
     assert!(r["ok"].as_u64().unwrap_or(0) > 100, "{r}");

@@ -4,7 +4,6 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use knit_tests::{Knit, client_service, knit_bin, tcp_service, testbin, wait_for};
-use serde_json::Value;
 
 #[test]
 fn startup_says_what_is_missing() -> Result<()> {
@@ -224,7 +223,7 @@ fn drain_takes_endpoints_out_then_deregisters_them() -> Result<()> {
     assert_eq!(r["failed"], 0);
     assert_eq!(r["by_backend"].as_object().map(|m| m.len()), Some(1), "{r}");
     // ...the held one finishes undisturbed, then the task is deregistered.
-    let h: Value = serde_json::from_slice(&hold.wait_with_output()?.stdout)?;
+    let h = knit_tests::json_output(hold)?;
     assert_eq!(h["failed"], 0, "{h}");
     wait_for(
         "the drained task to be deregistered",

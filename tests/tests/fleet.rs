@@ -184,7 +184,7 @@ fn a_client_reaches_tasks_on_other_hosts_and_survives_a_dead_host() -> Result<()
             == 1)
             .then_some(())
     })?;
-    let out = load.wait_with_output()?;
+    let out = knit_tests::wait_output(load, "load", knit_tests::TASK_TIMEOUT)?;
     let r: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
     eprintln!(

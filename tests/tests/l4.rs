@@ -223,7 +223,7 @@ fn l4_killed_backend_leaves_rotation_and_returns() -> Result<()> {
     start_backend(&mut k, "b1-again")?;
     let back_at = now_ms();
     k.wait_healthy("db", 3)?;
-    let out = client.wait_with_output()?;
+    let out = knit_tests::wait_output(client, "client", knit_tests::TASK_TIMEOUT)?;
     let r: Value = serde_json::from_slice(&out.stdout)?;
     let timeline = r["timeline"].as_array().context("timeline")?;
     let mut after_kill = 0;
@@ -391,7 +391,8 @@ fn l4_survives_daemon_kill9_and_restart_adopts_pins() -> Result<()> {
     );
     let loaded_before = loaded_named("knit_connect4")?;
     // A long connection, and a client that keeps connecting, both running
-    // across the daemon's death and restart.
+    // across the daemon's death and restart (12 s: a restart under TCG on a
+    // busy machine takes seconds; they must outlive it).
     let hold = k.spawn_task(
         "client",
         &[
@@ -402,7 +403,7 @@ fn l4_survives_daemon_kill9_and_restart_adopts_pins() -> Result<()> {
             "--hosts",
             &hosts_file,
             "--duration-ms",
-            "6000",
+            "12000",
         ],
         Stdio::piped(),
     )?;
@@ -416,7 +417,7 @@ fn l4_survives_daemon_kill9_and_restart_adopts_pins() -> Result<()> {
             "--hosts",
             &hosts_file,
             "--duration-ms",
-            "6000",
+            "12000",
             "--interval-ms",
             "10",
         ],
@@ -451,10 +452,10 @@ fn l4_survives_daemon_kill9_and_restart_adopts_pins() -> Result<()> {
         loaded_before,
         "the restarted daemon loaded a second copy"
     );
-    let h: Value = serde_json::from_slice(&hold.wait_with_output()?.stdout)?;
+    let h = knit_tests::json_output(hold)?;
     assert_eq!(h["failed"], 0, "the held connection broke: {h}");
     assert!(h["ok"].as_u64().unwrap_or(0) > 50, "{h}");
-    let c: Value = serde_json::from_slice(&churn.wait_with_output()?.stdout)?;
+    let c = knit_tests::json_output(churn)?;
     assert_eq!(
         c["failed"], 0,
         "connects failed while the daemon was down for {restart_ms} ms: {c}"

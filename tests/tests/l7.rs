@@ -427,7 +427,7 @@ fn l7_kill9_of_an_endpoint_under_load_loses_no_idempotent_request() -> Result<()
         nix::sys::signal::Signal::SIGKILL,
     )?;
     let _ = pid_dir;
-    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    let r = knit_tests::json_output(load)?;
     assert_eq!(r["failed"], 0, "{}", r["errors"]);
     assert_eq!(
         non_2xx(&r),
@@ -483,7 +483,7 @@ fn l7_rolling_restart_under_load_has_no_errors() -> Result<()> {
             (!eps.as_array()?.iter().any(|e| e["task"] == task.as_str())).then_some(())
         })?;
     }
-    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    let r = knit_tests::json_output(load)?;
     assert_eq!(r["failed"], 0, "{}", r["errors"]);
     assert_eq!(non_2xx(&r), 0, "{}", r["statuses"]);
     let c = by_backend(&r);
@@ -597,7 +597,7 @@ fn l7_fails_open_to_direct_l4_while_the_daemon_is_down() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     k.kill_daemon()?;
     let killed_at = now_ms();
-    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    let r = knit_tests::json_output(load)?;
     let timeline = r["timeline"].as_array().context("timeline")?;
     let late: Vec<&Value> = timeline
         .iter()

@@ -154,7 +154,7 @@ fn a_running_task_sees_services_created_after_it_started() -> Result<()> {
         started.elapsed() < std::time::Duration::from_secs(3),
         "setting up took longer than the task's sleep; the test proves nothing"
     );
-    let out = task.wait_with_output()?;
+    let out = knit_tests::wait_output(task, "task", knit_tests::TASK_TIMEOUT)?;
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
     ensure!(r["ok"] == 3 && r["by_backend"]["l0"] == 3, "{r}");

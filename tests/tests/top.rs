@@ -71,7 +71,7 @@ fn knit_top_shows_live_rates_and_the_service_graph() -> Result<()> {
         text.contains("REQ/S") && text.contains("web:8080") && text.contains("service graph"),
         "{text}"
     );
-    let r: Value = serde_json::from_slice(&load.wait_with_output()?.stdout)?;
+    let r = knit_tests::json_output(load)?;
     ensure!(r["failed"] == 0, "{r}");
     // The graph is in /metrics too.
     let status = k.json(&["status"])?;

@@ -66,7 +66,7 @@ fn five_takeovers_under_load_lose_no_request() -> Result<()> {
         std::thread::sleep(Duration::from_millis(800));
     }
     ensure!(k.daemon_pid() != first_pid);
-    let out = load.wait_with_output()?;
+    let out = knit_tests::wait_output(load, "load", knit_tests::TASK_TIMEOUT)?;
     let r: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
     eprintln!(
