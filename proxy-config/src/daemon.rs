@@ -503,5 +503,102 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// What a reload (SIGHUP) changes: the keys whose new values take effect
+/// now, those that wait for the next start, and the configuration in
+/// effect from now on (the running values of the latter kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// Keys whose new values are in effect.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed but take effect at the next start.
+    pub need_restart: Vec<&'static str>,
+    /// The configuration in effect.
+    pub config: DaemonConfig,
+}
+
+impl DaemonConfig {
+    /// Reload from `self` (running) to `new` (just read). `accelerate_forced_off`:
+    /// the daemon was started with `--no-accelerate`, which no file overrides.
+    pub fn reload(&self, new: &DaemonConfig, accelerate_forced_off: bool) -> Reload {
+        let (old, mut applied, mut need_restart) = (self, Vec::new(), Vec::new());
+        let accelerate = new.datapath.accelerate && !accelerate_forced_off;
+        let keys: [(&'static str, bool, bool); 18] = [
+            // (key, changed, takes effect while running)
+            (
+                "default_namespace",
+                old.default_namespace != new.default_namespace,
+                true,
+            ),
+            (
+                "outlier.consecutive_failures",
+                old.outlier.consecutive_failures != new.outlier.consecutive_failures,
+                true,
+            ),
+            (
+                "outlier.base_ejection_ms",
+                old.outlier.base_ejection_ms != new.outlier.base_ejection_ms,
+                true,
+            ),
+            (
+                "outlier.max_ejection_ms",
+                old.outlier.max_ejection_ms != new.outlier.max_ejection_ms,
+                true,
+            ),
+            (
+                "outlier.max_ejection_percent",
+                old.outlier.max_ejection_percent != new.outlier.max_ejection_percent,
+                true,
+            ),
+            (
+                "outlier.interval_ms",
+                old.outlier.interval_ms != new.outlier.interval_ms,
+                false,
+            ),
+            (
+                "proxy.drain_timeout_ms",
+                old.proxy.drain_timeout_ms != new.proxy.drain_timeout_ms,
+                true,
+            ),
+            ("log.level", old.log.level != new.log.level, true),
+            (
+                "datapath.accelerate",
+                old.datapath.accelerate != accelerate,
+                true,
+            ),
+            ("log.format", old.log.format != new.log.format, false),
+            ("state_dir", old.state_dir != new.state_dir, false),
+            ("bpf_pin_dir", old.bpf_pin_dir != new.bpf_pin_dir, false),
+            ("cgroup", old.cgroup != new.cgroup, false),
+            ("socket", old.socket != new.socket, false),
+            ("hosts_file", old.hosts_file != new.hosts_file, false),
+            ("admin", old.admin != new.admin, false),
+            ("registry", old.registry != new.registry, false),
+            ("host", old.host != new.host, false),
+        ];
+        for (key, changed, live) in keys {
+            match (changed, live) {
+                (true, true) => applied.push(key),
+                (true, false) => need_restart.push(key),
+                (false, _) => {}
+            }
+        }
+        // What needs a restart keeps its running value.
+        let mut config = old.clone();
+        config.default_namespace = new.default_namespace.clone();
+        config.outlier = OutlierConfig {
+            interval_ms: old.outlier.interval_ms,
+            ..new.outlier.clone()
+        };
+        config.proxy = new.proxy.clone();
+        config.log.level = new.log.level.clone();
+        config.datapath.accelerate = accelerate;
+        Reload {
+            applied,
+            need_restart,
+            config,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -29,7 +29,7 @@ pub use daemon::{
     DEFAULT_ETCD_ENDPOINT, DEFAULT_HOST_ADDRESS, DEFAULT_HOSTS_FILE, DEFAULT_MAX_EJECTION_MS,
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL_MS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
     DaemonConfig, DatapathSection, HostConfig, LogConfig, LogFormat, OutlierConfig, ProxyConfig,
-    RegistryBackend, RegistryConfig, load_daemon_config, parse_daemon_config,
+    RegistryBackend, RegistryConfig, Reload, load_daemon_config, parse_daemon_config,
 };
 pub use error::{ApplyError, ApplyErrors, ConfigError};
 pub use model::{

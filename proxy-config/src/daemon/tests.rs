@@ -210,3 +210,51 @@ fn error_display_names_file_line_key_and_fix() {
     );
     assert!(text.contains("\n  fix: use 0 to 100"), "{text}");
 }
+
+#[test]
+fn reload_applies_what_can_change_live_and_keeps_the_rest() {
+    let old = DaemonConfig::default();
+    let new = parse(
+        "default_namespace = \"prod\"\nstate_dir = \"/elsewhere\"\n[outlier]\nconsecutive_failures = 9\ninterval_ms = 50\n[log]\nlevel = \"debug\"\nformat = \"json\"\n[datapath]\naccelerate = false\n",
+    )
+    .expect("a valid config");
+    let r = old.reload(&new, false);
+    assert_eq!(
+        r.applied,
+        [
+            "default_namespace",
+            "outlier.consecutive_failures",
+            "log.level",
+            "datapath.accelerate"
+        ]
+    );
+    assert_eq!(
+        r.need_restart,
+        ["outlier.interval_ms", "log.format", "state_dir"]
+    );
+    assert_eq!(r.config.default_namespace, "prod");
+    assert_eq!(r.config.outlier.consecutive_failures, 9);
+    assert_eq!(r.config.log.level, "debug");
+    assert!(!r.config.datapath.accelerate);
+    // Kept at their running values until the next start.
+    assert_eq!(r.config.outlier.interval_ms, old.outlier.interval_ms);
+    assert_eq!(r.config.state_dir, old.state_dir);
+    assert_eq!(r.config.log.format, old.log.format);
+}
+
+#[test]
+fn reload_of_the_same_config_changes_nothing() {
+    let cfg = DaemonConfig::default();
+    let r = cfg.reload(&cfg, false);
+    assert!(r.applied.is_empty() && r.need_restart.is_empty());
+    assert_eq!(r.config, cfg);
+}
+
+#[test]
+fn no_accelerate_on_the_command_line_outlives_a_reload() {
+    let mut running = DaemonConfig::default();
+    running.datapath.accelerate = false;
+    let r = running.reload(&DaemonConfig::default(), true);
+    assert!(!r.config.datapath.accelerate);
+    assert!(r.applied.is_empty(), "{:?}", r.applied);
+}

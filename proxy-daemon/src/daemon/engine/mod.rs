@@ -459,78 +459,18 @@ impl Engine {
 
     /// A new config from SIGHUP: take what can change while running.
     pub fn reload(&mut self, new: DaemonConfig) -> ReloadReport {
-        let mut report = ReloadReport::default();
-        let old = self.cfg.clone();
-        let mut take = |key: &'static str, changed: bool, live: bool| {
-            if changed {
-                if live {
-                    report.applied.push(key);
-                } else {
-                    report.need_restart.push(key);
-                }
-            }
+        let proxy_config::Reload {
+            applied,
+            need_restart,
+            config: cfg,
+        } = self
+            .cfg
+            .reload(&new, crate::datapath::accelerate_forced_off());
+        let report = ReloadReport {
+            applied,
+            need_restart,
         };
-        take(
-            "default_namespace",
-            old.default_namespace != new.default_namespace,
-            true,
-        );
-        take(
-            "outlier.consecutive_failures",
-            old.outlier.consecutive_failures != new.outlier.consecutive_failures,
-            true,
-        );
-        take(
-            "outlier.base_ejection_ms",
-            old.outlier.base_ejection_ms != new.outlier.base_ejection_ms,
-            true,
-        );
-        take(
-            "outlier.max_ejection_ms",
-            old.outlier.max_ejection_ms != new.outlier.max_ejection_ms,
-            true,
-        );
-        take(
-            "outlier.max_ejection_percent",
-            old.outlier.max_ejection_percent != new.outlier.max_ejection_percent,
-            true,
-        );
-        take(
-            "outlier.interval_ms",
-            old.outlier.interval_ms != new.outlier.interval_ms,
-            false,
-        );
-        take(
-            "proxy.drain_timeout_ms",
-            old.proxy.drain_timeout_ms != new.proxy.drain_timeout_ms,
-            true,
-        );
-        take("log.level", old.log.level != new.log.level, true);
-        let accelerate = new.datapath.accelerate && !crate::datapath::accelerate_forced_off();
-        take(
-            "datapath.accelerate",
-            old.datapath.accelerate != accelerate,
-            true,
-        );
-        take("log.format", old.log.format != new.log.format, false);
-        take("state_dir", old.state_dir != new.state_dir, false);
-        take("bpf_pin_dir", old.bpf_pin_dir != new.bpf_pin_dir, false);
-        take("cgroup", old.cgroup != new.cgroup, false);
-        take("socket", old.socket != new.socket, false);
-        take("hosts_file", old.hosts_file != new.hosts_file, false);
-        take("admin", old.admin != new.admin, false);
-        take("registry", old.registry != new.registry, false);
-        take("host", old.host != new.host, false);
-        // What needs a restart keeps its running value.
-        let mut cfg = old;
-        cfg.default_namespace = new.default_namespace;
-        cfg.outlier = proxy_config::OutlierConfig {
-            interval_ms: cfg.outlier.interval_ms,
-            ..new.outlier
-        };
-        cfg.proxy = new.proxy;
-        cfg.log.level = new.log.level;
-        cfg.datapath.accelerate = accelerate;
+        let accelerate = cfg.datapath.accelerate;
         if let Err(e) = self.dp.maps.set_accelerate(accelerate) {
             warn!(error = %e, "switching same-host acceleration");
         }
