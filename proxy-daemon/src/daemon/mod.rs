@@ -3,6 +3,7 @@
 mod admin;
 pub mod desired;
 mod engine;
+mod error;
 mod handover;
 mod server;
 pub use server::tune_allocator;

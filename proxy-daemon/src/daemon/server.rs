@@ -8,7 +8,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::engine::Engine;
+use super::{engine::Engine, error::respond};
 use crate::control::{Request, Response};
 
 /// Longest request line accepted (an apply of many large files fits).
@@ -174,7 +174,7 @@ async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
             let result = etcd.apply(|state: &crate::registry::ConfigState| {
                 proxy_config::plan(&files, &state.existing(&default))
             });
-            return engine.lock().await.applied(result);
+            return respond(engine.lock().await.applied(result));
         }
         (req, _) => req,
     };
@@ -184,21 +184,21 @@ async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
         );
     }
     match req {
-        Request::Apply { files } => e.apply(files),
+        Request::Apply { files } => respond(e.apply(files)),
         Request::Services => Response::ok(&e.service_rows()),
         Request::Endpoints { service } => Response::ok(&e.endpoint_rows(service.as_deref())),
         Request::Status => Response::ok(&e.status()),
         Request::Stats => Response::ok(&e.stats()),
         Request::Handover => Response::bad_input("handover is answered on its own"),
-        Request::TaskStart { service } => e.task_start(&service),
-        Request::TaskRunning { task_id, pid } => e.task_running(&task_id, pid),
+        Request::TaskStart { service } => respond(e.task_start(&service)),
+        Request::TaskRunning { task_id, pid } => respond(e.task_running(&task_id, pid)),
         Request::TaskExited { task_id, status } => {
             match e.task_gone(&task_id, &format!("its main process exited with {status}")) {
                 Ok(()) => Response::ok(&()),
                 Err(err) => Response::failure(format!("{err:#}")),
             }
         }
-        Request::Drain { service, task } => e.drain(service.as_deref(), task.as_deref()),
+        Request::Drain { service, task } => respond(e.drain(service.as_deref(), task.as_deref())),
         Request::SetLogLevel { filter } => match crate::logging::set_level(&filter) {
             Ok(()) => {
                 tracing::info!(filter, "log level set");

@@ -34,10 +34,13 @@ mod views;
 
 use routes::{RouteParts, alias_labels, build_route, endpoint_labels, outlier_config};
 
-use super::desired::{self, is_l7, members_by_service};
+use super::{
+    desired::{self, is_l7, members_by_service},
+    error::EngineError,
+};
 use crate::{
     cgroup,
-    control::{EndpointRow, Response, ServiceRow, StatusReport, TaskPlan},
+    control::{EndpointRow, ServiceRow, StatusReport, TaskPlan},
     datapath::Datapath,
     health::{self, HealthState},
     hosts::HostsFile,
@@ -366,7 +369,7 @@ impl Engine {
         }
     }
 
-    pub fn apply(&mut self, files: Vec<(String, String)>) -> Response {
+    pub fn apply(&mut self, files: Vec<(String, String)>) -> Result<ApplySummary, EngineError> {
         let files: Vec<(String, Vec<u8>)> = files
             .into_iter()
             .map(|(n, c)| (n, c.into_bytes()))
@@ -391,21 +394,19 @@ impl Engine {
     pub fn applied(
         &mut self,
         result: Result<Result<ApplySummary, proxy_config::ApplyErrors>, RegistryError>,
-    ) -> Response {
-        let summary = match result {
-            Ok(Ok(s)) => s,
-            Ok(Err(errs)) => return Response::bad_input(errs.to_string()),
-            Err(e) => return Response::failure(e.to_string()),
-        };
+    ) -> Result<ApplySummary, EngineError> {
+        let summary = result??;
         if self.retired {
             // Handed over meanwhile: the new daemon routes by it (etcd's watch).
-            return Response::ok(&summary);
+            return Ok(summary);
         }
         if let Err(e) = self.load_shared() {
-            return Response::failure(format!("{e:#}"));
+            return Err(EngineError::Failed(format!("{e:#}")));
         }
         if let Err(e) = self.reconcile() {
-            return Response::failure(format!("applied, but updating the datapath failed: {e:#}"));
+            return Err(EngineError::Failed(format!(
+                "applied, but updating the datapath failed: {e:#}"
+            )));
         }
         let changed = summary
             .items
@@ -417,7 +418,7 @@ impl Engine {
             unchanged = summary.items.len() - changed,
             "applied"
         );
-        Response::ok(&summary)
+        Ok(summary)
     }
 
     /// The sockets a new daemon takes over: names and descriptors.

@@ -1,19 +1,20 @@
 //! Task lifecycle: start (ports, cgroup, env), running, gone (deregister,
 //! stop what is left), draining, readiness.
 use super::*;
+use crate::daemon::error::EngineError;
 
 impl Engine {
-    pub fn task_start(&mut self, service: &str) -> Response {
+    pub fn task_start(&mut self, service: &str) -> Result<TaskPlan, EngineError> {
         let Some(svc) = self.services.iter().find(|s| s.spec.name == service) else {
             let known: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
-            return Response::bad_input(format!(
+            return Err(EngineError::BadInput(format!(
                 "no service {service:?} is registered (known: {})\n  fix: knit apply -f a service definition with \"serviceName\": {service:?}",
                 if known.is_empty() {
                     "none".to_string()
                 } else {
                     known.join(", ")
                 }
-            ));
+            )));
         };
         let svc_namespace = svc.spec.namespace.clone();
         let Some(td) = self
@@ -21,19 +22,19 @@ impl Engine {
             .get(&svc.spec.task_definition)
             .cloned()
         else {
-            return Response::bad_input(format!(
+            return Err(EngineError::BadInput(format!(
                 "service {service:?} uses task definition {:?}, which is not registered\n  fix: knit apply -f its task definition",
                 svc.spec.task_definition
-            ));
+            )));
         };
         // Ids come from this host's own counters: a task starts also while
         // etcd is away (once this host has its fleet index).
         let host = match self.registry.fleet_host() {
             Ok(h) => h,
             Err(e) => {
-                return Response::failure(format!(
+                return Err(EngineError::Failed(format!(
                     "this host has no index in the fleet yet (it gets one from etcd once): {e}"
-                ));
+                )));
             }
         };
         let reserved = self.registry.store.reserve_task(
@@ -43,7 +44,7 @@ impl Engine {
         );
         let (task_id, ids) = match reserved {
             Ok(r) => r,
-            Err(e) => return Response::failure(e.to_string()),
+            Err(e) => return Err(EngineError::Failed(e.to_string())),
         };
         let mut ports = Vec::new();
         let mut env = BTreeMap::new();
@@ -56,17 +57,17 @@ impl Engine {
                     .values()
                     .find(|t| t.ports.iter().any(|p| p.port == pm.container_port));
                 if let Some(other) = taken {
-                    return Response::bad_input(format!(
+                    return Err(EngineError::BadInput(format!(
                         "service {service:?}: port {} (containerPort of port mapping {:?}) is already used by task {} on this host\n  fix: omit containerPort (or set it to 0) so that knit picks a port per task",
                         pm.container_port, pm.name, other.id
-                    ));
+                    )));
                 }
                 pm.container_port
             } else {
                 let pending: Vec<u16> = ports.iter().map(|p: &TaskPort| p.port).collect();
                 match self.alloc_port(&pending) {
                     Ok(p) => p,
-                    Err(e) => return Response::failure(format!("finding a free port: {e}")),
+                    Err(e) => return Err(EngineError::Failed(format!("finding a free port: {e}"))),
                 }
             };
             env.insert(port_env_name(&pm.name), port.to_string());
@@ -80,7 +81,7 @@ impl Engine {
         }
         let cg = self.cgroup_root.join(service).join(&task_id);
         if let Err(e) = cgroup::ensure(&cg) {
-            return Response::failure(e.to_string());
+            return Err(EngineError::Failed(e.to_string()));
         }
         let rec = TaskRecord {
             id: task_id.clone(),
@@ -94,17 +95,17 @@ impl Engine {
             health: None,
         };
         if let Err(e) = self.save_task(&rec) {
-            return Response::failure(e.to_string());
+            return Err(EngineError::Failed(e.to_string()));
         }
         env = self.task_env(&rec);
         self.tasks.insert(task_id.clone(), rec);
         self.start_ingress(&task_id);
         // The kernel must know the task's namespace before it connects.
         if let Err(e) = self.reconcile() {
-            return Response::failure(format!("{e:#}"));
+            return Err(EngineError::Failed(format!("{e:#}")));
         }
         info!(task = %task_id, service, "task starting");
-        Response::ok(&TaskPlan {
+        Ok(TaskPlan {
             task_id,
             cgroup: cg,
             env,
@@ -116,13 +117,13 @@ impl Engine {
         })
     }
 
-    pub fn task_running(&mut self, task_id: &str, pid: u32) -> Response {
+    pub fn task_running(&mut self, task_id: &str, pid: u32) -> Result<(), EngineError> {
         let Some(service) = self.tasks.get(task_id).map(|t| t.service.clone()) else {
-            return Response::bad_input(format!("no task {task_id:?}"));
+            return Err(EngineError::BadInput(format!("no task {task_id:?}")));
         };
         let spec = self.health_spec(&service);
         let Some(t) = self.tasks.get_mut(task_id) else {
-            return Response::bad_input(format!("no task {task_id:?}"));
+            return Err(EngineError::BadInput(format!("no task {task_id:?}")));
         };
         t.pid = Some(pid);
         if let Some(spec) = spec {
@@ -135,10 +136,10 @@ impl Engine {
         }
         let rec = t.clone();
         if let Err(e) = self.save_task(&rec) {
-            return Response::failure(e.to_string());
+            return Err(EngineError::Failed(e.to_string()));
         }
         info!(task = %task_id, pid, "task running");
-        Response::ok(&())
+        Ok(())
     }
 
     /// Deregister a task and remove its cgroup (killing what is left in it).
@@ -202,7 +203,11 @@ impl Engine {
         }
     }
 
-    pub fn drain(&mut self, service: Option<&str>, task: Option<&str>) -> Response {
+    pub fn drain(
+        &mut self,
+        service: Option<&str>,
+        task: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
         let ids: Vec<String> = self
             .tasks
             .values()
@@ -210,12 +215,12 @@ impl Engine {
             .map(|t| t.id.clone())
             .collect();
         if ids.is_empty() {
-            return Response::bad_input(format!(
+            return Err(EngineError::BadInput(format!(
                 "nothing to drain: no running task matches {}",
                 task.map(|t| format!("task {t:?}"))
                     .or(service.map(|s| format!("service {s:?}")))
                     .unwrap_or_default()
-            ));
+            )));
         }
         for id in &ids {
             if let Some(t) = self.tasks.get_mut(id) {
@@ -225,14 +230,14 @@ impl Engine {
                 }
                 let rec = t.clone();
                 if let Err(e) = self.save_task(&rec) {
-                    return Response::failure(e.to_string());
+                    return Err(EngineError::Failed(e.to_string()));
                 }
             }
         }
         if let Err(e) = self.reconcile() {
-            return Response::failure(e.to_string());
+            return Err(EngineError::Failed(e.to_string()));
         }
-        Response::ok(&ids)
+        Ok(ids)
     }
 
     /// Ports that have not accepted a connection yet: (task, port name, port).
