@@ -31,7 +31,7 @@ use proxy_common::maps::{Backend, BackendKey};
 use serde_json::json;
 
 use super::{
-    knit,
+    cpu, knit,
     markdown::{Align, Table},
     report::{self, Machine},
     stats,
@@ -262,6 +262,10 @@ struct Scale {
     rss_before_kib: u64,
     rss_after_kib: u64,
     fresh_rss_kib: u64,
+    /// Host 1's daemon, doing nothing but its monitor with every service
+    /// and endpoint known: % of one core over `idle_window_s`.
+    idle_cpu_pct: f64,
+    idle_window_s: f64,
 }
 
 fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
@@ -314,6 +318,16 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
     )?;
     let live_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
     let rss_after_kib = rss_kib(pid)?;
+    // What the daemon costs while nothing changes: its monitor ticks
+    // (readiness, outliers, liveness) over every service and endpoint.
+    let idle_window_s = if sizes.services >= 1_000 { 10.0 } else { 2.0 };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu::tree_ticks(pid)?.context("host 1's daemon is gone")?;
+    let t_idle = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(idle_window_s));
+    let after = cpu::tree_ticks(pid)?.context("host 1's daemon is gone")?;
+    let idle_cpu_pct =
+        cpu::ticks_to_secs(after.saturating_sub(before)) / t_idle.elapsed().as_secs_f64() * 100.0;
     // Host 3 starts afresh: no datapath, everything from etcd.
     let c = &mut fleet.hosts[2];
     c.kill_daemon()?;
@@ -339,6 +353,8 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
         rss_before_kib,
         rss_after_kib,
         fresh_rss_kib,
+        idle_cpu_pct,
+        idle_window_s,
     })
 }
 
@@ -453,6 +469,13 @@ impl Outcome {
             .row([
                 "fresh daemon memory (RSS) after its full sync".to_string(),
                 mib(s.fresh_rss_kib),
+            ])
+            .row([
+                format!(
+                    "host 1 daemon CPU while nothing changes, {:.0} s (its monitor over {} services, {} endpoints)",
+                    s.idle_window_s, s.services, s.endpoints
+                ),
+                format!("{:.2} % of one core", s.idle_cpu_pct),
             ]);
         format!(
             "## Propagation (etcd)\n\n\

@@ -35,6 +35,14 @@ impl Outliers {
             .is_some_and(|b| b.ejected_until.is_some())
     }
 
+    /// True when [`Outliers::observe`] of `backend_id` with no failures
+    /// would change nothing: not ejected, and no failure count to forget.
+    pub fn quiet(&self, backend_id: u32) -> bool {
+        self.by_backend
+            .get(&backend_id)
+            .is_none_or(|b| b.ejected_until.is_none() && b.baseline == 0)
+    }
+
     pub fn ejections(&self, backend_id: u32) -> u32 {
         self.by_backend.get(&backend_id).map_or(0, |b| b.ejections)
     }

@@ -2,6 +2,16 @@
 //! failure counts.
 use super::*;
 
+/// One alias as the outlier pass sees it.
+struct Group<'a> {
+    service: &'a str,
+    cfg: OutlierConfig,
+    /// Running, ready, not draining: in rotation or ejected.
+    members: Vec<u32>,
+    /// (backend id, failures in a row).
+    counts: Vec<(u32, u64)>,
+}
+
 impl Engine {
     /// Failures in a row of an endpoint: for L7 the 5xx answers and failed
     /// connects the proxy saw, for L4 the failed connects the kernel saw.
@@ -66,7 +76,10 @@ impl Engine {
         }
         let mut changed = false;
         let cfg = self.cfg.outlier.clone();
-        let mut ejections = Vec::new();
+        // Per alias: its endpoints that are running, ready and not draining
+        // (in rotation or ejected), and their failures in a row. An alias
+        // with no failure anywhere is skipped: looking at it changes nothing.
+        let mut groups: Vec<Group<'_>> = Vec::new();
         let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
         for s in &self.services {
             let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
@@ -82,32 +95,48 @@ impl Engine {
                     })
                     .map(|p| p.backend_id)
                     .collect();
-                for id in &members {
-                    let Some(consecutive) = self.consecutive_failures(*id, is_l7(a)) else {
-                        continue;
-                    };
-                    ejections.push((
-                        s.spec.name.clone(),
-                        *id,
-                        consecutive,
-                        members.clone(),
-                        outlier_config(&cfg, a),
-                    ));
+                let counts: Vec<(u32, u64)> = members
+                    .iter()
+                    .filter_map(|id| Some((*id, self.consecutive_failures(*id, is_l7(a))?)))
+                    .collect();
+                if counts
+                    .iter()
+                    .all(|(id, c)| *c == 0 && self.outliers.quiet(*id))
+                {
+                    continue;
+                }
+                groups.push(Group {
+                    service: &s.spec.name,
+                    cfg: outlier_config(&cfg, a),
+                    members,
+                    counts,
+                });
+            }
+        }
+        let mut ejected_now = Vec::new();
+        for Group {
+            service,
+            cfg,
+            members,
+            counts,
+        } in groups
+        {
+            for (id, consecutive) in counts {
+                let ejected = members
+                    .iter()
+                    .filter(|m| self.outliers.is_ejected(**m))
+                    .count();
+                if self
+                    .outliers
+                    .observe(&cfg, id, consecutive, members.len(), ejected, now)
+                {
+                    ejected_now.push((service.to_string(), id, consecutive));
                 }
             }
         }
-        for (service, id, consecutive, members, cfg) in ejections {
-            let ejected = members
-                .iter()
-                .filter(|m| self.outliers.is_ejected(**m))
-                .count();
-            if self
-                .outliers
-                .observe(&cfg, id, consecutive, members.len(), ejected, now)
-            {
-                warn!(backend = id, service = %service, failures = consecutive, "ejecting an endpoint that keeps failing");
-                changed = true;
-            }
+        for (service, id, consecutive) in ejected_now {
+            warn!(backend = id, service = %service, failures = consecutive, "ejecting an endpoint that keeps failing");
+            changed = true;
         }
         if changed || self.outliers.take_returned() {
             self.reconcile()?;
