@@ -106,6 +106,9 @@ pub struct Engine {
     ingress: IngressListeners,
     /// Cgroups of ended tasks being stopped: (cgroup, SIGKILL deadline).
     stopping: Vec<(PathBuf, Instant)>,
+    /// The kernel's failed-connect count of each TCP alias at the last
+    /// outlier pass (an alias whose count did not grow is not looked into).
+    l4_failed_seen: BTreeMap<u32, u64>,
     /// Health-check state of tasks whose task definition has a healthCheck.
     health_checks: BTreeMap<String, HealthState>,
     /// Where the admin HTTP listens (set once bound).
@@ -178,6 +181,7 @@ impl Engine {
             ingress: IngressListeners::default(),
             stopping: Vec::new(),
             health_checks: BTreeMap::new(),
+            l4_failed_seen: BTreeMap::new(),
             admin: String::new(),
             listener_fds: Vec::new(),
             retired: false,

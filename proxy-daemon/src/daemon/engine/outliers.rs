@@ -95,6 +95,20 @@ impl Engine {
                     })
                     .map(|p| p.backend_id)
                     .collect();
+                // A TCP alias whose failed connects did not grow since the
+                // last pass has no endpoint whose failures grew: one
+                // counter read instead of one per endpoint.
+                if !is_l7(a) {
+                    let failed = self
+                        .dp
+                        .maps
+                        .service_counters(a.service_id)
+                        .map_or(0, |c| c.failed);
+                    let before = self.l4_failed_seen.insert(a.service_id, failed);
+                    if before == Some(failed) && members.iter().all(|id| self.outliers.quiet(*id)) {
+                        continue;
+                    }
+                }
                 let counts: Vec<(u32, u64)> = members
                     .iter()
                     .filter_map(|id| Some((*id, self.consecutive_failures(*id, is_l7(a))?)))
