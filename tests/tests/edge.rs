@@ -328,6 +328,7 @@ fn edge_tunnels_obey_the_idle_timeout_and_a_client_share() -> Result<()> {
 #[test]
 fn edge_a_burst_of_connects_is_not_dropped_by_the_backlog() -> Result<()> {
     let k = setup("edge-burst", "")?;
+    let drops_before = listen_drops()?;
     let hosts = k.hosts.display().to_string();
     let tb = tb();
     let r = k.run_json(
@@ -345,9 +346,32 @@ fn edge_a_burst_of_connects_is_not_dropped_by_the_backlog() -> Result<()> {
     )?;
     assert_eq!(r["connected"], 6000, "{r}");
     let ms = r["ms"].as_u64().unwrap_or(u64::MAX);
-    eprintln!("6000 connects: {ms} ms");
-    assert!(ms < 1000, "{r}");
+    let dropped = listen_drops()? - drops_before;
+    eprintln!("6000 connects: {ms} ms, {dropped} SYNs dropped by full accept queues");
+    // A full accept queue drops SYNs (retried after 1 s, 3 s, ...): none was.
+    assert_eq!(dropped, 0, "{r}");
+    // The time goal is for real hardware; under the VM's TCG emulation
+    // the burst itself is tens of times slower.
+    if std::env::var_os("KNIT_IN_VM").is_none() {
+        assert!(ms < 1000, "{r}");
+    }
     Ok(())
+}
+
+/// SYNs dropped by full listen queues in this network namespace
+/// (`TcpExt: ListenDrops` in /proc/net/netstat).
+fn listen_drops() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat")?;
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let [names, values] = lines[..] else {
+        anyhow::bail!("no TcpExt lines in /proc/net/netstat");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenDrops")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("ListenDrops in /proc/net/netstat")
 }
 
 /// The daemon's resident memory, in KiB.

@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use knit_tests::{Knit, client_service, knit_bin, tcp_service, tcp_task_definition, testbin};
+use knit_tests::{
+    Knit, client_service, knit_bin, tcp_service, tcp_task_definition, testbin, wait_for,
+};
 
 fn tb() -> String {
     testbin().display().to_string()
@@ -409,8 +411,14 @@ fn an_endpoint_crashing_in_a_loop_costs_no_request() -> Result<()> {
     let pid = k.dir.path().join("crasher.pid");
     let mut victim = pids[2].clone();
     for round in 0..rounds {
-        kill(pid_in(&victim)?, Signal::SIGKILL)?;
+        // The last crasher has written its pid (under TCG a task can take
+        // longer than a round to start).
+        let target = wait_for("the endpoint's pid file", Duration::from_secs(15), || {
+            pid_in(&victim).ok()
+        })?;
+        kill(target, Signal::SIGKILL)?;
         std::thread::sleep(Duration::from_millis(300));
+        let _ = std::fs::remove_file(&pid);
         let (tb, p) = (tb(), pid.display().to_string());
         let id = format!("c{round}");
         k.run(

@@ -450,6 +450,10 @@ fn l7_rolling_restart_under_load_has_no_errors() -> Result<()> {
     let mut k = Knit::start("l7roll", "")?;
     setup(&mut k, "http", "", &[("a0", &[]), ("a1", &[]), ("a2", &[])])?;
     let hosts = k.hosts.display().to_string();
+    // The load runs until every old task is replaced (a stop file; 60 s at
+    // most): under TCG the three rounds take longer than a fixed window.
+    let stop = k.dir.path().join("stop-load");
+    let stop_arg = stop.display().to_string();
     let load = k.spawn_task(
         "client",
         &[
@@ -460,7 +464,9 @@ fn l7_rolling_restart_under_load_has_no_errors() -> Result<()> {
             "--url",
             "http://web:8080/slow/2",
             "--duration-ms",
-            "9000",
+            "60000",
+            "--stop-file",
+            &stop_arg,
             "--concurrency",
             "4",
         ],
@@ -483,6 +489,9 @@ fn l7_rolling_restart_under_load_has_no_errors() -> Result<()> {
             (!eps.as_array()?.iter().any(|e| e["task"] == task.as_str())).then_some(())
         })?;
     }
+    // The last new task serves a while (each request takes 2 s).
+    std::thread::sleep(Duration::from_millis(3000));
+    std::fs::write(&stop, "")?;
     let r = knit_tests::json_output(load)?;
     assert_eq!(r["failed"], 0, "{}", r["errors"]);
     assert_eq!(non_2xx(&r), 0, "{}", r["statuses"]);

@@ -37,6 +37,10 @@ fn five_takeovers_under_load_lose_no_request() -> Result<()> {
     k.wait_healthy("web", 2)?;
     k.wait_healthy("db", 1)?;
     let hosts = k.hosts.display().to_string();
+    // The load runs across all five takeovers (a stop file; 90 s at most):
+    // under TCG a takeover takes seconds, longer than a fixed window allows.
+    let stop = k.dir.path().join("stop-load");
+    let stop_arg = stop.display().to_string();
     let load = k.spawn_task(
         "client",
         &[
@@ -47,7 +51,9 @@ fn five_takeovers_under_load_lose_no_request() -> Result<()> {
             "--hosts",
             &hosts,
             "--duration-ms",
-            "12000",
+            "90000",
+            "--stop-file",
+            &stop_arg,
             "--concurrency",
             "4",
             "--interval-ms",
@@ -66,6 +72,7 @@ fn five_takeovers_under_load_lose_no_request() -> Result<()> {
         std::thread::sleep(Duration::from_millis(800));
     }
     ensure!(k.daemon_pid() != first_pid);
+    std::fs::write(&stop, "")?;
     let out = knit_tests::wait_output(load, "load", knit_tests::TASK_TIMEOUT)?;
     let r: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;

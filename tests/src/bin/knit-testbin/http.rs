@@ -363,6 +363,9 @@ pub fn client(args: &[String]) -> Result<()> {
     // A new connection for every request (each one is a new connect, which
     // the kernel's connect hook routes afresh).
     let reconnect = args.iter().any(|a| a == "--reconnect");
+    // Stop once this file exists (the test's steps are done), with
+    // --duration-ms as the bound: a slow machine gets the traffic it needs.
+    let stop_file = arg(args, "--stop-file").map(std::path::PathBuf::from);
     // A Host field other than the URL's authority (HTTP/2: beside it).
     let authority_field = arg(args, "--host-header");
     let last_body: Arc<Mutex<String>> = Arc::default();
@@ -390,12 +393,14 @@ pub fn client(args: &[String]) -> Result<()> {
             );
             let last_body = last_body.clone();
             let host_field = authority_field.clone().unwrap_or_else(|| authority.clone());
+            let stop_file = stop_file.clone();
             workers.push(tokio::spawn(async move {
                 let mut conn: Option<Conn> = None;
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if (count > 0 && i >= count)
                         || (count == 0 && start.elapsed() >= duration)
+                        || stop_file.as_deref().is_some_and(std::path::Path::exists)
                         || start.elapsed() > Duration::from_secs(120)
                     {
                         break;
