@@ -100,22 +100,25 @@ fn http_get_in(netns: Option<&str>, url: &str) -> Result<String> {
     if !host.starts_with("127.") {
         bail!("{url}: tests only talk to loopback");
     }
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}"))
-                .arg("--")
-                .arg(testbin());
-            c
-        }
-        None => Command::new(testbin()),
-    };
-    let out = cmd
+    let out = command_in(netns, testbin())
         .args(["http-client", "--url", url, "--count", "1", "--dump-body"])
         .output()?;
     let v: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{url}: {}", String::from_utf8_lossy(&out.stderr)))?;
     Ok(v["body"].as_str().context("a body")?.to_string())
+}
+
+/// A command for `prog`, run in network namespace `netns` (under
+/// /run/netns) when one is given.
+fn command_in(netns: Option<&str>, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(prog);
+            c
+        }
+        None => Command::new(prog),
+    }
 }
 
 /// A knit daemon owned by one test.
@@ -269,16 +272,7 @@ impl Knit {
 
     /// A command for the `knit` binary, in the daemon's network namespace.
     fn knit_command(&self) -> Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        }
+        command_in(self.netns.as_deref(), &self.bin)
     }
 
     /// A command for the daemon: in its own cgroup, from before exec, so
@@ -493,13 +487,18 @@ impl Knit {
             .with_context(|| format!("task output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Where the daemon's admin HTTP listens (`knit status`).
+    fn admin_address(&self) -> Result<String> {
+        Ok(self.json(&["status"])?["admin"]
+            .as_str()
+            .context("admin address")?
+            .to_string())
+    }
+
     /// The daemon's `/metrics` text (fetched from the daemon's network
     /// namespace: its admin listener is on that namespace's loopback).
     pub fn metrics(&self) -> Result<String> {
-        let admin = self.json(&["status"])?["admin"]
-            .as_str()
-            .context("admin address")?
-            .to_string();
+        let admin = self.admin_address()?;
         http_get_in(self.netns.as_deref(), &format!("http://{admin}/metrics"))
     }
 
@@ -507,24 +506,11 @@ impl Knit {
     /// daemon's network namespace, with `knit-testbin http-client`: its
     /// report (statuses, p50_us, p99_us, ...).
     pub fn admin_requests(&self, path: &str, count: u64) -> Result<Value> {
-        let admin = self.json(&["status"])?["admin"]
-            .as_str()
-            .context("admin address")?
-            .to_string();
+        let admin = self.admin_address()?;
         if !admin.starts_with("127.") {
             bail!("the admin listener {admin} is not on loopback");
         }
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(testbin());
-                c
-            }
-            None => Command::new(testbin()),
-        };
-        let child = cmd
+        let child = command_in(self.netns.as_deref(), testbin())
             .args(["http-client", "--url", &format!("http://{admin}{path}")])
             .args(["--count", &count.to_string()])
             .stdout(Stdio::piped())

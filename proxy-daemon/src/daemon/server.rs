@@ -159,10 +159,9 @@ async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
     // With etcd, an apply plans and commits without the engine's lock
     // (etcd may be slow or stalled; nothing else should wait for it), then
     // takes it to route by the result.
-    let etcd = if e.retired {
-        None
-    } else {
-        e.etcd_apply_handle()
+    let etcd = match &req {
+        Request::Apply { .. } if !e.retired => e.etcd_apply_handle(),
+        _ => None,
     };
     let req = match (req, etcd) {
         (Request::Apply { files }, Some((etcd, default))) => {

@@ -668,11 +668,11 @@ const NEXT_FRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(20
 
 impl ReqBody {
     /// `max`: the service's `maxRequestBytes`. A body with a declared
-    /// length was checked against it already. Whatever its framing, the
-    /// body's first 64 KiB that are at hand are read before anything is
-    /// sent: bad framing there (an invalid chunk size) or a body past the
-    /// limit is refused with nothing sent upstream; a body that ends
-    /// within them is kept whole (replayable).
+    /// length was checked against it already. Of a chunked body, the first
+    /// 64 KiB that are at hand are read before anything is sent: bad
+    /// framing there (an invalid chunk size) or a body past the limit is
+    /// refused with nothing sent upstream; a body that ends within them is
+    /// kept whole (replayable).
     async fn read(
         parts: &Parts,
         mut body: Incoming,
@@ -688,6 +688,25 @@ impl ReqBody {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
         {
+            let b = super::body::Prefixed::new(Vec::new(), body);
+            return Ok(ReqBody::Streaming(Some(b), Default::default(), limit));
+        }
+        // A declared length has no framing to get wrong (and was checked
+        // against the limit): a small body is read whole (replayable), a
+        // large one streamed at once. HTTP/2 frames its bodies itself. Only
+        // an HTTP/1.1 body without a length (chunked) is pre-read below, to
+        // refuse bad framing before anything goes upstream.
+        let declared = body.size_hint().exact();
+        if declared.is_some_and(|n| n <= MAX_REPLAY_BODY as u64) {
+            return match http_body_util::Limited::new(body, MAX_REPLAY_BODY)
+                .collect()
+                .await
+            {
+                Ok(c) => Ok(ReqBody::Buffered(c.to_bytes())),
+                Err(_) => Err(BodyRefused::Malformed),
+            };
+        }
+        if declared.is_some() || parts.version == Version::HTTP_2 {
             let b = super::body::Prefixed::new(Vec::new(), body);
             return Ok(ReqBody::Streaming(Some(b), Default::default(), limit));
         }

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use proxy_common::maps::MODE_L4;
 use proxy_config::{DaemonConfig, HealthCheck, OutlierConfig, TaskDefinition};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -315,6 +316,14 @@ impl Engine {
             );
         }
         self.dp.maps.sync(&d.aliases, &d.backend_ids, &task_ns)?;
+        // Aliases gone (or no longer TCP) leave no failed-connect count behind.
+        let l4: BTreeSet<u32> = d
+            .aliases
+            .iter()
+            .filter(|a| a.mode == MODE_L4)
+            .map(|a| a.service_id)
+            .collect();
+        self.l4_failed_seen.retain(|id, _| l4.contains(id));
         self.proxy.sources.store(Arc::new(sources));
         let names = d.names;
         if self.last_hosts.as_ref() != Some(&names) {
