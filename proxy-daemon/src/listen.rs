@@ -29,6 +29,11 @@ pub fn tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
+    listen_on(s)
+}
+
+/// listen(2) with [`backlog`] on a bound socket; non-blocking, for tokio.
+fn listen_on(s: tokio::net::TcpSocket) -> std::io::Result<std::net::TcpListener> {
     let fd = s.as_raw_fd();
     // SAFETY: listen(2) on a socket this function owns.
     if unsafe { libc::listen(fd, backlog()) } != 0 {
@@ -42,6 +47,71 @@ pub fn tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     };
     l.set_nonblocking(true)?;
     Ok(l)
+}
+
+/// How many sockets the egress listener is made of: one per CPU (tokio
+/// runs a worker per CPU), at least 2, at most 16.
+pub fn group_size() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16)
+}
+
+/// Whether SO_REUSEPORT is set on `l` (a group can grow around it).
+pub fn is_reuseport(l: &impl AsRawFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) into a c_int of the size given.
+    let r = unsafe {
+        libc::getsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && on != 0
+}
+
+/// One more socket of a SO_REUSEPORT group on `addr` (a fixed port):
+/// the kernel spreads incoming connections over the group's sockets, each
+/// with an accept queue of its own, so a burst of connects meets
+/// [`backlog`] times the group's size before a SYN is dropped, and each
+/// socket has an accept loop of its own. Only the same user can join.
+pub fn tcp_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    listen_on(s)
+}
+
+/// A SO_REUSEPORT group of `n` listeners on `addr` (port 0: a free one,
+/// which every member then shares).
+pub fn tcp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = tcp_reuseport(addr)?;
+    let addr = first.local_addr()?;
+    let mut group = vec![first];
+    grow(&mut group, addr, n)?;
+    Ok(group)
+}
+
+/// Add members to a SO_REUSEPORT group on `addr` until it has `n`.
+pub fn grow(
+    group: &mut Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<()> {
+    while group.len() < n {
+        group.push(tcp_reuseport(addr)?);
+    }
+    Ok(())
 }
 
 /// A listener inherited from an older daemon (or made elsewhere): listen(2)
@@ -68,6 +138,36 @@ mod tests {
         let c = tokio::net::TcpStream::connect(l.local_addr()?).await?;
         let (_a, peer) = l.accept().await?;
         assert_eq!(peer, c.local_addr()?);
+        Ok(())
+    }
+
+    /// A group shares one port, each member queues connections of its own,
+    /// and between them they take every connection.
+    #[tokio::test]
+    async fn a_reuseport_group_shares_one_port() -> std::io::Result<()> {
+        let group = tcp_group("127.0.0.1:0".parse().map_err(std::io::Error::other)?, 3)?;
+        assert_eq!(group.len(), 3);
+        let addr = group[0].local_addr()?;
+        assert!(group.iter().all(|l| l.local_addr().ok() == Some(addr)));
+        assert!(group.iter().all(is_reuseport));
+        let plain = tcp("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+        assert!(!is_reuseport(&plain));
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            clients.push(std::net::TcpStream::connect(addr)?);
+        }
+        let mut accepted = 0;
+        let mut members_used = 0;
+        for l in &group {
+            let mut n = 0;
+            while l.accept().is_ok() {
+                n += 1;
+            }
+            accepted += n;
+            members_used += usize::from(n > 0);
+        }
+        assert_eq!(accepted, 64);
+        assert!(members_used >= 2, "64 connections all went to one member");
         Ok(())
     }
 }

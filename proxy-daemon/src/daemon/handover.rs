@@ -34,7 +34,9 @@ const MAX_FDS: usize = 250;
 /// What the new daemon got from the old one.
 #[derive(Default)]
 pub struct Inherited {
-    pub egress: Option<std::net::TcpListener>,
+    /// The egress listener's sockets: `egress` first, then `egress/1`,
+    /// `egress/2`... (a SO_REUSEPORT group; older daemons pass one).
+    pub egress: Vec<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
     pub control: Option<std::os::unix::net::UnixListener>,
     /// Ingress listeners by (task id, port name).
@@ -112,9 +114,10 @@ pub fn take_over(socket: &Path, wait: Duration) -> Result<Inherited> {
     let mut got = Inherited::default();
     for (name, fd) in names.into_iter().zip(owned) {
         match name.as_str() {
-            "egress" => got.egress = Some(fd.into()),
+            "egress" => got.egress.insert(0, fd.into()),
             "admin" => got.admin = Some(fd.into()),
             "control" => got.control = Some(fd.into()),
+            other if other.starts_with("egress/") => got.egress.push(fd.into()),
             other => {
                 let Some(rest) = other.strip_prefix("ingress/") else {
                     continue;

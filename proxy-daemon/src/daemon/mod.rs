@@ -118,22 +118,8 @@ pub async fn run(
     // At most 500 ms: readiness probes and the watchdog run on this tick.
     let interval = Duration::from_millis(cfg.outlier.interval_ms.clamp(10, 500));
     // The egress listener: the connect hook sends tasks' L7 connects here.
-    let egress = match inherited
-        .egress
-        .take()
-        .filter(|l| l.local_addr().is_ok_and(|a| a.ip() == cfg.host.address))
-    {
-        Some(l) => {
-            l.set_nonblocking(true)?;
-            crate::listen::widen(&l)?;
-            tokio::net::TcpListener::from_std(l)?
-        }
-        None => tokio::net::TcpListener::from_std(
-            crate::listen::tcp((cfg.host.address, 0).into())
-                .with_context(|| format!("binding the egress listener on {}", cfg.host.address))?,
-        )?,
-    };
-    let egress_addr = match egress.local_addr()? {
+    let egress = egress_group(std::mem::take(&mut inherited.egress), cfg.host.address)?;
+    let egress_addr = match egress[0].local_addr()? {
         std::net::SocketAddr::V4(a) => a,
         a => bail!("the egress listener must be IPv4, got {a}"),
     };
@@ -155,7 +141,8 @@ pub async fn run(
     {
         let mut e = engine.lock().await;
         e.dp.maps.set_egress(egress_addr)?;
-        if let Err(err) = e.dp.maps.publish_listener(&egress) {
+        // Every member closes with this daemon: one is enough to watch.
+        if let Err(err) = e.dp.maps.publish_listener(&egress[0]) {
             warn!(error = %err, "L7 services fail open only once the heartbeat is stale");
         }
         e.dp.maps.set_accelerate(cfg.datapath.accelerate)?;
@@ -202,11 +189,19 @@ pub async fn run(
     {
         use std::os::fd::AsFd;
         let mut e = engine.lock().await;
-        e.listener_fds = vec![
-            ("egress".into(), egress.as_fd().try_clone_to_owned()?),
+        let mut fds = vec![
             ("admin".into(), admin.as_fd().try_clone_to_owned()?),
             ("control".into(), listener.as_fd().try_clone_to_owned()?),
         ];
+        for (i, l) in egress.iter().enumerate() {
+            let name = if i == 0 {
+                "egress".to_string()
+            } else {
+                format!("egress/{i}")
+            };
+            fds.push((name, l.as_fd().try_clone_to_owned()?));
+        }
+        e.listener_fds = fds;
     }
     let admin_addr = admin.local_addr()?;
     engine.lock().await.admin = admin_addr.to_string();
@@ -216,10 +211,9 @@ pub async fn run(
         engine.clone(),
         proxy.clone(),
     )));
-    background.push(tokio::spawn(crate::proxy::serve_egress(
-        egress,
-        proxy.clone(),
-    )));
+    for l in egress {
+        background.push(tokio::spawn(crate::proxy::serve_egress(l, proxy.clone())));
+    }
     // An endpoint the proxy sees failing is looked at at once, not at the next tick.
     let on_events = engine.clone();
     background.push(tokio::spawn(async move {
@@ -407,4 +401,39 @@ async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
             }
         }
     }
+}
+
+/// The egress listener's sockets: those an older daemon passed on (when on
+/// `address`), grown to a SO_REUSEPORT group of one per CPU, or a new group.
+/// A listener an older version made without SO_REUSEPORT is served alone.
+fn egress_group(
+    inherited: Vec<std::net::TcpListener>,
+    address: std::net::Ipv4Addr,
+) -> Result<Vec<tokio::net::TcpListener>> {
+    let mut group: Vec<std::net::TcpListener> = inherited
+        .into_iter()
+        .filter(|l| l.local_addr().is_ok_and(|a| a.ip() == address))
+        .collect();
+    let want = crate::listen::group_size();
+    match group.first() {
+        None => {
+            group = crate::listen::tcp_group((address, 0).into(), want)
+                .with_context(|| format!("binding the egress listener on {address}"))?;
+        }
+        Some(first) if crate::listen::is_reuseport(first) => {
+            let addr = first.local_addr()?;
+            if let Err(e) = crate::listen::grow(&mut group, addr, want) {
+                warn!(error = %e, have = group.len(), "growing the egress listener group");
+            }
+        }
+        Some(_) => {}
+    }
+    group
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            crate::listen::widen(&l)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        })
+        .collect()
 }

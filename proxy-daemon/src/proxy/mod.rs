@@ -125,7 +125,10 @@ impl Proxy {
     }
 }
 
-/// Accept on the egress listener until the task is dropped.
+/// Accept on the egress listener until the task is dropped. The loop only
+/// accepts and spawns: each connection's lookup (a map read, a syscall) runs
+/// in its own task, so a burst of connects drains the accept queue at the
+/// rate accept(2) allows rather than one lookup at a time.
 pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -136,16 +139,16 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        let Some((alias, client, task)) = proxy.alias_of(peer) else {
-            // Not a task's connection to a VIP (or one we no longer route).
-            debug!(%peer, "egress: no VIP recorded for this connection; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(forward::serve_connection(
-            stream,
-            forward::Target::Alias(alias, client, task),
-            proxy.clone(),
-        ));
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let Some((alias, client, task)) = proxy.alias_of(peer) else {
+                // Not a task's connection to a VIP (or one we no longer route).
+                debug!(%peer, "egress: no VIP recorded for this connection; closing");
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            forward::serve_connection(stream, forward::Target::Alias(alias, client, task), proxy)
+                .await;
+        });
     }
 }
