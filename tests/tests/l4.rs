@@ -362,14 +362,21 @@ fn bpftool_cgroup_progs(cgroup: &std::path::Path) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-fn loaded_named(name: &str) -> Result<usize> {
+/// The ids of the programs attached to `cgroup` (a second copy loaded by
+/// a restarted daemon would have new ids; other tests' programs, which the
+/// kernel may still be freeing, do not count).
+fn attached_ids(cgroup: &std::path::Path) -> Result<Vec<u64>> {
     let out = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show"])
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
         .output()?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v.as_array()
-        .map(|a| a.iter().filter(|p| p["name"] == name).count())
-        .unwrap_or(0))
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    Ok(ids)
 }
 
 #[test]
@@ -389,7 +396,8 @@ fn l4_survives_daemon_kill9_and_restart_adopts_pins() -> Result<()> {
             "knit_sockops"
         ]
     );
-    let loaded_before = loaded_named("knit_connect4")?;
+    let ids_before = attached_ids(&k.cgroup)?;
+    ensure!(ids_before.len() == 5, "attached: {ids_before:?}");
     // A long connection, and a client that keeps connecting, both running
     // across the daemon's death and restart (12 s: a restart under TCG on a
     // busy machine takes seconds; they must outlive it).
@@ -448,8 +456,8 @@ fn l4_survives_daemon_kill9_and_restart_adopts_pins() -> Result<()> {
         ]
     );
     assert_eq!(
-        loaded_named("knit_connect4")?,
-        loaded_before,
+        attached_ids(&k.cgroup)?,
+        ids_before,
         "the restarted daemon loaded a second copy"
     );
     let h = knit_tests::json_output(hold)?;

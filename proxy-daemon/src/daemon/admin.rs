@@ -10,16 +10,18 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::{net::TcpListener, sync::Mutex};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use super::engine::Engine;
+use super::read::Reader;
 use crate::proxy::Proxy;
 
 /// The dashboard: HTML, CSS and script in one file, no outside assets.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, proxy: Arc<Proxy>) {
+/// Every answer comes from the published read model and live counters
+/// ([`Reader`]): nothing here waits for the engine.
+pub async fn serve(listener: TcpListener, reader: Arc<Reader>, proxy: Arc<Proxy>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -29,11 +31,11 @@ pub async fn serve(listener: TcpListener, engine: Arc<Mutex<Engine>>, proxy: Arc
                 continue;
             }
         };
-        let (engine, proxy) = (engine.clone(), proxy.clone());
+        let (reader, proxy) = (reader.clone(), proxy.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let (engine, proxy) = (engine.clone(), proxy.clone());
-                async move { Ok::<_, Infallible>(handle(req, &engine, &proxy).await) }
+                let (reader, proxy) = (reader.clone(), proxy.clone());
+                async move { Ok::<_, Infallible>(handle(req, &reader, &proxy)) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -66,11 +68,7 @@ fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    engine: &Mutex<Engine>,
-    proxy: &Proxy,
-) -> Response<Full<Bytes>> {
+fn handle(req: Request<Incoming>, reader: &Reader, proxy: &Proxy) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -104,7 +102,7 @@ async fn handle(
             DASHBOARD.to_string(),
         ),
         "/metrics" => {
-            let snap = engine.lock().await.metrics_snapshot();
+            let snap = reader.metrics_snapshot();
             text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -112,10 +110,17 @@ async fn handle(
             )
         }
         "/healthz" | "/readyz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/api/v1/services" => json(&engine.lock().await.service_rows()),
-        "/api/v1/endpoints" => json(&engine.lock().await.endpoint_rows(None)),
-        "/api/v1/status" => json(&engine.lock().await.status()),
-        "/api/v1/stats" => json(&engine.lock().await.stats()),
+        "/api/v1/services" => json(&reader.service_rows()),
+        "/api/v1/endpoints" => json(&reader.endpoint_rows(None)),
+        "/api/v1/status" => match reader.status() {
+            Some(s) => json(&s),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "the daemon is still starting\n".into(),
+            ),
+        },
+        "/api/v1/stats" => json(&reader.stats()),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",

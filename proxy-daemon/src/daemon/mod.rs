@@ -5,6 +5,7 @@ pub mod desired;
 mod engine;
 mod error;
 mod handover;
+pub mod read;
 mod server;
 pub use server::tune_allocator;
 
@@ -204,11 +205,16 @@ pub async fn run(
         e.listener_fds = fds;
     }
     let admin_addr = admin.local_addr()?;
-    engine.lock().await.admin = admin_addr.to_string();
+    {
+        let mut e = engine.lock().await;
+        e.admin = admin_addr.to_string();
+        e.publish();
+    }
     info!(admin = %admin_addr, "admin HTTP (metrics, API)");
+    let reader = engine.lock().await.reader.clone();
     background.push(tokio::spawn(admin::serve(
         admin,
-        engine.clone(),
+        reader.clone(),
         proxy.clone(),
     )));
     for l in egress {
@@ -231,7 +237,7 @@ pub async fn run(
     // connects fail open while the proxy is serving.
     let beating = tokio::spawn(beat(heartbeat.clone()));
     let monitor = tokio::spawn(monitor(engine.clone(), interval));
-    let accept = tokio::spawn(server::accept(listener, engine.clone()));
+    let accept = tokio::spawn(server::accept(listener, engine.clone(), reader));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;

@@ -8,17 +8,17 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{engine::Engine, error::respond};
+use super::{engine::Engine, error::respond, read::Reader};
 use crate::control::{Request, Response};
 
 /// Longest request line accepted (an apply of many large files fits).
 const MAX_LINE: usize = 64 << 20;
 
-pub async fn accept(listener: UnixListener, engine: Arc<Mutex<Engine>>) {
+pub async fn accept(listener: UnixListener, engine: Arc<Mutex<Engine>>, reader: Arc<Reader>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, engine.clone()));
+                tokio::spawn(serve(stream, engine.clone(), reader.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "accepting on the control socket");
@@ -28,7 +28,7 @@ pub async fn accept(listener: UnixListener, engine: Arc<Mutex<Engine>>) {
     }
 }
 
-async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
+async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>, reader: Arc<Reader>) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
     let mut line = String::new();
@@ -62,7 +62,7 @@ async fn serve(stream: UnixStream, engine: Arc<Mutex<Engine>>) {
                 handover(&w, &engine).await;
                 return;
             }
-            Ok(req) => handle(req, &engine).await,
+            Ok(req) => handle(req, &engine, &reader).await,
             Err(e) => Response::bad_input(format!(
                 "malformed request: {e} (is the knit CLI the same version as the daemon?)"
             )),
@@ -153,8 +153,29 @@ async fn handover(w: &tokio::net::unix::OwnedWriteHalf, engine: &Mutex<Engine>) 
     }
 }
 
-async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
+/// A handed-over daemon's answer to anything but a handover.
+fn handed_over() -> Response {
+    Response::failure("this daemon handed over to a new one; run the command again".to_string())
+}
+
+async fn handle(req: Request, engine: &Mutex<Engine>, reader: &Reader) -> Response {
     tracing::debug!(request = req.name(), "control request");
+    // Reads answer from the published state, without the engine's lock.
+    let read = match &req {
+        Request::Services => Some(Response::ok(&reader.service_rows())),
+        Request::Endpoints { service } => {
+            Some(Response::ok(&reader.endpoint_rows(service.as_deref())))
+        }
+        Request::Status => Some(match reader.status() {
+            Some(s) => Response::ok(&s),
+            None => Response::failure("the daemon is still starting".to_string()),
+        }),
+        Request::Stats => Some(Response::ok(&reader.stats())),
+        _ => None,
+    };
+    if let Some(r) = read {
+        return if reader.retired() { handed_over() } else { r };
+    }
     let mut e = engine.lock().await;
     // With etcd, an apply plans and commits without the engine's lock
     // (etcd may be slow or stalled; nothing else should wait for it), then
@@ -178,16 +199,13 @@ async fn handle(req: Request, engine: &Mutex<Engine>) -> Response {
         (req, _) => req,
     };
     if e.retired {
-        return Response::failure(
-            "this daemon handed over to a new one; run the command again".to_string(),
-        );
+        return handed_over();
     }
     match req {
         Request::Apply { files } => respond(e.apply(files)),
-        Request::Services => Response::ok(&e.service_rows()),
-        Request::Endpoints { service } => Response::ok(&e.endpoint_rows(service.as_deref())),
-        Request::Status => Response::ok(&e.status()),
-        Request::Stats => Response::ok(&e.stats()),
+        Request::Services | Request::Endpoints { .. } | Request::Status | Request::Stats => {
+            Response::bad_input("reads are answered from the published state")
+        }
         Request::Handover => Response::bad_input("handover is answered on its own"),
         Request::TaskStart { service } => respond(e.task_start(&service)),
         Request::TaskRunning { task_id, pid } => respond(e.task_running(&task_id, pid)),

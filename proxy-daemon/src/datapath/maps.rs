@@ -8,7 +8,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash, SockMap, sock::SockMapFd},
+    maps::{
+        Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, SockHash, SockMap,
+        sock::SockMapFd,
+    },
 };
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, CFG_ACCELERATE, CFG_LISTENER, ConnInfo, Counters,
@@ -84,6 +87,79 @@ impl Heartbeat {
             0
         };
         self.0.update(|cfg| cfg.heartbeat_ns = now)
+    }
+}
+
+/// Read-only handles of their own (duplicated descriptors) on the maps the
+/// kernel counts in: readers that must not wait for the control plane (the
+/// admin API, `/metrics`, the CLI's reads) read them while the engine
+/// works. Safe from any thread.
+pub struct LiveCounters {
+    svc_stats: HashMap<MapData, u32, Counters>,
+    be_stats: HashMap<MapData, u32, Counters>,
+    conns: HashMap<MapData, u64, ConnInfo>,
+    socks: SockHash<MapData, SockKey>,
+    accel: PerCpuArray<MapData, AccelCounters>,
+}
+
+/// A second handle on a map: the same kernel object, its own descriptor.
+fn dup<T: TryFrom<Map, Error = MapError>>(
+    m: &MapData,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    use std::os::fd::AsFd;
+    let fd = m.fd().as_fd().try_clone_to_owned().map_err(|e| {
+        map_err(name)(MapError::SyscallError(aya::sys::SyscallError {
+            call: "dup",
+            io_error: e,
+        }))
+    })?;
+    let data = MapData::from_fd(fd).map_err(map_err(name))?;
+    T::try_from(Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))
+}
+
+impl LiveCounters {
+    /// Sockets in the sockhash now, counted up to [`MAX_COUNTED_CONNS`].
+    pub fn accelerated_sockets(&self) -> usize {
+        self.socks
+            .keys()
+            .take(MAX_COUNTED_CONNS)
+            .filter_map(Result::ok)
+            .count()
+    }
+
+    /// Connections the connect hook is tracking now, counted up to
+    /// [`MAX_COUNTED_CONNS`] (each one is a syscall).
+    pub fn tracked_connections(&self) -> usize {
+        self.conns
+            .keys()
+            .take(MAX_COUNTED_CONNS)
+            .filter_map(Result::ok)
+            .count()
+    }
+
+    /// The kernel's counters of an alias (by service id).
+    pub fn service(&self, service_id: u32) -> Option<Counters> {
+        self.svc_stats.get(&service_id, 0).ok()
+    }
+
+    /// The kernel's counters of a backend (by backend id).
+    pub fn backend(&self, backend_id: u32) -> Option<Counters> {
+        self.be_stats.get(&backend_id, 0).ok()
+    }
+
+    /// The fast path's totals, summed over the CPUs.
+    pub fn accel(&self) -> AccelCounters {
+        let mut t = AccelCounters::default();
+        if let Ok(per_cpu) = self.accel.get(&0, 0) {
+            for c in per_cpu.iter() {
+                t.inserted += c.inserted;
+                t.redirected_msgs += c.redirected_msgs;
+                t.redirected_bytes += c.redirected_bytes;
+                t.tcp_fallback += c.tcp_fallback;
+            }
+        }
+        t
     }
 }
 
@@ -174,32 +250,24 @@ impl Maps {
         self.writes
     }
 
+    /// Handles of their own on the counting maps, for readers off the
+    /// engine's lock.
+    pub fn live_counters(&self) -> Result<LiveCounters, DatapathError> {
+        Ok(LiveCounters {
+            svc_stats: dup(self.svc_stats.map(), MAP_SERVICE_STATS)?,
+            be_stats: dup(self.be_stats.map(), MAP_BACKEND_STATS)?,
+            conns: dup(self.conns.map(), MAP_CONNS)?,
+            socks: dup(
+                IterableMap::<SockKey, std::os::fd::RawFd>::map(&self.socks),
+                MAP_SOCKS,
+            )?,
+            accel: dup(self.accel.map(), MAP_ACCEL_STATS)?,
+        })
+    }
+
     /// The sockhash, for attaching sk_msg.
     pub(super) fn socks_fd(&self) -> &SockMapFd {
         self.socks.fd()
-    }
-
-    /// Sockets in the sockhash now, counted up to [`MAX_COUNTED_CONNS`].
-    pub fn accelerated_sockets(&self) -> usize {
-        self.socks
-            .keys()
-            .take(MAX_COUNTED_CONNS)
-            .filter_map(Result::ok)
-            .count()
-    }
-
-    /// The fast path's totals, summed over the CPUs.
-    pub fn accel_counters(&self) -> AccelCounters {
-        let mut t = AccelCounters::default();
-        if let Ok(per_cpu) = self.accel.get(&0, 0) {
-            for c in per_cpu.iter() {
-                t.inserted += c.inserted;
-                t.redirected_msgs += c.redirected_msgs;
-                t.redirected_bytes += c.redirected_bytes;
-                t.tcp_fallback += c.tcp_fallback;
-            }
-        }
-        t
     }
 
     /// Publish the egress listener in `KNIT_LISTEN`: when it closes (this
@@ -307,15 +375,5 @@ impl Maps {
     /// The kernel's counters of a backend (by backend id).
     pub fn backend_counters(&self, backend_id: u32) -> Option<Counters> {
         self.be_stats.get(&backend_id, 0).ok()
-    }
-
-    /// Connections the connect hook is tracking now, counted up to
-    /// [`MAX_COUNTED_CONNS`] (each one is a syscall, under the engine lock).
-    pub fn tracked_connections(&self) -> usize {
-        self.conns
-            .keys()
-            .take(MAX_COUNTED_CONNS)
-            .filter_map(Result::ok)
-            .count()
     }
 }

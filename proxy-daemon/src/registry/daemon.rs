@@ -140,33 +140,33 @@ impl Registry {
         }
     }
 
-    /// `embedded`, or etcd with this host's name, the session's state and
-    /// the revision of its view (`knit status`).
-    pub fn describe(&self) -> String {
-        match &self.etcd {
-            None => "embedded".into(),
-            Some(etcd) => {
-                let v = etcd.view();
-                format!(
-                    "etcd as host {:?}: {} (revision {})",
-                    etcd.host(),
-                    if v.connected {
-                        "connected"
-                    } else {
-                        "unreachable, serving the last known view"
-                    },
-                    v.revision
-                )
-            }
-        }
-    }
-
     /// What systemd's STATUS= line says of the registry ("" on one host).
     pub fn status_suffix(&self) -> &'static str {
         match &self.etcd {
             None => "",
             Some(etcd) if etcd.view().connected => "; etcd connected",
             Some(_) => "; etcd unreachable, serving the last known view",
+        }
+    }
+}
+
+/// `embedded` (no etcd), or etcd with this host's name, the session's state
+/// and the revision of its view: what `knit status` says of the registry.
+pub fn describe(etcd: Option<&Etcd>) -> String {
+    match etcd {
+        None => "embedded".into(),
+        Some(etcd) => {
+            let v = etcd.view();
+            format!(
+                "etcd as host {:?}: {} (revision {})",
+                etcd.host(),
+                if v.connected {
+                    "connected"
+                } else {
+                    "unreachable, serving the last known view"
+                },
+                v.revision
+            )
         }
     }
 }

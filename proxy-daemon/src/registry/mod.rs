@@ -14,7 +14,7 @@ pub mod etcd;
 mod model;
 pub mod state;
 
-pub use daemon::Registry;
+pub use daemon::{Registry, describe};
 pub use embedded::Store;
 pub use model::{AliasRecord, HostedTask, ServiceRecord, TaskPort, TaskRecord};
 pub use state::ConfigState;

@@ -9,7 +9,8 @@
 //! `tasks` (lifecycle: start, running, gone, drain, readiness), `checks`
 //! (health checks), `ingress` (listeners for other hosts), `outliers` (the
 //! monitor's ejection pass), `routes` (one L7 alias's proxy route),
-//! `views` (tables, metrics snapshot, stats, status).
+//! `views` (the read model it publishes after each change, for readers
+//! that never take the lock: `daemon/read.rs`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -38,6 +39,7 @@ use routes::{RouteParts, alias_labels, build_route, endpoint_labels, outlier_con
 use super::{
     desired::{self, is_l7, members_by_service},
     error::EngineError,
+    read::Reader,
 };
 use crate::{
     cgroup,
@@ -45,7 +47,7 @@ use crate::{
     datapath::Datapath,
     health::{self, HealthState},
     hosts::HostsFile,
-    metrics::{EndpointLabels, ProxyMetrics, ServiceLabels, Snapshot, TargetLabels},
+    metrics::{EndpointLabels, ProxyMetrics, ServiceLabels, TargetLabels},
     outlier::Outliers,
     proxy::{
         AliasRoute, Endpoint, EndpointHealth, IngressListeners, Proxy, RetryBudget, RouteTable,
@@ -92,7 +94,8 @@ pub struct Engine {
     /// Other hosts' tasks (etcd), by task id.
     pub remote: BTreeMap<String, Arc<HostedTask>>,
     pub outliers: Outliers,
-    pub started: Instant,
+    /// What readers see (published after every change).
+    pub reader: Arc<Reader>,
     last_hosts: Option<BTreeMap<String, BTreeMap<String, Ipv4Addr>>>,
     pub proxy: Arc<Proxy>,
     /// Round-robin cursors of L7 aliases, by alias id (outlive route tables).
@@ -133,7 +136,7 @@ fn eligible(outliers: &Outliers, t: &TaskRecord, p: &TaskPort) -> bool {
         && t.health.is_none_or(|h| h == health::Status::Healthy)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -161,6 +164,11 @@ impl Engine {
                 cgroup::remove_tree(&t.cgroup);
             }
         }
+        let reader = Arc::new(Reader::new(
+            dp.maps.live_counters()?,
+            proxy.clone(),
+            registry.etcd().cloned(),
+        ));
         let mut e = Self {
             cfg,
             registry,
@@ -172,7 +180,7 @@ impl Engine {
             tasks,
             remote: BTreeMap::new(),
             outliers: Outliers::default(),
-            started: Instant::now(),
+            reader,
             last_hosts: None,
             proxy,
             cursors: BTreeMap::new(),
@@ -334,6 +342,7 @@ impl Engine {
                 }
             }
         }
+        self.publish();
         Ok(())
     }
 
@@ -454,6 +463,7 @@ impl Engine {
     /// daemon opens it next), and tell the main loop.
     pub fn retire(&mut self) {
         self.retired = true;
+        self.reader.retire();
         self.ingress.stop_all();
         self.health_checks.clear();
         self.registry.store.close();

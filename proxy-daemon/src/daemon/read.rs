@@ -1,0 +1,244 @@
+//! What the admin API, `/metrics`, the dashboard and the CLI's reads see,
+//! without waiting for the engine: a plain-data model the engine publishes
+//! after every change ([`ReadModel`], behind an `ArcSwap`), the kernel's
+//! counters read at the moment through map handles of their own
+//! ([`LiveCounters`]), and the proxy's own counters (already lock-free).
+//! A read never takes the engine's lock, so a scrape or `knit services`
+//! answers while an apply waits on etcd or a reconcile runs.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    control::{
+        AccelStatus, EdgeStats, EndpointRow, ServiceRow, ServiceStats, StatsReport, StatusReport,
+    },
+    datapath::LiveCounters,
+    metrics::{
+        AccelSample, EndpointLabels, EndpointSample, ServiceLabels, ServiceSample, Snapshot,
+    },
+    proxy::Proxy,
+    registry::etcd::Etcd,
+};
+
+/// The state's read side, as of the engine's last change. Counter fields
+/// in its rows are zero: [`Reader`] fills them at each read.
+#[derive(Default)]
+pub struct ReadModel {
+    /// One per client alias, in the order of `knit services` (a
+    /// client-only service has one row without an alias).
+    pub aliases: Vec<AliasView>,
+    /// Every endpoint, this host's and other hosts'.
+    pub endpoints: Vec<EndpointRow>,
+    /// What `knit status` says of the daemon and its state.
+    pub status: Option<StatusReport>,
+}
+
+/// One client alias (or a client-only service's row).
+pub struct AliasView {
+    pub row: ServiceRow,
+    /// The kernel's id of the alias (keys its counters and its route);
+    /// `None` for a client-only service.
+    pub service_id: Option<u32>,
+    pub labels: Option<ServiceLabels>,
+    /// Its endpoints, labelled as the proxy labels them.
+    pub endpoints: Vec<AliasEndpoint>,
+}
+
+/// One endpoint of an alias, for `/metrics`.
+pub struct AliasEndpoint {
+    pub labels: EndpointLabels,
+    pub backend_id: u32,
+    pub in_rotation: bool,
+    pub ejections: u64,
+}
+
+/// The read side: the published model, live counters, the proxy.
+pub struct Reader {
+    model: ArcSwap<ReadModel>,
+    live: LiveCounters,
+    proxy: Arc<Proxy>,
+    etcd: Option<Arc<Etcd>>,
+    started: Instant,
+    retired: AtomicBool,
+}
+
+impl Reader {
+    pub fn new(live: LiveCounters, proxy: Arc<Proxy>, etcd: Option<Arc<Etcd>>) -> Self {
+        Self {
+            model: ArcSwap::from_pointee(ReadModel::default()),
+            live,
+            proxy,
+            etcd,
+            started: Instant::now(),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// The daemon handed over: its state is a new daemon's now.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the daemon handed over (reads then point to the new one).
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    /// The engine's new state, for every read from now on.
+    pub fn publish(&self, model: ReadModel) {
+        self.model.store(Arc::new(model));
+    }
+
+    /// `knit services`: each alias with its kernel counters now.
+    pub fn service_rows(&self) -> Vec<ServiceRow> {
+        let m = self.model.load();
+        m.aliases
+            .iter()
+            .map(|a| {
+                let mut row = a.row.clone();
+                if let Some(c) = a.service_id.and_then(|id| self.live.service(id)) {
+                    row.new_connections = c.new_conns;
+                    row.active_connections = c.active;
+                    row.failed_connects = c.failed;
+                }
+                row
+            })
+            .collect()
+    }
+
+    /// `knit endpoints [SERVICE]`: each endpoint with its kernel counters now.
+    pub fn endpoint_rows(&self, service: Option<&str>) -> Vec<EndpointRow> {
+        let m = self.model.load();
+        m.endpoints
+            .iter()
+            .filter(|e| service.is_none_or(|s| e.service == s))
+            .map(|e| {
+                let mut row = e.clone();
+                if let Some(c) = self.live.backend(e.backend_id) {
+                    row.new_connections = c.new_conns;
+                    row.active_connections = c.active;
+                    row.failed_connects = c.failed;
+                    row.bytes_sent = c.bytes_sent;
+                    row.bytes_received = c.bytes_received;
+                }
+                row
+            })
+            .collect()
+    }
+
+    /// Kernel counters and endpoint states for a metrics scrape.
+    pub fn metrics_snapshot(&self) -> Snapshot {
+        let m = self.model.load();
+        let mut snap = Snapshot {
+            accel: AccelSample {
+                enabled: m.status.as_ref().is_some_and(|s| s.acceleration.enabled),
+                sockets: self.live.accelerated_sockets(),
+                counters: self.live.accel(),
+            },
+            ..Snapshot::default()
+        };
+        for a in &m.aliases {
+            let (Some(id), Some(labels)) = (a.service_id, &a.labels) else {
+                continue;
+            };
+            let c = self.live.service(id).unwrap_or_default();
+            snap.services.push(ServiceSample {
+                labels: labels.clone(),
+                active_connections: c.active,
+                new_connections: c.new_conns,
+                bytes: c.bytes_sent + c.bytes_received,
+                failed_connects: c.failed,
+            });
+            for e in &a.endpoints {
+                let c = self.live.backend(e.backend_id).unwrap_or_default();
+                snap.endpoints.push(EndpointSample {
+                    labels: e.labels.clone(),
+                    in_rotation: e.in_rotation,
+                    ejections: e.ejections,
+                    new_connections: c.new_conns,
+                    bytes: c.bytes_sent + c.bytes_received,
+                });
+            }
+        }
+        snap
+    }
+
+    /// Cumulative counters per alias and per edge of the service graph.
+    pub fn stats(&self) -> StatsReport {
+        let m = self.model.load();
+        let routes = self.proxy.routes.load();
+        let mut services = Vec::new();
+        for a in &m.aliases {
+            let Some(id) = a.service_id else {
+                continue;
+            };
+            let c = self.live.service(id).unwrap_or_default();
+            let r = &a.row;
+            let mut st = ServiceStats {
+                service: r.service.clone(),
+                namespace: r.namespace.clone(),
+                discovery_name: r.discovery_name.clone(),
+                dns_name: r.dns_name.clone(),
+                port: r.port,
+                protocol: r.protocol.clone(),
+                healthy: r.healthy,
+                endpoints: r.endpoints,
+                new_connections: c.new_conns,
+                active_connections: c.active,
+                bytes: c.bytes_sent + c.bytes_received,
+                ..Default::default()
+            };
+            if let Some(route) = routes.aliases.get(&id) {
+                let m = &route.counters;
+                st.requests = m.requests.get();
+                st.codes = std::array::from_fn(|i| m.codes[i].get());
+                st.retries = m.retries.get();
+                st.latency_sum_us = m.latency_sum_us.get();
+                st.latency_count = m.latency_count.get();
+            }
+            services.push(st);
+        }
+        StatsReport {
+            at_unix_ms: super::engine::now_ms(),
+            services,
+            edges: self
+                .proxy
+                .metrics
+                .edges()
+                .into_iter()
+                .map(|(source, target, requests)| EdgeStats {
+                    source,
+                    target,
+                    requests,
+                })
+                .collect(),
+        }
+    }
+
+    /// `knit status`: the published state, the registry's and the kernel's
+    /// figures now.
+    pub fn status(&self) -> Option<StatusReport> {
+        let m = self.model.load();
+        let mut s = m.status.clone()?;
+        s.uptime_s = self.started.elapsed().as_secs();
+        s.registry = crate::registry::describe(self.etcd.as_deref());
+        s.tracked_connections = self.live.tracked_connections();
+        let c = self.live.accel();
+        s.acceleration = AccelStatus {
+            sockets: self.live.accelerated_sockets(),
+            inserted: c.inserted,
+            redirected_messages: c.redirected_msgs,
+            redirected_bytes: c.redirected_bytes,
+            tcp_fallback: c.tcp_fallback,
+            ..s.acceleration
+        };
+        Some(s)
+    }
+}
