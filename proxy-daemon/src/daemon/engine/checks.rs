@@ -4,8 +4,13 @@ use super::*;
 impl Engine {
     /// The health check of a service's task definition, if it has one.
     pub(super) fn health_spec(&self, service: &str) -> Option<HealthCheck> {
-        let s = self.services.iter().find(|s| s.spec.name == service)?;
-        self.task_definitions
+        let s = self
+            .state
+            .services
+            .iter()
+            .find(|s| s.spec.name == service)?;
+        self.state
+            .task_definitions
             .get(&s.spec.task_definition)?
             .health_check
             .clone()
@@ -23,7 +28,7 @@ impl Engine {
             .collect();
         due.into_iter()
             .filter_map(|(id, spec)| {
-                let t = self.tasks.get(&id)?;
+                let t = self.state.tasks.get(&id)?;
                 Some((id, spec, t.cgroup.clone(), self.task_env(t)))
             })
             .collect()
@@ -41,7 +46,7 @@ impl Engine {
             return Ok(());
         }
         let status = h.status;
-        if let Some(t) = self.tasks.get_mut(task_id) {
+        if let Some(t) = self.state.tasks.get_mut(task_id) {
             t.health = Some(status);
             let rec = t.clone();
             self.save_task(&rec)?;

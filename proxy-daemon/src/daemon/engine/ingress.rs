@@ -4,10 +4,15 @@ use super::*;
 impl Engine {
     /// Start ingress listeners for a task's L7 ports (once per port).
     pub(super) fn start_ingress(&mut self, task_id: &str) {
-        let Some(t) = self.tasks.get(task_id).cloned() else {
+        let Some(t) = self.state.tasks.get(task_id).cloned() else {
             return;
         };
-        let Some(s) = self.services.iter().find(|s| s.spec.name == t.service) else {
+        let Some(s) = self
+            .state
+            .services
+            .iter()
+            .find(|s| s.spec.name == t.service)
+        else {
             return;
         };
         let addr = self.cfg.host.address;
@@ -65,7 +70,7 @@ impl Engine {
                 }
             }
         }
-        if changed && let Some(rec) = self.tasks.get_mut(task_id) {
+        if changed && let Some(rec) = self.state.tasks.get_mut(task_id) {
             rec.ports = ports;
             let rec = rec.clone();
             if let Err(e) = self.save_task(&rec) {

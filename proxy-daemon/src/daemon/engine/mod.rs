@@ -79,6 +79,28 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A task that asked to start but never reported running is dropped after this.
 const START_GRACE_MS: u64 = 30_000;
 
+/// The plain state the engine routes by, nothing else: what the registry
+/// holds (services, task definitions), this host's tasks and other hosts'
+/// tasks. [`desired::desired`] and the read model are functions of it (and
+/// of which endpoints are in rotation).
+#[derive(Default)]
+pub struct State {
+    pub services: Vec<ServiceRecord>,
+    pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// This host's tasks.
+    pub tasks: BTreeMap<String, TaskRecord>,
+    /// Other hosts' tasks (etcd), by task id.
+    pub remote: BTreeMap<String, Arc<HostedTask>>,
+}
+
+impl State {
+    /// Every task of each service, this host's and other hosts': the one
+    /// walk that routing, the read model and the outlier pass share.
+    pub fn members(&self, address: Ipv4Addr) -> BTreeMap<&str, Vec<desired::Member<'_>>> {
+        members_by_service(&self.tasks, &self.remote, address)
+    }
+}
+
 pub struct Engine {
     pub cfg: DaemonConfig,
     /// The embedded store or etcd, behind one face.
@@ -87,12 +109,8 @@ pub struct Engine {
     pub hosts: HostsFile,
     /// `<cgroup2 mount>/<cfg.cgroup>`.
     pub cgroup_root: PathBuf,
-    pub services: Vec<ServiceRecord>,
-    pub task_definitions: BTreeMap<String, TaskDefinition>,
-    /// This host's tasks.
-    pub tasks: BTreeMap<String, TaskRecord>,
-    /// Other hosts' tasks (etcd), by task id.
-    pub remote: BTreeMap<String, Arc<HostedTask>>,
+    /// What it routes by.
+    pub state: State,
     pub outliers: Outliers,
     /// What readers see (published after every change).
     pub reader: Arc<Reader>,
@@ -175,10 +193,10 @@ impl Engine {
             dp,
             hosts,
             cgroup_root,
-            services: Vec::new(),
-            task_definitions: BTreeMap::new(),
-            tasks,
-            remote: BTreeMap::new(),
+            state: State {
+                tasks,
+                ..State::default()
+            },
             outliers: Outliers::default(),
             reader,
             last_hosts: None,
@@ -198,7 +216,7 @@ impl Engine {
         };
         e.ingress.inherited = inherited_ingress;
         e.load_shared()?;
-        e.registry.publish_all(e.tasks.values());
+        e.registry.publish_all(e.state.tasks.values());
         // Learn this host's fleet index now, so that tasks can start even
         // if etcd goes away later.
         if let Err(err) = e.registry.fleet_host() {
@@ -207,6 +225,7 @@ impl Engine {
         e.sweep_unknown_cgroups();
         // Recovered tasks keep their last verdict until their next check.
         let recovered: Vec<(String, String, Option<health::Status>)> = e
+            .state
             .tasks
             .values()
             .map(|t| (t.id.clone(), t.service.clone(), t.health))
@@ -217,7 +236,7 @@ impl Engine {
                     .insert(id, HealthState::new(spec, status, Instant::now()));
             }
         }
-        let ids: Vec<String> = e.tasks.keys().cloned().collect();
+        let ids: Vec<String> = e.state.tasks.keys().cloned().collect();
         for id in ids {
             e.start_ingress(&id);
         }
@@ -234,9 +253,9 @@ impl Engine {
     /// changed) and route by it.
     fn load_shared(&mut self) -> anyhow::Result<()> {
         let shared = self.registry.shared()?;
-        self.remote = shared.remote;
-        self.services = shared.config.services.into_values().collect();
-        self.task_definitions = shared.config.task_definitions;
+        self.state.remote = shared.remote;
+        self.state.services = shared.config.services.into_values().collect();
+        self.state.task_definitions = shared.config.task_definitions;
         Ok(())
     }
 
@@ -247,11 +266,13 @@ impl Engine {
         }
         self.load_shared()?;
         let known: BTreeSet<u32> = self
+            .state
             .remote
             .values()
             .flat_map(|h| h.task.ports.iter().map(|p| p.backend_id))
             .chain(
-                self.tasks
+                self.state
+                    .tasks
                     .values()
                     .flat_map(|t| t.ports.iter().map(|p| p.backend_id)),
             )
@@ -271,16 +292,16 @@ impl Engine {
     pub fn reconcile(&mut self) -> anyhow::Result<()> {
         let outliers = &self.outliers;
         let d = desired::desired(&desired::Inputs {
-            services: &self.services,
-            tasks: &self.tasks,
-            remote: &self.remote,
+            services: &self.state.services,
+            tasks: &self.state.tasks,
+            remote: &self.state.remote,
             address: self.cfg.host.address,
             eligible: |t: &TaskRecord, p: &TaskPort| eligible(outliers, t, p),
         });
         let mut routes = RouteTable::default();
         let mut l7_ids = BTreeSet::new();
         for r in &d.l7 {
-            let s = &self.services[r.service];
+            let s = &self.state.services[r.service];
             let a = &s.aliases[r.alias];
             l7_ids.insert(a.service_id);
             let route = build_route(
@@ -306,8 +327,13 @@ impl Engine {
         // access log configuration).
         let mut task_ns: BTreeMap<u64, u32> = BTreeMap::new();
         let mut sources = BTreeMap::new();
-        for t in self.tasks.values() {
-            let Some(s) = self.services.iter().find(|s| s.spec.name == t.service) else {
+        for t in self.state.tasks.values() {
+            let Some(s) = self
+                .state
+                .services
+                .iter()
+                .find(|s| s.spec.name == t.service)
+            else {
                 continue;
             };
             let Ok(meta) = std::fs::metadata(&t.cgroup) else {
@@ -475,9 +501,9 @@ impl Engine {
         let registry = self.registry.status_suffix();
         format!(
             "serving {} services; {} tasks here, {} on other hosts{registry}",
-            self.services.len(),
-            self.tasks.len(),
-            self.remote.len()
+            self.state.services.len(),
+            self.state.tasks.len(),
+            self.state.remote.len()
         )
     }
 

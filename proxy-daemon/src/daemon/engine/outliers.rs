@@ -35,6 +35,7 @@ impl Engine {
         }
         let now = Instant::now();
         let gone: Vec<(String, &'static str)> = self
+            .state
             .tasks
             .values()
             .filter_map(|t| {
@@ -80,8 +81,8 @@ impl Engine {
         // (in rotation or ejected), and their failures in a row. An alias
         // with no failure anywhere is skipped: looking at it changes nothing.
         let mut groups: Vec<Group<'_>> = Vec::new();
-        let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
-        for s in &self.services {
+        let all = self.state.members(self.cfg.host.address);
+        for s in &self.state.services {
             let all = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
                 let members: Vec<u32> = all

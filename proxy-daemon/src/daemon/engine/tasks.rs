@@ -5,8 +5,13 @@ use crate::daemon::error::EngineError;
 
 impl Engine {
     pub fn task_start(&mut self, service: &str) -> Result<TaskPlan, EngineError> {
-        let Some(svc) = self.services.iter().find(|s| s.spec.name == service) else {
-            let known: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
+        let Some(svc) = self.state.services.iter().find(|s| s.spec.name == service) else {
+            let known: Vec<&str> = self
+                .state
+                .services
+                .iter()
+                .map(|s| s.spec.name.as_str())
+                .collect();
             return Err(EngineError::BadInput(format!(
                 "no service {service:?} is registered (known: {})\n  fix: knit apply -f a service definition with \"serviceName\": {service:?}",
                 if known.is_empty() {
@@ -18,6 +23,7 @@ impl Engine {
         };
         let svc_namespace = svc.spec.namespace.clone();
         let Some(td) = self
+            .state
             .task_definitions
             .get(&svc.spec.task_definition)
             .cloned()
@@ -53,6 +59,7 @@ impl Engine {
                 // A fixed port serves one task per host: a second would
                 // fail to bind, and the readiness probe would see the first.
                 let taken = self
+                    .state
                     .tasks
                     .values()
                     .find(|t| t.ports.iter().any(|p| p.port == pm.container_port));
@@ -98,7 +105,7 @@ impl Engine {
             return Err(EngineError::Failed(e.to_string()));
         }
         env = self.task_env(&rec);
-        self.tasks.insert(task_id.clone(), rec);
+        self.state.tasks.insert(task_id.clone(), rec);
         self.start_ingress(&task_id);
         // The kernel must know the task's namespace before it connects.
         if let Err(e) = self.reconcile() {
@@ -118,11 +125,11 @@ impl Engine {
     }
 
     pub fn task_running(&mut self, task_id: &str, pid: u32) -> Result<(), EngineError> {
-        let Some(service) = self.tasks.get(task_id).map(|t| t.service.clone()) else {
+        let Some(service) = self.state.tasks.get(task_id).map(|t| t.service.clone()) else {
             return Err(EngineError::BadInput(format!("no task {task_id:?}")));
         };
         let spec = self.health_spec(&service);
-        let Some(t) = self.tasks.get_mut(task_id) else {
+        let Some(t) = self.state.tasks.get_mut(task_id) else {
             return Err(EngineError::BadInput(format!("no task {task_id:?}")));
         };
         t.pid = Some(pid);
@@ -144,7 +151,7 @@ impl Engine {
 
     /// Deregister a task and remove its cgroup (killing what is left in it).
     pub fn task_gone(&mut self, task_id: &str, why: &str) -> anyhow::Result<()> {
-        let Some(t) = self.tasks.remove(task_id) else {
+        let Some(t) = self.state.tasks.remove(task_id) else {
             return Ok(());
         };
         info!(task = %task_id, why, "deregistering task");
@@ -184,7 +191,12 @@ impl Engine {
     /// Task cgroups the registry does not know (a daemon that died while
     /// stopping them): stop them the same way.
     pub(super) fn sweep_unknown_cgroups(&mut self) {
-        let known: BTreeSet<PathBuf> = self.tasks.values().map(|t| t.cgroup.clone()).collect();
+        let known: BTreeSet<PathBuf> = self
+            .state
+            .tasks
+            .values()
+            .map(|t| t.cgroup.clone())
+            .collect();
         let Ok(services) = std::fs::read_dir(&self.cgroup_root) else {
             return;
         };
@@ -209,6 +221,7 @@ impl Engine {
         task: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
         let ids: Vec<String> = self
+            .state
             .tasks
             .values()
             .filter(|t| service.is_none_or(|s| t.service == s) && task.is_none_or(|id| t.id == id))
@@ -223,7 +236,7 @@ impl Engine {
             )));
         }
         for id in &ids {
-            if let Some(t) = self.tasks.get_mut(id) {
+            if let Some(t) = self.state.tasks.get_mut(id) {
                 if !t.draining {
                     t.draining = true;
                     t.drain_started_unix_ms = now_ms();
@@ -242,7 +255,8 @@ impl Engine {
 
     /// Ports that have not accepted a connection yet: (task, port name, port).
     pub fn unready_ports(&self) -> Vec<(String, String, u16)> {
-        self.tasks
+        self.state
+            .tasks
             .values()
             .filter(|t| t.pid.is_some() && !t.draining)
             .flat_map(|t| {
@@ -259,7 +273,7 @@ impl Engine {
             return Ok(());
         }
         for (task, port) in ready {
-            if let Some(t) = self.tasks.get_mut(task) {
+            if let Some(t) = self.state.tasks.get_mut(task) {
                 for p in t.ports.iter_mut().filter(|p| &p.name == port) {
                     p.ready = true;
                 }
@@ -293,6 +307,7 @@ impl Engine {
     /// two of knit's listeners never get the same one.
     pub(super) fn alloc_port(&self, pending: &[u16]) -> std::io::Result<u16> {
         let taken: BTreeSet<u16> = self
+            .state
             .tasks
             .values()
             .flat_map(|t| t.ports.iter())

@@ -26,9 +26,9 @@ impl Engine {
     /// the CLI's reads), who never take the engine's lock. Called after
     /// every reconcile, so after every change that routing sees.
     pub fn publish(&self) {
-        let all = members_by_service(&self.tasks, &self.remote, self.cfg.host.address);
+        let all = self.state.members(self.cfg.host.address);
         let mut aliases = Vec::new();
-        for s in &self.services {
+        for s in &self.state.services {
             let members = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
             for a in &s.aliases {
                 let (labels, target) = alias_labels(s, a);
@@ -109,7 +109,8 @@ impl Engine {
                 let host = if m.local {
                     own.clone()
                 } else {
-                    self.remote
+                    self.state
+                        .remote
                         .get(&t.id)
                         .map_or_else(String::new, |h| h.host.clone())
                 };
@@ -154,10 +155,10 @@ impl Engine {
             cgroup: self.cgroup_root.display().to_string(),
             state_dir: self.cfg.state_dir.display().to_string(),
             hosts_file: self.cfg.hosts_file.display().to_string(),
-            services: self.services.len(),
-            aliases: self.services.iter().map(|s| s.aliases.len()).sum(),
-            tasks: self.tasks.len(),
-            remote_tasks: self.remote.len(),
+            services: self.state.services.len(),
+            aliases: self.state.services.iter().map(|s| s.aliases.len()).sum(),
+            tasks: self.state.tasks.len(),
+            remote_tasks: self.state.remote.len(),
             registry: String::new(),
             tracked_connections: 0,
             map_writes: self.dp.maps.writes(),
