@@ -51,6 +51,7 @@ pub(crate) struct ContainerJson {
     pub(crate) entry_point: Option<Vec<String>>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) health_check: Option<HealthCheckJson>,
+    pub(crate) stop_timeout: Option<Int>,
 }
 
 /// `containerDefinitions[].portMappings[]`.

@@ -126,9 +126,22 @@ pub struct TaskDefinition {
     /// The first container's `healthCheck` that has one; `None` when no
     /// container has one or its command is `["NONE"]`.
     pub health_check: Option<HealthCheck>,
+    /// The largest `stopTimeout` of its containers (seconds): how long a
+    /// stopping task has between SIGTERM and SIGKILL. `None`: ECS's
+    /// default, [`TaskDefinition::DEFAULT_STOP_TIMEOUT_S`].
+    #[serde(default)]
+    pub stop_timeout_s: Option<u32>,
 }
 
 impl TaskDefinition {
+    /// ECS's default `stopTimeout`.
+    pub const DEFAULT_STOP_TIMEOUT_S: u32 = 30;
+
+    /// Seconds between SIGTERM and SIGKILL when a task of it stops.
+    pub fn stop_timeout_s(&self) -> u32 {
+        self.stop_timeout_s.unwrap_or(Self::DEFAULT_STOP_TIMEOUT_S)
+    }
+
     /// The port mapping called `name`, if any.
     pub fn port_mapping(&self, name: &str) -> Option<&PortMapping> {
         self.port_mappings.iter().find(|p| p.name == name)

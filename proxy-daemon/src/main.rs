@@ -50,6 +50,12 @@ enum Cmd {
         files: Vec<PathBuf>,
     },
     /// Run CMD as one task of service NAME; exits with CMD's status.
+    ///
+    /// SIGTERM or SIGINT stops the task as ECS does: it drains first (out
+    /// of rotation on every host, in-flight requests finish, up to [proxy]
+    /// drain_timeout_ms), then the app gets SIGTERM, and SIGKILL after its
+    /// task definition's stopTimeout (30 s). A second signal goes to the
+    /// app at once; SIGHUP is passed on.
     Run {
         /// The service this task belongs to.
         #[arg(long)]

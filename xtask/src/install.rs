@@ -4,6 +4,9 @@
 //! - `/usr/local/bin/knit`, the release build;
 //! - `/etc/systemd/system/knit.service` (`packaging/knit.service`:
 //!   Type=notify, watchdog, the capabilities it needs, hardening);
+//! - `/etc/systemd/system/knit-task@.service` (`packaging/knit-task@.service`):
+//!   a task of a service as a unit (`systemctl start knit-task@web`),
+//!   restarted on failure, drained on stop;
 //! - `/etc/knit/knit.toml`, every key commented out at its default
 //!   (`packaging/knit.toml`); an existing config is never overwritten;
 //! - `/usr/local/share/doc/knit/README.md`.
@@ -24,6 +27,11 @@ const FILES: &[(&str, &str, u32)] = &[
         "etc/systemd/system/knit.service",
         0o644,
     ),
+    (
+        "packaging/knit-task@.service",
+        "etc/systemd/system/knit-task@.service",
+        0o644,
+    ),
     ("README.md", "usr/local/share/doc/knit/README.md", 0o644),
 ];
 const CONFIG: (&str, &str) = ("packaging/knit.toml", "etc/knit/knit.toml");
@@ -38,6 +46,7 @@ pub fn run(root: Option<PathBuf>) -> Result<()> {
     if systemd {
         util::run(std::process::Command::new("systemctl").arg("daemon-reload"))?;
         println!("next: systemctl enable --now knit   (then: knit status)");
+        println!("tasks as units: systemctl start knit-task@SERVICE (stop drains them)");
     } else {
         println!(
             "next, on a machine that runs systemd: systemctl daemon-reload && systemctl enable --now knit"
@@ -96,7 +105,7 @@ mod tests {
         }
         let root = tempfile::tempdir()?;
         let first = place(src.path(), root.path())?;
-        assert_eq!(first.len(), 4, "{first:?}");
+        assert_eq!(first.len(), FILES.len() + 1, "{first:?}");
         let bin = root.path().join("usr/local/bin/knit");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&bin)?.permissions().mode() & 0o777, 0o755);
@@ -144,6 +153,38 @@ mod tests {
         ] {
             assert!(unit.contains(line), "{line}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_task_unit_drains_on_stop() -> Result<()> {
+        let unit = std::fs::read_to_string(util::root().join("packaging/knit-task@.service"))?;
+        for line in [
+            "Requires=knit.service",
+            "KillMode=process",
+            "Restart=on-failure",
+            "TimeoutStopSec=",
+        ] {
+            assert!(unit.contains(line), "{line}");
+        }
+        // What systemd runs for knit-task@web.2: %i is "web.2", `%%` is a
+        // literal `%` and `$$` a literal `$`; the shell strips ".2".
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .context("ExecStart")?;
+        let expanded = exec
+            .replace("%%", "\u{0}")
+            .replace("%i", "web.2")
+            .replace("\u{0}", "%")
+            .replace("$$", "$");
+        let argv = ["-c", "printf %s \"${1%%.*}\"", "knit-run", "web.2"];
+        assert!(
+            expanded.contains(argv[1].trim_start_matches("printf %s ")),
+            "{expanded}"
+        );
+        let out = std::process::Command::new("/bin/sh").args(argv).output()?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "web");
         Ok(())
     }
 }

@@ -58,6 +58,7 @@ pub(crate) fn task_definition(
         port_mappings: Vec::new(),
         command: Vec::new(),
         health_check: None,
+        stop_timeout_s: None,
     };
     let mut udp = BTreeSet::new();
     let mut seen: Vec<(String, String)> = Vec::new(); // (name, path of first use)
@@ -69,7 +70,21 @@ pub(crate) fn task_definition(
             entry_point,
             command,
             health_check,
+            stop_timeout,
         } = container;
+        if let Some(v) = stop_timeout {
+            let t: Option<u32> = ranged(
+                v,
+                2..=3600,
+                "stopTimeout",
+                "give the seconds between SIGTERM and SIGKILL, 2 to 3600 (ECS's default \
+                 is 30; leave stopTimeout out for it)",
+                &loc,
+                &format!("{at}.stopTimeout"),
+                report,
+            );
+            td.stop_timeout_s = td.stop_timeout_s.max(t);
+        }
         for (pi, pm) in port_mappings.unwrap_or_default().into_iter().enumerate() {
             let at = format!("{at}.portMappings[{pi}]");
             port_mapping(pm, &loc, &at, &mut seen, &mut td, &mut udp, report);

@@ -2,8 +2,18 @@
 //!
 //! The daemon prepares the task (id, ports, cgroup); the child joins the
 //! task's cgroup between fork and exec, so its very first connect already
-//! goes through knit's hooks. Signals to `knit run` are passed on to the
-//! child, and the exit status is the child's (128+N for a signal N).
+//! goes through knit's hooks. The exit status is the child's (128+N for a
+//! signal N).
+//!
+//! Stopping is draining, as ECS stops a task: the first SIGTERM or SIGINT
+//! to `knit run` (what systemd or any supervisor sends) asks the daemon to
+//! drain the task. Its endpoints leave rotation on every host at once,
+//! in-flight requests and connections finish (up to `[proxy]
+//! drain_timeout_ms`, 20 s by default), then the daemon sends the app
+//! SIGTERM and, after its task definition's `stopTimeout` (30 s by
+//! default), SIGKILL. A second SIGTERM or SIGINT goes straight to the app,
+//! as does every signal when the daemon cannot be reached. SIGHUP is
+//! always passed on.
 use std::{ffi::CString, os::unix::ffi::OsStrExt, os::unix::process::ExitStatusExt, path::Path};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -81,6 +91,23 @@ async fn exited(socket: &Path, client: &mut Client, task_id: &str, status: i32) 
     }
 }
 
+/// Ask the daemon to drain this task (a connection of its own: the task's
+/// connection may be gone with a restarted daemon).
+fn drain(socket: &Path, task_id: &str) -> Result<(), Failure> {
+    let ids: Vec<String> = Client::connect(socket)?.call(&Request::Drain {
+        service: None,
+        task: Some(task_id.to_string()),
+    })?;
+    if ids.iter().any(|id| id == task_id) {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            EXIT_FAILURE,
+            format!("the daemon drained {ids:?}, not {task_id}"),
+        ))
+    }
+}
+
 async fn run_task(socket: &Path, service: &str, cmd: Vec<String>) -> Result<i32, Failure> {
     let mut client = Client::connect(socket)?;
     let plan: TaskPlan = client.call(&Request::TaskStart {
@@ -147,12 +174,36 @@ async fn run_task(socket: &Path, service: &str, cmd: Vec<String>) -> Result<i32,
     let forward = |sig: nix::sys::signal::Signal| {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
     };
+    let mut draining = false;
     let status = loop {
-        tokio::select! {
+        let sig = tokio::select! {
             s = child.wait() => break s.map_err(io)?,
-            _ = term.recv() => forward(nix::sys::signal::Signal::SIGTERM),
-            _ = int.recv() => forward(nix::sys::signal::Signal::SIGINT),
-            _ = hup.recv() => forward(nix::sys::signal::Signal::SIGHUP),
+            _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+            _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+            _ = hup.recv() => {
+                forward(nix::sys::signal::Signal::SIGHUP);
+                continue;
+            }
+        };
+        if draining {
+            eprintln!("knit run: {sig} again: passing it to the app now");
+            forward(sig);
+            continue;
+        }
+        draining = true;
+        match drain(socket, &plan.task_id) {
+            Ok(()) => eprintln!(
+                "knit run: {sig}: draining task {}: out of rotation now; the app gets SIGTERM \
+                 once its requests and connections are done ({sig} again to pass it on now)",
+                plan.task_id
+            ),
+            Err(f) => {
+                eprintln!(
+                    "knit run: {sig}: could not drain task {} ({}); passing {sig} to the app",
+                    plan.task_id, f.message
+                );
+                forward(sig);
+            }
         }
     };
     let code = status

@@ -332,6 +332,7 @@ fn existing_task_definition_shape_is_used() {
             }],
             command: vec![],
             health_check: None,
+            stop_timeout_s: None,
         },
     );
     let file = r#"{"serviceName": "cache", "taskDefinition": "tcp:4", "serviceConnectConfiguration": {"enabled": true, "services": [{"portName": "redis"}]}}"#;

@@ -251,3 +251,21 @@ fn health_check_errors() {
         "use 1 to 10,",
     );
 }
+
+#[test]
+fn stop_timeout_is_the_largest_of_the_containers() {
+    let file = r#"{"family": "web", "containerDefinitions": [{"name": "a"}]}"#;
+    let t = &ok(&[("t.json", file)]).task_definitions[0];
+    assert_eq!((t.stop_timeout_s, t.stop_timeout_s()), (None, 30));
+    let file = r#"{"family": "web", "containerDefinitions": [{"name": "a", "stopTimeout": 5},
+        {"name": "b", "stopTimeout": 90}, {"name": "c"}]}"#;
+    let t = &ok(&[("t.json", file)]).task_definitions[0];
+    assert_eq!(t.stop_timeout_s(), 90);
+    let file = r#"{"family": "web", "containerDefinitions": [{"name": "a", "stopTimeout": 0}]}"#;
+    check(
+        &one(&[("t.json", file)]),
+        "$.containerDefinitions[0].stopTimeout",
+        "out of range",
+        "2 to 3600",
+    );
+}

@@ -70,9 +70,10 @@ pub struct ReloadReport {
 
 /// ECS Service Connect's per-request timeout when the service sets none.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long what is left of an ended task has between SIGTERM and SIGKILL
-/// (ECS's default `stopTimeout`).
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long what is left of a task the registry does not know has between
+/// SIGTERM and SIGKILL (ECS's default `stopTimeout`; a known task's comes
+/// from its task definition).
+const STOP_TIMEOUT: Duration = Duration::from_secs(TaskDefinition::DEFAULT_STOP_TIMEOUT_S as u64);
 /// ECS Service Connect's idle timeout for HTTP, HTTP/2 and gRPC.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -166,10 +166,23 @@ impl Engine {
         // grace period (the monitor sees to it and removes the cgroup).
         // The cgroup is swept at start-up if the daemon dies before that.
         cgroup::signal_all(&t.cgroup, nix::sys::signal::Signal::SIGTERM);
+        let grace = self.stop_timeout(&t.service);
         self.stopping
-            .push((t.cgroup.clone(), Instant::now() + STOP_TIMEOUT));
+            .push((t.cgroup.clone(), Instant::now() + grace));
         self.registry.remove_task(task_id)?;
         Ok(())
+    }
+
+    /// How long a stopping task of `service` has between SIGTERM and
+    /// SIGKILL: its task definition's `stopTimeout` (ECS's 30 s default).
+    pub(super) fn stop_timeout(&self, service: &str) -> Duration {
+        let s = self.state.services.iter().find(|s| s.spec.name == service);
+        let secs = s
+            .and_then(|s| self.state.task_definitions.get(&s.spec.task_definition))
+            .map_or(TaskDefinition::DEFAULT_STOP_TIMEOUT_S, |td| {
+                td.stop_timeout_s()
+            });
+        Duration::from_secs(u64::from(secs))
     }
 
     /// Finish stopping tasks: remove their cgroups once empty, SIGKILL

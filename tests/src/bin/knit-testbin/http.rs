@@ -77,7 +77,9 @@ impl Drop for Inflight {
 
 /// Serve until killed. Every answer carries `x-backend: <id>`.
 /// `GET /stats` answers `{"requests": R, "connections": N, "max_inflight":
-/// M}` about the other requests.
+/// M}` about the other requests. `--on-term FILE`: at SIGTERM, write
+/// `{"inflight", "requests", "sigterm_unix_ms", "last_answer_unix_ms"}`
+/// to FILE and exit at once (an app that cuts whatever is in flight).
 pub fn server(args: &[String]) -> Result<()> {
     let id = crate::server_id(args)?;
     let var = arg(args, "--port-env").context("--port-env")?;
@@ -99,10 +101,29 @@ pub fn server(args: &[String]) -> Result<()> {
     let stats = Arc::new(Stats::default());
     let host = std::env::var("KNIT_HOST_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
     let addr: SocketAddr = format!("{host}:{port}").parse()?;
+    let on_term = arg(args, "--on-term");
+    let last_answer = Arc::new(std::sync::atomic::AtomicU64::new(0));
     runtime()?.block_on(async move {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("bind {addr}"))?;
+        if let Some(file) = on_term {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let (stats, last_answer) = (stats.clone(), last_answer.clone());
+            tokio::spawn(async move {
+                term.recv().await;
+                use std::sync::atomic::Ordering::SeqCst;
+                let r = json!({
+                    "inflight": stats.inflight.load(SeqCst),
+                    "requests": stats.requests.load(SeqCst),
+                    "sigterm_unix_ms": crate::now_ms(),
+                    "last_answer_unix_ms": last_answer.load(SeqCst),
+                });
+                let _ = std::fs::write(&file, r.to_string());
+                std::process::exit(0);
+            });
+        }
         let id: Arc<str> = id.into();
         loop {
             let (s, _) = l.accept().await?;
@@ -110,10 +131,12 @@ pub fn server(args: &[String]) -> Result<()> {
             let stats = stats.clone();
             let seen = seen.clone();
             let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let last_answer = last_answer.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (id, served, count_file) = (id.clone(), served.clone(), count_file.clone());
                     let (stats, used, seen) = (stats.clone(), used.clone(), seen.clone());
+                    let last_answer = last_answer.clone();
                     async move {
                         if record && req.uri().path() == "/seen" {
                             let all = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -145,7 +168,9 @@ pub fn server(args: &[String]) -> Result<()> {
                         if record {
                             return Ok(recorded(req, &id, &seen).await);
                         }
-                        Ok::<_, Infallible>(route(req, &id, always).await)
+                        let resp = route(req, &id, always).await;
+                        last_answer.store(crate::now_ms(), std::sync::atomic::Ordering::SeqCst);
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())

@@ -6,7 +6,7 @@
 //! knit-testbin echo [--id NAME] [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
 //! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--hosts FILE]
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
-//! knit-testbin http [--id NAME] --port-env VAR [--always STATUS] [--record]
+//! knit-testbin http [--id NAME] --port-env VAR [--always STATUS] [--record] [--on-term FILE]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
 //!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D] [--reconnect]
 //!     [--host-header H] [--stop-file F]
