@@ -264,8 +264,12 @@ pub struct ServiceSpec {
     /// `serviceName`: `[A-Za-z0-9_-]`, 1..=255 characters.
     pub name: String,
     /// The task definition family (`taskDefinition` without revision or ARN).
-    /// knit always runs the family's latest revision.
     pub task_definition: String,
+    /// `taskDefinition: "family:N"`: the revision its tasks run (`knit run
+    /// --service` starts it; with test traffic rules, newer revisions'
+    /// tasks get only test requests). `None`: the family's newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition_revision: Option<u32>,
     /// `serviceConnectConfiguration.namespace`, default the default namespace.
     pub namespace: String,
     /// The endpoints this service offers; empty = client-only.

@@ -166,6 +166,7 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
         out_services.push(ServiceSpec {
             name: svc.name.clone(),
             task_definition: family.clone(),
+            task_definition_revision: svc.revision,
             namespace: namespace.to_owned(),
             endpoints,
             access_log: svc.access_log,

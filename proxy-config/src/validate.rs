@@ -34,6 +34,8 @@ pub(crate) struct LocalService {
     pub(crate) loc: Loc,
     pub(crate) name: String,
     pub(crate) family: Option<String>,
+    /// `family:N`: the revision the service pins (`None`: the newest).
+    pub(crate) revision: Option<u32>,
     /// The explicit `serviceConnectConfiguration.namespace`, if any.
     pub(crate) namespace: Option<String>,
     pub(crate) entries: Vec<LocalEntry>,

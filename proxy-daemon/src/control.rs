@@ -20,6 +20,10 @@ pub enum Request {
     /// Prepare a task of `service`: ids, ports, cgroup.
     TaskStart {
         service: String,
+        /// `FAMILY:N` (or `N`): another revision than the service's pinned
+        /// one (the newest when it pins none).
+        #[serde(default)]
+        task_definition: Option<String>,
     },
     /// The task's process runs (already inside its cgroup).
     TaskRunning {
@@ -167,6 +171,10 @@ pub struct EdgeStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceRow {
     pub service: String,
+    /// `FAMILY:N`: the task definition revision its new tasks run (the one
+    /// it pins, else the newest).
+    #[serde(default)]
+    pub task_definition: String,
     pub namespace: String,
     pub discovery_name: String,
     pub dns_name: String,
@@ -214,6 +222,9 @@ impl std::fmt::Display for EndpointState {
 pub struct EndpointRow {
     pub service: String,
     pub task: String,
+    /// The task definition revision the task runs.
+    #[serde(default)]
+    pub revision: u32,
     pub port_name: String,
     /// The host that runs the task (its registry name).
     #[serde(default)]

@@ -60,6 +60,11 @@ enum Cmd {
         /// The service this task belongs to.
         #[arg(long)]
         service: String,
+        /// Run this revision of the service's task definition (FAMILY:N)
+        /// instead of the one the service pins (its taskDefinition
+        /// "FAMILY:N"; the newest when it names the family alone).
+        #[arg(long, value_name = "FAMILY:N")]
+        task_definition: Option<String>,
         /// The command (default: the task definition's entryPoint + command).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -113,7 +118,11 @@ fn main() {
             no_accelerate,
         } => cli::daemon(config, DEFAULT_CONFIG, takeover, no_accelerate),
         Cmd::Apply { files } => cli::apply(&cli.socket, &files),
-        Cmd::Run { service, cmd } => cli::run::run(&cli.socket, &service, cmd),
+        Cmd::Run {
+            service,
+            task_definition,
+            cmd,
+        } => cli::run::run(&cli.socket, &service, task_definition, cmd),
         Cmd::Services { json } => cli::services(&cli.socket, json),
         Cmd::Endpoints { service, json } => cli::endpoints(&cli.socket, service, json),
         Cmd::Status { json } => cli::status(&cli.socket, json),

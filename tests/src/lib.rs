@@ -134,7 +134,8 @@ pub struct Knit {
     /// it one): knit attaches its daemon-side sockops program there.
     pub daemon_cgroup: PathBuf,
     daemon: Option<Child>,
-    tasks: Vec<Child>,
+    /// `knit run` processes to kill at the end (see [`Knit::run`]).
+    pub tasks: Vec<Child>,
     /// The `knit` binary this daemon and its CLI calls run.
     bin: PathBuf,
     /// The network namespace (under /run/netns) the daemon and its tasks

@@ -56,6 +56,7 @@ fn ecs_full_example_from_the_seed_parses() {
     let want = ServiceSpec {
         name: "service-connect-nginx-service".into(),
         task_definition: "service-connect-nginx".into(),
+        task_definition_revision: Some(1),
         namespace: "service-connect".into(),
         endpoints: vec![EndpointSpec {
             port_name: "nginx".into(),

@@ -36,7 +36,7 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
             }
         },
     };
-    let family = match json.task_definition {
+    let (family, revision) = match json.task_definition {
         None => {
             report.error(
                 &loc,
@@ -44,10 +44,10 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
                 "taskDefinition is missing; knit needs to know what the service runs",
                 "add \"taskDefinition\": \"FAMILY\" naming a task definition family",
             );
-            None
+            (None, None)
         }
         Some(t) => match family_of(&t) {
-            Ok(f) => Some(f),
+            Ok((f, r)) => (Some(f), r),
             Err(problem) => {
                 report.error(
                     &loc,
@@ -55,7 +55,7 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
                     format!("taskDefinition {t:?} {problem}"),
                     "use \"family\", \"family:REVISION\" or a task definition ARN",
                 );
-                None
+                (None, None)
             }
         },
     };
@@ -98,6 +98,7 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
         loc,
         name: name?,
         family,
+        revision,
         namespace,
         entries,
         access_log,
@@ -148,8 +149,9 @@ fn access_log_spec(
     })
 }
 
-/// The family in `family`, `family:3` or `arn:...:task-definition/family:3`.
-fn family_of(value: &str) -> Result<String, String> {
+/// The family and revision in `family`, `family:3` or
+/// `arn:...:task-definition/family:3`.
+fn family_of(value: &str) -> Result<(String, Option<u32>), String> {
     let rest = if value.starts_with("arn:") {
         value
             .split_once(":task-definition/")
@@ -160,19 +162,19 @@ fn family_of(value: &str) -> Result<String, String> {
     } else {
         value
     };
-    let family = match rest.split_once(':') {
-        Some((family, revision)) => {
-            if revision.parse::<u32>().map_or(true, |r| r == 0) {
+    let (family, revision) = match rest.split_once(':') {
+        Some((family, revision)) => match revision.parse::<u32>() {
+            Ok(r) if r > 0 => (family, Some(r)),
+            _ => {
                 return Err(format!(
                     "has revision {revision:?}; a revision is a number from 1"
                 ));
             }
-            family
-        }
-        None => rest,
+        },
+        None => (rest, None),
     };
     names::check_resource_name(family).map_err(|p| format!("has family {family:?}, which {p}"))?;
-    Ok(family.to_owned())
+    Ok((family.to_owned(), revision))
 }
 
 fn sc_entry(

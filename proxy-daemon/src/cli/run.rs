@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{Client, Failure, report};
 use crate::control::{EXIT_BAD_INPUT, EXIT_FAILURE, Request, TaskPlan};
 
-pub fn run(socket: &Path, service: &str, cmd: Vec<String>) -> i32 {
+pub fn run(socket: &Path, service: &str, task_definition: Option<String>, cmd: Vec<String>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -34,7 +34,7 @@ pub fn run(socket: &Path, service: &str, cmd: Vec<String>) -> i32 {
             ));
         }
     };
-    match rt.block_on(run_task(socket, service, cmd)) {
+    match rt.block_on(run_task(socket, service, task_definition, cmd)) {
         Ok(code) => code,
         Err(f) => report(f),
     }
@@ -108,10 +108,16 @@ fn drain(socket: &Path, task_id: &str) -> Result<(), Failure> {
     }
 }
 
-async fn run_task(socket: &Path, service: &str, cmd: Vec<String>) -> Result<i32, Failure> {
+async fn run_task(
+    socket: &Path,
+    service: &str,
+    task_definition: Option<String>,
+    cmd: Vec<String>,
+) -> Result<i32, Failure> {
     let mut client = Client::connect(socket)?;
     let plan: TaskPlan = client.call(&Request::TaskStart {
         service: service.to_string(),
+        task_definition,
     })?;
     let argv = if cmd.is_empty() {
         plan.command.clone()

@@ -20,6 +20,7 @@ fn render(t: Table) -> String {
 pub fn services(rows: &[ServiceRow]) -> String {
     let mut t = table(&[
         "SERVICE",
+        "TASKDEF",
         "NAMESPACE",
         "DISCOVERY",
         "ALIAS",
@@ -38,6 +39,7 @@ pub fn services(rows: &[ServiceRow]) -> String {
         };
         t.add_row(vec![
             r.service.clone(),
+            r.task_definition.clone(),
             r.namespace.clone(),
             r.discovery_name.clone(),
             alias,
@@ -56,6 +58,7 @@ pub fn endpoints(rows: &[EndpointRow]) -> String {
     let mut t = table(&[
         "SERVICE",
         "TASK",
+        "REV",
         "PORT",
         "HOST",
         "ADDRESS",
@@ -71,6 +74,7 @@ pub fn endpoints(rows: &[EndpointRow]) -> String {
         t.add_row(vec![
             r.service.clone(),
             r.task.clone(),
+            r.revision.to_string(),
             r.port_name.clone(),
             if r.host.is_empty() {
                 "-".into()

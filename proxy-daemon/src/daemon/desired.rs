@@ -219,6 +219,7 @@ mod tests {
             draining: false,
             drain_started_unix_ms: 0,
             health: None,
+            revision: 1,
         }
     }
 

@@ -25,7 +25,9 @@ pub enum EngineError {
 impl From<EngineError> for Response {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::BadInput(_) | EngineError::Invalid(_) => {
+            EngineError::BadInput(_)
+            | EngineError::Invalid(_)
+            | EngineError::Registry(RegistryError::BadInput(_)) => {
                 Response::bad_input(e.to_string())
             }
             EngineError::Registry(_) | EngineError::Failed(_) => Response::failure(e.to_string()),

@@ -207,7 +207,10 @@ async fn handle(req: Request, engine: &Mutex<Engine>, reader: &Reader) -> Respon
             Response::bad_input("reads are answered from the published state")
         }
         Request::Handover => Response::bad_input("handover is answered on its own"),
-        Request::TaskStart { service } => respond(e.task_start(&service)),
+        Request::TaskStart {
+            service,
+            task_definition,
+        } => respond(e.task_start(&service, task_definition.as_deref())),
         Request::TaskRunning { task_id, pid } => respond(e.task_running(&task_id, pid)),
         Request::TaskExited { task_id, status } => {
             match e.task_gone(&task_id, &format!("its main process exited with {status}")) {

@@ -21,6 +21,8 @@ use super::{
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
 const TASKDEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_definitions");
+/// Every revision, by `family:N`.
+const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_definition_revisions");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const VIPS: TableDefinition<&str, u64> = TableDefinition::new("vips");
 const ALIAS_IDS: TableDefinition<&str, u64> = TableDefinition::new("alias_ids");
@@ -317,6 +319,7 @@ fn load(w: &WriteTransaction) -> Result<ConfigState, RegistryError> {
         default_namespace: settings.remove("default_namespace"),
         namespaces: load_json::<String>(w, NAMESPACES)?.into_values().collect(),
         task_definitions: load_json(w, TASKDEFS)?,
+        revisions: load_json(w, REVISIONS)?,
         services: load_json(w, SERVICES)?,
         vips: load_u64(w, VIPS)?,
         alias_ids: load_u64(w, ALIAS_IDS)?,
@@ -342,6 +345,11 @@ fn write(w: &WriteTransaction, changes: &[Change]) -> Result<(), RegistryError> 
             Change::Namespace(n) => put(NAMESPACES, n, encode(n))?,
             Change::DefaultNamespace(n) => put(SETTINGS, "default_namespace", encode(n))?,
             Change::TaskDefinition(td) => put(TASKDEFS, &td.family, encode(td))?,
+            Change::TaskDefinitionRevision(td) => put(
+                REVISIONS,
+                &super::state::revision_key(&td.family, td.revision),
+                encode(td),
+            )?,
             Change::Service(s) => put(SERVICES, &s.spec.name, encode(s))?,
             Change::Vip(k, v) => put_u64(VIPS, k, *v)?,
             Change::AliasId(k, v) => put_u64(ALIAS_IDS, k, *v)?,
@@ -364,6 +372,7 @@ mod tests {
         ServiceSpec {
             name: name.into(),
             task_definition: name.into(),
+            task_definition_revision: None,
             namespace: "default".into(),
             endpoints: vec![EndpointSpec {
                 port_name: "tcp".into(),

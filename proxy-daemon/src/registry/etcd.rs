@@ -64,6 +64,7 @@ enum Key<'a> {
     Namespace(&'a str),
     DefaultNamespace,
     TaskDefinition(&'a str),
+    Revision(&'a str),
     Service(&'a str),
     Vip(&'a str),
     AliasId(&'a str),
@@ -83,6 +84,7 @@ fn parse_key(rel: &str) -> Key<'_> {
             "namespaces" => Key::Namespace(name),
             "settings" if name == "default_namespace" => Key::DefaultNamespace,
             "task_definitions" => Key::TaskDefinition(name),
+            "task_definition_revisions" => Key::Revision(name),
             "services" => Key::Service(name),
             "vips" => Key::Vip(name),
             "alias_ids" => Key::AliasId(name),
@@ -105,6 +107,10 @@ fn change_key(c: &Change) -> String {
         Change::Namespace(n) => format!("config/namespaces/{n}"),
         Change::DefaultNamespace(_) => "config/settings/default_namespace".into(),
         Change::TaskDefinition(td) => format!("config/task_definitions/{}", td.family),
+        Change::TaskDefinitionRevision(td) => format!(
+            "config/task_definition_revisions/{}",
+            super::state::revision_key(&td.family, td.revision)
+        ),
         Change::Service(s) => format!("config/services/{}", s.spec.name),
         Change::Vip(k, _) => format!("config/vips/{k}"),
         Change::AliasId(k, _) => format!("config/alias_ids/{k}"),
@@ -118,7 +124,7 @@ fn change_value(c: &Change) -> Vec<u8> {
     // Serializing our own plain records cannot fail.
     match c {
         Change::Namespace(n) | Change::DefaultNamespace(n) => serde_json::to_vec(n),
-        Change::TaskDefinition(td) => serde_json::to_vec(td),
+        Change::TaskDefinition(td) | Change::TaskDefinitionRevision(td) => serde_json::to_vec(td),
         Change::Service(s) => serde_json::to_vec(s),
         Change::Vip(_, v)
         | Change::AliasId(_, v)
@@ -155,6 +161,12 @@ impl View {
             }
             (Key::TaskDefinition(f), None) => {
                 c.task_definitions.remove(f);
+            }
+            (Key::Revision(k), Some(v)) => {
+                c.revisions.insert(k.to_string(), decode(rel, v)?);
+            }
+            (Key::Revision(k), None) => {
+                c.revisions.remove(k);
             }
             (Key::Service(s), Some(v)) => {
                 c.services.insert(s.to_string(), decode(rel, v)?);

@@ -56,4 +56,8 @@ pub enum RegistryError {
     HostsExhausted(u64),
     #[error("too many client aliases on this host (at most {0})")]
     AliasIdsExhausted(u32),
+    /// An apply that names something the registry does not hold (a
+    /// revision never registered): the user's to fix.
+    #[error("{0}")]
+    BadInput(String),
 }

@@ -59,6 +59,10 @@ pub struct TaskRecord {
     /// The health check's verdict, for a task definition with one.
     #[serde(default)]
     pub health: Option<crate::health::Status>,
+    /// The task definition revision it runs (0: recorded before revisions
+    /// were; it runs the newest).
+    #[serde(default)]
+    pub revision: u32,
 }
 
 /// A task as the fleet sees it: which host runs it and where that host is.

@@ -35,7 +35,11 @@ pub const MAX_HOSTS: u64 = (1 << (32 - HOST_ID_SHIFT)) - 1;
 pub struct ConfigState {
     pub default_namespace: Option<String>,
     pub namespaces: BTreeSet<String>,
+    /// Each family's newest revision.
     pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// Every revision registered, by `family:N` (a store from before
+    /// revisions were kept has only each family's newest, above).
+    pub revisions: BTreeMap<String, TaskDefinition>,
     pub services: BTreeMap<String, ServiceRecord>,
     /// `<namespace>/<dnsName>` -> VIP offset in 127.255.0.0/16.
     pub vips: BTreeMap<String, u64>,
@@ -53,7 +57,10 @@ pub struct ConfigState {
 pub enum Change {
     Namespace(String),
     DefaultNamespace(String),
+    /// A family's newest revision.
     TaskDefinition(TaskDefinition),
+    /// One revision, kept for services that pin it.
+    TaskDefinitionRevision(TaskDefinition),
     Service(ServiceRecord),
     Vip(String, u64),
     AliasId(String, u64),
@@ -85,7 +92,35 @@ impl ApplySummary {
     }
 }
 
+/// The key of one revision: `family:N`.
+pub fn revision_key(family: &str, revision: u32) -> String {
+    format!("{family}:{revision}")
+}
+
 impl ConfigState {
+    /// Revision `revision` of `family` (`None`: the newest).
+    pub fn task_definition(&self, family: &str, revision: Option<u32>) -> Option<&TaskDefinition> {
+        let newest = self.task_definitions.get(family);
+        match revision {
+            None => newest,
+            Some(n) => newest
+                .filter(|t| t.revision == n)
+                .or_else(|| self.revisions.get(&revision_key(family, n))),
+        }
+    }
+
+    /// The revisions of `family` registered, in order.
+    pub fn revision_numbers(&self, family: &str) -> Vec<u32> {
+        let mut out: BTreeSet<u32> = self
+            .revisions
+            .values()
+            .filter(|t| t.family == family)
+            .map(|t| t.revision)
+            .collect();
+        out.extend(self.task_definitions.get(family).map(|t| t.revision));
+        out.into_iter().collect()
+    }
+
     /// The registry as the validator needs to see it.
     pub fn existing(&self, config_default: &str) -> Existing {
         let default_namespace = self
@@ -172,7 +207,36 @@ impl ConfigState {
                 "registered",
             );
             self.task_definitions.insert(td.family.clone(), td.clone());
+            self.revisions
+                .insert(revision_key(&td.family, td.revision), td.clone());
+            out.push(Change::TaskDefinitionRevision(td.clone()));
             out.push(Change::TaskDefinition(td));
+        }
+        for spec in &plan.services {
+            if let Some(n) = spec.task_definition_revision
+                && self
+                    .task_definition(&spec.task_definition, Some(n))
+                    .is_none()
+            {
+                let known = self.revision_numbers(&spec.task_definition);
+                return Err(RegistryError::BadInput(format!(
+                    "service {:?}: task definition {}:{n} is not registered (registered \
+                     revisions: {})\n  fix: name one of them, or leave the revision out \
+                     (\"taskDefinition\": {:?}) for the newest",
+                    spec.name,
+                    spec.task_definition,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    spec.task_definition
+                )));
+            }
         }
         for spec in &plan.services {
             let action = match self.services.get(&spec.name) {
@@ -313,6 +377,7 @@ mod tests {
         let svc = |n: &str| ServiceSpec {
             name: n.into(),
             task_definition: n.into(),
+            task_definition_revision: None,
             namespace: "default".into(),
             endpoints: vec![EndpointSpec {
                 port_name: "tcp".into(),
@@ -343,6 +408,54 @@ mod tests {
             .collect();
         assert_eq!(vip_counters, vec![&Change::Counter(NEXT_VIP, 4)]);
         assert_eq!(state.vips.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn every_revision_is_kept_and_a_pin_must_name_one() -> Result<(), RegistryError> {
+        let td = |cmd: &str| TaskDefinition {
+            family: "web".into(),
+            revision: 0,
+            port_mappings: vec![],
+            command: vec![cmd.into()],
+            health_check: None,
+            stop_timeout_s: None,
+        };
+        let svc = |rev: Option<u32>| ServiceSpec {
+            name: "web".into(),
+            task_definition: "web".into(),
+            task_definition_revision: rev,
+            namespace: "default".into(),
+            endpoints: vec![],
+            access_log: None,
+        };
+        let plan = |tds: Vec<TaskDefinition>, svcs: Vec<ServiceSpec>| ApplyPlan {
+            namespaces: vec![],
+            default_namespace: None,
+            task_definitions: tds,
+            services: svcs,
+        };
+        let mut state = ConfigState::default();
+        state.apply(&plan(vec![td("one")], vec![svc(Some(1))]))?;
+        state.apply(&plan(vec![td("two")], vec![]))?;
+        // The same content again is no new revision.
+        let (summary, changes) = state.apply(&plan(vec![td("two")], vec![]))?;
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(summary.items[0].action, "unchanged");
+        assert_eq!(state.revision_numbers("web"), vec![1, 2]);
+        let cmd = |rev| {
+            state
+                .task_definition("web", rev)
+                .map(|t| t.command[0].clone())
+        };
+        assert_eq!(cmd(Some(1)).as_deref(), Some("one"));
+        assert_eq!(cmd(Some(2)).as_deref(), Some("two"));
+        assert_eq!(cmd(None).as_deref(), Some("two"));
+        let err = state.apply(&plan(vec![], vec![svc(Some(3))]));
+        assert!(
+            matches!(&err, Err(RegistryError::BadInput(m)) if m.contains("web:3") && m.contains("1, 2")),
+            "{err:?}"
+        );
         Ok(())
     }
 }

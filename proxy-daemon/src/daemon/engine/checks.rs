@@ -2,18 +2,9 @@
 use super::*;
 
 impl Engine {
-    /// The health check of a service's task definition, if it has one.
-    pub(super) fn health_spec(&self, service: &str) -> Option<HealthCheck> {
-        let s = self
-            .state
-            .services
-            .iter()
-            .find(|s| s.spec.name == service)?;
-        self.state
-            .task_definitions
-            .get(&s.spec.task_definition)?
-            .health_check
-            .clone()
+    /// The health check of a task's task definition revision, if it has one.
+    pub(super) fn health_spec(&self, t: &TaskRecord) -> Option<HealthCheck> {
+        self.task_definition_of(t)?.health_check.clone()
     }
 
     /// Health checks to run now: (task, check, cgroup, environment).

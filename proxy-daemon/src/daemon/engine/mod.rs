@@ -87,7 +87,10 @@ const START_GRACE_MS: u64 = 30_000;
 #[derive(Default)]
 pub struct State {
     pub services: Vec<ServiceRecord>,
+    /// Each family's newest revision.
     pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// Every revision registered, by `family:N`.
+    pub revisions: BTreeMap<String, TaskDefinition>,
     /// This host's tasks.
     pub tasks: BTreeMap<String, TaskRecord>,
     /// Other hosts' tasks (etcd), by task id.
@@ -95,6 +98,30 @@ pub struct State {
 }
 
 impl State {
+    /// Revision `revision` of `family` (`None`: the newest).
+    pub fn task_definition(&self, family: &str, revision: Option<u32>) -> Option<&TaskDefinition> {
+        let newest = self.task_definitions.get(family);
+        match revision {
+            None => newest,
+            Some(n) => newest.filter(|t| t.revision == n).or_else(|| {
+                self.revisions
+                    .get(&crate::registry::state::revision_key(family, n))
+            }),
+        }
+    }
+
+    /// The revisions of `family` registered, in order.
+    pub fn revision_numbers(&self, family: &str) -> Vec<u32> {
+        let mut out: BTreeSet<u32> = self
+            .revisions
+            .values()
+            .filter(|t| t.family == family)
+            .map(|t| t.revision)
+            .collect();
+        out.extend(self.task_definitions.get(family).map(|t| t.revision));
+        out.into_iter().collect()
+    }
+
     /// Every task of each service, this host's and other hosts': the one
     /// walk that routing, the read model and the outlier pass share.
     pub fn members(&self, address: Ipv4Addr) -> BTreeMap<&str, Vec<desired::Member<'_>>> {
@@ -225,14 +252,14 @@ impl Engine {
         }
         e.sweep_unknown_cgroups();
         // Recovered tasks keep their last verdict until their next check.
-        let recovered: Vec<(String, String, Option<health::Status>)> = e
+        let recovered: Vec<(String, Option<HealthCheck>, Option<health::Status>)> = e
             .state
             .tasks
             .values()
-            .map(|t| (t.id.clone(), t.service.clone(), t.health))
+            .map(|t| (t.id.clone(), e.health_spec(t), t.health))
             .collect();
-        for (id, service, status) in recovered {
-            if let (Some(spec), Some(status)) = (e.health_spec(&service), status) {
+        for (id, spec, status) in recovered {
+            if let (Some(spec), Some(status)) = (spec, status) {
                 e.health_checks
                     .insert(id, HealthState::new(spec, status, Instant::now()));
             }
@@ -257,6 +284,7 @@ impl Engine {
         self.state.remote = shared.remote;
         self.state.services = shared.config.services.into_values().collect();
         self.state.task_definitions = shared.config.task_definitions;
+        self.state.revisions = shared.config.revisions;
         Ok(())
     }
 

@@ -4,7 +4,14 @@ use super::*;
 use crate::daemon::error::EngineError;
 
 impl Engine {
-    pub fn task_start(&mut self, service: &str) -> Result<TaskPlan, EngineError> {
+    /// Prepare a task of `service`, of its pinned task definition revision
+    /// (the newest when it pins none), or of `task_definition` (`FAMILY:N`
+    /// of the service's family, or `N`).
+    pub fn task_start(
+        &mut self,
+        service: &str,
+        task_definition: Option<&str>,
+    ) -> Result<TaskPlan, EngineError> {
         let Some(svc) = self.state.services.iter().find(|s| s.spec.name == service) else {
             let known: Vec<&str> = self
                 .state
@@ -22,16 +29,26 @@ impl Engine {
             )));
         };
         let svc_namespace = svc.spec.namespace.clone();
-        let Some(td) = self
-            .state
-            .task_definitions
-            .get(&svc.spec.task_definition)
-            .cloned()
-        else {
-            return Err(EngineError::BadInput(format!(
-                "service {service:?} uses task definition {:?}, which is not registered\n  fix: knit apply -f its task definition",
-                svc.spec.task_definition
-            )));
+        let family = svc.spec.task_definition.clone();
+        let revision = match task_definition {
+            None => svc.spec.task_definition_revision,
+            Some(asked) => Some(revision_asked(service, &family, asked)?),
+        };
+        let Some(td) = self.state.task_definition(&family, revision).cloned() else {
+            let known = self.state.revision_numbers(&family);
+            return Err(EngineError::BadInput(match revision {
+                Some(n) if !known.is_empty() => format!(
+                    "service {service:?}: task definition {family}:{n} is not registered (registered revisions: {})\n  fix: name one of them",
+                    known
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                _ => format!(
+                    "service {service:?} uses task definition {family:?}, which is not registered\n  fix: knit apply -f its task definition"
+                ),
+            }));
         };
         // Ids come from this host's own counters: a task starts also while
         // etcd is away (once this host has its fleet index).
@@ -100,6 +117,7 @@ impl Engine {
             draining: false,
             drain_started_unix_ms: 0,
             health: None,
+            revision: td.revision,
         };
         if let Err(e) = self.save_task(&rec) {
             return Err(EngineError::Failed(e.to_string()));
@@ -111,7 +129,7 @@ impl Engine {
         if let Err(e) = self.reconcile() {
             return Err(EngineError::Failed(format!("{e:#}")));
         }
-        info!(task = %task_id, service, "task starting");
+        info!(task = %task_id, service, revision = td.revision, "task starting");
         Ok(TaskPlan {
             task_id,
             cgroup: cg,
@@ -125,10 +143,9 @@ impl Engine {
     }
 
     pub fn task_running(&mut self, task_id: &str, pid: u32) -> Result<(), EngineError> {
-        let Some(service) = self.state.tasks.get(task_id).map(|t| t.service.clone()) else {
+        let Some(spec) = self.state.tasks.get(task_id).map(|t| self.health_spec(t)) else {
             return Err(EngineError::BadInput(format!("no task {task_id:?}")));
         };
-        let spec = self.health_spec(&service);
         let Some(t) = self.state.tasks.get_mut(task_id) else {
             return Err(EngineError::BadInput(format!("no task {task_id:?}")));
         };
@@ -166,23 +183,36 @@ impl Engine {
         // grace period (the monitor sees to it and removes the cgroup).
         // The cgroup is swept at start-up if the daemon dies before that.
         cgroup::signal_all(&t.cgroup, nix::sys::signal::Signal::SIGTERM);
-        let grace = self.stop_timeout(&t.service);
+        let grace = self.stop_timeout(&t);
         self.stopping
             .push((t.cgroup.clone(), Instant::now() + grace));
         self.registry.remove_task(task_id)?;
         Ok(())
     }
 
-    /// How long a stopping task of `service` has between SIGTERM and
-    /// SIGKILL: its task definition's `stopTimeout` (ECS's 30 s default).
-    pub(super) fn stop_timeout(&self, service: &str) -> Duration {
-        let s = self.state.services.iter().find(|s| s.spec.name == service);
-        let secs = s
-            .and_then(|s| self.state.task_definitions.get(&s.spec.task_definition))
+    /// How long a stopping task has between SIGTERM and SIGKILL: its task
+    /// definition revision's `stopTimeout` (ECS's 30 s default).
+    pub(super) fn stop_timeout(&self, t: &TaskRecord) -> Duration {
+        let secs = self
+            .task_definition_of(t)
             .map_or(TaskDefinition::DEFAULT_STOP_TIMEOUT_S, |td| {
                 td.stop_timeout_s()
             });
         Duration::from_secs(u64::from(secs))
+    }
+
+    /// The task definition revision a task runs (`None`: its service or
+    /// the revision is gone from the registry).
+    pub(super) fn task_definition_of(&self, t: &TaskRecord) -> Option<&TaskDefinition> {
+        let s = self
+            .state
+            .services
+            .iter()
+            .find(|s| s.spec.name == t.service)?;
+        // A task from before revisions were recorded (0) runs the newest.
+        let revision = (t.revision != 0).then_some(t.revision);
+        self.state
+            .task_definition(&s.spec.task_definition, revision)
     }
 
     /// Finish stopping tasks: remove their cgroups once empty, SIGKILL
@@ -375,4 +405,22 @@ pub fn port_env_name(name: &str) -> String {
 /// A port nothing listens on now (the kernel's pick for an ephemeral bind).
 pub(super) fn free_port(addr: Ipv4Addr) -> std::io::Result<u16> {
     Ok(TcpListener::bind((addr, 0))?.local_addr()?.port())
+}
+
+/// The revision `asked` (`FAMILY:N`, or `N`) names, for a task of `service`
+/// (task definition family `family`).
+fn revision_asked(service: &str, family: &str, asked: &str) -> Result<u32, EngineError> {
+    let (f, n) = asked.rsplit_once(':').unwrap_or((family, asked));
+    let f = f.rsplit_once("task-definition/").map_or(f, |(_, f)| f);
+    if f != family {
+        return Err(EngineError::BadInput(format!(
+            "service {service:?} runs task definition family {family:?}, not {f:?}\n  fix: --task-definition {family}:N"
+        )));
+    }
+    match n.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(EngineError::BadInput(format!(
+            "--task-definition {asked:?}: {n:?} is not a revision (a number from 1)\n  fix: --task-definition {family}:N"
+        ))),
+    }
 }

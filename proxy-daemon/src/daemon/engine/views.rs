@@ -30,6 +30,15 @@ impl Engine {
         let mut aliases = Vec::new();
         for s in &self.state.services {
             let members = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
+            let family = &s.spec.task_definition;
+            let task_definition = match s
+                .spec
+                .task_definition_revision
+                .or_else(|| self.state.task_definitions.get(family).map(|t| t.revision))
+            {
+                Some(n) => format!("{family}:{n}"),
+                None => family.clone(),
+            };
             for a in &s.aliases {
                 let (labels, target) = alias_labels(s, a);
                 let l7 = is_l7(a);
@@ -61,6 +70,7 @@ impl Engine {
                 aliases.push(AliasView {
                     row: ServiceRow {
                         service: s.spec.name.clone(),
+                        task_definition: task_definition.clone(),
                         namespace: s.spec.namespace.clone(),
                         discovery_name: a.spec.discovery_name.clone(),
                         dns_name: a.spec.dns_name.clone(),
@@ -82,6 +92,7 @@ impl Engine {
                 aliases.push(AliasView {
                     row: ServiceRow {
                         service: s.spec.name.clone(),
+                        task_definition: task_definition.clone(),
                         namespace: s.spec.namespace.clone(),
                         discovery_name: "-".into(),
                         dns_name: "(client only)".into(),
@@ -117,6 +128,7 @@ impl Engine {
                 t.ports.iter().map(move |p| EndpointRow {
                     service: t.service.clone(),
                     task: t.id.clone(),
+                    revision: t.revision,
                     port_name: p.name.clone(),
                     host: host.clone(),
                     backend_id: p.backend_id,
