@@ -6,6 +6,7 @@
 //! A read never takes the engine's lock, so a scrape or `knit services`
 //! answers while an apply waits on etcd or a reconcile runs.
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +18,8 @@ use arc_swap::ArcSwap;
 
 use crate::{
     control::{
-        AccelStatus, EdgeStats, EndpointRow, ServiceRow, ServiceStats, StatsReport, StatusReport,
+        AccelStatus, EdgeStats, EndpointRow, EndpointState, ServiceRow, ServiceStats, StatsReport,
+        StatusReport,
     },
     datapath::LiveCounters,
     metrics::{
@@ -27,15 +29,17 @@ use crate::{
     registry::etcd::Etcd,
 };
 
-/// The state's read side, as of the engine's last change. Counter fields
-/// in its rows are zero: [`Reader`] fills them at each read.
+/// The state's read side, as of the engine's last change, kept compact
+/// (names shared, rows and labels built at each read): with 10,000
+/// endpoints it is a few MB. Counter fields in its rows are zero:
+/// [`Reader`] fills them at each read.
 #[derive(Default)]
 pub struct ReadModel {
     /// One per client alias, in the order of `knit services` (a
     /// client-only service has one row without an alias).
     pub aliases: Vec<AliasView>,
     /// Every endpoint, this host's and other hosts'.
-    pub endpoints: Vec<EndpointRow>,
+    pub endpoints: Vec<EndpointView>,
     /// What `knit status` says of the daemon and its state.
     pub status: Option<StatusReport>,
 }
@@ -53,10 +57,27 @@ pub struct AliasView {
 
 /// One endpoint of an alias, for `/metrics`.
 pub struct AliasEndpoint {
-    pub labels: EndpointLabels,
+    pub task: Arc<str>,
+    /// As the proxy labels it (another host's L7 endpoint: its ingress
+    /// listener).
+    pub address: SocketAddr,
     pub backend_id: u32,
     pub in_rotation: bool,
     pub ejections: u64,
+}
+
+/// One endpoint, for `knit endpoints`.
+pub struct EndpointView {
+    pub service: Arc<str>,
+    pub task: Arc<str>,
+    pub revision: u32,
+    pub port_name: Arc<str>,
+    pub host: Arc<str>,
+    pub backend_id: u32,
+    pub address: SocketAddr,
+    pub state: EndpointState,
+    pub ejections: u32,
+    pub ingress_port: Option<u16>,
 }
 
 /// The read side: the published model, live counters, the proxy.
@@ -118,17 +139,26 @@ impl Reader {
         let m = self.model.load();
         m.endpoints
             .iter()
-            .filter(|e| service.is_none_or(|s| e.service == s))
+            .filter(|e| service.is_none_or(|s| &*e.service == s))
             .map(|e| {
-                let mut row = e.clone();
-                if let Some(c) = self.live.backend(e.backend_id) {
-                    row.new_connections = c.new_conns;
-                    row.active_connections = c.active;
-                    row.failed_connects = c.failed;
-                    row.bytes_sent = c.bytes_sent;
-                    row.bytes_received = c.bytes_received;
+                let c = self.live.backend(e.backend_id).unwrap_or_default();
+                EndpointRow {
+                    service: e.service.to_string(),
+                    task: e.task.to_string(),
+                    revision: e.revision,
+                    port_name: e.port_name.to_string(),
+                    host: e.host.to_string(),
+                    backend_id: e.backend_id,
+                    address: e.address.to_string(),
+                    state: e.state,
+                    new_connections: c.new_conns,
+                    active_connections: c.active,
+                    failed_connects: c.failed,
+                    bytes_sent: c.bytes_sent,
+                    bytes_received: c.bytes_received,
+                    ejections: e.ejections,
+                    ingress_port: e.ingress_port,
                 }
-                row
             })
             .collect()
     }
@@ -159,7 +189,13 @@ impl Reader {
             for e in &a.endpoints {
                 let c = self.live.backend(e.backend_id).unwrap_or_default();
                 snap.endpoints.push(EndpointSample {
-                    labels: e.labels.clone(),
+                    labels: EndpointLabels {
+                        namespace: labels.namespace.clone(),
+                        service: labels.service.clone(),
+                        target_discovery_name: labels.discovery_name.clone(),
+                        task: e.task.to_string(),
+                        endpoint: e.address.to_string(),
+                    },
                     in_rotation: e.in_rotation,
                     ejections: e.ejections,
                     new_connections: c.new_conns,

@@ -34,7 +34,7 @@ mod routes;
 mod tasks;
 mod views;
 
-use routes::{RouteParts, alias_labels, build_route, endpoint_labels, outlier_config};
+use routes::{RouteParts, alias_labels, build_route, outlier_config};
 
 use super::{
     desired::{self, is_l7, members_by_service},
@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     cgroup,
-    control::{EndpointRow, ServiceRow, StatusReport, TaskPlan},
+    control::{ServiceRow, StatusReport, TaskPlan},
     datapath::Datapath,
     health::{self, HealthState},
     hosts::HostsFile,

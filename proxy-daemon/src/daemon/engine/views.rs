@@ -4,8 +4,22 @@
 use super::*;
 use crate::{
     control::{AccelStatus, EndpointState},
-    daemon::read::{AliasEndpoint, AliasView, ReadModel},
+    daemon::read::{AliasEndpoint, AliasView, EndpointView, ReadModel},
 };
+
+/// One shared copy of each name a published model repeats (service and
+/// port names, task ids, hosts).
+#[derive(Default)]
+struct Names<'a>(std::collections::HashMap<&'a str, Arc<str>>);
+
+impl<'a> Names<'a> {
+    fn get(&mut self, name: &'a str) -> Arc<str> {
+        self.0
+            .entry(name)
+            .or_insert_with(|| Arc::from(name))
+            .clone()
+    }
+}
 
 impl Engine {
     pub(super) fn endpoint_state(&self, t: &TaskRecord, p: &TaskPort) -> EndpointState {
@@ -27,6 +41,8 @@ impl Engine {
     /// every reconcile, so after every change that routing sees.
     pub fn publish(&self) {
         let all = self.state.members(self.cfg.host.address);
+        let own = self.host_name();
+        let mut names = Names::default();
         let mut aliases = Vec::new();
         for s in &self.state.services {
             let members = all.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
@@ -40,7 +56,7 @@ impl Engine {
                 None => family.clone(),
             };
             for a in &s.aliases {
-                let (labels, target) = alias_labels(s, a);
+                let (labels, _) = alias_labels(s, a);
                 let l7 = is_l7(a);
                 let mut healthy = 0;
                 let mut endpoints = Vec::new();
@@ -56,11 +72,8 @@ impl Engine {
                             p.port
                         };
                         endpoints.push(AliasEndpoint {
-                            labels: endpoint_labels(
-                                &target,
-                                &m.task.id,
-                                SocketAddr::from((m.address, port)),
-                            ),
+                            task: names.get(&m.task.id),
+                            address: SocketAddr::from((m.address, port)),
                             backend_id: p.backend_id,
                             in_rotation,
                             ejections: u64::from(self.outliers.ejections(p.backend_id)),
@@ -111,39 +124,29 @@ impl Engine {
                 });
             }
         }
-        let own = self.host_name();
-        let endpoints = all
-            .into_values()
-            .flatten()
-            .flat_map(|m| {
-                let t = m.task;
-                let host = if m.local {
-                    own.clone()
-                } else {
-                    self.state
-                        .remote
-                        .get(&t.id)
-                        .map_or_else(String::new, |h| h.host.clone())
-                };
-                t.ports.iter().map(move |p| EndpointRow {
-                    service: t.service.clone(),
-                    task: t.id.clone(),
+        let mut endpoints = Vec::new();
+        for m in all.into_values().flatten() {
+            let t = m.task;
+            let host = if m.local {
+                names.get(&own)
+            } else {
+                names.get(self.state.remote.get(&t.id).map_or("", |h| h.host.as_str()))
+            };
+            for p in &t.ports {
+                endpoints.push(EndpointView {
+                    service: names.get(&t.service),
+                    task: names.get(&t.id),
                     revision: t.revision,
-                    port_name: p.name.clone(),
+                    port_name: names.get(&p.name),
                     host: host.clone(),
                     backend_id: p.backend_id,
-                    address: SocketAddr::from((m.address, p.port)).to_string(),
+                    address: SocketAddr::from((m.address, p.port)),
                     state: self.endpoint_state(t, p),
-                    new_connections: 0,
-                    active_connections: 0,
-                    failed_connects: 0,
-                    bytes_sent: 0,
-                    bytes_received: 0,
                     ejections: self.outliers.ejections(p.backend_id),
                     ingress_port: p.ingress_port,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         self.reader.publish(ReadModel {
             aliases,
             endpoints,
