@@ -143,6 +143,29 @@ pub(crate) struct OutlierJson {
 pub(crate) struct ClientAliasJson {
     pub(crate) port: Option<Int>,
     pub(crate) dns_name: Option<String>,
+    pub(crate) test_traffic_rules: Option<TestTrafficRulesJson>,
+}
+
+/// `clientAliases[].testTrafficRules` (ECS blue/green deployments).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TestTrafficRulesJson {
+    pub(crate) header: Option<TestTrafficHeaderJson>,
+}
+
+/// `testTrafficRules.header`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TestTrafficHeaderJson {
+    pub(crate) name: Option<String>,
+    pub(crate) value: Option<TestTrafficValueJson>,
+}
+
+/// `testTrafficRules.header.value`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TestTrafficValueJson {
+    pub(crate) exact: Option<String>,
 }
 
 /// `serviceConnectConfiguration.services[].timeout`.

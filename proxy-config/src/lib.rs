@@ -35,6 +35,7 @@ pub use error::{ApplyError, ApplyErrors, ConfigError};
 pub use model::{
     AccessLogFormat, AccessLogSpec, AppProtocol, ApplyPlan, DEFAULT_NAMESPACE, EndpointSpec,
     Existing, HealthCheck, LimitsSpec, OutlierSpec, PortMapping, ServiceSpec, TaskDefinition,
+    TestTrafficRule,
 };
 pub use parse::MAX_OBJECTS_PER_APPLY;
 pub use plan::plan;

@@ -180,6 +180,19 @@ pub struct EndpointSpec {
     /// [`LimitsSpec`].
     #[serde(default)]
     pub limits: Option<LimitsSpec>,
+    /// `clientAliases[0].testTrafficRules` (HTTP, HTTP/2 and gRPC only):
+    /// requests that match go to tasks of a revision newer than the one
+    /// the service pins, the others to the pinned revision's tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_traffic: Option<TestTrafficRule>,
+}
+
+/// `testTrafficRules.header`: a request is test traffic when it has
+/// header `name` (lower-case) with exactly `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestTrafficRule {
+    pub name: String,
+    pub value: String,
 }
 
 /// Outlier detection for one service; each `None` falls back to the

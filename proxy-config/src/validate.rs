@@ -64,6 +64,8 @@ pub(crate) struct LocalEntry {
 pub(crate) struct Alias {
     pub(crate) port: u16,
     pub(crate) dns_name: Option<String>,
+    /// `testTrafficRules`, checked.
+    pub(crate) test_traffic: Option<crate::model::TestTrafficRule>,
 }
 
 pub(crate) const PORT_FIX: &str = "use a port between 1 and 65535";

@@ -19,12 +19,25 @@ fn web_td(id: &str) -> String {
 }
 
 fn web_service(task_definition: &str) -> String {
+    web_service_with(task_definition, "")
+}
+
+/// With `rules` (`"testTrafficRules": ...` or nothing) on its alias.
+fn web_service_with(task_definition: &str, rules: &str) -> String {
+    let rules = if rules.is_empty() {
+        String::new()
+    } else {
+        format!(", {rules}")
+    };
     format!(
         r#"{{"serviceName": "web", "taskDefinition": "{task_definition}",
             "serviceConnectConfiguration": {{"enabled": true,
-              "services": [{{"portName": "web", "clientAliases": [{{"dnsName": "web", "port": 8080}}]}}]}}}}"#
+              "services": [{{"portName": "web", "clientAliases": [{{"dnsName": "web", "port": 8080{rules}}}]}}]}}}}"#
     )
 }
+
+const CANARY: &str =
+    r#""testTrafficRules": {"header": {"name": "x-canary", "value": {"exact": "1"}}}"#;
 
 /// Start a task of `web` with `extra` arguments to `knit run` (no command:
 /// the revision's own); the revision its endpoint shows.
@@ -75,22 +88,26 @@ fn web_task_definition(k: &Knit) -> Result<String> {
 
 /// Which backends answered `n` requests to web:8080 from a client task.
 fn served_by(k: &Knit, n: u32) -> Result<Value> {
+    served_by_with(k, n, &[])
+}
+
+/// As [`served_by`], with `extra` arguments to the HTTP client.
+fn served_by_with(k: &Knit, n: u32, extra: &[&str]) -> Result<Value> {
     let tb = testbin().display().to_string();
     let hosts = k.hosts.display().to_string();
     let count = n.to_string();
-    let r = k.run_json(
-        "client",
-        &[
-            &tb,
-            "http-client",
-            "--url",
-            "http://web:8080/",
-            "--hosts",
-            &hosts,
-            "--count",
-            &count,
-        ],
-    )?;
+    let mut args = vec![
+        tb.as_str(),
+        "http-client",
+        "--url",
+        "http://web:8080/",
+        "--hosts",
+        &hosts,
+        "--count",
+        &count,
+    ];
+    args.extend_from_slice(extra);
+    let r = k.run_json("client", &args)?;
     ensure!(r["ok"] == n, "{r}");
     Ok(r["by_backend"].clone())
 }
@@ -158,6 +175,80 @@ fn a_pinned_revision_is_what_tasks_run_and_a_rollback_pins_the_old_one() -> Resu
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(2) && err.contains("family"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// ECS blue/green test traffic: with a rule on header `x-canary: 1`,
+/// requests with it go only to the revision-2 task, the others only to
+/// revision 1 (pinned); after the service is applied at `web:2`, all go
+/// to revision 2 and revision 1 gets none. A rule on a TCP alias is
+/// refused.
+#[test]
+fn test_traffic_rules_send_matching_requests_to_the_new_revision() -> Result<()> {
+    let mut k = Knit::start("testtraffic", "")?;
+    let (ctd, csvc) = client_service("client");
+    k.apply(&[
+        ("web-td.json", &web_td("v1")),
+        ("web.json", &web_service_with("web:1", CANARY)),
+        ("c-td.json", &ctd),
+        ("c.json", &csvc),
+    ])?;
+    ensure!(start_web(&mut k, &[])? == 1);
+    ensure!(start_web(&mut k, &[])? == 1);
+    k.apply(&[("web-td.json", &web_td("v2"))])?;
+    ensure!(start_web(&mut k, &["--task-definition", "web:2"])? == 2);
+    let canary = ["--header", "x-canary: 1"];
+    let plain = served_by(&k, 30)?;
+    ensure!(
+        plain == serde_json::json!({"v1": 30}),
+        "without the header: {plain}"
+    );
+    let test = served_by_with(&k, 30, &canary)?;
+    ensure!(
+        test == serde_json::json!({"v2": 30}),
+        "with x-canary: 1: {test}"
+    );
+    let other = served_by_with(&k, 10, &["--header", "x-canary: 2"])?;
+    ensure!(
+        other == serde_json::json!({"v1": 10}),
+        "with x-canary: 2: {other}"
+    );
+    // The new revision goes to production.
+    k.apply(&[("web.json", &web_service_with("web:2", CANARY))])?;
+    let plain = served_by(&k, 30)?;
+    ensure!(
+        plain == serde_json::json!({"v2": 30}),
+        "after web:2: {plain}"
+    );
+    let test = served_by_with(&k, 10, &canary)?;
+    ensure!(
+        test == serde_json::json!({"v2": 10}),
+        "after web:2, canary: {test}"
+    );
+
+    // On a TCP alias: refused.
+    let tcp_td = r#"{"family": "db", "containerDefinitions": [{"name": "app", "image": "unused",
+        "portMappings": [{"name": "db", "containerPort": 6379}]}]}"#;
+    let tcp_svc = format!(
+        r#"{{"serviceName": "db", "taskDefinition": "db", "serviceConnectConfiguration": {{"enabled": true,
+            "services": [{{"portName": "db", "clientAliases": [{{"port": 6379, {CANARY}}}]}}]}}}}"#
+    );
+    let (a, b) = (k.file("db-td.json", tcp_td)?, k.file("db.json", &tcp_svc)?);
+    let out = k
+        .cmd()
+        .args([
+            "apply",
+            "-f",
+            &a.display().to_string(),
+            "-f",
+            &b.display().to_string(),
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && err.contains("testTrafficRules") && err.contains("TCP"),
         "{err}"
     );
     Ok(())

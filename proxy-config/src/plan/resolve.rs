@@ -143,6 +143,21 @@ pub(super) fn endpoint(
         }
         None => pm.container_port,
     };
+    let test_traffic = alias.as_ref().and_then(|a| a.test_traffic.clone());
+    if test_traffic.is_some() && !pm.app_protocol.is_l7() {
+        report.error(
+            loc,
+            &format!("{}.clientAliases[0].testTrafficRules", e.at),
+            format!(
+                "testTrafficRules route requests by HTTP header, but port mapping {:?} in \
+                    {:?} is TCP (no appProtocol): its connections carry no headers knit reads",
+                pm.name, td.family
+            ),
+            "remove testTrafficRules, or set \"appProtocol\" (http, http2 or grpc) on the \
+                    port mapping",
+        );
+        ok = false;
+    }
     ok.then(|| EndpointSpec {
         port_name: e.port_name.clone(),
         discovery_name,
@@ -155,6 +170,7 @@ pub(super) fn endpoint(
         per_request_timeout_s: e.per_request_timeout_s,
         outlier: e.outlier.clone(),
         limits: e.limits,
+        test_traffic,
     })
 }
 

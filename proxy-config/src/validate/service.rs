@@ -436,9 +436,14 @@ fn client_alias(
                 );
             }),
     };
+    let test_traffic = match alias.test_traffic_rules {
+        None => None,
+        Some(rules) => test_traffic(rules, loc, &format!("{at}.testTrafficRules"), report),
+    };
     Ok(Alias {
         port: port.ok_or(())?,
         dns_name: dns_name?,
+        test_traffic,
     })
 }
 
@@ -501,3 +506,74 @@ fn check_namespace_at(ns: String, loc: &Loc, at: &str, report: &mut Report) -> O
 
 #[cfg(test)]
 mod tests;
+
+/// `testTrafficRules`: `{"header": {"name": N, "value": {"exact": V}}}`.
+fn test_traffic(
+    rules: crate::ecs::TestTrafficRulesJson,
+    loc: &Loc,
+    at: &str,
+    report: &mut Report,
+) -> Option<crate::model::TestTrafficRule> {
+    let example = "use {\"header\": {\"name\": \"x-canary\", \"value\": {\"exact\": \"1\"}}}";
+    let Some(header) = rules.header else {
+        report.error(
+            loc,
+            &format!("{at}.header"),
+            "testTrafficRules has no header rule (the only kind ECS has)",
+            example,
+        );
+        return None;
+    };
+    let name = match header.name {
+        Some(n)
+            if !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) =>
+        {
+            Some(n.to_ascii_lowercase())
+        }
+        Some(n) => {
+            report.error(
+                loc,
+                &format!("{at}.header.name"),
+                format!("header name {n:?} is not an HTTP header name"),
+                "use letters, digits and - (e.g. \"x-canary\")",
+            );
+            None
+        }
+        None => {
+            report.error(
+                loc,
+                &format!("{at}.header.name"),
+                "header.name is missing",
+                example,
+            );
+            None
+        }
+    };
+    let value = match header.value.and_then(|v| v.exact) {
+        Some(v) if v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => Some(v),
+        Some(v) => {
+            report.error(
+                loc,
+                &format!("{at}.header.value.exact"),
+                format!("header value {v:?} has characters an HTTP header cannot carry"),
+                "use visible ASCII characters and spaces",
+            );
+            None
+        }
+        None => {
+            report.error(
+                loc,
+                &format!("{at}.header.value.exact"),
+                "header.value.exact is missing (the only match ECS has)",
+                example,
+            );
+            None
+        }
+    };
+    Some(crate::model::TestTrafficRule {
+        name: name?,
+        value: value?,
+    })
+}

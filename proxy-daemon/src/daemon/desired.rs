@@ -79,6 +79,32 @@ pub struct L7Route {
     /// (task id, where the proxy connects, backend id): a local task's
     /// port, or the ingress listener of the host that runs it.
     pub endpoints: Vec<(String, SocketAddr, u32)>,
+    /// With test traffic rules: the endpoints of tasks of a revision newer
+    /// than the one the service pins, which only matching requests reach
+    /// (and `endpoints` are the pinned revision's).
+    pub test_endpoints: Vec<(String, SocketAddr, u32)>,
+}
+
+/// Which requests a task's endpoints get, by its revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Every request (the pinned revision, or no test traffic rules).
+    Production,
+    /// Only requests matching the alias's test traffic rule.
+    Test,
+    /// None while the pinned revision has an endpoint in rotation.
+    Older,
+}
+
+/// The lane of a task of revision `revision` on an alias with (`rule`) or
+/// without test traffic rules, of a service that pins `pinned`.
+fn lane(rule: bool, pinned: Option<u32>, revision: u32) -> Lane {
+    match pinned {
+        Some(p) if rule && revision > p => Lane::Test,
+        // 0: recorded before revisions were; taken as the pinned one.
+        Some(p) if rule && revision != 0 && revision < p => Lane::Older,
+        _ => Lane::Production,
+    }
 }
 
 /// The desired state.
@@ -105,7 +131,9 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
         let names = out.names.entry(s.spec.namespace.clone()).or_default();
         for (ai, a) in s.aliases.iter().enumerate() {
             let mut backends = Vec::new();
-            let mut endpoints = Vec::new();
+            let (mut endpoints, mut test_endpoints, mut older) =
+                (Vec::new(), Vec::new(), Vec::new());
+            let rule = a.spec.test_traffic.is_some();
             for m in members {
                 for p in m.task.ports.iter().filter(|p| p.name == a.spec.port_name) {
                     out.backend_ids.insert(p.backend_id);
@@ -119,19 +147,29 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
                         p.ingress_port
                     };
                     if let Some(port) = port {
-                        endpoints.push((
+                        let e = (
                             m.task.id.clone(),
                             SocketAddr::from((m.address, port)),
                             p.backend_id,
-                        ));
+                        );
+                        match lane(rule, s.spec.task_definition_revision, m.task.revision) {
+                            Lane::Production => endpoints.push(e),
+                            Lane::Test => test_endpoints.push(e),
+                            Lane::Older => older.push(e),
+                        }
                     }
                 }
+            }
+            // Older revisions serve only while the pinned one has nothing.
+            if endpoints.is_empty() {
+                endpoints = older;
             }
             if is_l7(a) {
                 out.l7.push(L7Route {
                     service: si,
                     alias: ai,
                     endpoints,
+                    test_endpoints,
                 });
             }
             out.aliases.push(DesiredAlias {
@@ -380,5 +418,16 @@ mod tests {
         let d = w.desired(&[]);
         assert!(d.l7[0].endpoints.is_empty());
         assert_eq!(backends(&d, 2), [4]);
+    }
+
+    #[test]
+    fn test_traffic_lanes_by_revision() {
+        // Without a rule or a pin every revision serves (a rolling deploy).
+        assert_eq!(lane(false, Some(1), 2), Lane::Production);
+        assert_eq!(lane(true, None, 5), Lane::Production);
+        assert_eq!(lane(true, Some(1), 2), Lane::Test);
+        assert_eq!(lane(true, Some(2), 2), Lane::Production);
+        assert_eq!(lane(true, Some(2), 1), Lane::Older);
+        assert_eq!(lane(true, Some(2), 0), Lane::Production);
     }
 }

@@ -374,7 +374,7 @@ async fn handle(
             Ok(lane) => lane,
             Err(why) => return no_lane(&alias, why, grpc),
         };
-        let Some(ep) = alias.pick(&tried).cloned() else {
+        let Some(ep) = alias.pick(&parts.headers, &tried).cloned() else {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy endpoint for this service",

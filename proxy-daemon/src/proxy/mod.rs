@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 pub use ingress::IngressListeners;
 use proxy_common::maps::{ConnInfo, OrigKey};
-pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable};
+pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable, TestLane};
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{debug, warn};
 

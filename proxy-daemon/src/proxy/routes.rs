@@ -60,25 +60,56 @@ pub struct AliasRoute {
     /// The target service's access log (requests its ingress listeners take).
     pub access_log: Option<proxy_config::AccessLogSpec>,
     pub discovery_name: String,
+    /// The alias's test traffic rule and where matching requests go.
+    pub test: Option<TestLane>,
+}
+
+/// ECS blue/green test traffic: requests with header `name: value` go to
+/// `endpoints` (tasks of a revision newer than the pinned one) while any
+/// is in rotation; the others never do.
+#[derive(Debug)]
+pub struct TestLane {
+    pub name: hyper::header::HeaderName,
+    pub value: hyper::header::HeaderValue,
+    pub endpoints: Vec<Endpoint>,
+    pub cursor: Arc<AtomicUsize>,
+}
+
+/// The next endpoint of `endpoints` round-robin, skipping those already
+/// `tried` while others are left.
+fn round_robin<'a>(
+    endpoints: &'a [Endpoint],
+    cursor: &AtomicUsize,
+    tried: &[u32],
+) -> Option<&'a Endpoint> {
+    let n = endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    for _ in 0..n {
+        let i = cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let e = &endpoints[i];
+        if !tried.contains(&e.backend_id) {
+            return Some(e);
+        }
+    }
+    let i = cursor.fetch_add(1, Ordering::Relaxed) % n;
+    endpoints.get(i)
 }
 
 impl AliasRoute {
-    /// The next endpoint round-robin, skipping those already `tried` while
-    /// others are left.
-    pub fn pick(&self, tried: &[u32]) -> Option<&Endpoint> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
+    /// The endpoint for a request with `headers`: round-robin over the
+    /// test lane's endpoints when it matches the test traffic rule (and
+    /// one is in rotation), else over the production ones; those already
+    /// `tried` are skipped while others are left.
+    pub fn pick(&self, headers: &hyper::HeaderMap, tried: &[u32]) -> Option<&Endpoint> {
+        if let Some(t) = &self.test
+            && !t.endpoints.is_empty()
+            && headers.get_all(&t.name).iter().any(|v| v == t.value)
+        {
+            return round_robin(&t.endpoints, &t.cursor, tried);
         }
-        for _ in 0..n {
-            let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-            let e = &self.endpoints[i];
-            if !tried.contains(&e.backend_id) {
-                return Some(e);
-            }
-        }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        self.endpoints.get(i)
+        round_robin(&self.endpoints, &self.cursor, tried)
     }
 }
 
@@ -126,19 +157,57 @@ mod tests {
             cursor: Arc::default(),
             budget: Arc::default(),
             pool: Arc::default(),
+            test: None,
         }
     }
 
     #[test]
     fn round_robin_and_skips_tried() {
+        let none = hyper::HeaderMap::new();
         let r = route(3);
         let picks: Vec<u32> = (0..6)
-            .filter_map(|_| r.pick(&[]).map(|e| e.backend_id))
+            .filter_map(|_| r.pick(&none, &[]).map(|e| e.backend_id))
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        let p = r.pick(&[0]).map(|e| e.backend_id);
+        let p = r.pick(&none, &[0]).map(|e| e.backend_id);
         assert!(p == Some(1) || p == Some(2));
-        assert!(r.pick(&[0, 1, 2]).is_some(), "all tried: still one");
-        assert!(route(0).pick(&[]).is_none());
+        assert!(r.pick(&none, &[0, 1, 2]).is_some(), "all tried: still one");
+        assert!(route(0).pick(&none, &[]).is_none());
+    }
+
+    #[test]
+    fn test_traffic_goes_only_to_the_test_lane() {
+        let none = hyper::HeaderMap::new();
+        let mut r = route(2);
+        let lane = |ids: &[u32]| TestLane {
+            name: hyper::header::HeaderName::from_static("x-canary"),
+            value: hyper::header::HeaderValue::from_static("1"),
+            endpoints: route(3)
+                .endpoints
+                .into_iter()
+                .filter(|e| ids.contains(&e.backend_id))
+                .map(|mut e| {
+                    e.backend_id += 10;
+                    e
+                })
+                .collect(),
+            cursor: Arc::default(),
+        };
+        r.test = Some(lane(&[2]));
+        let mut canary = hyper::HeaderMap::new();
+        canary.insert("x-canary", hyper::header::HeaderValue::from_static("1"));
+        let mut other = hyper::HeaderMap::new();
+        other.insert("x-canary", hyper::header::HeaderValue::from_static("2"));
+        let ids = |r: &AliasRoute, h: &hyper::HeaderMap| -> Vec<u32> {
+            (0..4)
+                .filter_map(|_| r.pick(h, &[]).map(|e| e.backend_id))
+                .collect()
+        };
+        assert_eq!(ids(&r, &canary), [12, 12, 12, 12]);
+        assert!(ids(&r, &none).iter().all(|id| *id < 2));
+        assert!(ids(&r, &other).iter().all(|id| *id < 2));
+        // No test endpoint in rotation: matching requests go to production.
+        r.test = Some(lane(&[]));
+        assert!(ids(&r, &canary).iter().all(|id| *id < 2));
     }
 }

@@ -137,7 +137,7 @@ pub async fn forward(
         Ok(lane) => lane,
         Err(why) => return super::forward::no_lane(alias, why, false),
     };
-    let Some(ep) = alias.pick(&[]).cloned() else {
+    let Some(ep) = alias.pick(req.headers(), &[]).cloned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy endpoint for this service",

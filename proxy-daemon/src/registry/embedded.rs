@@ -386,6 +386,7 @@ mod tests {
                 per_request_timeout_s: None,
                 outlier: None,
                 limits: None,
+                test_traffic: None,
             }],
             access_log: None,
         }

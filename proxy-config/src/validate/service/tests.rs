@@ -507,3 +507,53 @@ fn limits_per_service() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].path.contains("limits.maxConnections"), "{}", e[0]);
 }
+
+#[test]
+fn test_traffic_rules_are_a_header_match_on_http_aliases() {
+    let with = |port: &str, rules: &str| {
+        format!(
+            "[{}, {}]",
+            web_td(),
+            svc(
+                "s",
+                &format!(
+                    r#"[{{"portName": "{port}", "clientAliases": [{{"port": 80, "testTrafficRules": {rules}}}]}}]"#
+                )
+            )
+        )
+    };
+    let good = r#"{"header": {"name": "X-Canary", "value": {"exact": "1"}}}"#;
+    let e = crate::test_support::endpoint(&[("s.json", &with("http", good))]);
+    assert_eq!(
+        e.test_traffic,
+        Some(crate::TestTrafficRule {
+            name: "x-canary".into(),
+            value: "1".into()
+        })
+    );
+    let at = "$[1].serviceConnectConfiguration.services[0].clientAliases[0].testTrafficRules";
+    check(
+        &one(&[("s.json", &with("db", good))]),
+        at,
+        "is TCP",
+        "appProtocol",
+    );
+    check(
+        &one(&[(
+            "s.json",
+            &with(
+                "http",
+                r#"{"header": {"name": "a b", "value": {"exact": "1"}}}"#,
+            ),
+        )]),
+        &format!("{at}.header.name"),
+        "not an HTTP header name",
+        "x-canary",
+    );
+    check(
+        &one(&[("s.json", &with("http", r#"{"header": {"name": "x"}}"#))]),
+        &format!("{at}.header.value.exact"),
+        "missing",
+        "exact",
+    );
+}

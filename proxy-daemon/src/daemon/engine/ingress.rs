@@ -32,11 +32,14 @@ impl Engine {
                 s,
                 a,
                 &[(t.id.clone(), app, p.backend_id)],
+                // The sending host chose this task (test lane or not).
+                &[],
                 RouteParts {
                     health: &mut self.health,
                     budget: self.budgets.entry(a.service_id).or_default().clone(),
                     // Its own cursor: one endpoint, nothing to rotate.
                     cursor: Arc::default(),
+                    test_cursor: Arc::default(),
                     pool: self.pools.entry(a.service_id).or_default().clone(),
                     outlier: &self.cfg.outlier,
                     metrics: &self.proxy.metrics,

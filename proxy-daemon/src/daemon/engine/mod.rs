@@ -146,6 +146,8 @@ pub struct Engine {
     pub proxy: Arc<Proxy>,
     /// Round-robin cursors of L7 aliases, by alias id (outlive route tables).
     cursors: BTreeMap<u32, Arc<AtomicUsize>>,
+    /// The same for their test lanes.
+    test_cursors: BTreeMap<u32, Arc<AtomicUsize>>,
     /// Retry budgets of L7 aliases, by alias id.
     budgets: BTreeMap<u32, Arc<RetryBudget>>,
     /// Connections and limits of L7 aliases, by alias id (ingress routes
@@ -230,6 +232,7 @@ impl Engine {
             last_hosts: None,
             proxy,
             cursors: BTreeMap::new(),
+            test_cursors: BTreeMap::new(),
             budgets: BTreeMap::new(),
             pools: BTreeMap::new(),
             health: BTreeMap::new(),
@@ -337,10 +340,12 @@ impl Engine {
                 s,
                 a,
                 &r.endpoints,
+                &r.test_endpoints,
                 RouteParts {
                     health: &mut self.health,
                     budget: self.budgets.entry(a.service_id).or_default().clone(),
                     cursor: self.cursors.entry(a.service_id).or_default().clone(),
+                    test_cursor: self.test_cursors.entry(a.service_id).or_default().clone(),
                     pool: self.pools.entry(a.service_id).or_default().clone(),
                     outlier: &self.cfg.outlier,
                     metrics: &self.proxy.metrics,

@@ -16,31 +16,47 @@ pub(super) struct RouteParts<'a> {
     pub(super) health: &'a mut BTreeMap<u32, Arc<EndpointHealth>>,
     pub(super) budget: Arc<RetryBudget>,
     pub(super) cursor: Arc<AtomicUsize>,
+    /// The test lane's round-robin cursor.
+    pub(super) test_cursor: Arc<AtomicUsize>,
     pub(super) pool: Arc<ServicePool>,
     pub(super) outlier: &'a OutlierConfig,
     pub(super) metrics: &'a ProxyMetrics,
 }
 
 /// The L7 route of alias `a` of service `s` over `endpoints` (task, address,
-/// backend id), with its metric series looked up once.
+/// backend id) and, with a test traffic rule, `test_endpoints`, with its
+/// metric series looked up once.
 pub(super) fn build_route(
     s: &ServiceRecord,
     a: &AliasRecord,
     endpoints: &[(String, SocketAddr, u32)],
+    test_endpoints: &[(String, SocketAddr, u32)],
     parts: RouteParts<'_>,
 ) -> Arc<AliasRoute> {
     let (labels, target) = alias_labels(s, a);
-    let endpoints = endpoints
-        .iter()
-        .map(|(task, addr, id)| Endpoint {
-            backend_id: *id,
-            addr: *addr,
-            health: parts.health.entry(*id).or_default().clone(),
-            requests: parts
-                .metrics
-                .for_endpoint(&endpoint_labels(&target, task, *addr)),
+    let mut endpoints_of = |list: &[(String, SocketAddr, u32)]| -> Vec<Endpoint> {
+        list.iter()
+            .map(|(task, addr, id)| Endpoint {
+                backend_id: *id,
+                addr: *addr,
+                health: parts.health.entry(*id).or_default().clone(),
+                requests: parts
+                    .metrics
+                    .for_endpoint(&endpoint_labels(&target, task, *addr)),
+            })
+            .collect()
+    };
+    let endpoints = endpoints_of(endpoints);
+    // A rule whose header does not parse was refused at apply; a stored
+    // one that no longer does routes nothing to the test lane.
+    let test = a.spec.test_traffic.as_ref().and_then(|rule| {
+        Some(crate::proxy::TestLane {
+            name: hyper::header::HeaderName::from_bytes(rule.name.as_bytes()).ok()?,
+            value: hyper::header::HeaderValue::from_str(&rule.value).ok()?,
+            endpoints: endpoints_of(test_endpoints),
+            cursor: parts.test_cursor.clone(),
         })
-        .collect();
+    });
     parts.pool.limits.set(&a.spec.limits.unwrap_or_default());
     Arc::new(AliasRoute {
         service: s.spec.name.clone(),
@@ -57,6 +73,7 @@ pub(super) fn build_route(
         pool: parts.pool,
         access_log: s.spec.access_log,
         discovery_name: a.spec.discovery_name.clone(),
+        test,
     })
 }
 

@@ -393,6 +393,16 @@ pub fn client(args: &[String]) -> Result<()> {
     let stop_file = arg(args, "--stop-file").map(std::path::PathBuf::from);
     // A Host field other than the URL's authority (HTTP/2: beside it).
     let authority_field = arg(args, "--host-header");
+    // `--header NAME:VALUE` (repeatable): more header fields on every request.
+    let extra: Vec<(String, String)> = args
+        .windows(2)
+        .filter(|w| w[0] == "--header")
+        .filter_map(|w| {
+            let (n, v) = w[1].split_once(':')?;
+            Some((n.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let extra = Arc::new(extra);
     let last_body: Arc<Mutex<String>> = Arc::default();
     // Pseudo-random: no period a reordering of chunks could hide in.
     let payload: Bytes = {
@@ -417,6 +427,7 @@ pub fn client(args: &[String]) -> Result<()> {
                 payload.clone(),
             );
             let last_body = last_body.clone();
+            let extra = extra.clone();
             let host_field = authority_field.clone().unwrap_or_else(|| authority.clone());
             let stop_file = stop_file.clone();
             workers.push(tokio::spawn(async move {
@@ -436,6 +447,7 @@ pub fn client(args: &[String]) -> Result<()> {
                         addr,
                         h2,
                         (&authority, &host_field),
+                        &extra,
                         &path,
                         &method,
                         &payload,
@@ -520,6 +532,7 @@ async fn one(
     addr: SocketAddr,
     h2: bool,
     (authority, host_field): (&str, &str),
+    extra: &[(String, String)],
     path: &str,
     method: &hyper::Method,
     payload: &Bytes,
@@ -542,6 +555,9 @@ async fn one(
     let mut b = Request::builder()
         .method(method.clone())
         .header(header::HOST, host_field);
+    for (n, v) in extra {
+        b = b.header(n.as_str(), v.as_str());
+    }
     b = if h2 {
         b.uri(format!("http://{authority}{path}"))
     } else {

@@ -9,7 +9,7 @@
 //! knit-testbin http [--id NAME] --port-env VAR [--always STATUS] [--record] [--on-term FILE]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
 //!     [--method M --body-bytes B [--chunked]] [--hosts FILE] [--duration-ms D] [--reconnect]
-//!     [--host-header H] [--stop-file F]
+//!     [--host-header H] [--header NAME:VALUE]... [--stop-file F]
 //! knit-testbin ws-client --url ws://HOST:PORT/ws --messages N [--hosts FILE]
 //! knit-testbin ws-idle --url ws://HOST:PORT/ws --sockets K --idle-ms D [--hosts FILE]
 //! knit-testbin raw --target HOST:PORT --send TEXT [--big-header-bytes N]
