@@ -35,6 +35,11 @@ pub enum Request {
         task_id: String,
         status: i32,
     },
+    /// `knit delete`: a service (drained and stopped everywhere, then
+    /// gone), a task definition revision, or an empty namespace.
+    Delete {
+        target: crate::registry::state::DeleteTarget,
+    },
     /// Take endpoints out of rotation and deregister them.
     Drain {
         service: Option<String>,
@@ -118,6 +123,7 @@ impl Request {
             Request::TaskRunning { .. } => "task-running",
             Request::TaskExited { .. } => "task-exited",
             Request::Drain { .. } => "drain",
+            Request::Delete { .. } => "delete",
             Request::SetLogLevel { .. } => "set-log-level",
             Request::Stats => "stats",
             Request::Handover => "handover",

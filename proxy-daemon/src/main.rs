@@ -100,6 +100,9 @@ enum Cmd {
     },
     /// Set the daemon's log filter now (e.g. `debug`, `knit=debug,warn`); SIGHUP restores the config's.
     LogLevel { filter: String },
+    /// Delete a service, a task definition revision or a namespace (ECS's rules).
+    #[command(subcommand)]
+    Delete(DeleteCmd),
     /// Stop new traffic to a service's or a task's endpoints; once their connections end, deregister and stop them.
     Drain {
         #[arg(long, conflicts_with = "task", required_unless_present = "task")]
@@ -107,6 +110,22 @@ enum Cmd {
         #[arg(long)]
         task: Option<String>,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum DeleteCmd {
+    /// A service: its names stop resolving and its VIPs stop routing at
+    /// once; its tasks drain on every host (in-flight requests and
+    /// connections finish, up to [proxy] drain_timeout_ms) and stop; then
+    /// it is gone and its VIPs and ids can be reused.
+    Service { name: String },
+    /// One revision (FAMILY:N), unless a service runs it.
+    TaskDefinition {
+        #[arg(value_name = "FAMILY:N")]
+        revision: String,
+    },
+    /// A namespace without services (not the default one).
+    Namespace { name: String },
 }
 
 fn main() {
@@ -127,6 +146,16 @@ fn main() {
         Cmd::Endpoints { service, json } => cli::endpoints(&cli.socket, service, json),
         Cmd::Status { json } => cli::status(&cli.socket, json),
         Cmd::Drain { service, task } => cli::drain(&cli.socket, service, task),
+        Cmd::Delete(d) => cli::delete(
+            &cli.socket,
+            match d {
+                DeleteCmd::Service { name } => cli::DeleteTarget::Service(name),
+                DeleteCmd::TaskDefinition { revision } => {
+                    cli::DeleteTarget::TaskDefinition(revision)
+                }
+                DeleteCmd::Namespace { name } => cli::DeleteTarget::Namespace(name),
+            },
+        ),
         Cmd::LogLevel { filter } => cli::log_level(&cli.socket, filter),
         Cmd::Top {
             interval_ms,

@@ -45,6 +45,13 @@ fn under_test_harness() -> bool {
         .is_some_and(|d| d.file_name().is_some_and(|n| n == "deps"))
 }
 
+/// Milliseconds since the Unix epoch (what the test binary's timelines say).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The `knit` binary: $KNIT_BIN, else next to this executable.
 pub fn knit_bin() -> PathBuf {
     std::env::var_os("KNIT_BIN")

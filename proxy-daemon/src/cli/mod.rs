@@ -273,6 +273,13 @@ pub fn drain(socket: &Path, service: Option<String>, task: Option<String>) -> i3
     )
 }
 
+/// What `knit delete` removes.
+pub use crate::registry::state::DeleteTarget;
+
+pub fn delete(socket: &Path, target: DeleteTarget) -> i32 {
+    finish(call::<String>(socket, &Request::Delete { target }).map(|said| sayln!("{said}")))
+}
+
 pub fn log_level(socket: &Path, filter: String) -> i32 {
     finish(
         call::<()>(

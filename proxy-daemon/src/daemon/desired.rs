@@ -127,6 +127,10 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
     let mut out = Desired::default();
     let members = members_by_service(inputs.tasks, inputs.remote, inputs.address);
     for (si, s) in inputs.services.iter().enumerate() {
+        // Deleted: out of Service Connect (its tasks drain, then go).
+        if s.deleting {
+            continue;
+        }
         let members = members.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
         let names = out.names.entry(s.spec.namespace.clone()).or_default();
         for (ai, a) in s.aliases.iter().enumerate() {
@@ -230,6 +234,7 @@ mod tests {
             spec,
             ns_id,
             aliases,
+            deleting: false,
         }
     }
 

@@ -181,7 +181,7 @@ async fn handle(req: Request, engine: &Mutex<Engine>, reader: &Reader) -> Respon
     // (etcd may be slow or stalled; nothing else should wait for it), then
     // takes it to route by the result.
     let etcd = match &req {
-        Request::Apply { .. } if !e.retired => e.etcd_apply_handle(),
+        Request::Apply { .. } | Request::Delete { .. } if !e.retired => e.etcd_apply_handle(),
         _ => None,
     };
     let req = match (req, etcd) {
@@ -195,6 +195,11 @@ async fn handle(req: Request, engine: &Mutex<Engine>, reader: &Reader) -> Respon
                 proxy_config::plan(&files, &state.existing(&default))
             });
             return respond(engine.lock().await.applied(result));
+        }
+        (Request::Delete { target }, Some((etcd, _))) => {
+            drop(e);
+            let result = etcd.mutate(|state| Ok(((), state.delete(&target)?)));
+            return respond(engine.lock().await.deleted(&target, result));
         }
         (req, _) => req,
     };
@@ -219,6 +224,7 @@ async fn handle(req: Request, engine: &Mutex<Engine>, reader: &Reader) -> Respon
             }
         }
         Request::Drain { service, task } => respond(e.drain(service.as_deref(), task.as_deref())),
+        Request::Delete { target } => respond(e.delete(&target)),
         Request::SetLogLevel { filter } => match crate::logging::set_level(&filter) {
             Ok(()) => {
                 tracing::info!(filter, "log level set");

@@ -8,7 +8,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use proxy_config::{ApplyErrors, ApplyPlan};
 
 use super::{
-    ConfigState, HostedTask, RegistryError, Store, TaskRecord, etcd::Etcd, state::ApplySummary,
+    ConfigState, HostedTask, RegistryError, Store, TaskRecord,
+    etcd::Etcd,
+    state::{ApplySummary, Change},
 };
 
 /// The shared state: namespaces, task definitions, services, and (with
@@ -83,6 +85,18 @@ impl Registry {
                 Ok(p) => self.store.apply(&p).map(Ok),
                 Err(errs) => Ok(Err(errs)),
             },
+        }
+    }
+
+    /// Change the shared state with `f`, all or nothing (with etcd: one
+    /// compare-and-swap, `f` run again on a conflict; this waits on etcd).
+    pub fn mutate<T>(
+        &self,
+        f: impl Fn(&mut ConfigState) -> Result<(T, Vec<Change>), RegistryError>,
+    ) -> Result<T, RegistryError> {
+        match &self.etcd {
+            Some(etcd) => etcd.mutate(f),
+            None => self.store.mutate(f),
         }
     }
 

@@ -240,6 +240,19 @@ impl Store {
     }
 
     /// Write a validated plan in one transaction.
+    /// Change the shared state with `f`, all or nothing.
+    pub fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut ConfigState) -> Result<(T, Vec<Change>), RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let w = self.write()?;
+        let mut state = load(&w)?;
+        let (out, changes) = f(&mut state)?;
+        write(&w, &changes)?;
+        self.commit(w)?;
+        Ok(out)
+    }
+
     pub fn apply(&self, plan: &ApplyPlan) -> Result<ApplySummary, RegistryError> {
         let w = self.write()?;
         let mut state = load(&w)?;
@@ -355,6 +368,27 @@ fn write(w: &WriteTransaction, changes: &[Change]) -> Result<(), RegistryError> 
             Change::AliasId(k, v) => put_u64(ALIAS_IDS, k, *v)?,
             Change::NamespaceId(k, v) => put_u64(NS_IDS, k, *v)?,
             Change::Counter(k, v) => put_u64(META, k, *v)?,
+            Change::Remove(r) => {
+                use super::state::Record;
+                let remove = |table: TableDefinition<&str, &[u8]>, k: &str| {
+                    let mut t = w.open_table(table).map_err(dberr)?;
+                    t.remove(k).map_err(dberr)?;
+                    Ok::<(), RegistryError>(())
+                };
+                let remove_u64 = |table: TableDefinition<&str, u64>, k: &str| {
+                    let mut t = w.open_table(table).map_err(dberr)?;
+                    t.remove(k).map_err(dberr)?;
+                    Ok::<(), RegistryError>(())
+                };
+                match r {
+                    Record::Namespace(k) => remove(NAMESPACES, k)?,
+                    Record::TaskDefinition(k) => remove(TASKDEFS, k)?,
+                    Record::Revision(k) => remove(REVISIONS, k)?,
+                    Record::Service(k) => remove(SERVICES, k)?,
+                    Record::Vip(k) => remove_u64(VIPS, k)?,
+                    Record::AliasId(k) => remove_u64(ALIAS_IDS, k)?,
+                }
+            }
             // Kept here as this host's own (see `host_index`).
             Change::HostIndex(_, v) => put_u64(META, "host_index", *v)?,
         }

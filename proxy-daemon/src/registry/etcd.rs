@@ -117,6 +117,17 @@ fn change_key(c: &Change) -> String {
         Change::NamespaceId(k, _) => format!("config/namespace_ids/{k}"),
         Change::HostIndex(k, _) => format!("config/host_indexes/{k}"),
         Change::Counter(k, _) => format!("config/counters/{k}"),
+        Change::Remove(r) => {
+            use super::state::Record;
+            match r {
+                Record::Namespace(n) => format!("config/namespaces/{n}"),
+                Record::TaskDefinition(f) => format!("config/task_definitions/{f}"),
+                Record::Revision(k) => format!("config/task_definition_revisions/{k}"),
+                Record::Service(s) => format!("config/services/{s}"),
+                Record::Vip(k) => format!("config/vips/{k}"),
+                Record::AliasId(k) => format!("config/alias_ids/{k}"),
+            }
+        }
     }
 }
 
@@ -131,6 +142,7 @@ fn change_value(c: &Change) -> Vec<u8> {
         | Change::NamespaceId(_, v)
         | Change::HostIndex(_, v) => serde_json::to_vec(v),
         Change::Counter(_, v) => serde_json::to_vec(v),
+        Change::Remove(_) => Ok(Vec::new()),
     }
     .unwrap_or_default()
 }
@@ -358,11 +370,11 @@ impl Etcd {
         let mut ops: Vec<TxnOp> = changes
             .iter()
             .map(|c| {
-                TxnOp::put(
-                    format!("{}/{}", self.prefix, change_key(c)),
-                    change_value(c),
-                    None,
-                )
+                let key = format!("{}/{}", self.prefix, change_key(c));
+                match c {
+                    Change::Remove(_) => TxnOp::delete(key, None),
+                    _ => TxnOp::put(key, change_value(c), None),
+                }
             })
             .collect();
         if ops.len() + 1 > MAX_TXN_OPS {
@@ -381,7 +393,11 @@ impl Etcd {
             // Seen at once here; the watch brings the same records again.
             let mut v = self.view();
             for ch in changes {
-                let _ = v.absorb(&change_key(ch), Some(&change_value(ch)), &self.host);
+                let value = match ch {
+                    Change::Remove(_) => None,
+                    _ => Some(change_value(ch)),
+                };
+                let _ = v.absorb(&change_key(ch), value.as_deref(), &self.host);
             }
         }
         Ok(resp.succeeded())
@@ -403,6 +419,24 @@ impl Etcd {
                 let (summary, changes) = state.apply(&p)?;
                 if self.commit(rev, &changes).await? {
                     return Ok(Ok(summary));
+                }
+            }
+            Err(self.err("other hosts kept writing at the same time; try again"))
+        })
+    }
+
+    /// Change the shared state with `f`, as one compare-and-swap (retried
+    /// if another host wrote in between).
+    pub fn mutate<T>(
+        &self,
+        f: impl Fn(&mut ConfigState) -> Result<(T, Vec<Change>), RegistryError>,
+    ) -> Result<T, RegistryError> {
+        self.block(async {
+            for _ in 0..MAX_CONFLICTS {
+                let (mut state, rev) = self.read_config().await?;
+                let (out, changes) = f(&mut state)?;
+                if changes.is_empty() || self.commit(rev, &changes).await? {
+                    return Ok(out);
                 }
             }
             Err(self.err("other hosts kept writing at the same time; try again"))

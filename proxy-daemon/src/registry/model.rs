@@ -21,6 +21,10 @@ pub struct ServiceRecord {
     #[serde(default)]
     pub ns_id: u32,
     pub aliases: Vec<AliasRecord>,
+    /// `knit delete service`: out of Service Connect, its tasks draining
+    /// on every host; removed once none is left.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 /// A port of a running task.

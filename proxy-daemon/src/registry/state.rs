@@ -15,9 +15,8 @@ use super::{AliasRecord, RegistryError, ServiceRecord};
 
 /// First VIP offset in 127.255.0.0/16 (127.255.0.1).
 const FIRST_VIP: u64 = 1;
-/// Counter names.
-pub const NEXT_VIP: &str = "next_vip";
-pub const NEXT_SERVICE_ID: &str = "next_service_id";
+/// Counter names (VIPs and alias ids are the lowest free ones instead,
+/// so that a deleted service's come back).
 pub const NEXT_NAMESPACE_ID: &str = "next_namespace_id";
 pub const NEXT_TASK: &str = "next_task";
 pub const NEXT_BACKEND_ID: &str = "next_backend_id";
@@ -67,6 +66,34 @@ pub enum Change {
     NamespaceId(String, u64),
     HostIndex(String, u64),
     Counter(&'static str, u64),
+    /// A record deleted.
+    Remove(Record),
+}
+
+/// Which record a [`Change::Remove`] deletes (the key it was written under).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Namespace(String),
+    /// A family's newest-revision entry.
+    TaskDefinition(String),
+    /// One revision, `family:N`.
+    Revision(String),
+    Service(String),
+    Vip(String),
+    AliasId(String),
+}
+
+/// What `knit delete` removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "name")]
+pub enum DeleteTarget {
+    /// A service: out of Service Connect at once, its tasks drained and
+    /// stopped on every host, then gone (its VIPs and ids free again).
+    Service(String),
+    /// One revision, `FAMILY:N`.
+    TaskDefinition(String),
+    /// A namespace without services.
+    Namespace(String),
 }
 
 /// What an apply did to each thing it named, for the CLI's answer.
@@ -89,6 +116,15 @@ pub struct Applied {
 impl ApplySummary {
     fn push(&mut self, kind: &'static str, name: String, action: &'static str) {
         self.items.push(Applied { kind, name, action });
+    }
+}
+
+/// "1, 2, 3", or "none".
+fn list_or_none(v: &[u32]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -239,6 +275,12 @@ impl ConfigState {
             }
         }
         for spec in &plan.services {
+            if self.services.get(&spec.name).is_some_and(|s| s.deleting) {
+                return Err(RegistryError::BadInput(format!(
+                    "service {:?} is being deleted: its tasks are draining\n  fix: apply it again once `knit services` no longer lists it",
+                    spec.name
+                )));
+            }
             let action = match self.services.get(&spec.name) {
                 Some(cur) if cur.spec == *spec => {
                     summary.push("service", spec.name.clone(), "unchanged");
@@ -267,15 +309,14 @@ impl ConfigState {
             let vip = match self.vips.get(&vip_key) {
                 Some(v) => *v,
                 None => {
-                    let mut next = self.counter(NEXT_VIP, FIRST_VIP);
-                    // Skip .0 and .255 in the last octet: some tools treat them as special.
-                    while next & 0xff == 0 || next & 0xff == 0xff {
-                        next += 1;
-                    }
-                    if next > 0xfffe {
-                        return Err(RegistryError::VipsExhausted);
-                    }
-                    self.set_counter(NEXT_VIP, next + 1, out);
+                    // The lowest free one: a deleted service's come back.
+                    let used: BTreeSet<u64> = self.vips.values().copied().collect();
+                    let next = (FIRST_VIP..=0xfffe)
+                        // Skip .0 and .255 in the last octet: some tools
+                        // treat them as special.
+                        .filter(|v| v & 0xff != 0 && v & 0xff != 0xff)
+                        .find(|v| !used.contains(v))
+                        .ok_or(RegistryError::VipsExhausted)?;
                     self.vips.insert(vip_key.clone(), next);
                     out.push(Change::Vip(vip_key, next));
                     next
@@ -284,11 +325,10 @@ impl ConfigState {
             let service_id = match self.alias_ids.get(&id_key) {
                 Some(v) => *v,
                 None => {
-                    let next = self.counter(NEXT_SERVICE_ID, 0);
-                    if next >= u64::from(MAX_SERVICES) {
-                        return Err(RegistryError::AliasIdsExhausted(MAX_SERVICES));
-                    }
-                    self.set_counter(NEXT_SERVICE_ID, next + 1, out);
+                    let used: BTreeSet<u64> = self.alias_ids.values().copied().collect();
+                    let next = (0..u64::from(MAX_SERVICES))
+                        .find(|v| !used.contains(v))
+                        .ok_or(RegistryError::AliasIdsExhausted(MAX_SERVICES))?;
                     self.alias_ids.insert(id_key.clone(), next);
                     out.push(Change::AliasId(id_key, next));
                     next
@@ -314,7 +354,152 @@ impl ConfigState {
             spec: spec.clone(),
             ns_id: ns_id as u32,
             aliases,
+            deleting: false,
         })
+    }
+
+    /// Start deleting: a service is marked (its tasks drain everywhere;
+    /// [`ConfigState::release_service`] removes it once none is left); a
+    /// revision or an empty namespace goes at once. ECS's rules: a
+    /// namespace with services, the default namespace and a revision a
+    /// service pins cannot be deleted.
+    pub fn delete(&mut self, target: &DeleteTarget) -> Result<Vec<Change>, RegistryError> {
+        match target {
+            DeleteTarget::Service(name) => {
+                let Some(s) = self.services.get_mut(name) else {
+                    return Err(RegistryError::BadInput(format!(
+                        "no service {name:?} is registered\n  fix: knit services lists them"
+                    )));
+                };
+                if s.deleting {
+                    return Ok(Vec::new());
+                }
+                s.deleting = true;
+                Ok(vec![Change::Service(s.clone())])
+            }
+            DeleteTarget::Namespace(ns) => {
+                if !self.namespaces.contains(ns) {
+                    return Err(RegistryError::BadInput(format!(
+                        "no namespace {ns:?} was created"
+                    )));
+                }
+                if self.default_namespace.as_ref() == Some(ns) {
+                    return Err(RegistryError::BadInput(format!(
+                        "namespace {ns:?} is the default namespace (a cluster's serviceConnectDefaults)\n  fix: apply a cluster with another default first"
+                    )));
+                }
+                let users: Vec<&str> = self
+                    .services
+                    .values()
+                    .filter(|s| &s.spec.namespace == ns)
+                    .map(|s| s.spec.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(RegistryError::BadInput(format!(
+                        "namespace {ns:?} has services: {}\n  fix: knit delete service each of them first (and wait until they are gone)",
+                        users.join(", ")
+                    )));
+                }
+                self.namespaces.remove(ns);
+                Ok(vec![Change::Remove(Record::Namespace(ns.clone()))])
+            }
+            DeleteTarget::TaskDefinition(which) => {
+                let Some((family, n)) = which
+                    .rsplit_once(':')
+                    .and_then(|(f, n)| Some((f, n.parse::<u32>().ok()?)))
+                else {
+                    return Err(RegistryError::BadInput(format!(
+                        "{which:?} is not FAMILY:REVISION\n  fix: knit delete task-definition web:3"
+                    )));
+                };
+                if self.task_definition(family, Some(n)).is_none() {
+                    return Err(RegistryError::BadInput(format!(
+                        "task definition {family}:{n} is not registered (registered revisions: {})",
+                        list_or_none(&self.revision_numbers(family))
+                    )));
+                }
+                let newest = self.task_definitions.get(family).map(|t| t.revision);
+                let left: Vec<u32> = self
+                    .revision_numbers(family)
+                    .into_iter()
+                    .filter(|r| *r != n)
+                    .collect();
+                let users: Vec<&str> = self
+                    .services
+                    .values()
+                    .filter(|s| s.spec.task_definition == family)
+                    .filter(|s| match s.spec.task_definition_revision {
+                        Some(p) => p == n,
+                        // The newest, with nothing left to be the newest.
+                        None => newest == Some(n) && left.is_empty(),
+                    })
+                    .map(|s| s.spec.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(RegistryError::BadInput(format!(
+                        "task definition {family}:{n} is what service(s) {} run\n  fix: apply them with another revision, or delete them first",
+                        users.join(", ")
+                    )));
+                }
+                let key = revision_key(family, n);
+                let mut out = Vec::new();
+                if self.revisions.remove(&key).is_some() {
+                    out.push(Change::Remove(Record::Revision(key)));
+                }
+                if newest == Some(n) {
+                    match left
+                        .last()
+                        .and_then(|r| self.revisions.get(&revision_key(family, *r)))
+                    {
+                        Some(prev) => {
+                            let prev = prev.clone();
+                            self.task_definitions
+                                .insert(family.to_string(), prev.clone());
+                            out.push(Change::TaskDefinition(prev));
+                        }
+                        None => {
+                            self.task_definitions.remove(family);
+                            out.push(Change::Remove(Record::TaskDefinition(family.to_string())));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// A deleted service whose tasks are all gone: remove it, and give its
+    /// VIPs and alias ids back (those no other service's alias uses).
+    pub fn release_service(&mut self, name: &str) -> Vec<Change> {
+        if !self.services.get(name).is_some_and(|s| s.deleting) {
+            return Vec::new();
+        }
+        let Some(gone) = self.services.remove(name) else {
+            return Vec::new();
+        };
+        let mut out = vec![Change::Remove(Record::Service(name.to_string()))];
+        let ns = &gone.spec.namespace;
+        for a in &gone.aliases {
+            let vip_key = format!("{ns}/{}", a.spec.dns_name);
+            let id_key = format!("{ns}/{}/{}", a.spec.dns_name, a.spec.port);
+            let still = |dns: &str, port: Option<u16>| {
+                self.services.values().any(|s| {
+                    &s.spec.namespace == ns
+                        && s.aliases.iter().any(|b| {
+                            b.spec.dns_name == dns && port.is_none_or(|p| b.spec.port == p)
+                        })
+                })
+            };
+            if !still(&a.spec.dns_name, Some(a.spec.port))
+                && self.alias_ids.remove(&id_key).is_some()
+            {
+                out.push(Change::Remove(Record::AliasId(id_key)));
+            }
+            if !still(&a.spec.dns_name, None) && self.vips.remove(&vip_key).is_some() {
+                out.push(Change::Remove(Record::Vip(vip_key)));
+            }
+        }
+        out
     }
 
     /// A task id and `n` fresh endpoint ids for a task of `service`, from
@@ -403,12 +588,74 @@ mod tests {
         };
         let mut state = ConfigState::default();
         let (_, changes) = state.apply(&plan)?;
-        let vip_counters: Vec<&Change> = changes
+        let mut counters: Vec<&str> = changes
             .iter()
-            .filter(|c| matches!(c, Change::Counter(NEXT_VIP, _)))
+            .filter_map(|c| match c {
+                Change::Counter(n, _) => Some(*n),
+                _ => None,
+            })
             .collect();
-        assert_eq!(vip_counters, vec![&Change::Counter(NEXT_VIP, 4)]);
-        assert_eq!(state.vips.len(), 3);
+        let all = counters.len();
+        counters.dedup();
+        assert_eq!(counters.len(), all, "{changes:?}");
+        let mut vips: Vec<u64> = state.vips.values().copied().collect();
+        vips.sort();
+        assert_eq!(vips, [1, 2, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_deleted_service_gives_its_vip_and_id_back_once_released() -> Result<(), RegistryError> {
+        let svc = |n: &str| ServiceSpec {
+            name: n.into(),
+            task_definition: "td".into(),
+            task_definition_revision: None,
+            namespace: "default".into(),
+            endpoints: vec![EndpointSpec {
+                port_name: "tcp".into(),
+                discovery_name: n.into(),
+                dns_name: n.into(),
+                port: 80,
+                app_protocol: AppProtocol::Tcp,
+                container_port: 0,
+                ingress_port_override: None,
+                idle_timeout_s: None,
+                per_request_timeout_s: None,
+                outlier: None,
+                limits: None,
+                test_traffic: None,
+            }],
+            access_log: None,
+        };
+        let plan = |s: Vec<ServiceSpec>| ApplyPlan {
+            namespaces: vec!["other".into()],
+            default_namespace: None,
+            task_definitions: vec![],
+            services: s,
+        };
+        let mut state = ConfigState::default();
+        state.apply(&plan(vec![svc("a"), svc("b")]))?;
+        let a = state.services["a"].aliases[0].clone();
+        state.delete(&DeleteTarget::Service("a".into()))?;
+        assert!(state.services["a"].deleting);
+        // Not released yet: a new service gets a new VIP.
+        state.apply(&plan(vec![svc("c")]))?;
+        assert_ne!(state.services["c"].aliases[0].vip, a.vip);
+        let changes = state.release_service("a");
+        assert!(changes.contains(&Change::Remove(Record::Service("a".into()))));
+        state.apply(&plan(vec![svc("d")]))?;
+        let d = &state.services["d"].aliases[0];
+        assert_eq!((d.vip, d.service_id), (a.vip, a.service_id));
+        // Namespaces: only an empty one, never the default.
+        assert!(
+            state
+                .delete(&DeleteTarget::Namespace("other".into()))
+                .is_ok()
+        );
+        assert!(matches!(
+            state.delete(&DeleteTarget::Namespace("nope".into())),
+            Err(RegistryError::BadInput(_))
+        ));
         Ok(())
     }
 

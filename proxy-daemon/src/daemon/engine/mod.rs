@@ -55,7 +55,9 @@ use crate::{
     },
     registry::{
         AliasRecord, ConfigState, HostedTask, Registry, RegistryError, ServiceRecord, TaskPort,
-        TaskRecord, etcd::Etcd, state::ApplySummary,
+        TaskRecord,
+        etcd::Etcd,
+        state::{ApplySummary, DeleteTarget},
     },
 };
 
@@ -460,6 +462,89 @@ impl Engine {
         let plan = |state: &ConfigState| proxy_config::plan(&files, &state.existing(&default));
         let result = self.registry.apply(plan);
         self.applied(result)
+    }
+
+    /// `knit delete`, here (embedded) or in etcd.
+    pub fn delete(&mut self, target: &DeleteTarget) -> Result<String, EngineError> {
+        let result = self
+            .registry
+            .mutate(|state| Ok(((), state.delete(target)?)));
+        self.deleted(target, result)
+    }
+
+    /// Route by the result of a delete (made here, or in etcd without the
+    /// lock): a deleted service leaves Service Connect now and its tasks
+    /// here start draining. What the CLI says.
+    pub fn deleted(
+        &mut self,
+        target: &DeleteTarget,
+        result: Result<(), RegistryError>,
+    ) -> Result<String, EngineError> {
+        result?;
+        if self.retired {
+            return Ok("deleted".into());
+        }
+        if let Err(e) = self.load_shared() {
+            return Err(EngineError::Failed(format!("{e:#}")));
+        }
+        if let Err(e) = self.drain_deleted().and_then(|()| self.reconcile()) {
+            return Err(EngineError::Failed(format!(
+                "deleted, but routing by it failed: {e:#}"
+            )));
+        }
+        info!(?target, "deleted");
+        Ok(match target {
+            DeleteTarget::Service(name) => format!(
+                "service/{name} deleting: out of Service Connect now; its tasks drain and stop on every host, then it is gone"
+            ),
+            DeleteTarget::TaskDefinition(which) => format!("task-definition/{which} deleted"),
+            DeleteTarget::Namespace(ns) => format!("namespace/{ns} deleted"),
+        })
+    }
+
+    /// Tasks here of deleted services drain (then stop, as any drained
+    /// task); a deleted service with no task left anywhere is released
+    /// (its record, VIPs and alias ids).
+    pub(super) fn drain_deleted(&mut self) -> anyhow::Result<()> {
+        let deleting: BTreeSet<String> = self
+            .state
+            .services
+            .iter()
+            .filter(|s| s.deleting)
+            .map(|s| s.spec.name.clone())
+            .collect();
+        if deleting.is_empty() {
+            return Ok(());
+        }
+        let mut changed = false;
+        for t in self.state.tasks.values_mut() {
+            if deleting.contains(&t.service) && !t.draining {
+                t.draining = true;
+                t.drain_started_unix_ms = now_ms();
+                let rec = t.clone();
+                self.registry.save_task(&rec)?;
+                info!(task = %rec.id, service = %rec.service, "draining a deleted service's task");
+                changed = true;
+            }
+        }
+        let gone: Vec<&String> = deleting
+            .iter()
+            .filter(|name| {
+                !self.state.tasks.values().any(|t| &t.service == *name)
+                    && !self.state.remote.values().any(|h| &h.task.service == *name)
+            })
+            .collect();
+        for name in gone {
+            self.registry
+                .mutate(|state| Ok(((), state.release_service(name))))?;
+            info!(service = %name, "deleted service released (no task left)");
+            changed = true;
+        }
+        if changed {
+            self.load_shared()?;
+            self.reconcile()?;
+        }
+        Ok(())
     }
 
     /// With etcd: what an apply needs without the engine's lock (the

@@ -60,6 +60,7 @@ impl Engine {
         for (id, why) in gone {
             self.task_gone(&id, why)?;
         }
+        self.drain_deleted()?;
         self.reap();
         let returning: Vec<u32> = self.outliers.due(now);
         for id in returning {

@@ -28,6 +28,11 @@ impl Engine {
                 }
             )));
         };
+        if svc.deleting {
+            return Err(EngineError::BadInput(format!(
+                "service {service:?} is being deleted: no new task starts\n  fix: apply it again once `knit services` no longer lists it"
+            )));
+        }
         let svc_namespace = svc.spec.namespace.clone();
         let family = svc.spec.task_definition.clone();
         let revision = match task_definition {

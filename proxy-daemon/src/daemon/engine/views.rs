@@ -55,6 +55,29 @@ impl Engine {
                 Some(n) => format!("{family}:{n}"),
                 None => family.clone(),
             };
+            if s.deleting {
+                aliases.push(AliasView {
+                    row: ServiceRow {
+                        service: s.spec.name.clone(),
+                        task_definition: task_definition.clone(),
+                        namespace: s.spec.namespace.clone(),
+                        discovery_name: "-".into(),
+                        dns_name: "(deleting: its tasks drain)".into(),
+                        port: 0,
+                        vip: "-".into(),
+                        protocol: "-".into(),
+                        healthy: 0,
+                        endpoints: members.len(),
+                        new_connections: 0,
+                        active_connections: 0,
+                        failed_connects: 0,
+                    },
+                    service_id: None,
+                    labels: None,
+                    endpoints: Vec::new(),
+                });
+                continue;
+            }
             for a in &s.aliases {
                 let (labels, _) = alias_labels(s, a);
                 let l7 = is_l7(a);
