@@ -379,6 +379,7 @@ mod tests {
                 limits: None,
             }],
             access_log: None,
+            enabled: true,
         }
     }
 
@@ -388,6 +389,7 @@ mod tests {
             default_namespace: None,
             task_definitions: vec![],
             services,
+            ..ApplyPlan::default()
         }
     }
 

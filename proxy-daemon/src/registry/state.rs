@@ -66,6 +66,9 @@ pub enum Change {
 #[derive(Debug, Default, Serialize)]
 pub struct ApplySummary {
     pub items: Vec<Applied>,
+    /// Fields accepted and not used, per file (a CLI before this field
+    /// ignores it).
+    pub not_used: Vec<proxy_config::NotUsed>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,7 +136,10 @@ impl ConfigState {
         plan: &ApplyPlan,
     ) -> Result<(ApplySummary, Vec<Change>), RegistryError> {
         let mut out = Vec::new();
-        let mut summary = ApplySummary::default();
+        let mut summary = ApplySummary {
+            not_used: plan.not_used.clone(),
+            ..ApplySummary::default()
+        };
         for n in plan.namespaces.iter().chain(plan.default_namespace.iter()) {
             if self.namespaces.insert(n.clone()) {
                 out.push(Change::Namespace(n.clone()));
@@ -328,12 +334,14 @@ mod tests {
                 limits: None,
             }],
             access_log: None,
+            enabled: true,
         };
         let plan = ApplyPlan {
             namespaces: vec![],
             default_namespace: None,
             task_definitions: vec![],
             services: vec![svc("a"), svc("b"), svc("c")],
+            ..ApplyPlan::default()
         };
         let mut state = ConfigState::default();
         let (_, changes) = state.apply(&plan)?;
