@@ -34,8 +34,8 @@ pub use daemon::{
 pub use error::{ApplyError, ApplyErrors, ConfigError};
 pub use model::{
     AccessLogFormat, AccessLogSpec, AppProtocol, ApplyPlan, DEFAULT_NAMESPACE, EndpointSpec,
-    Existing, HealthCheck, LimitsSpec, OutlierSpec, PortMapping, ServiceSpec, TaskDefinition,
-    TestTrafficRule,
+    Existing, HealthCheck, LimitsSpec, NotUsed, OutlierSpec, PortMapping, ServiceSpec, Source,
+    TaskDefinition, TestTrafficRule,
 };
 pub use parse::MAX_OBJECTS_PER_APPLY;
 pub use plan::plan;

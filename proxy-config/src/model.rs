@@ -268,10 +268,11 @@ impl LimitsSpec {
 
 /// A service (`aws ecs create-service` input) as knit uses it.
 ///
-/// A service without `serviceConnectConfiguration`, or with
-/// `"enabled": false`, is stored with no endpoints, exactly like a
-/// client-only service; its namespace is then the default namespace (or the
-/// one it names).
+/// A service without `serviceConnectConfiguration` is stored with no
+/// endpoints, exactly like a client-only service; its namespace is then the
+/// default namespace (or the one it names). One with `"enabled": false` has
+/// no endpoints either and `enabled` false: it is not in Service Connect
+/// (its tasks resolve and reach nothing through knit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// `serviceName`: `[A-Za-z0-9_-]`, 1..=255 characters.
@@ -291,6 +292,16 @@ pub struct ServiceSpec {
     /// request this service's tasks send (and its ingress listeners take).
     #[serde(default)]
     pub access_log: Option<AccessLogSpec>,
+    /// `serviceConnectConfiguration.enabled`; false: the service is not in
+    /// Service Connect (no endpoints, and its tasks get no names and no
+    /// routes). True for a service without `serviceConnectConfiguration`
+    /// (client-only, as before) and for records stored before this field.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// `accessLogConfiguration`.
@@ -347,4 +358,30 @@ pub struct ApplyPlan {
     /// against it (`app_protocol` and `container_port` of their endpoints may
     /// change; names, aliases and ports stay).
     pub services: Vec<ServiceSpec>,
+    /// Fields knit accepted but does not use (they change nothing about
+    /// routing or security), per file: `knit apply` lists them once.
+    #[serde(default)]
+    pub not_used: Vec<NotUsed>,
+    /// Where each service of this apply was given (by service name), so
+    /// that a later step (binding its ingress listeners) can name the file
+    /// and JSON path of what it refuses. Services re-resolved against a
+    /// re-registered task definition are not in it.
+    #[serde(default)]
+    pub sources: BTreeMap<String, Source>,
+}
+
+/// Fields of one file that knit accepts and does not use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotUsed {
+    /// The file name as given to `plan`.
+    pub file: String,
+    /// JSON paths such as `$.cpu` or `$[1].containerDefinitions[0].image`.
+    pub paths: Vec<String>,
+}
+
+/// Where an object was given: its file and its JSON path (`$` or `$[i]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub file: String,
+    pub path: String,
 }

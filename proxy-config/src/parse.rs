@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::ecs::{ClusterJson, NamespaceJson, ServiceJson, TaskDefinitionJson};
 use crate::error::ApplyError;
+use crate::model::NotUsed;
 
 /// Where an object sits: its file and the JSON path of the object itself
 /// (`$` or `$[i]`).
@@ -26,10 +27,13 @@ impl Loc {
     }
 }
 
-/// Collects errors in the order found; `finish` sorts them by file.
+/// Collects errors in the order found; `finish` sorts them by file. Also
+/// collects the fields knit accepts but does not use (`not_used`).
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     errors: Vec<ApplyError>,
+    /// (file, JSON path) of each field knit does not use, in the order found.
+    not_used: Vec<(String, String)>,
 }
 
 impl Report {
@@ -47,6 +51,41 @@ impl Report {
             message: message.into(),
             fix: fix.into(),
         });
+    }
+
+    /// Records a field at `suffix` inside the object at `loc` that knit
+    /// accepts but does not use.
+    pub(crate) fn not_used(&mut self, loc: &Loc, suffix: &str) {
+        self.not_used.push((loc.file.clone(), loc.at(suffix)));
+    }
+
+    /// The fields knit does not use, per file (files in the order first
+    /// seen, paths in the order found); a path under another listed one is
+    /// left out (the whole is named once).
+    pub(crate) fn take_not_used(&mut self) -> Vec<NotUsed> {
+        let all = std::mem::take(&mut self.not_used);
+        let mut out: Vec<NotUsed> = Vec::new();
+        for (file, path) in &all {
+            let covered = all.iter().any(|(f, p)| {
+                f == file
+                    && p != path
+                    && path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            });
+            if covered {
+                continue;
+            }
+            match out.iter_mut().find(|n| n.file == *file) {
+                Some(n) if n.paths.contains(path) => {}
+                Some(n) => n.paths.push(path.clone()),
+                None => out.push(NotUsed {
+                    file: file.clone(),
+                    paths: vec![path.clone()],
+                }),
+            }
+        }
+        out
     }
 
     /// True when nothing went wrong so far.
@@ -234,13 +273,33 @@ fn unknown_kind_fix(map: &Map<String, Value>) -> String {
     }
 }
 
+/// Keys that another part of knit reads from the raw JSON, or that are
+/// being brought in: never listed as not used.
+const READ_ELSEWHERE: &[&str] = &["testTrafficRules"];
+
 /// Deserializes `map` into `T`, reporting a type error with its JSON path.
+/// Every key `T` does not declare is accepted and recorded as not used
+/// (serde_ignored tells which, with its path).
 fn typed<T: DeserializeOwned>(
     loc: &Loc,
     map: Map<String, Value>,
     report: &mut Report,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize(Value::Object(map)) {
+    let mut ignored = Vec::new();
+    let mut note = |path: serde_ignored::Path| {
+        if let serde_ignored::Path::Map { key, .. } = &path
+            && READ_ELSEWHERE.contains(&key.as_str())
+        {
+            return;
+        }
+        ignored.push(ignored_path(&path));
+    };
+    let de = serde_ignored::Deserializer::new(Value::Object(map), &mut note);
+    let result = serde_path_to_error::deserialize(de);
+    for suffix in ignored {
+        report.not_used(loc, &suffix);
+    }
+    match result {
         Ok(t) => Some(t),
         Err(e) => {
             let suffix = json_path(e.path());
@@ -276,6 +335,33 @@ fn friendly_type(expected: &str) -> String {
     }
 }
 
+/// A key serde_ignored reports as a suffix like `.containerDefinitions[0].cpu`.
+fn ignored_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => format!("{}{}", ignored_path(parent), key_segment(key)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// `.key`, or `["key"]` for a key that is not an identifier.
+fn key_segment(key: &str) -> String {
+    let ident = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ident {
+        format!(".{key}")
+    } else {
+        format!("[{}]", Value::String(key.to_owned()))
+    }
+}
+
 /// `serviceConnectConfiguration.services[0].portName` as a suffix
 /// `.serviceConnectConfiguration.services[0].portName` (keys that are not
 /// identifiers are written `["key"]`).
@@ -286,17 +372,7 @@ fn json_path(path: &serde_path_to_error::Path) -> String {
         match segment {
             Segment::Seq { index } => out.push_str(&format!("[{index}]")),
             Segment::Map { key } | Segment::Enum { variant: key } => {
-                let ident = key
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if ident {
-                    out.push('.');
-                    out.push_str(key);
-                } else {
-                    out.push_str(&format!("[{}]", Value::String(key.clone())));
-                }
+                out.push_str(&key_segment(key))
             }
             Segment::Unknown => out.push_str(".?"),
         }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::ApplyErrors;
-use crate::model::{ApplyPlan, Existing, ServiceSpec};
+use crate::model::{AppProtocol, ApplyPlan, Existing, ServiceSpec, Source, TaskDefinition};
 use crate::parse::{self, Loc, Object, Report};
 use crate::validate::{self, LocalService, LocalTaskDefinition};
 
@@ -95,6 +95,7 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
     }
 
     let mut out_services = Vec::new();
+    let mut sources = BTreeMap::new();
     let mut seen_services: BTreeMap<&str, &Loc> = BTreeMap::new();
     for svc in &services {
         if let Some(first) = seen_services.insert(&svc.name, &svc.loc) {
@@ -163,6 +164,14 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
                 endpoints.push(ep);
             }
         }
+        ingress_ports(svc, td, &mut report);
+        sources.insert(
+            svc.name.clone(),
+            Source {
+                file: svc.loc.file.clone(),
+                path: svc.loc.prefix.clone(),
+            },
+        );
         out_services.push(ServiceSpec {
             name: svc.name.clone(),
             task_definition: family.clone(),
@@ -170,6 +179,7 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
             namespace: namespace.to_owned(),
             endpoints,
             access_log: svc.access_log,
+            enabled: svc.enabled,
         });
     }
 
@@ -194,7 +204,54 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
         default_namespace: default_namespace.map(|(n, _)| n),
         task_definitions: tds.into_iter().map(|t| t.td).collect(),
         services: out_services,
+        not_used: report.take_not_used(),
+        sources,
     })
+}
+
+/// Each services[] entry of an HTTP port mapping gets an ingress listener
+/// of its own on every host that runs a task: an `ingressPortOverride`
+/// can serve only one entry, and not a port the task's app listens on.
+fn ingress_ports(svc: &LocalService, td: &TaskDefinition, report: &mut Report) {
+    let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
+    for e in &svc.entries {
+        let Some(port) = e.ingress_port_override else {
+            continue;
+        };
+        let at = format!("{}.ingressPortOverride", e.at);
+        if td
+            .port_mapping(&e.port_name)
+            .is_none_or(|pm| pm.app_protocol == AppProtocol::Tcp)
+        {
+            continue;
+        }
+        if let Some(app) = td.port_mappings.iter().find(|pm| pm.container_port == port) {
+            report.error(
+                &svc.loc,
+                &at,
+                format!(
+                    "ingressPortOverride {port} is the containerPort of port mapping {:?}, \
+                        where the task's app listens",
+                    app.name
+                ),
+                "choose another port for the ingress listener, or leave ingressPortOverride \
+                    out (knit then picks a free one)",
+            );
+        } else if let Some(first) = seen.insert(port, &e.at) {
+            report.error(
+                &svc.loc,
+                &at,
+                format!(
+                    "ingressPortOverride {port} is also the ingress port of {}; each \
+                        services[] entry gets a listener of its own",
+                    svc.loc.at(first)
+                ),
+                "give each entry its own ingressPortOverride, or leave it out (knit then \
+                    picks a free port)",
+            );
+            seen.insert(port, first);
+        }
+    }
 }
 
 /// Records a cluster's `serviceConnectDefaults.namespace`; a different one

@@ -40,6 +40,8 @@ pub(crate) struct LocalService {
     pub(crate) namespace: Option<String>,
     pub(crate) entries: Vec<LocalEntry>,
     pub(crate) access_log: Option<crate::model::AccessLogSpec>,
+    /// False for `"enabled": false`: not in Service Connect.
+    pub(crate) enabled: bool,
 }
 
 /// One `serviceConnectConfiguration.services[]` entry, checked on its own.

@@ -187,11 +187,19 @@ pub struct ServiceRow {
     pub port: u16,
     pub vip: String,
     pub protocol: String,
+    /// False for a service applied with `"enabled": false`: not in Service
+    /// Connect (no names, no routes for its tasks).
+    #[serde(default = "yes")]
+    pub service_connect: bool,
     pub healthy: usize,
     pub endpoints: usize,
     pub new_connections: u64,
     pub active_connections: u64,
     pub failed_connects: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where an endpoint stands (`knit endpoints`' STATE; lower-case in JSON).
@@ -246,8 +254,12 @@ pub struct EndpointRow {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub ejections: u32,
-    /// The ingress listener of an L7 port (other hosts' requests arrive there).
+    /// The ingress listener of an L7 port's first services[] entry (other
+    /// hosts' requests arrive there).
     pub ingress_port: Option<u16>,
+    /// Each services[] entry's ingress listener, by discovery name.
+    #[serde(default)]
+    pub ingress_ports: BTreeMap<String, u16>,
 }
 
 /// The answer to `Status`.

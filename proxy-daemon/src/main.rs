@@ -44,6 +44,13 @@ enum Cmd {
         no_accelerate: bool,
     },
     /// Register task definitions, services, clusters and namespaces (ECS JSON).
+    ///
+    /// Fields that change nothing in knit (cpu, memory, image,
+    /// logConfiguration, networkConfiguration, ...) are accepted and listed
+    /// once on stderr ("not used by knit: FILE: PATHS"). Anything wrong, and
+    /// a field knit cannot honour (services[].tls), refuses the whole apply
+    /// with the file, the JSON path and a fix; so does an
+    /// ingressPortOverride that cannot be bound for a task already running.
     Apply {
         /// JSON files: an object or an array of objects each.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
@@ -70,6 +77,10 @@ enum Cmd {
         cmd: Vec<String>,
     },
     /// List services and their client aliases.
+    ///
+    /// A client-only service shows as "(client only)"; one applied with
+    /// "enabled": false as "(not in Service Connect)" (its tasks get no
+    /// names and no routes through knit).
     Services {
         #[arg(long)]
         json: bool,

@@ -158,6 +158,11 @@ pub(super) fn endpoint(
         );
         ok = false;
     }
+    if e.ingress_port_override.is_some() && !pm.app_protocol.is_l7() {
+        // TCP goes host to host in the kernel: there is no ingress listener
+        // to move, and the app's port is always reachable directly.
+        report.not_used(loc, &format!("{}.ingressPortOverride", e.at));
+    }
     ok.then(|| EndpointSpec {
         port_name: e.port_name.clone(),
         discovery_name,

@@ -73,8 +73,48 @@ fn ecs_full_example_from_the_seed_parses() {
             test_traffic: None,
         }],
         access_log: None,
+        enabled: true,
     };
     assert_eq!(p.services, vec![want]);
+    // What ECS reads and knit does not is accepted and listed once, per file.
+    let listed = |file: &str| -> Vec<String> {
+        p.not_used
+            .iter()
+            .find(|n| n.file == file)
+            .map(|n| n.paths.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(listed("cluster.json"), vec!["$.settings"]);
+    assert_eq!(
+        listed("taskdef.json"),
+        vec![
+            "$.containerDefinitions[0].cpu",
+            "$.containerDefinitions[0].essential",
+            "$.containerDefinitions[0].image",
+            "$.containerDefinitions[0].logConfiguration",
+            "$.containerDefinitions[0].name",
+            "$.cpu",
+            "$.executionRoleArn",
+            "$.memory",
+            "$.networkMode",
+            "$.taskRoleArn",
+        ]
+    );
+    assert_eq!(
+        listed("service.json"),
+        vec![
+            "$.cluster",
+            "$.deploymentConfiguration",
+            "$.deploymentController",
+            "$.desiredCount",
+            "$.enableECSManagedTags",
+            "$.launchType",
+            "$.networkConfiguration",
+            "$.platformVersion",
+            "$.propagateTags",
+            "$.serviceConnectConfiguration.logConfiguration",
+        ]
+    );
     // The plan round-trips through JSON (the daemon stores it).
     let json = serde_json::to_string(&p).unwrap_or_default();
     assert_eq!(
@@ -272,4 +312,100 @@ fn typos_get_a_did_you_mean() {
     );
     assert_eq!(super::did_you_mean("zzzz", &["prod", "default"]), "");
     assert_eq!(super::edit_distance("kitten", "sitting"), 3);
+}
+
+#[test]
+fn seed_001_four_entries_on_one_port_mapping() {
+    // seeds/001, line 50, as valid JSON: four services[] entries on the one
+    // port mapping "http"; `"dnsName": ""` is the default name.
+    let td = r#"{"family": "app", "containerDefinitions": [{"name": "app", "image": "app",
+        "portMappings": [{"name": "http", "containerPort": 8080, "appProtocol": "http"}]}]}"#;
+    let service = r#"{"serviceName": "app", "taskDefinition": "app",
+        "serviceConnectConfiguration": {"enabled": true, "namespace": "internal", "services": [
+            {"portName": "http"},
+            {"discoveryName": "http-second", "portName": "http"},
+            {"clientAliases": [{"dnsName": "db", "port": 81}], "discoveryName": "http-three",
+             "portName": "http"},
+            {"clientAliases": [{"dnsName": "", "port": 81}], "discoveryName": "http-four",
+             "portName": "http", "ingressPortOverride": 99}]}}"#;
+    let p = ok(&[
+        ("ns.json", r#"{"Name": "internal"}"#),
+        ("td.json", td),
+        ("svc.json", service),
+    ]);
+    let eps: Vec<(&str, &str, u16, Option<u16>)> = p.services[0]
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.discovery_name.as_str(),
+                e.dns_name.as_str(),
+                e.port,
+                e.ingress_port_override,
+            )
+        })
+        .collect();
+    assert_eq!(
+        eps,
+        vec![
+            ("http", "http.internal", 8080, None),
+            ("http-second", "http-second.internal", 8080, None),
+            ("http-three", "db", 81, None),
+            ("http-four", "http-four.internal", 81, Some(99)),
+        ]
+    );
+    assert_eq!(
+        p.not_used
+            .iter()
+            .flat_map(|n| n.paths.iter())
+            .collect::<Vec<_>>(),
+        vec![
+            "$.containerDefinitions[0].image",
+            "$.containerDefinitions[0].name"
+        ]
+    );
+    assert_eq!(
+        p.sources.get("app"),
+        Some(&crate::Source {
+            file: "svc.json".into(),
+            path: "$".into()
+        })
+    );
+}
+
+#[test]
+fn ingress_port_overrides_are_one_per_entry_and_not_the_apps_port() {
+    let e = one(&[(
+        "s.json",
+        &with_web(
+            r#"[{"portName": "http", "ingressPortOverride": 9000},
+                {"portName": "http", "discoveryName": "b", "clientAliases": [{"port": 81}],
+                 "ingressPortOverride": 9000}]"#,
+        ),
+    )]);
+    check(
+        &e,
+        "$[1].serviceConnectConfiguration.services[1].ingressPortOverride",
+        "also the ingress port of $[1].serviceConnectConfiguration.services[0]",
+        "its own ingressPortOverride",
+    );
+    let e = one(&[(
+        "s.json",
+        &with_web(r#"[{"portName": "http", "ingressPortOverride": 5432}]"#),
+    )]);
+    check(
+        &e,
+        "$[1].serviceConnectConfiguration.services[0].ingressPortOverride",
+        "containerPort of port mapping \"db\"",
+        "choose another port",
+    );
+    // A TCP entry has no ingress listener: its override is listed, not used.
+    let p = ok(&[(
+        "s.json",
+        &with_web(r#"[{"portName": "db", "ingressPortOverride": 9000}]"#),
+    )]);
+    assert_eq!(
+        p.not_used[0].paths.last().map(String::as_str),
+        Some("$[1].serviceConnectConfiguration.services[0].ingressPortOverride")
+    );
 }

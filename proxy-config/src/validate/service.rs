@@ -62,6 +62,7 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
     let mut namespace = None;
     let mut entries = Vec::new();
     let mut access_log = None;
+    let mut enabled = true;
     if let Some(sc) = json.service_connect_configuration {
         let at = ".serviceConnectConfiguration";
         if sc.enabled.is_none() {
@@ -84,10 +85,20 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
                 ),
             }
         }
-        if let Some(al) = sc.access_log_configuration {
-            access_log = access_log_spec(al, &loc, &format!("{at}.accessLogConfiguration"), report);
-        }
-        if sc.enabled != Some(false) {
+        if sc.enabled == Some(false) {
+            // Not in Service Connect: what would configure it changes nothing.
+            enabled = false;
+            if sc.services.as_ref().is_some_and(|s| !s.is_empty()) {
+                report.not_used(&loc, &format!("{at}.services"));
+            }
+            if sc.access_log_configuration.is_some() {
+                report.not_used(&loc, &format!("{at}.accessLogConfiguration"));
+            }
+        } else {
+            if let Some(al) = sc.access_log_configuration {
+                access_log =
+                    access_log_spec(al, &loc, &format!("{at}.accessLogConfiguration"), report);
+            }
             for (i, entry) in sc.services.unwrap_or_default().into_iter().enumerate() {
                 let at = format!("{at}.services[{i}]");
                 entries.extend(sc_entry(entry, &loc, at, report));
@@ -102,6 +113,7 @@ pub(crate) fn service(json: ServiceJson, loc: Loc, report: &mut Report) -> Optio
         namespace,
         entries,
         access_log,
+        enabled,
     })
 }
 
@@ -317,6 +329,17 @@ fn sc_entry(
     let limits = entry
         .limits
         .map(|l| limits_spec(l, loc, &format!("{at}.limits"), report));
+    if entry.tls.as_ref().is_some_and(|t| !t.is_null()) {
+        report.error(
+            loc,
+            &format!("{at}.tls"),
+            "tls asks for TLS between Service Connect proxies, and knit does not encrypt \
+                yet: the traffic would go in the clear",
+            "knit does not encrypt yet; remove tls from this services[] entry (its traffic \
+                then goes unencrypted, as in any Service Connect service without tls), or keep \
+                this service on ECS",
+        );
+    }
     let Some(port_name) = entry.port_name else {
         report.error(
             loc,
@@ -416,7 +439,9 @@ fn client_alias(
         ),
     };
     let dns_name = match alias.dns_name {
+        // ECS reads an empty dnsName as none given: DISCOVERYNAME.NAMESPACE.
         None => Ok(None),
+        Some(d) if d.is_empty() => Ok(None),
         Some(d) => names::check_dns_name(&d)
             .map(|()| Some(d.clone()))
             .map_err(|problem| {

@@ -221,6 +221,13 @@ pub fn apply(socket: &Path, files: &[PathBuf]) -> i32 {
                     i["action"].as_str().unwrap_or("?")
                 );
             }
+            // Accepted, changing nothing: said once, on stderr, so that the
+            // lines above stay the apply's result.
+            let not_used: Vec<proxy_config::NotUsed> =
+                serde_json::from_value(v["not_used"].clone()).unwrap_or_default();
+            for n in not_used {
+                eprintln!("not used by knit: {}: {}", n.file, n.paths.join(", "));
+            }
         }),
     )
 }

@@ -145,10 +145,12 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
                         continue;
                     }
                     backends.push((m.address, p.port, p.backend_id));
+                    // Another host's L7 endpoint: that entry's own
+                    // ingress listener there.
                     let port = if m.local {
                         Some(p.port)
                     } else {
-                        p.ingress_port
+                        p.ingress_for(&a.spec.discovery_name)
                     };
                     if let Some(port) = port {
                         let e = (
@@ -257,6 +259,7 @@ mod tests {
                 backend_id,
                 ready: true,
                 ingress_port: Some(port + 1000),
+                ingress: BTreeMap::new(),
             }],
             started_unix_ms: 0,
             draining: false,
@@ -413,6 +416,29 @@ mod tests {
         let d = w.desired(&[4]);
         assert_eq!(d.l7[0].endpoints.len(), 1);
         assert_eq!(backends(&d, 2), [3]);
+    }
+
+    #[test]
+    fn each_entry_of_a_remote_port_goes_to_its_own_ingress_listener() {
+        // Two entries (discovery names "web" and "web-b") on port `web`.
+        let mut s = service("web", "default", 1, 2, "http");
+        let mut second = s.aliases[0].clone();
+        second.spec.discovery_name = "web-b".into();
+        second.spec.dns_name = "web-b".into();
+        second.service_id = 3;
+        s.spec.endpoints.push(second.spec.clone());
+        s.aliases.push(second);
+        let mut t = task("web-2", "web", 6002, 4);
+        t.ports[0].ingress = BTreeMap::from([("web".into(), 7100), ("web-b".into(), 7101)]);
+        let d = World::new(vec![s.clone()], vec![]).remote(t).desired(&[]);
+        let ports: Vec<u16> = d.l7.iter().map(|r| r.endpoints[0].1.port()).collect();
+        assert_eq!(ports, [7100, 7101]);
+        // A task of a daemon before per-entry listeners: its one listener.
+        let d = World::new(vec![s], vec![])
+            .remote(task("web-3", "web", 6003, 5))
+            .desired(&[]);
+        let ports: Vec<u16> = d.l7.iter().map(|r| r.endpoints[0].1.port()).collect();
+        assert_eq!(ports, [7003, 7003]);
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct EndpointView {
     pub state: EndpointState,
     pub ejections: u32,
     pub ingress_port: Option<u16>,
+    /// Each services[] entry's ingress listener, by discovery name.
+    pub ingress_ports: std::collections::BTreeMap<String, u16>,
 }
 
 /// The read side: the published model, live counters, the proxy.
@@ -158,6 +160,7 @@ impl Reader {
                     bytes_received: c.bytes_received,
                     ejections: e.ejections,
                     ingress_port: e.ingress_port,
+                    ingress_ports: e.ingress_ports.clone(),
                 }
             })
             .collect()

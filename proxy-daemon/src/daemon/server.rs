@@ -185,18 +185,17 @@ async fn handle(req: Request, engine: &Mutex<Engine>, reader: &Reader) -> Respon
         _ => None,
     };
     let req = match (req, etcd) {
-        (Request::Apply { files }, Some((etcd, default))) => {
+        (Request::Apply { files }, Some((etcd, default, snapshot))) => {
             drop(e);
             let files: Vec<(String, Vec<u8>)> = files
                 .into_iter()
                 .map(|(n, c)| (n, c.into_bytes()))
                 .collect();
-            let result = etcd.apply(|state: &crate::registry::ConfigState| {
-                proxy_config::plan(&files, &state.existing(&default))
-            });
-            return respond(engine.lock().await.applied(result));
+            let planner = super::engine::Planner::new(files, default, snapshot);
+            let result = etcd.apply(|state: &crate::registry::ConfigState| planner.plan(state));
+            return respond(engine.lock().await.applied(result, planner.prebound()));
         }
-        (Request::Delete { target }, Some((etcd, _))) => {
+        (Request::Delete { target }, Some((etcd, _, _))) => {
             drop(e);
             let result = etcd.mutate(|state| Ok(((), state.delete(&target)?)));
             return respond(engine.lock().await.deleted(&target, result));

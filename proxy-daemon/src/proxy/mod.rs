@@ -22,7 +22,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
-pub use ingress::IngressListeners;
+pub use ingress::{IngressKey, IngressListeners};
 use proxy_common::maps::{ConnInfo, OrigKey};
 pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable, TestLane};
 use tokio::{net::TcpListener, sync::mpsc};

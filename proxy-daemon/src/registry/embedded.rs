@@ -423,6 +423,7 @@ mod tests {
                 test_traffic: None,
             }],
             access_log: None,
+            enabled: true,
         }
     }
 
@@ -432,6 +433,7 @@ mod tests {
             default_namespace: None,
             task_definitions: vec![],
             services,
+            ..ApplyPlan::default()
         }
     }
 

@@ -1,5 +1,5 @@
 //! Records the registry keeps (JSON values in the store).
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use proxy_config::{EndpointSpec, ServiceSpec};
 use serde::{Deserialize, Serialize};
@@ -39,10 +39,27 @@ pub struct TaskPort {
     /// The port accepted a connection: the endpoint may get traffic.
     #[serde(default)]
     pub ready: bool,
-    /// For an L7 port: the daemon's ingress listener for it (other hosts'
-    /// requests arrive there).
+    /// For an L7 port: the daemon's ingress listener of the port's first
+    /// services[] entry (what daemons before per-entry listeners read).
     #[serde(default)]
     pub ingress_port: Option<u16>,
+    /// For an L7 port: each services[] entry's own ingress listener, by
+    /// discovery name (other hosts' requests for that entry arrive there).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ingress: BTreeMap<String, u16>,
+}
+
+impl TaskPort {
+    /// Where another host sends requests for entry `discovery_name` of this
+    /// port: its own listener; for a task of an older daemon (no per-entry
+    /// listeners), the port's one listener.
+    pub fn ingress_for(&self, discovery_name: &str) -> Option<u16> {
+        if self.ingress.is_empty() {
+            self.ingress_port
+        } else {
+            self.ingress.get(discovery_name).copied()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

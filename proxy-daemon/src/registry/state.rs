@@ -100,6 +100,9 @@ pub enum DeleteTarget {
 #[derive(Debug, Default, Serialize)]
 pub struct ApplySummary {
     pub items: Vec<Applied>,
+    /// Fields accepted and not used, per file (a CLI before this field
+    /// ignores it).
+    pub not_used: Vec<proxy_config::NotUsed>,
 }
 
 #[derive(Debug, Serialize)]
@@ -204,7 +207,10 @@ impl ConfigState {
         plan: &ApplyPlan,
     ) -> Result<(ApplySummary, Vec<Change>), RegistryError> {
         let mut out = Vec::new();
-        let mut summary = ApplySummary::default();
+        let mut summary = ApplySummary {
+            not_used: plan.not_used.clone(),
+            ..ApplySummary::default()
+        };
         for n in plan.namespaces.iter().chain(plan.default_namespace.iter()) {
             if self.namespaces.insert(n.clone()) {
                 out.push(Change::Namespace(n.clone()));
@@ -563,6 +569,7 @@ mod tests {
             name: n.into(),
             task_definition: n.into(),
             task_definition_revision: None,
+            enabled: true,
             namespace: "default".into(),
             endpoints: vec![EndpointSpec {
                 port_name: "tcp".into(),
@@ -585,6 +592,7 @@ mod tests {
             default_namespace: None,
             task_definitions: vec![],
             services: vec![svc("a"), svc("b"), svc("c")],
+            ..ApplyPlan::default()
         };
         let mut state = ConfigState::default();
         let (_, changes) = state.apply(&plan)?;
@@ -610,6 +618,7 @@ mod tests {
             name: n.into(),
             task_definition: "td".into(),
             task_definition_revision: None,
+            enabled: true,
             namespace: "default".into(),
             endpoints: vec![EndpointSpec {
                 port_name: "tcp".into(),
@@ -632,6 +641,7 @@ mod tests {
             default_namespace: None,
             task_definitions: vec![],
             services: s,
+            ..ApplyPlan::default()
         };
         let mut state = ConfigState::default();
         state.apply(&plan(vec![svc("a"), svc("b")]))?;
@@ -673,6 +683,7 @@ mod tests {
             name: "web".into(),
             task_definition: "web".into(),
             task_definition_revision: rev,
+            enabled: true,
             namespace: "default".into(),
             endpoints: vec![],
             access_log: None,
@@ -682,6 +693,7 @@ mod tests {
             default_namespace: None,
             task_definitions: tds,
             services: svcs,
+            ..ApplyPlan::default()
         };
         let mut state = ConfigState::default();
         state.apply(&plan(vec![td("one")], vec![svc(Some(1))]))?;

@@ -1,6 +1,6 @@
 //! Service, cluster and namespace rules, each with a good and a bad case.
 
-use crate::test_support::{check, ok, one, svc, web_td};
+use crate::test_support::{check, endpoint, ok, one, svc, web_td, with_web};
 
 #[test]
 fn service_name_rules() {
@@ -84,7 +84,62 @@ fn enabled_is_required_and_false_means_no_endpoints() {
     );
     let p = ok(&[("s.json", &file)]);
     assert!(p.services[0].endpoints.is_empty());
+    assert!(!p.services[0].enabled);
     assert_eq!(p.services[0].namespace, "default");
+    // ... and listed as not used, once (not each key inside them).
+    assert_eq!(
+        p.not_used[0].paths.last().map(String::as_str),
+        Some("$[1].serviceConnectConfiguration.services")
+    );
+}
+
+#[test]
+fn tls_is_refused_with_its_path_and_a_fix() {
+    let e = one(&[(
+        "web-svc.json",
+        &with_web(
+            r#"[{"portName": "http", "tls": {"issuerCertificateAuthority":
+                {"awsPcaAuthorityArn": "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/x"}}}]"#,
+        ),
+    )]);
+    assert_eq!(e.file, "web-svc.json");
+    check(
+        &e,
+        "$[1].serviceConnectConfiguration.services[0].tls",
+        "knit does not encrypt yet",
+        "knit does not encrypt yet; remove tls",
+    );
+}
+
+#[test]
+fn an_empty_dns_name_is_the_default_name() {
+    let ep = endpoint(&[(
+        "s.json",
+        &with_web(
+            r#"[{"portName": "http", "discoveryName": "four", "clientAliases": [{"dnsName": "", "port": 81}]}]"#,
+        ),
+    )]);
+    assert_eq!((ep.dns_name.as_str(), ep.port), ("four.default", 81));
+}
+
+#[test]
+fn unknown_keys_are_listed_not_refused_and_test_traffic_rules_are_not_among_them() {
+    let p = ok(&[(
+        "s.json",
+        &with_web(
+            r#"[{"portName": "http", "someFutureKey": 1, "timeout": {"perRequestTimeoutSeconds": 5, "other": 2},
+                 "clientAliases": [{"port": 80, "testTrafficRules": {"header": {"name": "x", "value": {"exact": "1"}}}}]}]"#,
+        ),
+    )]);
+    assert_eq!(
+        p.not_used[0].paths,
+        vec![
+            "$[0].containerDefinitions[0].image",
+            "$[0].containerDefinitions[0].name",
+            "$[1].serviceConnectConfiguration.services[0].someFutureKey",
+            "$[1].serviceConnectConfiguration.services[0].timeout.other",
+        ]
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ mod routes;
 mod tasks;
 mod views;
 
+pub use ingress::{IngressSnapshot, Prebound};
 use routes::{RouteParts, alias_labels, build_route, outlier_config};
 
 use super::{
@@ -269,10 +270,8 @@ impl Engine {
                     .insert(id, HealthState::new(spec, status, Instant::now()));
             }
         }
-        let ids: Vec<String> = e.state.tasks.keys().cloned().collect();
-        for id in ids {
-            e.start_ingress(&id);
-        }
+        // A failed listener is logged; its task keeps serving this host.
+        let _ = e.sync_ingress(ingress::Prebound::new());
         e.reconcile()?;
         Ok(e)
     }
@@ -364,11 +363,13 @@ impl Engine {
         let mut task_ns: BTreeMap<u64, u32> = BTreeMap::new();
         let mut sources = BTreeMap::new();
         for t in self.state.tasks.values() {
+            // A task of a service not in Service Connect has no namespace:
+            // the kernel refuses it every VIP.
             let Some(s) = self
                 .state
                 .services
                 .iter()
-                .find(|s| s.spec.name == t.service)
+                .find(|s| s.spec.name == t.service && s.spec.enabled)
             else {
                 continue;
             };
@@ -432,12 +433,19 @@ impl Engine {
                 entries.iter().map(|(n, v)| (n.clone(), *v)).collect();
             self.hosts.write_view(&self.hosts_view(ns), &entries)?;
         }
+        self.hosts.write_view(&self.closed_view(), &[])?;
         Ok(())
     }
 
     /// `<state_dir>/hosts/<namespace>`.
     fn hosts_view(&self, namespace: &str) -> PathBuf {
         self.cfg.state_dir.join("hosts").join(namespace)
+    }
+
+    /// `<state_dir>/hosts-none`: the hosts file without knit's names, for
+    /// tasks of services not in Service Connect.
+    fn closed_view(&self) -> PathBuf {
+        self.cfg.state_dir.join("hosts-none")
     }
 
     fn default_namespace(&self) -> String {
@@ -458,10 +466,13 @@ impl Engine {
             .into_iter()
             .map(|(n, c)| (n, c.into_bytes()))
             .collect();
-        let default = self.cfg.default_namespace.clone();
-        let plan = |state: &ConfigState| proxy_config::plan(&files, &state.existing(&default));
-        let result = self.registry.apply(plan);
-        self.applied(result)
+        let planner = Planner::new(
+            files,
+            self.cfg.default_namespace.clone(),
+            self.ingress_snapshot(),
+        );
+        let result = self.registry.apply(|state| planner.plan(state));
+        self.applied(result, planner.prebound())
     }
 
     /// `knit delete`, here (embedded) or in etcd.
@@ -548,19 +559,26 @@ impl Engine {
     }
 
     /// With etcd: what an apply needs without the engine's lock (the
-    /// registry and the default namespace), so that planning and the etcd
-    /// transaction run outside it and nothing waits on etcd but the CLI
-    /// that applies; [`Engine::applied`] then routes by the result.
-    pub fn etcd_apply_handle(&self) -> Option<(Arc<Etcd>, String)> {
-        self.registry
-            .etcd()
-            .map(|etcd| (etcd.clone(), self.cfg.default_namespace.clone()))
+    /// registry, the default namespace, this host's tasks and listeners),
+    /// so that planning and the etcd transaction run outside it and
+    /// nothing waits on etcd but the CLI that applies; [`Engine::applied`]
+    /// then routes by the result.
+    pub fn etcd_apply_handle(&self) -> Option<(Arc<Etcd>, String, IngressSnapshot)> {
+        self.registry.etcd().map(|etcd| {
+            (
+                etcd.clone(),
+                self.cfg.default_namespace.clone(),
+                self.ingress_snapshot(),
+            )
+        })
     }
 
-    /// Route by the result of an apply (made here, or in etcd without the lock).
+    /// Route by the result of an apply (made here, or in etcd without the
+    /// lock); `prebound`: the ingress listeners it bound before it was stored.
     pub fn applied(
         &mut self,
         result: Result<Result<ApplySummary, proxy_config::ApplyErrors>, RegistryError>,
+        prebound: Prebound,
     ) -> Result<ApplySummary, EngineError> {
         let summary = result??;
         if self.retired {
@@ -570,6 +588,9 @@ impl Engine {
         if let Err(e) = self.load_shared() {
             return Err(EngineError::Failed(format!("{e:#}")));
         }
+        // Listeners for the entries it added, on the ports bound for them
+        // (a task that started meanwhile may still miss one: logged).
+        let _ = self.sync_ingress(prebound);
         if let Err(e) = self.reconcile() {
             return Err(EngineError::Failed(format!(
                 "applied, but updating the datapath failed: {e:#}"
@@ -659,4 +680,48 @@ impl Engine {
     }
 }
 
-impl Engine {}
+/// One apply's planning: `proxy_config::plan` against the registry's
+/// state, then the ingress ports it adds for running tasks bound before
+/// anything is stored (a port that cannot be bound refuses the apply).
+/// The registry may plan more than once (etcd retries on a conflict): the
+/// last plan's listeners are kept.
+pub struct Planner {
+    files: Vec<(String, Vec<u8>)>,
+    default_namespace: String,
+    snapshot: IngressSnapshot,
+    prebound: std::sync::Mutex<Prebound>,
+}
+
+impl Planner {
+    pub fn new(
+        files: Vec<(String, Vec<u8>)>,
+        default_namespace: String,
+        snapshot: IngressSnapshot,
+    ) -> Self {
+        Self {
+            files,
+            default_namespace,
+            snapshot,
+            prebound: std::sync::Mutex::default(),
+        }
+    }
+
+    pub fn plan(
+        &self,
+        state: &ConfigState,
+    ) -> Result<proxy_config::ApplyPlan, proxy_config::ApplyErrors> {
+        let mut prebound = self.prebound.lock().unwrap_or_else(|e| e.into_inner());
+        // Free what an earlier try bound before binding again.
+        prebound.clear();
+        let plan = proxy_config::plan(&self.files, &state.existing(&self.default_namespace))?;
+        *prebound = ingress::prebind(&self.snapshot, state, &plan)?;
+        Ok(plan)
+    }
+
+    /// The listeners the last successful plan bound.
+    pub fn prebound(self) -> Prebound {
+        self.prebound
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -34,6 +34,7 @@ impl Engine {
             )));
         }
         let svc_namespace = svc.spec.namespace.clone();
+        let svc_enabled = svc.spec.enabled;
         let family = svc.spec.task_definition.clone();
         let revision = match task_definition {
             None => svc.spec.task_definition_revision,
@@ -106,6 +107,7 @@ impl Engine {
                 backend_id,
                 ready: false,
                 ingress_port: None,
+                ingress: BTreeMap::new(),
             });
         }
         let cg = self.cgroup_root.join(service).join(&task_id);
@@ -129,7 +131,16 @@ impl Engine {
         }
         env = self.task_env(&rec);
         self.state.tasks.insert(task_id.clone(), rec);
-        self.start_ingress(&task_id);
+        // A listener that cannot be bound (its ingressPortOverride is
+        // taken) fails the start, with the reason.
+        let failed = self.sync_ingress(ingress::Prebound::new());
+        if let Some((_, why)) = failed.iter().find(|(t, _)| *t == task_id) {
+            let why = why.clone();
+            if let Err(e) = self.task_gone(&task_id, "its ingress listener could not start") {
+                warn!(task = %task_id, error = %format!("{e:#}"), "deregistering a task that could not start");
+            }
+            return Err(EngineError::Failed(format!("service {service:?}: {why}")));
+        }
         // The kernel must know the task's namespace before it connects.
         if let Err(e) = self.reconcile() {
             return Err(EngineError::Failed(format!("{e:#}")));
@@ -140,9 +151,22 @@ impl Engine {
             cgroup: cg,
             env,
             command: td.command.clone(),
-            hosts_view: {
+            hosts_view: if svc_enabled {
                 let view = self.hosts_view(&svc_namespace);
                 view.exists().then(|| (view, self.cfg.hosts_file.clone()))
+            } else {
+                // Not in Service Connect: no knit names at all (the kernel
+                // refuses it every VIP too).
+                let view = self.closed_view();
+                match self.hosts.write_view(&view, &[]) {
+                    Ok(()) => Some((view, self.cfg.hosts_file.clone())),
+                    Err(e) => {
+                        return Err(EngineError::Failed(format!(
+                            "writing {}: {e}",
+                            view.display()
+                        )));
+                    }
+                }
             },
         })
     }
@@ -359,8 +383,12 @@ impl Engine {
             .tasks
             .values()
             .flat_map(|t| t.ports.iter())
-            .flat_map(|p| [Some(p.port), p.ingress_port])
-            .flatten()
+            .flat_map(|p| {
+                [p.port]
+                    .into_iter()
+                    .chain(p.ingress_port)
+                    .chain(p.ingress.values().copied())
+            })
             .chain(pending.iter().copied())
             .collect();
         for _ in 0..64 {

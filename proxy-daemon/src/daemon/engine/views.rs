@@ -63,6 +63,7 @@ impl Engine {
                         namespace: s.spec.namespace.clone(),
                         discovery_name: "-".into(),
                         dns_name: "(deleting: its tasks drain)".into(),
+                        service_connect: false,
                         port: 0,
                         vip: "-".into(),
                         protocol: "-".into(),
@@ -90,7 +91,7 @@ impl Engine {
                         // As the proxy labels it: another host's L7 endpoint
                         // is reached at that host's ingress listener.
                         let port = if !m.local && l7 {
-                            p.ingress_port.unwrap_or(p.port)
+                            p.ingress_for(&a.spec.discovery_name).unwrap_or(p.port)
                         } else {
                             p.port
                         };
@@ -113,6 +114,7 @@ impl Engine {
                         port: a.spec.port,
                         vip: a.vip.to_string(),
                         protocol: a.spec.app_protocol.to_string(),
+                        service_connect: true,
                         healthy,
                         endpoints: endpoints.len(),
                         new_connections: 0,
@@ -131,7 +133,12 @@ impl Engine {
                         task_definition: task_definition.clone(),
                         namespace: s.spec.namespace.clone(),
                         discovery_name: "-".into(),
-                        dns_name: "(client only)".into(),
+                        dns_name: if s.spec.enabled {
+                            "(client only)".into()
+                        } else {
+                            "(not in Service Connect)".into()
+                        },
+                        service_connect: s.spec.enabled,
                         port: 0,
                         vip: "-".into(),
                         protocol: "-".into(),
@@ -167,6 +174,7 @@ impl Engine {
                     state: self.endpoint_state(t, p),
                     ejections: self.outliers.ejections(p.backend_id),
                     ingress_port: p.ingress_port,
+                    ingress_ports: p.ingress.clone(),
                 });
             }
         }
