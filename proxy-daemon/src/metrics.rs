@@ -28,6 +28,17 @@ pub struct TargetLabels {
     pub target_discovery_name: String,
 }
 
+/// Client side, per client service (ECS dimension set `TargetDiscoveryName,
+/// ServiceName`: traffic to a target from one client service).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientTargetLabels {
+    pub namespace: String,
+    pub service: String,
+    pub target_discovery_name: String,
+    /// The service whose tasks sent the requests.
+    pub client_service: String,
+}
+
 /// An edge of the service graph: requests a service's tasks sent to
 /// another service, seen by the egress proxy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +133,10 @@ pub struct ProxyMetrics {
     pub slow_heads: Counter,
     /// The service graph, from real requests.
     pub service_graph: Family<EdgeLabels, Counter>,
+    /// Per target and client service: requests, 2xx..5xx, response time.
+    pub client_requests: Family<ClientTargetLabels, Counter>,
+    pub client_http_code: [Family<ClientTargetLabels, Counter>; 4],
+    pub client_response_time: Family<ClientTargetLabels, Histogram, fn() -> Histogram>,
     /// Requests to the admin listener, by path.
     pub admin_requests: Family<PathLabels, Counter>,
     /// The graph's edges seen so far (the family cannot be listed).
@@ -146,11 +161,33 @@ impl Default for ProxyMetrics {
             access_log_dropped: Counter::default(),
             slow_heads: Counter::default(),
             service_graph: Family::default(),
+            client_requests: Family::default(),
+            client_http_code: Default::default(),
+            client_response_time: Family::new_with_constructor(response_time),
             admin_requests: Family::default(),
             edges: Default::default(),
             latency_sum_us: Family::default(),
             latency_count: Family::default(),
         }
+    }
+}
+
+/// One client service's series for one target, looked up once per
+/// downstream connection.
+#[derive(Debug, Clone)]
+pub struct ClientCounters {
+    pub requests: Counter,
+    pub codes: [Counter; 4],
+    pub response_time: Histogram,
+}
+
+impl ClientCounters {
+    /// A response head with `status` after `ms` milliseconds.
+    pub fn answered(&self, status: u16, ms: f64) {
+        if (200..600).contains(&status) {
+            self.codes[(status / 100 - 2) as usize].inc();
+        }
+        self.response_time.observe(ms);
     }
 }
 
@@ -214,6 +251,21 @@ impl ProxyMetrics {
             }),
             latency_sum_us: self.latency_sum_us.get_or_create(t).clone(),
             latency_count: self.latency_count.get_or_create(t).clone(),
+        }
+    }
+
+    /// The series of target `t` as client service `client` sees it.
+    pub fn for_client(&self, t: &TargetLabels, client: &str) -> ClientCounters {
+        let l = ClientTargetLabels {
+            namespace: t.namespace.clone(),
+            service: t.service.clone(),
+            target_discovery_name: t.target_discovery_name.clone(),
+            client_service: client.to_string(),
+        };
+        ClientCounters {
+            requests: self.client_requests.get_or_create(&l).clone(),
+            codes: std::array::from_fn(|i| self.client_http_code[i].get_or_create(&l).clone()),
+            response_time: self.client_response_time.get_or_create(&l).clone(),
         }
     }
 
@@ -311,6 +363,29 @@ impl ProxyMetrics {
             "service_graph_request_count",
             "Requests from one service's tasks to another service (egress)",
             self.service_graph.clone(),
+        );
+        r.register(
+            "client_request_count",
+            "Requests to a target from one client service's tasks (ECS dimensions \
+             TargetDiscoveryName, ServiceName)",
+            self.client_requests.clone(),
+        );
+        for (i, f) in self.client_http_code.iter().enumerate() {
+            r.register(
+                format!("client_httpcode_target_{}xx_count", i + 2),
+                format!(
+                    "{}xx responses from a target to one client service's tasks \
+                     (ECS HTTPCode_Target_{}XX_Count by TargetDiscoveryName, ServiceName)",
+                    i + 2,
+                    i + 2
+                ),
+                f.clone(),
+            );
+        }
+        r.register(
+            "client_target_response_time_milliseconds",
+            "TargetResponseTime of one client service's requests to a target",
+            self.client_response_time.clone(),
         );
         r.register(
             "admin_requests",

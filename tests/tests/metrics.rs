@@ -242,5 +242,50 @@ fn metrics_equal_the_traffic_sent() -> Result<()> {
         .output()?;
     let p: serde_json::Value = serde_json::from_slice(&post.stdout)?;
     assert_eq!(p["statuses"]["405"], 1, "{p}");
+
+    // Per client service (ECS's TargetDiscoveryName, ServiceName): a
+    // second client's requests are its own series; the totals hold both.
+    let (otd, osvc) = client_service("other");
+    k.apply(&[("o.json", &otd), ("os.json", &osvc)])?;
+    let o = k.run_json(
+        "other",
+        &[
+            &tb,
+            "http-client",
+            "--hosts",
+            &hosts,
+            "--url",
+            "http://web:8080/",
+            "--count",
+            "7",
+        ],
+    )?;
+    assert_eq!(o["ok"], 7, "{o}");
+    let m = scrape(&k)?;
+    let by = |client: &str| format!("client_service=\"{client}\"");
+    let (client, other) = (by("client"), by("other"));
+    for (name, c, want) in [
+        ("knit_client_request_count_total", &client, 130.0),
+        ("knit_client_request_count_total", &other, 7.0),
+        (
+            "knit_client_httpcode_target_2xx_count_total",
+            &client,
+            100.0,
+        ),
+        ("knit_client_httpcode_target_2xx_count_total", &other, 7.0),
+        ("knit_client_httpcode_target_4xx_count_total", &client, 20.0),
+        ("knit_client_httpcode_target_5xx_count_total", &client, 10.0),
+        (
+            "knit_client_target_response_time_milliseconds_count",
+            &other,
+            7.0,
+        ),
+    ] {
+        assert_eq!(value(&m, name, &[web_t[0], c]), want, "{name} {c}");
+    }
+    assert_eq!(
+        value(&m, "knit_httpcode_target_2xx_count_total", &web_t),
+        107.0
+    );
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Source {
 pub struct Client {
     pub source: std::sync::Arc<Source>,
     pub edge: Counter,
+    /// Its series for the target it dialed.
+    pub target: crate::metrics::ClientCounters,
 }
 
 /// One request, as far as it is known when it starts.

@@ -296,6 +296,7 @@ async fn handle(
     outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
     if let Target::Alias(_, Some(client), _) = target {
         client.edge.inc();
+        client.target.requests.inc();
     }
     let grpc = req
         .headers()
@@ -456,9 +457,13 @@ async fn handle(
             Some(Ok(resp)) => {
                 outcome.upstream = start.elapsed();
                 let m = &alias.counters;
+                let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
                 m.code(resp.status().as_u16());
                 ep.requests.inc();
-                m.latency(sent_at.elapsed().as_secs_f64() * 1000.0);
+                m.latency(ms);
+                if let Target::Alias(_, Some(client), _) = target {
+                    client.target.answered(resp.status().as_u16(), ms);
+                }
                 let unavailable = resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     || resp.headers().get("grpc-status").map(HeaderValue::as_bytes)
                         == Some(GRPC_UNAVAILABLE);

@@ -118,6 +118,7 @@ impl Proxy {
         let client = self.sources.load().get(&info.cgroup_id).map(|source| {
             Arc::new(access::Client {
                 edge: self.metrics.edge(&source.service, &route.service),
+                target: self.metrics.for_client(&route.target, &source.service),
                 source: source.clone(),
             })
         });

@@ -62,6 +62,8 @@ pub struct AliasRoute {
     pub discovery_name: String,
     /// The alias's test traffic rule and where matching requests go.
     pub test: Option<TestLane>,
+    /// Its client-side labels (per-client series are made from them).
+    pub target: crate::metrics::TargetLabels,
 }
 
 /// ECS blue/green test traffic: requests with header `name: value` go to
@@ -158,6 +160,11 @@ mod tests {
             budget: Arc::default(),
             pool: Arc::default(),
             test: None,
+            target: crate::metrics::TargetLabels {
+                namespace: "n".into(),
+                service: "s".into(),
+                target_discovery_name: "s".into(),
+            },
         }
     }
 

@@ -74,6 +74,7 @@ pub(super) fn build_route(
         access_log: s.spec.access_log,
         discovery_name: a.spec.discovery_name.clone(),
         test,
+        target,
     })
 }
 
