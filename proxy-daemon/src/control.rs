@@ -136,6 +136,10 @@ impl Request {
 pub struct StatsReport {
     /// When the counters were read (ms since the epoch).
     pub at_unix_ms: u64,
+    /// The response time buckets' upper bounds (ms) of every service's
+    /// `latency_buckets` (its last bucket: above them all).
+    #[serde(default)]
+    pub latency_bounds_ms: Vec<f64>,
     pub services: Vec<ServiceStats>,
     /// The service graph: requests between services, from real traffic.
     pub edges: Vec<EdgeStats>,
@@ -160,6 +164,10 @@ pub struct ServiceStats {
     /// Sum (µs) and count of response times.
     pub latency_sum_us: u64,
     pub latency_count: u64,
+    /// Response times per bucket of the report's `latency_bounds_ms` (not
+    /// cumulative): percentiles over an interval from two reports.
+    #[serde(default)]
+    pub latency_buckets: Vec<u64>,
     /// Kernel counters (TCP and the task side of L7).
     pub new_connections: u64,
     pub active_connections: u64,

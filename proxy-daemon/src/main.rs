@@ -97,7 +97,8 @@ enum Cmd {
         /// How often to read the counters.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
-        /// Stop after this many frames (default: until Ctrl-C).
+        /// Stop after this many frames; 0: until Ctrl-C (the default on a
+        /// terminal; into a pipe or a file the default is one frame).
         #[arg(long)]
         iterations: Option<u64>,
         /// One JSON object per frame.

@@ -106,12 +106,70 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// The response time histograms' bucket bounds, in milliseconds (0.1 ms
+/// to 100 s; above: the +Inf bucket).
+pub const LATENCY_BOUNDS_MS: [f64; 17] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    10_000.0, 100_000.0,
+];
+
 fn response_time() -> Histogram {
-    // Milliseconds, 0.1 ms to ~100 s.
-    Histogram::new([
-        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
-        5000.0, 10_000.0, 100_000.0,
-    ])
+    Histogram::new(LATENCY_BOUNDS_MS)
+}
+
+/// Response times per bucket of [`LATENCY_BOUNDS_MS`] (the last one:
+/// above them all), readable back (the Prometheus histogram is not): what
+/// `knit top` and the dashboard take percentiles from.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyBuckets(
+    std::sync::Arc<[std::sync::atomic::AtomicU64; LATENCY_BOUNDS_MS.len() + 1]>,
+);
+
+impl LatencyBuckets {
+    pub fn observe(&self, ms: f64) {
+        let i = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Each bucket's count (not cumulative).
+    pub fn counts(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// The `q` quantile (0..=1) of response times whose per-bucket counts are
+/// `counts` (of [`LATENCY_BOUNDS_MS`] and +Inf), interpolated linearly in
+/// its bucket as Prometheus' `histogram_quantile` does; `None` without any.
+pub fn quantile_ms(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut seen = 0u64;
+    for (i, c) in counts.iter().enumerate() {
+        if *c > 0 && (seen + c) as f64 >= rank {
+            let Some(upper) = LATENCY_BOUNDS_MS.get(i) else {
+                // Above the last bound: that bound is all that is known.
+                return LATENCY_BOUNDS_MS.last().copied();
+            };
+            let lower = if i == 0 {
+                0.0
+            } else {
+                LATENCY_BOUNDS_MS[i - 1]
+            };
+            let within = (rank - seen as f64) / *c as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+        seen += c;
+    }
+    LATENCY_BOUNDS_MS.last().copied()
 }
 
 /// What the L7 proxy counts per request.
@@ -124,6 +182,8 @@ pub struct ProxyMetrics {
     pub target_processed_bytes: Family<TargetLabels, Counter>,
     pub target_response_time: Family<TargetLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<TargetLabels, Counter>,
+    /// Retries the retry budget refused.
+    pub budget_exhausted: Family<TargetLabels, Counter>,
     /// Requests refused by a target's limits, by reason.
     pub overflow: Family<OverflowLabels, Counter>,
     /// Access log lines the writer could not keep up with.
@@ -145,6 +205,7 @@ pub struct ProxyMetrics {
     /// (the histogram cannot be read back); kept across route rebuilds.
     latency_sum_us: Family<TargetLabels, Counter>,
     latency_count: Family<TargetLabels, Counter>,
+    latency_buckets: Family<TargetLabels, LatencyBuckets>,
 }
 
 impl Default for ProxyMetrics {
@@ -157,6 +218,7 @@ impl Default for ProxyMetrics {
             target_processed_bytes: Family::default(),
             target_response_time: Family::new_with_constructor(response_time),
             retries: Family::default(),
+            budget_exhausted: Family::default(),
             overflow: Family::default(),
             access_log_dropped: Counter::default(),
             slow_heads: Counter::default(),
@@ -168,6 +230,7 @@ impl Default for ProxyMetrics {
             edges: Default::default(),
             latency_sum_us: Family::default(),
             latency_count: Family::default(),
+            latency_buckets: Family::default(),
         }
     }
 }
@@ -202,10 +265,12 @@ pub struct AliasCounters {
     pub bytes: Counter,
     pub response_time: Histogram,
     pub retries: Counter,
+    pub budget_exhausted: Counter,
     /// By [`Overflow`] (its discriminant).
     pub overflow: [Counter; 4],
     pub latency_sum_us: Counter,
     pub latency_count: Counter,
+    pub latency_buckets: LatencyBuckets,
 }
 
 impl AliasCounters {
@@ -214,6 +279,7 @@ impl AliasCounters {
         self.response_time.observe(ms);
         self.latency_sum_us.inc_by((ms * 1000.0) as u64);
         self.latency_count.inc();
+        self.latency_buckets.observe(ms);
     }
 
     /// A request refused by a limit.
@@ -239,6 +305,7 @@ impl ProxyMetrics {
             bytes: self.target_processed_bytes.get_or_create(t).clone(),
             response_time: self.target_response_time.get_or_create(t).clone(),
             retries: self.retries.get_or_create(t).clone(),
+            budget_exhausted: self.budget_exhausted.get_or_create(t).clone(),
             overflow: Overflow::ALL.map(|o| {
                 self.overflow
                     .get_or_create(&OverflowLabels {
@@ -251,6 +318,7 @@ impl ProxyMetrics {
             }),
             latency_sum_us: self.latency_sum_us.get_or_create(t).clone(),
             latency_count: self.latency_count.get_or_create(t).clone(),
+            latency_buckets: self.latency_buckets.get_or_create(t).clone(),
         }
     }
 
@@ -353,6 +421,11 @@ impl ProxyMetrics {
             self.retries.clone(),
         );
         r.register(
+            "retry_budget_exhausted",
+            "Retries a target's retry budget refused (the request failed instead)",
+            self.budget_exhausted.clone(),
+        );
+        r.register(
             "limit_overflow",
             "Requests refused because a limit of the target service was reached, by reason \
              (pending: maxPendingRequests, 503; request_bytes: maxRequestBytes, 413; \
@@ -411,6 +484,9 @@ pub struct Snapshot {
     pub services: Vec<ServiceSample>,
     pub endpoints: Vec<EndpointSample>,
     pub accel: AccelSample,
+    /// How old the kernel heartbeat is (`None`: none written); L7
+    /// services fail open once it is 1.5 s old.
+    pub heartbeat_age_s: Option<f64>,
 }
 
 /// One client alias: the kernel's counters of its connections.
@@ -526,6 +602,15 @@ impl Snapshot {
             c.inc_by(v);
             c
         };
+        if let Some(age) = self.heartbeat_age_s {
+            let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+            g.set(age);
+            r.register(
+                "datapath_heartbeat_age_seconds",
+                "Age of the heartbeat the connect hook checks (L7 services fail open past 1.5 s)",
+                g,
+            );
+        }
         r.register(
             "accel_enabled",
             "1 when same-host acceleration (sockhash + sk_msg) takes new connections",
@@ -569,4 +654,25 @@ pub fn render(proxy: &ProxyMetrics, snap: Snapshot) -> String {
         tracing::warn!(error = %e, "encoding metrics");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_a_bucket() {
+        let b = LatencyBuckets::default();
+        assert_eq!(quantile_ms(&b.counts(), 0.5), None);
+        // 100 answers between 5 and 10 ms, one over 100 s.
+        for _ in 0..100 {
+            b.observe(7.0);
+        }
+        b.observe(200_000.0);
+        let c = b.counts();
+        let p50 = quantile_ms(&c, 0.5).unwrap_or_default();
+        assert!((5.0..=10.0).contains(&p50), "{p50}");
+        assert_eq!(quantile_ms(&c, 1.0), Some(100_000.0));
+        assert!(quantile_ms(&c, 0.99).is_some_and(|p| p <= 10.0));
+    }
 }

@@ -496,7 +496,7 @@ impl Knit {
     }
 
     /// Where the daemon's admin HTTP listens (`knit status`).
-    fn admin_address(&self) -> Result<String> {
+    pub fn admin_address(&self) -> Result<String> {
         Ok(self.json(&["status"])?["admin"]
             .as_str()
             .context("admin address")?
@@ -736,4 +736,15 @@ pub fn chromium(profile: &Path) -> Command {
     ])
     .arg(format!("--user-data-dir={}", profile.display()));
     c
+}
+
+/// A child process killed (and reaped) when this is dropped: background
+/// load that must not outlive a failed test.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -168,6 +168,26 @@ fn a_full_state_disk_fails_applies_clearly_and_loses_nothing() -> Result<()> {
     let _disk = Tmpfs::mount(&state, "24m")?;
     k.start_daemon()?;
     setup_db(&mut k)?;
+    // A client task that runs through the whole episode: a task that
+    // started before the disk filled keeps being served (starting a new
+    // one writes the store, which a full disk refuses, clearly).
+    let hosts = k.hosts.display().to_string();
+    let steady = k.spawn_task(
+        "client",
+        &[
+            &tb(),
+            "client",
+            "--target",
+            "db:6379",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "10000",
+            "--interval-ms",
+            "50",
+        ],
+        std::process::Stdio::piped(),
+    )?;
 
     // Fill the disk.
     let filler = state.join("filler");
@@ -221,8 +241,19 @@ fn a_full_state_disk_fails_applies_clearly_and_loses_nothing() -> Result<()> {
         err.contains("disk is full") && err.contains(&state.display().to_string()),
         "{err}"
     );
-    // The daemon keeps serving what it had.
-    assert_eq!(failed_calls(&k)?, 0);
+    // The daemon keeps serving what it had: the running client was
+    // served throughout, and a new task is refused with the reason.
+    let out = k.cli(&["run", "--service", "client", "--", "true"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() || err.contains("disk is full"),
+        "a task start on a full disk: {err}"
+    );
+    let r = knit_tests::json_output(steady)?;
+    ensure!(
+        r["failed"] == 0 && r["ok"].as_u64().is_some_and(|n| n > 20),
+        "the running client while the disk was full: {r}"
+    );
     let refused_name = format!("extra{round}x0");
     let services = k.ok(&["services"])?;
     ensure!(!services.contains(&refused_name), "{services}");

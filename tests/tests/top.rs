@@ -52,7 +52,12 @@ fn knit_top_shows_live_rates_and_the_service_graph() -> Result<()> {
             "{web}"
         );
         ensure!(web["errors_5xx_pct"] == 0.0, "{web}");
-        ensure!(web["mean_latency_ms"].as_f64().is_some(), "{web}");
+        // Percentiles from the response time buckets of the interval.
+        let (p50, p99) = (
+            web["p50_latency_ms"].as_f64().context("p50")?,
+            web["p99_latency_ms"].as_f64().context("p99")?,
+        );
+        ensure!(0.0 < p50 && p50 <= p99 && p99 < 1000.0, "{web}");
         ensure!(web["healthy"] == 1, "{web}");
         let edge = f["edges"]
             .as_array()
@@ -66,11 +71,16 @@ fn knit_top_shows_live_rates_and_the_service_graph() -> Result<()> {
             "{edge}"
         );
     }
-    let text = k.ok(&["top", "--iterations", "1", "--interval-ms", "300"])?;
+    // Into a pipe, without --iterations: one frame, then it exits.
+    let text = k.ok(&["top", "--interval-ms", "300"])?;
     ensure!(
-        text.contains("REQ/S") && text.contains("web:8080") && text.contains("service graph"),
+        text.contains("REQ/S")
+            && text.contains("P99 MS")
+            && text.contains("web:8080")
+            && text.contains("service graph"),
         "{text}"
     );
+    ensure!(text.matches("knit top:").count() == 1, "{text}");
     let r = knit_tests::json_output(load)?;
     ensure!(r["failed"] == 0, "{r}");
     // The graph is in /metrics too.

@@ -10,7 +10,8 @@ use crate::util::{self, step, succeeds};
 /// Debian packages: VM tests (qemu, busybox, cpio), inspection (bpftool),
 /// benchmarks (haproxy, nginx, wrk, h2load from nghttp2-client), the etcd
 /// registry (etcd-server and etcdctl for tests, protoc to build the etcd
-/// client's gRPC code), headless Chromium for the dashboard test.
+/// client's gRPC code), headless Chromium for the dashboard test,
+/// Prometheus and promtool for the shipped dashboard and rules.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -26,6 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // The shipped Grafana dashboard and rules are tested against a real
+    // Prometheus (and promtool).
+    "prometheus",
 ];
 
 pub fn run() -> Result<()> {

@@ -76,7 +76,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             // edge's tests drive the proxy's parsing and limits (userspace,
             // no kernel feature of their own) with timings that assume real
             // hardware, not TCG emulation.
-            host_only: &["dashboard", "knit-demo", "edge"],
+            host_only: &["dashboard", "knit-demo", "edge", "prometheus"],
         },
         args,
     )

@@ -141,8 +141,10 @@ fn accel(a: &crate::control::AccelStatus) -> String {
 /// One frame of `knit top`.
 pub fn top(f: &super::top::Frame, interval: std::time::Duration) -> String {
     let mut t = table(&[
-        "SERVICE", "ALIAS", "PROTOCOL", "HEALTHY", "REQ/S", "5XX %", "MEAN MS", "CONN/S", "ACTIVE",
+        "SERVICE", "ALIAS", "PROTOCOL", "HEALTHY", "REQ/S", "5XX %", "P50 MS", "P99 MS", "CONN/S",
+        "ACTIVE",
     ]);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |m| format!("{m:.2}"));
     for s in &f.services {
         t.add_row(vec![
             s.service.clone(),
@@ -151,8 +153,8 @@ pub fn top(f: &super::top::Frame, interval: std::time::Duration) -> String {
             format!("{}/{}", s.healthy, s.endpoints),
             format!("{:.1}", s.requests_per_s),
             format!("{:.1}", s.errors_5xx_pct),
-            s.mean_latency_ms
-                .map_or_else(|| "-".to_string(), |m| format!("{m:.2}")),
+            ms(s.p50_latency_ms),
+            ms(s.p99_latency_ms),
             format!("{:.1}", s.new_connections_per_s),
             s.active_connections.to_string(),
         ]);

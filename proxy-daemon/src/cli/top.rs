@@ -1,8 +1,9 @@
 //! `knit top`: live rates per service from the daemon's counters, read
-//! every `--interval-ms`: requests/s, share of 5xx, mean response time and
-//! new connections/s per client alias, and the service graph's edges with
-//! their requests/s. On a terminal the screen is redrawn; otherwise (or with
-//! `--json`) one frame follows another.
+//! every `--interval-ms`: requests/s, share of 5xx, p50 and p99 response
+//! time and new connections/s per client alias, and the service graph's
+//! edges with their requests/s. On a terminal the screen is redrawn until
+//! Ctrl-C; otherwise (a pipe, a file) one frame is printed and it exits,
+//! unless `--iterations` says how many.
 use std::{collections::BTreeMap, io::IsTerminal, path::Path, time::Duration};
 
 use serde::Serialize;
@@ -21,6 +22,9 @@ pub struct Rates {
     pub requests_per_s: f64,
     pub errors_5xx_pct: f64,
     pub mean_latency_ms: Option<f64>,
+    /// Over the interval, from the response time buckets.
+    pub p50_latency_ms: Option<f64>,
+    pub p99_latency_ms: Option<f64>,
     pub new_connections_per_s: f64,
     pub active_connections: u64,
 }
@@ -55,6 +59,17 @@ pub fn frame(prev: &StatsReport, cur: &StatsReport) -> Frame {
             let requests = d(|s| s.requests);
             let errors = d(|s| s.codes[3]);
             let count = d(|s| s.latency_count);
+            let buckets: Vec<u64> = s
+                .latency_buckets
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    c.saturating_sub(
+                        p.and_then(|p| p.latency_buckets.get(i).copied())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect();
             Rates {
                 service: s.service.clone(),
                 alias: format!("{}:{}", s.dns_name, s.port),
@@ -69,6 +84,8 @@ pub fn frame(prev: &StatsReport, cur: &StatsReport) -> Frame {
                 },
                 mean_latency_ms: (count > 0)
                     .then(|| d(|s| s.latency_sum_us) as f64 / count as f64 / 1000.0),
+                p50_latency_ms: crate::metrics::quantile_ms(&buckets, 0.5),
+                p99_latency_ms: crate::metrics::quantile_ms(&buckets, 0.99),
                 new_connections_per_s: d(|s| s.new_connections) as f64 / dt,
                 active_connections: s.active_connections,
             }
@@ -106,9 +123,22 @@ pub fn frame(prev: &StatsReport, cur: &StatsReport) -> Frame {
     }
 }
 
+/// Frames to print: `--iterations` (0: until Ctrl-C), else until Ctrl-C
+/// on a terminal and one frame into a pipe or a file.
+fn frames(iterations: Option<u64>, terminal: bool) -> Option<u64> {
+    match iterations {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if terminal => None,
+        None => Some(1),
+    }
+}
+
 pub fn top(socket: &Path, interval_ms: u64, iterations: Option<u64>, json: bool) -> i32 {
     let interval = Duration::from_millis(interval_ms.max(100));
-    let redraw = !json && std::io::stdout().is_terminal();
+    let terminal = std::io::stdout().is_terminal();
+    let redraw = !json && terminal;
+    let iterations = frames(iterations, terminal);
     let fetch = || call::<StatsReport>(socket, &Request::Stats);
     let mut prev = match fetch() {
         Ok(s) => s,
@@ -140,5 +170,18 @@ pub fn top(socket: &Path, interval_ms: u64, iterations: Option<u64>, json: bool)
         if iterations.is_some_and(|n| shown >= n) {
             return 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_gets_one_frame_a_terminal_until_ctrl_c() {
+        assert_eq!(frames(None, false), Some(1));
+        assert_eq!(frames(None, true), None);
+        assert_eq!(frames(Some(0), false), None);
+        assert_eq!(frames(Some(3), true), Some(3));
     }
 }

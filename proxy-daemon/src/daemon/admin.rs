@@ -1,7 +1,7 @@
 //! The admin HTTP listener (loopback by default): `/` (the live dashboard,
 //! one self-contained page built into the binary), `/metrics` (Prometheus
 //! text), `/api/v1/{services,endpoints,status,stats}` (JSON), `/healthz`,
-//! `/readyz`. Read-only: every change goes through the CLI's root-only
+//! `/readyz`, `/api/v1/history` (the last 15 minutes per alias). Read-only: every change goes through the CLI's root-only
 //! unix socket.
 use std::{convert::Infallible, sync::Arc};
 
@@ -87,6 +87,7 @@ fn handle(req: Request<Incoming>, reader: &Reader, proxy: &Proxy) -> Response<Fu
         "/api/v1/endpoints",
         "/api/v1/status",
         "/api/v1/stats",
+        "/api/v1/history",
     ];
     proxy
         .metrics
@@ -121,10 +122,11 @@ fn handle(req: Request<Incoming>, reader: &Reader, proxy: &Proxy) -> Response<Fu
             ),
         },
         "/api/v1/stats" => json(&reader.stats()),
+        "/api/v1/history" => json(&reader.history.report()),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /, /metrics, /api/v1/services, /api/v1/endpoints, /api/v1/status, /api/v1/stats, /healthz\n".into(),
+            "not found; try /, /metrics, /api/v1/services, /api/v1/endpoints, /api/v1/status, /api/v1/stats, /api/v1/history, /healthz\n".into(),
         ),
     }
 }

@@ -5,6 +5,7 @@ pub mod desired;
 mod engine;
 mod error;
 mod handover;
+pub mod history;
 pub mod read;
 mod server;
 pub use server::tune_allocator;
@@ -212,6 +213,17 @@ pub async fn run(
     }
     info!(admin = %admin_addr, "admin HTTP (metrics, API)");
     let reader = engine.lock().await.reader.clone();
+    // The dashboard's last 15 minutes: a point per alias every 5 s.
+    let sampler = reader.clone();
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(history::EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let stats = sampler.stats();
+            sampler.history.sample(stats);
+        }
+    }));
     background.push(tokio::spawn(admin::serve(
         admin,
         reader.clone(),

@@ -86,21 +86,31 @@ pub struct EndpointView {
 pub struct Reader {
     model: ArcSwap<ReadModel>,
     live: LiveCounters,
+    heartbeat: crate::datapath::Heartbeat,
     proxy: Arc<Proxy>,
     etcd: Option<Arc<Etcd>>,
     started: Instant,
     retired: AtomicBool,
+    /// The last 15 minutes of every alias (filled by a task of its own).
+    pub history: super::history::History,
 }
 
 impl Reader {
-    pub fn new(live: LiveCounters, proxy: Arc<Proxy>, etcd: Option<Arc<Etcd>>) -> Self {
+    pub fn new(
+        live: LiveCounters,
+        heartbeat: crate::datapath::Heartbeat,
+        proxy: Arc<Proxy>,
+        etcd: Option<Arc<Etcd>>,
+    ) -> Self {
         Self {
             model: ArcSwap::from_pointee(ReadModel::default()),
             live,
+            heartbeat,
             proxy,
             etcd,
             started: Instant::now(),
             retired: AtomicBool::new(false),
+            history: super::history::History::default(),
         }
     }
 
@@ -175,6 +185,7 @@ impl Reader {
                 sockets: self.live.accelerated_sockets(),
                 counters: self.live.accel(),
             },
+            heartbeat_age_s: self.heartbeat.age().map(|d| d.as_secs_f64()),
             ..Snapshot::default()
         };
         for a in &m.aliases {
@@ -241,11 +252,13 @@ impl Reader {
                 st.retries = m.retries.get();
                 st.latency_sum_us = m.latency_sum_us.get();
                 st.latency_count = m.latency_count.get();
+                st.latency_buckets = m.latency_buckets.counts();
             }
             services.push(st);
         }
         StatsReport {
             at_unix_ms: super::engine::now_ms(),
+            latency_bounds_ms: crate::metrics::LATENCY_BOUNDS_MS.to_vec(),
             services,
             edges: self
                 .proxy

@@ -88,6 +88,20 @@ impl Heartbeat {
         };
         self.0.update(|cfg| cfg.heartbeat_ns = now)
     }
+
+    /// How old the heartbeat in the map is (`None`: none, or unreadable).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let beat = {
+            let map = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&0, 0).ok()?.heartbeat_ns
+        };
+        if beat == 0 {
+            return None;
+        }
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+        let now = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        Some(std::time::Duration::from_nanos(now.saturating_sub(beat)))
+    }
 }
 
 /// Read-only handles of their own (duplicated descriptors) on the maps the

@@ -385,11 +385,17 @@ async fn handle(
         outcome.endpoint = Some(ep.addr);
         outcome.retries = retries as u32;
         let mut may_retry = |replay_ok: bool| {
-            replay_ok && retries < MAX_RETRIES && alias.budget.try_retry(Instant::now()) && {
-                retries += 1;
-                alias.counters.retries.inc();
-                true
+            if !(replay_ok && retries < MAX_RETRIES) {
+                return false;
             }
+            if !alias.budget.try_retry(Instant::now()) {
+                // Would have retried: the service's retry budget said no.
+                alias.counters.budget_exhausted.inc();
+                return false;
+            }
+            retries += 1;
+            alias.counters.retries.inc();
+            true
         };
         let acquired = within(deadline, alias.pool.acquire(ep.addr, h2, lane)).await;
         let (mut sender, reused) = match acquired {

@@ -217,6 +217,7 @@ impl Engine {
         }
         let reader = Arc::new(Reader::new(
             dp.maps.live_counters()?,
+            dp.maps.heartbeat_handle(),
             proxy.clone(),
             registry.etcd().cloned(),
         ));
