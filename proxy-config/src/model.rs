@@ -131,6 +131,11 @@ pub struct TaskDefinition {
     /// default, [`TaskDefinition::DEFAULT_STOP_TIMEOUT_S`].
     #[serde(default)]
     pub stop_timeout_s: Option<u32>,
+    /// Deleted (`knit delete task-definition`, ECS's INACTIVE): no new
+    /// task or pin may use it, tasks running it go on, and its number is
+    /// never given to another revision.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inactive: bool,
 }
 
 impl TaskDefinition {
@@ -329,6 +334,10 @@ pub struct Existing {
     pub namespaces: BTreeSet<String>,
     /// Latest task definition per family.
     pub task_definitions: BTreeMap<String, TaskDefinition>,
+    /// Every active revision by `family:N` (a service pinned to one is
+    /// checked against it, not against the newest).
+    #[serde(default)]
+    pub revisions: BTreeMap<String, TaskDefinition>,
     /// Services by name.
     pub services: BTreeMap<String, ServiceSpec>,
 }
@@ -339,6 +348,7 @@ impl Default for Existing {
             default_namespace: DEFAULT_NAMESPACE.to_owned(),
             namespaces: BTreeSet::new(),
             task_definitions: BTreeMap::new(),
+            revisions: BTreeMap::new(),
             services: BTreeMap::new(),
         }
     }

@@ -128,9 +128,19 @@ pub fn plan(files: &[(String, Vec<u8>)], existing: &Existing) -> Result<ApplyPla
             );
         }
         let Some(family) = &svc.family else { continue };
-        let td = match new_tds.get(family.as_str()) {
-            Some(local) => Some((&local.td, Some(&local.udp))),
-            None => existing.task_definitions.get(family).map(|td| (td, None)),
+        // A pinned revision that is registered is what the service runs:
+        // checked against it (a newer revision may differ).
+        let pinned = svc.revision.and_then(|n| {
+            existing
+                .task_definitions
+                .get(family)
+                .filter(|t| t.revision == n)
+                .or_else(|| existing.revisions.get(&format!("{family}:{n}")))
+        });
+        let td = match (pinned, new_tds.get(family.as_str())) {
+            (Some(td), _) => Some((td, None)),
+            (None, Some(local)) => Some((&local.td, Some(&local.udp))),
+            (None, None) => existing.task_definitions.get(family).map(|td| (td, None)),
         };
         let Some((td, udp)) = td else {
             let mut known: BTreeSet<&str> = existing

@@ -160,7 +160,7 @@ mod tests {
     fn the_task_unit_drains_on_stop() -> Result<()> {
         let unit = std::fs::read_to_string(util::root().join("packaging/knit-task@.service"))?;
         for line in [
-            "Requires=knit.service",
+            "Wants=knit.service",
             "KillMode=process",
             "Restart=on-failure",
             "TimeoutStopSec=",

@@ -266,6 +266,10 @@ pub(super) fn recheck_existing(
         let Some(local) = new_tds.get(svc.task_definition.as_str()) else {
             continue;
         };
+        // Pinned to a revision: a new one changes nothing it runs.
+        if svc.task_definition_revision.is_some() {
+            continue;
+        }
         if replaced.contains(name.as_str()) {
             continue;
         }

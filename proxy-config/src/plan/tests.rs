@@ -409,3 +409,30 @@ fn ingress_port_overrides_are_one_per_entry_and_not_the_apps_port() {
         Some("$[1].serviceConnectConfiguration.services[0].ingressPortOverride")
     );
 }
+
+/// A service pinned to a revision is not checked against a newer one: a
+/// new revision may rename the port the pinned one has.
+#[test]
+fn a_pinned_service_is_left_alone_by_a_new_revision() {
+    let mut ex = crate::test_support::existing();
+    let td = ex.task_definitions["web"].clone();
+    let mut pinned = td.clone();
+    pinned.revision = 1;
+    ex.task_definitions.insert("web".into(), pinned.clone());
+    ex.revisions.insert("web:1".into(), pinned);
+    if let Some(s) = ex.services.get_mut("old") {
+        s.task_definition_revision = Some(1);
+    }
+    // Revision 2 without the port `http` that service `old` uses.
+    let renamed = crate::test_support::td(
+        "web",
+        r#"[{"name": "other", "containerPort": 80, "appProtocol": "http"}]"#,
+    );
+    let p = crate::test_support::ok_with(&[("web2.json", &renamed)], &ex);
+    assert_eq!(p.task_definitions.len(), 1);
+    // Unpinned, the same apply is refused (old would lose its port).
+    if let Some(s) = ex.services.get_mut("old") {
+        s.task_definition_revision = None;
+    }
+    assert!(!crate::test_support::errs_with(&[("web2.json", &renamed)], &ex).is_empty());
+}

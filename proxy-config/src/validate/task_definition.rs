@@ -59,6 +59,7 @@ pub(crate) fn task_definition(
         command: Vec::new(),
         health_check: None,
         stop_timeout_s: None,
+        inactive: false,
     };
     let mut udp = BTreeSet::new();
     let mut seen: Vec<(String, String)> = Vec::new(); // (name, path of first use)

@@ -56,6 +56,16 @@ impl Client {
         })
     }
 
+    /// As [`Client::connect`], giving up on an answer after `timeout` (a
+    /// caller that must not hang on a stuck daemon).
+    pub fn connect_within(socket: &Path, timeout: std::time::Duration) -> Result<Self, Failure> {
+        let c = Self::connect(socket)?;
+        let set = |r: std::io::Result<()>| r.map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()));
+        set(c.writer.set_write_timeout(Some(timeout)))?;
+        set(c.reader.get_ref().set_read_timeout(Some(timeout)))?;
+        Ok(c)
+    }
+
     pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, Failure> {
         let io =
             |e: std::io::Error| Failure::new(EXIT_FAILURE, format!("talking to the daemon: {e}"));

@@ -11,7 +11,9 @@
 //! in-flight requests and connections finish (up to `[proxy]
 //! drain_timeout_ms`, 20 s by default), then the daemon sends the app
 //! SIGTERM and, after its task definition's `stopTimeout` (30 s by
-//! default), SIGKILL. A second SIGTERM or SIGINT goes straight to the app,
+//! default), SIGKILL. The app runs in a process group of its own, so a
+//! terminal's Ctrl-C reaches `knit run` first, not the app. A second
+//! SIGTERM or SIGINT goes straight to the app,
 //! as does every signal when the daemon cannot be reached. SIGHUP is
 //! always passed on.
 use std::{ffi::CString, os::unix::ffi::OsStrExt, os::unix::process::ExitStatusExt, path::Path};
@@ -94,10 +96,13 @@ async fn exited(socket: &Path, client: &mut Client, task_id: &str, status: i32) 
 /// Ask the daemon to drain this task (a connection of its own: the task's
 /// connection may be gone with a restarted daemon).
 fn drain(socket: &Path, task_id: &str) -> Result<(), Failure> {
-    let ids: Vec<String> = Client::connect(socket)?.call(&Request::Drain {
-        service: None,
-        task: Some(task_id.to_string()),
-    })?;
+    // A daemon that does not answer within seconds: the signal goes to the
+    // app instead.
+    let ids: Vec<String> = Client::connect_within(socket, std::time::Duration::from_secs(5))?
+        .call(&Request::Drain {
+            service: None,
+            task: Some(task_id.to_string()),
+        })?;
     if ids.iter().any(|id| id == task_id) {
         Ok(())
     } else {
@@ -144,7 +149,9 @@ async fn run_task(
         None => None,
     };
     let mut command = tokio::process::Command::new(prog);
-    command.args(args).envs(&plan.env);
+    // A process group of its own: a terminal's Ctrl-C reaches `knit run`
+    // (which drains first), not the app directly.
+    command.args(args).envs(&plan.env).process_group(0);
     // SAFETY: cgroup::join and namespace_hosts only make async-signal-safe
     // syscalls on memory prepared before the fork.
     unsafe {

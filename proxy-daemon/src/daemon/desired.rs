@@ -134,7 +134,9 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
         let members = members.get(s.spec.name.as_str()).map_or(&[][..], |m| m);
         let names = out.names.entry(s.spec.namespace.clone()).or_default();
         for (ai, a) in s.aliases.iter().enumerate() {
-            let mut backends = Vec::new();
+            // The kernel's backends (TCP aliases; L7 ones only when the
+            // daemon is gone, failing open): never the test lane's.
+            let (mut backends, mut older_backends) = (Vec::new(), Vec::new());
             let (mut endpoints, mut test_endpoints, mut older) =
                 (Vec::new(), Vec::new(), Vec::new());
             let rule = a.spec.test_traffic.is_some();
@@ -144,7 +146,13 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
                     if !(inputs.eligible)(m.task, p) {
                         continue;
                     }
-                    backends.push((m.address, p.port, p.backend_id));
+                    let lane = lane(rule, s.spec.task_definition_revision, m.task.revision);
+                    let backend = (m.address, p.port, p.backend_id);
+                    match lane {
+                        Lane::Production => backends.push(backend),
+                        Lane::Older => older_backends.push(backend),
+                        Lane::Test => {}
+                    }
                     // Another host's L7 endpoint: that entry's own
                     // ingress listener there.
                     let port = if m.local {
@@ -158,7 +166,7 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
                             SocketAddr::from((m.address, port)),
                             p.backend_id,
                         );
-                        match lane(rule, s.spec.task_definition_revision, m.task.revision) {
+                        match lane {
                             Lane::Production => endpoints.push(e),
                             Lane::Test => test_endpoints.push(e),
                             Lane::Older => older.push(e),
@@ -169,6 +177,9 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
             // Older revisions serve only while the pinned one has nothing.
             if endpoints.is_empty() {
                 endpoints = older;
+            }
+            if backends.is_empty() {
+                backends = older_backends;
             }
             if is_l7(a) {
                 out.l7.push(L7Route {
@@ -237,6 +248,7 @@ mod tests {
             ns_id,
             aliases,
             deleting: false,
+            deleted_unix_ms: 0,
         }
     }
 

@@ -52,8 +52,10 @@ pub enum Target {
     /// The alias the task dialed (by kernel id), looked up per request so
     /// that keep-alive connections follow endpoint changes; and the task's
     /// service, when known; and the client task (its cgroup id), whose
-    /// share of the service's upgraded tunnels is capped.
-    Alias(u32, Option<Arc<Client>>, u64),
+    /// share of the service's upgraded tunnels is capped; and which alias
+    /// that id was when the connection came ([`AliasRoute::identity`]): a
+    /// deleted service's id, given to another alias later, is not followed.
+    Alias(u32, Option<Arc<Client>>, u64, Arc<str>),
     /// A fixed route (an ingress listener to its local app).
     Fixed(Arc<AliasRoute>),
 }
@@ -230,14 +232,14 @@ async fn logged(
     proxy: &Arc<Proxy>,
 ) -> Response<ProxyBody> {
     let log = match target {
-        Target::Alias(_, Some(c), _) => c
+        Target::Alias(_, Some(c), ..) => c
             .source
             .access_log
             .map(|spec| (spec, c.source.service.clone(), "egress")),
         Target::Fixed(route) => route
             .access_log
             .map(|spec| (spec, "-".to_string(), "ingress")),
-        Target::Alias(_, None, _) => None,
+        Target::Alias(_, None, ..) => None,
     };
     let Some((spec, source, direction)) = log else {
         return handle(req, target, proxy, &mut Outcome::default()).await;
@@ -282,19 +284,26 @@ async fn handle(
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let alias = match target {
-        Target::Alias(id, ..) => match proxy.routes.load().aliases.get(id) {
-            Some(a) => a.clone(),
-            None => {
-                return error_response(
+        Target::Alias(id, _, _, identity) => match proxy.routes.load().aliases.get(id) {
+            Some(a) if a.identity == *identity => a.clone(),
+            // Deleted (or its id is another alias's now): this connection
+            // is done; a new one dials whatever the name is now.
+            _ => {
+                let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "this service is no longer routed",
                 );
+                if req.version() < hyper::Version::HTTP_2 {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return r;
             }
         },
         Target::Fixed(a) => a.clone(),
     };
     outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
-    if let Target::Alias(_, Some(client), _) = target {
+    if let Target::Alias(_, Some(client), ..) = target {
         client.edge.inc();
         client.target.requests.inc();
     }
@@ -337,7 +346,7 @@ async fn handle(
             return bad_request("an upgrade request carries no body", h1);
         }
         let client = match target {
-            Target::Alias(_, _, task) => Some(*task),
+            Target::Alias(_, _, task, _) => Some(*task),
             Target::Fixed(_) => None,
         };
         return upgrade::forward(req, &alias, proxy, client, outcome).await;
@@ -467,7 +476,7 @@ async fn handle(
                 m.code(resp.status().as_u16());
                 ep.requests.inc();
                 m.latency(ms);
-                if let Target::Alias(_, Some(client), _) = target {
+                if let Target::Alias(_, Some(client), ..) = target {
                     client.target.answered(resp.status().as_u16(), ms);
                 }
                 let unavailable = resp.status() == StatusCode::SERVICE_UNAVAILABLE

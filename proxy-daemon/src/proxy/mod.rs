@@ -103,7 +103,14 @@ impl Proxy {
 
     /// The alias a task dialed (its kernel id) and who the task is, from the
     /// kernel's record of its connection.
-    fn alias_of(&self, peer: SocketAddr) -> Option<(u32, Option<Arc<access::Client>>, u64)> {
+    #[expect(
+        clippy::type_complexity,
+        reason = "what a connection is for, read once at accept"
+    )]
+    fn alias_of(
+        &self,
+        peer: SocketAddr,
+    ) -> Option<(u32, Option<Arc<access::Client>>, u64, Arc<str>)> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -122,7 +129,12 @@ impl Proxy {
                 source: source.clone(),
             })
         });
-        Some((info.service_id, client, info.cgroup_id))
+        Some((
+            info.service_id,
+            client,
+            info.cgroup_id,
+            route.identity.clone(),
+        ))
     }
 }
 
@@ -142,14 +154,18 @@ pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let Some((alias, client, task)) = proxy.alias_of(peer) else {
+            let Some((alias, client, task, identity)) = proxy.alias_of(peer) else {
                 // Not a task's connection to a VIP (or one we no longer route).
                 debug!(%peer, "egress: no VIP recorded for this connection; closing");
                 return;
             };
             let _ = stream.set_nodelay(true);
-            forward::serve_connection(stream, forward::Target::Alias(alias, client, task), proxy)
-                .await;
+            forward::serve_connection(
+                stream,
+                forward::Target::Alias(alias, client, task, identity),
+                proxy,
+            )
+            .await;
         });
     }
 }

@@ -64,6 +64,10 @@ pub struct AliasRoute {
     pub test: Option<TestLane>,
     /// Its client-side labels (per-client series are made from them).
     pub target: crate::metrics::TargetLabels,
+    /// Which alias this is (`namespace/service/dnsName:port`): a
+    /// connection accepted for one alias id never follows that id to
+    /// another alias.
+    pub identity: Arc<str>,
 }
 
 /// ECS blue/green test traffic: requests with header `name: value` go to
@@ -165,6 +169,7 @@ mod tests {
                 service: "s".into(),
                 target_discovery_name: "s".into(),
             },
+            identity: "n/s/s:80".into(),
         }
     }
 

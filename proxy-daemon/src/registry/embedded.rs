@@ -383,7 +383,6 @@ fn write(w: &WriteTransaction, changes: &[Change]) -> Result<(), RegistryError> 
                 match r {
                     Record::Namespace(k) => remove(NAMESPACES, k)?,
                     Record::TaskDefinition(k) => remove(TASKDEFS, k)?,
-                    Record::Revision(k) => remove(REVISIONS, k)?,
                     Record::Service(k) => remove(SERVICES, k)?,
                     Record::Vip(k) => remove_u64(VIPS, k)?,
                     Record::AliasId(k) => remove_u64(ALIAS_IDS, k)?,

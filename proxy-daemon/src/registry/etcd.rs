@@ -122,7 +122,6 @@ fn change_key(c: &Change) -> String {
             match r {
                 Record::Namespace(n) => format!("config/namespaces/{n}"),
                 Record::TaskDefinition(f) => format!("config/task_definitions/{f}"),
-                Record::Revision(k) => format!("config/task_definition_revisions/{k}"),
                 Record::Service(s) => format!("config/services/{s}"),
                 Record::Vip(k) => format!("config/vips/{k}"),
                 Record::AliasId(k) => format!("config/alias_ids/{k}"),

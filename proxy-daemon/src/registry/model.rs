@@ -25,6 +25,9 @@ pub struct ServiceRecord {
     /// on every host; removed once none is left.
     #[serde(default)]
     pub deleting: bool,
+    /// When it was deleted (ms since the epoch; 0: not deleted).
+    #[serde(default)]
+    pub deleted_unix_ms: u64,
 }
 
 /// A port of a running task.

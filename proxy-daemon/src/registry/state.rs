@@ -15,8 +15,11 @@ use super::{AliasRecord, RegistryError, ServiceRecord};
 
 /// First VIP offset in 127.255.0.0/16 (127.255.0.1).
 const FIRST_VIP: u64 = 1;
-/// Counter names (VIPs and alias ids are the lowest free ones instead,
-/// so that a deleted service's come back).
+/// Counter names. VIPs and alias ids are the lowest free ones (a deleted
+/// service's come back); their counters are kept above every one in use,
+/// for daemons of earlier versions that allocate from them.
+pub const NEXT_VIP: &str = "next_vip";
+pub const NEXT_SERVICE_ID: &str = "next_service_id";
 pub const NEXT_NAMESPACE_ID: &str = "next_namespace_id";
 pub const NEXT_TASK: &str = "next_task";
 pub const NEXT_BACKEND_ID: &str = "next_backend_id";
@@ -76,8 +79,6 @@ pub enum Record {
     Namespace(String),
     /// A family's newest-revision entry.
     TaskDefinition(String),
-    /// One revision, `family:N`.
-    Revision(String),
     Service(String),
     Vip(String),
     AliasId(String),
@@ -137,23 +138,24 @@ pub fn revision_key(family: &str, revision: u32) -> String {
 }
 
 impl ConfigState {
-    /// Revision `revision` of `family` (`None`: the newest).
+    /// Active revision `revision` of `family` (`None`: the newest).
     pub fn task_definition(&self, family: &str, revision: Option<u32>) -> Option<&TaskDefinition> {
         let newest = self.task_definitions.get(family);
         match revision {
             None => newest,
             Some(n) => newest
                 .filter(|t| t.revision == n)
-                .or_else(|| self.revisions.get(&revision_key(family, n))),
+                .or_else(|| self.revisions.get(&revision_key(family, n)))
+                .filter(|t| !t.inactive),
         }
     }
 
-    /// The revisions of `family` registered, in order.
+    /// The active revisions of `family`, in order.
     pub fn revision_numbers(&self, family: &str) -> Vec<u32> {
         let mut out: BTreeSet<u32> = self
             .revisions
             .values()
-            .filter(|t| t.family == family)
+            .filter(|t| t.family == family && !t.inactive)
             .map(|t| t.revision)
             .collect();
         out.extend(self.task_definitions.get(family).map(|t| t.revision));
@@ -173,6 +175,12 @@ impl ConfigState {
             default_namespace,
             namespaces,
             task_definitions: self.task_definitions.clone(),
+            revisions: self
+                .revisions
+                .iter()
+                .filter(|(_, t)| !t.inactive)
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect(),
             services: self
                 .services
                 .values()
@@ -227,7 +235,16 @@ impl ConfigState {
         }
         for td in &plan.task_definitions {
             let current = self.task_definitions.get(&td.family);
-            let prev = current.map_or(0, |t| t.revision);
+            // Numbers are never given twice (a deleted revision keeps its).
+            let prev = self
+                .revisions
+                .values()
+                .filter(|t| t.family == td.family)
+                .map(|t| t.revision)
+                .chain(current.map(|t| t.revision))
+                .max()
+                .unwrap_or(0);
+            let current_rev = current.map_or(0, |t| t.revision);
             if let Some(cur) = current
                 && (TaskDefinition {
                     revision: td.revision,
@@ -236,7 +253,7 @@ impl ConfigState {
             {
                 summary.push(
                     "task-definition",
-                    format!("{}:{}", td.family, prev),
+                    format!("{}:{}", td.family, current_rev),
                     "unchanged",
                 );
                 continue;
@@ -325,6 +342,9 @@ impl ConfigState {
                         .ok_or(RegistryError::VipsExhausted)?;
                     self.vips.insert(vip_key.clone(), next);
                     out.push(Change::Vip(vip_key, next));
+                    if self.counter(NEXT_VIP, FIRST_VIP) <= next {
+                        self.set_counter(NEXT_VIP, next + 1, out);
+                    }
                     next
                 }
             };
@@ -337,6 +357,9 @@ impl ConfigState {
                         .ok_or(RegistryError::AliasIdsExhausted(MAX_SERVICES))?;
                     self.alias_ids.insert(id_key.clone(), next);
                     out.push(Change::AliasId(id_key, next));
+                    if self.counter(NEXT_SERVICE_ID, 0) <= next {
+                        self.set_counter(NEXT_SERVICE_ID, next + 1, out);
+                    }
                     next
                 }
             };
@@ -361,6 +384,7 @@ impl ConfigState {
             ns_id: ns_id as u32,
             aliases,
             deleting: false,
+            deleted_unix_ms: 0,
         })
     }
 
@@ -381,6 +405,9 @@ impl ConfigState {
                     return Ok(Vec::new());
                 }
                 s.deleting = true;
+                s.deleted_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 Ok(vec![Change::Service(s.clone())])
             }
             DeleteTarget::Namespace(ns) => {
@@ -447,11 +474,17 @@ impl ConfigState {
                         users.join(", ")
                     )));
                 }
+                // Kept, inactive: its number is never reused, and tasks
+                // that run it keep their health check and stopTimeout.
                 let key = revision_key(family, n);
-                let mut out = Vec::new();
-                if self.revisions.remove(&key).is_some() {
-                    out.push(Change::Remove(Record::Revision(key)));
-                }
+                let Some(mut gone) = self.task_definition(family, Some(n)).cloned() else {
+                    return Err(RegistryError::BadInput(format!(
+                        "task definition {family}:{n} is not registered"
+                    )));
+                };
+                gone.inactive = true;
+                self.revisions.insert(key, gone.clone());
+                let mut out = vec![Change::TaskDefinitionRevision(gone)];
                 if newest == Some(n) {
                     match left
                         .last()
@@ -678,6 +711,7 @@ mod tests {
             command: vec![cmd.into()],
             health_check: None,
             stop_timeout_s: None,
+            inactive: false,
         };
         let svc = |rev: Option<u32>| ServiceSpec {
             name: "web".into(),
@@ -711,9 +745,16 @@ mod tests {
         assert_eq!(cmd(Some(1)).as_deref(), Some("one"));
         assert_eq!(cmd(Some(2)).as_deref(), Some("two"));
         assert_eq!(cmd(None).as_deref(), Some("two"));
+        // A deleted revision's number is never given again.
+        state.apply(&plan(vec![td("three")], vec![]))?;
+        state.delete(&DeleteTarget::TaskDefinition("web:3".into()))?;
+        assert_eq!(state.revision_numbers("web"), vec![1, 2]);
+        assert!(state.task_definition("web", Some(3)).is_none());
+        state.apply(&plan(vec![td("four")], vec![]))?;
+        assert_eq!(state.revision_numbers("web"), vec![1, 2, 4]);
         let err = state.apply(&plan(vec![], vec![svc(Some(3))]));
         assert!(
-            matches!(&err, Err(RegistryError::BadInput(m)) if m.contains("web:3") && m.contains("1, 2")),
+            matches!(&err, Err(RegistryError::BadInput(m)) if m.contains("web:3") && m.contains("1, 2, 4")),
             "{err:?}"
         );
         Ok(())

@@ -333,6 +333,7 @@ fn existing_task_definition_shape_is_used() {
             command: vec![],
             health_check: None,
             stop_timeout_s: None,
+            inactive: false,
         },
     );
     let file = r#"{"serviceName": "cache", "taskDefinition": "tcp:4", "serviceConnectConfiguration": {"enabled": true, "services": [{"portName": "redis"}]}}"#;

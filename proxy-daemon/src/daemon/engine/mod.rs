@@ -80,6 +80,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(TaskDefinition::DEFAULT_STOP_
 /// ECS Service Connect's idle timeout for HTTP, HTTP/2 and gRPC.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How often a deleted service's release is tried (it waits on etcd).
+const RELEASE_EVERY: Duration = Duration::from_secs(2);
+
 /// A task that asked to start but never reported running is dropped after this.
 const START_GRACE_MS: u64 = 30_000;
 
@@ -101,24 +104,33 @@ pub struct State {
 }
 
 impl State {
-    /// Revision `revision` of `family` (`None`: the newest).
+    /// Active revision `revision` of `family` (`None`: the newest): what
+    /// a new task may run.
     pub fn task_definition(&self, family: &str, revision: Option<u32>) -> Option<&TaskDefinition> {
-        let newest = self.task_definitions.get(family);
         match revision {
-            None => newest,
-            Some(n) => newest.filter(|t| t.revision == n).or_else(|| {
-                self.revisions
-                    .get(&crate::registry::state::revision_key(family, n))
-            }),
+            None => self.task_definitions.get(family),
+            Some(n) => self.any_revision(family, n).filter(|t| !t.inactive),
         }
     }
 
-    /// The revisions of `family` registered, in order.
+    /// Revision `n` of `family`, deleted (inactive) or not: what a task
+    /// that runs it goes by.
+    pub fn any_revision(&self, family: &str, n: u32) -> Option<&TaskDefinition> {
+        self.task_definitions
+            .get(family)
+            .filter(|t| t.revision == n)
+            .or_else(|| {
+                self.revisions
+                    .get(&crate::registry::state::revision_key(family, n))
+            })
+    }
+
+    /// The active revisions of `family`, in order.
     pub fn revision_numbers(&self, family: &str) -> Vec<u32> {
         let mut out: BTreeSet<u32> = self
             .revisions
             .values()
-            .filter(|t| t.family == family)
+            .filter(|t| t.family == family && !t.inactive)
             .map(|t| t.revision)
             .collect();
         out.extend(self.task_definitions.get(family).map(|t| t.revision));
@@ -171,6 +183,8 @@ pub struct Engine {
     /// Copies of the egress, admin and control listeners, by name, for a
     /// new daemon that takes over.
     pub listener_fds: Vec<(String, std::os::fd::OwnedFd)>,
+    /// When a deleted service's release was last tried.
+    last_release: Option<Instant>,
     /// Handed over: no more changes; the main loop drains and exits.
     pub retired: bool,
     /// Tells the main loop to retire.
@@ -246,6 +260,7 @@ impl Engine {
             l4_failed_seen: BTreeMap::new(),
             admin: String::new(),
             listener_fds: Vec::new(),
+            last_release: None,
             retired: false,
             retire_signal: Arc::default(),
         };
@@ -516,21 +531,24 @@ impl Engine {
 
     /// Tasks here of deleted services drain (then stop, as any drained
     /// task); a deleted service with no task left anywhere is released
-    /// (its record, VIPs and alias ids).
+    /// (its record, VIPs and alias ids). With etcd, not before a lease's
+    /// time has passed since the delete: a host cut off from etcd for less
+    /// than that still sees the mark when it is back, and drains its tasks
+    /// too. At most one release attempt every [`RELEASE_EVERY`].
     pub(super) fn drain_deleted(&mut self) -> anyhow::Result<()> {
-        let deleting: BTreeSet<String> = self
+        let deleting: BTreeMap<String, u64> = self
             .state
             .services
             .iter()
             .filter(|s| s.deleting)
-            .map(|s| s.spec.name.clone())
+            .map(|s| (s.spec.name.clone(), s.deleted_unix_ms))
             .collect();
         if deleting.is_empty() {
             return Ok(());
         }
         let mut changed = false;
         for t in self.state.tasks.values_mut() {
-            if deleting.contains(&t.service) && !t.draining {
+            if deleting.contains_key(&t.service) && !t.draining {
                 t.draining = true;
                 t.drain_started_unix_ms = now_ms();
                 let rec = t.clone();
@@ -539,13 +557,26 @@ impl Engine {
                 changed = true;
             }
         }
+        let grace_ms = if self.registry.etcd().is_some() {
+            self.cfg.registry.lease_ttl_s * 1000 + 5000
+        } else {
+            0
+        };
+        let due = self
+            .last_release
+            .is_none_or(|t| t.elapsed() >= RELEASE_EVERY);
         let gone: Vec<&String> = deleting
             .iter()
-            .filter(|name| {
-                !self.state.tasks.values().any(|t| &t.service == *name)
+            .filter(|(name, at)| {
+                due && now_ms().saturating_sub(**at) >= grace_ms
+                    && !self.state.tasks.values().any(|t| &t.service == *name)
                     && !self.state.remote.values().any(|h| &h.task.service == *name)
             })
+            .map(|(name, _)| name)
             .collect();
+        if !gone.is_empty() {
+            self.last_release = Some(Instant::now());
+        }
         for name in gone {
             self.registry
                 .mutate(|state| Ok(((), state.release_service(name))))?;
@@ -631,6 +662,10 @@ impl Engine {
     pub fn retire(&mut self) {
         self.retired = true;
         self.reader.retire();
+        // Our copies of the listeners go: a new daemon of an older version
+        // keeps only the egress socket it knows, and the group's others
+        // must close with us rather than queue connects nobody accepts.
+        self.listener_fds.clear();
         self.ingress.stop_all();
         self.health_checks.clear();
         self.registry.store.close();

@@ -60,7 +60,10 @@ impl Engine {
         for (id, why) in gone {
             self.task_gone(&id, why)?;
         }
-        self.drain_deleted()?;
+        // etcd may be away: the rest of the tick goes on regardless.
+        if let Err(e) = self.drain_deleted() {
+            warn!(error = %format!("{e:#}"), "deleted services");
+        }
         self.reap();
         let returning: Vec<u32> = self.outliers.due(now);
         for id in returning {

@@ -74,6 +74,11 @@ pub(super) fn build_route(
         access_log: s.spec.access_log,
         discovery_name: a.spec.discovery_name.clone(),
         test,
+        identity: format!(
+            "{}/{}/{}:{}",
+            s.spec.namespace, s.spec.name, a.spec.dns_name, a.spec.port
+        )
+        .into(),
         target,
     })
 }

@@ -239,9 +239,10 @@ impl Engine {
             .iter()
             .find(|s| s.spec.name == t.service)?;
         // A task from before revisions were recorded (0) runs the newest.
-        let revision = (t.revision != 0).then_some(t.revision);
-        self.state
-            .task_definition(&s.spec.task_definition, revision)
+        match t.revision {
+            0 => self.state.task_definition(&s.spec.task_definition, None),
+            n => self.state.any_revision(&s.spec.task_definition, n),
+        }
     }
 
     /// Finish stopping tasks: remove their cgroups once empty, SIGKILL
