@@ -61,6 +61,28 @@ fn load(k: &Knit) -> Result<std::process::Child> {
     )
 }
 
+/// Wait until the proxy on `k` has taken `n` requests to web (counted as
+/// they start: with 4 in flight, n - 4 have ended; a fixed
+/// sleep is too short where processes start slowly, as in the VM).
+fn served(k: &Knit, n: u32) -> Result<()> {
+    wait_for(
+        &format!("{n} requests to web taken"),
+        Duration::from_secs(20),
+        || {
+            let m = k.metrics().ok()?;
+            let answered: f64 = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with("knit_request_count_total{")
+                        && l.contains("discovery_name=\"web\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (answered >= f64::from(n)).then_some(())
+        },
+    )
+}
+
 fn row<'a>(services: &'a Value, name: &str) -> Option<&'a Value> {
     services.as_array()?.iter().find(|s| s["service"] == name)
 }
@@ -124,7 +146,7 @@ fn deleting_a_service_drains_it_then_frees_its_vip() -> Result<()> {
     k.wait_healthy("web", 2)?;
     let vip = row(&k.json(&["services"])?, "web").context("web")?["vip"].clone();
     let load = load(&k)?;
-    std::thread::sleep(Duration::from_millis(1500));
+    served(&k, 16)?;
     let deleted_ms = knit_tests::now_ms();
     let said = k.ok(&["delete", "service", "web"])?;
     ensure!(said.contains("deleting"), "{said}");
@@ -257,7 +279,7 @@ fn fleet_a_service_deleted_on_another_host_drains_everywhere() -> Result<()> {
     ];
     f.hosts[0].wait_healthy("web", 2)?;
     let load = load(&f.hosts[0])?;
-    std::thread::sleep(Duration::from_millis(1500));
+    served(&f.hosts[0], 16)?;
     let deleted_ms = knit_tests::now_ms();
     let t0 = Instant::now();
     f.hosts[1].ok(&["delete", "service", "web"])?;

@@ -188,6 +188,17 @@ fn a_full_state_disk_fails_applies_clearly_and_loses_nothing() -> Result<()> {
         ],
         std::process::Stdio::piped(),
     )?;
+    // Only once the daemon has recorded it (a task start writes the store).
+    let tasks_before = 1;
+    wait_for(
+        "the client task to be recorded",
+        Duration::from_secs(10),
+        || {
+            k.json(&["status"])
+                .ok()
+                .filter(|s| s["tasks"].as_u64().is_some_and(|n| n > tasks_before))
+        },
+    )?;
 
     // Fill the disk.
     let filler = state.join("filler");
