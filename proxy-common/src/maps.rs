@@ -18,6 +18,7 @@ pub const MAP_SOCKS: &str = "KNIT_SOCKS";
 pub const MAP_SOCK_STATE: &str = "KNIT_SOCK_STATE";
 pub const MAP_ACCEL_STATS: &str = "KNIT_ACCEL_STATS";
 pub const MAP_LISTEN: &str = "KNIT_LISTEN";
+pub const MAP_EDGES: &str = "KNIT_EDGES";
 
 /// Most services (client aliases) one host can hold; service ids are below this.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -29,6 +30,11 @@ pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_TASKS: u32 = 65_536;
 /// Connections tracked at once (LRU: the oldest entry goes when full).
 pub const MAX_CONNS: u32 = 262_144;
+
+/// (task, TCP alias) pairs with connection counters at once (LRU: the
+/// least recently used pair goes when full; the daemon folds and removes
+/// the pairs of tasks that are gone).
+pub const MAX_EDGES: u32 = 16_384;
 
 /// Sockets in the sockhash at once (same-host acceleration); a socket that
 /// finds it full simply takes the TCP/IP path.
@@ -171,6 +177,17 @@ pub struct Counters {
     pub consecutive_failures: u64,
 }
 
+/// Key of `KNIT_EDGES`: a task (its cgroup id) and a TCP alias it
+/// connected to. The value is a [`Counters`] (`consecutive_failures`
+/// unused): the service graph's L4 edges, counted by sockops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EdgeKey {
+    pub cgroup_id: u64,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
 /// Key of `KNIT_SOCKS` (the sockhash) and `KNIT_SOCK_STATE`: one end of a
 /// TCP connection whose two ends are on this host, as that end sees it.
 /// [`SockKey::peer`] is the other end's key.
@@ -274,6 +291,9 @@ pub struct SockState {
     /// the socket's lock (sk_msg), added to the counters when it closes
     /// (sockops), like the TCP/IP bytes of the same connection.
     pub bytes: u64,
+    /// The connecting task's cgroup id on a TCP service's connection (its
+    /// `KNIT_EDGES` pair gets the bytes too); 0 otherwise.
+    pub cgroup_id: u64,
 }
 
 /// Value of `KNIT_ACCEL_STATS[0]`, one per CPU: the fast path's totals
@@ -316,6 +336,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AccelCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EdgeKey {}
 }
 
 #[cfg(test)]

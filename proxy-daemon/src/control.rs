@@ -174,11 +174,23 @@ pub struct ServiceStats {
     pub bytes: u64,
 }
 
+/// One edge of the service graph: what tasks of `source` sent to
+/// `target`, on this host.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EdgeStats {
     pub source: String,
     pub target: String,
+    /// HTTP/gRPC requests (through the proxy).
     pub requests: u64,
+    /// TCP connections to its TCP aliases (counted in the kernel).
+    #[serde(default)]
+    pub connections: u64,
+    /// TCP connects that failed.
+    #[serde(default)]
+    pub failed_connections: u64,
+    /// Bytes of those TCP connections, both ways (added as they close).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// A row of `knit services`.
@@ -268,6 +280,11 @@ pub struct EndpointRow {
     /// Each services[] entry's ingress listener, by discovery name.
     #[serde(default)]
     pub ingress_ports: BTreeMap<String, u16>,
+    /// Response times through this host's proxy per bucket of
+    /// `StatsReport::latency_bounds_ms` (not cumulative; L7 endpoints this
+    /// host sent requests to): percentiles over an interval from two reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_buckets: Vec<u64>,
 }
 
 /// The answer to `Status`.

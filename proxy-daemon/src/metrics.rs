@@ -487,6 +487,16 @@ pub struct Snapshot {
     /// How old the kernel heartbeat is (`None`: none written); L7
     /// services fail open once it is 1.5 s old.
     pub heartbeat_age_s: Option<f64>,
+    /// The service graph's TCP edges (the kernel's counts per client task).
+    pub tcp_edges: Vec<TcpEdgeSample>,
+}
+
+/// One TCP edge of the service graph.
+pub struct TcpEdgeSample {
+    pub labels: EdgeLabels,
+    pub connections: u64,
+    pub failed: u64,
+    pub bytes: u64,
 }
 
 /// One client alias: the kernel's counters of its connections.
@@ -586,6 +596,29 @@ impl Snapshot {
             "endpoint_processed_bytes",
             "Bytes of the endpoint's connections, both ways (TCP services)",
             ep_bytes,
+        );
+        let edge_conns: Family<EdgeLabels, Counter> = Family::default();
+        let edge_failed: Family<EdgeLabels, Counter> = Family::default();
+        let edge_bytes: Family<EdgeLabels, Counter> = Family::default();
+        for x in &self.tcp_edges {
+            edge_conns.get_or_create(&x.labels).inc_by(x.connections);
+            edge_failed.get_or_create(&x.labels).inc_by(x.failed);
+            edge_bytes.get_or_create(&x.labels).inc_by(x.bytes);
+        }
+        r.register(
+            "service_graph_tcp_connection_count",
+            "TCP connections from one service's tasks to another service's TCP aliases (kernel)",
+            edge_conns,
+        );
+        r.register(
+            "service_graph_tcp_failed_connection_count",
+            "TCP connects from one service's tasks to another service that never established",
+            edge_failed,
+        );
+        r.register(
+            "service_graph_tcp_processed_bytes",
+            "Bytes of TCP connections from one service's tasks to another service, both ways, added on close",
+            edge_bytes,
         );
         let AccelSample {
             enabled: on,

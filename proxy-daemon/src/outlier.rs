@@ -43,6 +43,12 @@ impl Outliers {
             .is_none_or(|b| b.ejected_until.is_none() && b.baseline == 0)
     }
 
+    /// How long an ejected backend stays out from `now`.
+    pub fn out_for(&self, backend_id: u32, now: Instant) -> Option<std::time::Duration> {
+        let until = self.by_backend.get(&backend_id)?.ejected_until?;
+        Some(until.saturating_duration_since(now))
+    }
+
     pub fn ejections(&self, backend_id: u32) -> u32 {
         self.by_backend.get(&backend_id).map_or(0, |b| b.ejections)
     }

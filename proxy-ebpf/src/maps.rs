@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use proxy_common::maps::{
-    AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, MAX_BACKEND_SLOTS,
-    MAX_BACKENDS, MAX_CONNS, MAX_SERVICES, MAX_SOCKS, MAX_TASKS, OrigKey, ServiceEntry, SockKey,
-    SockState, VipKey,
+    AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, EdgeKey,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNS, MAX_EDGES, MAX_SERVICES, MAX_SOCKS, MAX_TASKS,
+    OrigKey, ServiceEntry, SockKey, SockState, VipKey,
 };
 
 /// VIP:port -> service (written by the daemon).
@@ -33,6 +33,12 @@ pub static KNIT_SVC_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_SERVICES
 /// Backend id -> counters (daemon creates entries, kernel adds).
 #[map]
 pub static KNIT_BE_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// (task cgroup, TCP alias) -> counters: the service graph's L4 edges
+/// (sockops creates and adds; the daemon reads, and removes the entries of
+/// tasks that are gone).
+#[map]
+pub static KNIT_EDGES: LruHashMap<EdgeKey, Counters> = LruHashMap::pinned(MAX_EDGES, 0);
 
 /// [0]: the daemon's egress listener and heartbeat (written by the daemon).
 #[map]

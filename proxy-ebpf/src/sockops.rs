@@ -17,13 +17,42 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
 use proxy_common::maps::{
-    CFG_ACCELERATE, CONN_L7, OrigKey, SOCK_COUNTED, SOCK_PEER_COUNTED, SockKey, SockState,
+    CFG_ACCELERATE, CONN_L7, ConnInfo, Counters, EdgeKey, OrigKey, SOCK_COUNTED, SOCK_PEER_COUNTED,
+    SockKey, SockState,
 };
 
 use crate::maps::{
-    KNIT_ACCEL_STATS, KNIT_BE_STATS, KNIT_CONFIG, KNIT_CONNS, KNIT_ORIG, KNIT_SOCK_STATE,
-    KNIT_SOCKS, KNIT_SVC_STATS,
+    KNIT_ACCEL_STATS, KNIT_BE_STATS, KNIT_CONFIG, KNIT_CONNS, KNIT_EDGES, KNIT_ORIG,
+    KNIT_SOCK_STATE, KNIT_SOCKS, KNIT_SVC_STATS,
 };
+
+const BPF_NOEXIST: u64 = 1;
+
+/// The counters of the service graph's edge of a TCP connection (the task
+/// that made it -> the alias it dialed), created on first use. None for L7
+/// connections: the proxy counts their requests per edge.
+#[inline(always)]
+fn edge(info: &ConnInfo) -> Option<*mut Counters> {
+    if info.flags & CONN_L7 != 0 {
+        return None;
+    }
+    edge_of(info.cgroup_id, info.service_id)
+}
+
+#[inline(always)]
+fn edge_of(cgroup_id: u64, service_id: u32) -> Option<*mut Counters> {
+    let key = EdgeKey {
+        cgroup_id,
+        service_id,
+        _pad: 0,
+    };
+    if let Some(c) = KNIT_EDGES.get_ptr_mut(&key) {
+        return Some(c);
+    }
+    // Another CPU may create it meanwhile: NOEXIST keeps its counts.
+    let _ = KNIT_EDGES.insert(&key, &Counters::default(), BPF_NOEXIST);
+    KNIT_EDGES.get_ptr_mut(&key)
+}
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
@@ -148,7 +177,12 @@ fn close_state(key: &SockKey) {
         if st.bytes > 0 && (sent || st.flags & SOCK_PEER_COUNTED != 0) {
             let svc = KNIT_SVC_STATS.get_ptr_mut(&st.service_id);
             let be = KNIT_BE_STATS.get_ptr_mut(&st.backend_id);
-            for c in [svc, be].into_iter().flatten() {
+            let edge = if st.cgroup_id != 0 {
+                edge_of(st.cgroup_id, st.service_id)
+            } else {
+                None
+            };
+            for c in [svc, be, edge].into_iter().flatten() {
                 // SAFETY: pointers into live map values; atomic adds.
                 unsafe {
                     if sent {
@@ -187,6 +221,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
                     flags: SOCK_PEER_COUNTED,
                     service_id: peer.service_id,
                     backend_id: peer.backend_id,
+                    cgroup_id: peer.cgroup_id,
                     ..SockState::default()
                 }
             } else {
@@ -240,7 +275,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
             let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            for c in [svc, be].into_iter().flatten() {
+            for c in [svc, be, edge(&info)].into_iter().flatten() {
                 // SAFETY: pointers into live map values.
                 unsafe {
                     add(&raw mut (*c).new_conns, 1);
@@ -264,6 +299,11 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
                     flags: SOCK_COUNTED,
                     service_id: info.service_id,
                     backend_id: info.backend_id,
+                    cgroup_id: if info.flags & CONN_L7 == 0 {
+                        info.cgroup_id
+                    } else {
+                        0
+                    },
                     ..SockState::default()
                 };
                 insert(ctx, key, state);
@@ -286,7 +326,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
             let fin_received = fin_acked || old == TCP_CLOSE_WAIT;
             let sent = acked.saturating_sub(1 + fin_acked as u64);
             let received = received.saturating_sub(fin_received as u64);
-            for c in [svc, be].into_iter().flatten() {
+            for c in [svc, be, edge(&info)].into_iter().flatten() {
                 // SAFETY: pointers into live map values.
                 unsafe {
                     if old == TCP_SYN_SENT {

@@ -12,7 +12,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use knit_tests::{Knit, client_service, http_service, http_task_definition, testbin, wait_for};
+use knit_tests::{
+    Knit, client_service, http_service, http_task_definition, tcp_service, tcp_task_definition,
+    testbin, wait_for,
+};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -156,8 +159,14 @@ fn every_panel_and_rule_has_data_and_the_5xx_alert_fires() -> Result<()> {
         ),
         ("c-td.json", &ctd),
         ("c.json", &csvc),
+        ("db-td.json", &tcp_task_definition("db")),
+        ("db.json", &tcp_service("db", "db", 6379)),
     ])?;
     let tb = testbin().display().to_string();
+    k.run(
+        "db",
+        &[&tb, "echo", "--id", "b0", "--port-env", "KNIT_PORT_TCP"],
+    )?;
     k.run(
         "web",
         &[&tb, "http", "--id", "ok", "--port-env", "KNIT_PORT_WEB"],
@@ -176,6 +185,7 @@ fn every_panel_and_rule_has_data_and_the_5xx_alert_fires() -> Result<()> {
         ],
     )?;
     k.wait_healthy("web", 2)?;
+    k.wait_healthy("db", 1)?;
     let hosts = k.hosts.display().to_string();
     let load = k.spawn_task(
         "client",
@@ -194,6 +204,24 @@ fn every_panel_and_rule_has_data_and_the_5xx_alert_fires() -> Result<()> {
         Stdio::piped(),
     )?;
     let _load = knit_tests::KillOnDrop(load);
+    // TCP connections between services: the graph's TCP edges.
+    let tcp = k.spawn_task(
+        "client",
+        &[
+            &tb,
+            "client",
+            "--target",
+            "db:6379",
+            "--hosts",
+            &hosts,
+            "--duration-ms",
+            "60000",
+            "--interval-ms",
+            "50",
+        ],
+        Stdio::piped(),
+    )?;
+    let _tcp = knit_tests::KillOnDrop(tcp);
     // The shipped rules, with every `for:` at 0 s: a test cannot wait the
     // minutes they ask for (their timing is `promtool test rules`' job).
     let rules = std::fs::read_to_string(repo().join("packaging/prometheus/knit-rules.yml"))?;

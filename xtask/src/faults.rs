@@ -6,7 +6,8 @@
 //!   tests). A crash stops the run and names the input to keep under
 //!   `fuzz/regressions/<target>/` once fixed.
 //! - `faults [--fuzz-seconds N]`: the fault tests at full length
-//!   (`KNIT_FAULTS_LONG=1`: more crash rounds, longer runs) and every fuzz
+//!   (`KNIT_FAULTS_LONG=1`: more crash rounds, longer runs), the
+//!   dashboard's 15 minutes around an endpoint restart, and every fuzz
 //!   target. `cargo xtask test` runs the same fault tests, bounded.
 use std::{path::Path, process::Command, time::Instant};
 
@@ -119,6 +120,19 @@ pub fn faults(fuzz_seconds: u64) -> Result<()> {
     }
     cmd.args(["--", "--test-threads=1"]);
     util::run(&mut cmd)?;
+    step(
+        "the dashboard over 15 minutes around an endpoint restart (16 minutes; its screenshot: target/tmp/dashboard-15min.png)",
+    );
+    util::run(util::cargo().current_dir(&root).args([
+        "test",
+        "-p",
+        "knit-tests",
+        "--test",
+        "dashboard",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ]))?;
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds, &[])?;
     }

@@ -46,7 +46,8 @@ enum Cmd {
         #[arg(long)]
         no_vm: bool,
         /// Then the long checks too: `cargo xtask faults` (fault tests at
-        /// full length and every fuzz target for 10 minutes).
+        /// full length, the dashboard's 15 minutes around an endpoint
+        /// restart, and every fuzz target for 10 minutes).
         #[arg(long)]
         long: bool,
     },
@@ -58,7 +59,7 @@ enum Cmd {
         /// Targets (default: all): ecs_json, knit_toml, http_head, map_encoding.
         targets: Vec<String>,
     },
-    /// The long fault suite: fault tests at full length, then every fuzz target.
+    /// The long fault suite: fault tests at full length, the dashboard's 15 minutes, then every fuzz target.
     Faults {
         /// Seconds per fuzz target (0: no fuzzing).
         #[arg(long, default_value_t = 600)]

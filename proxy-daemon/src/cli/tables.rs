@@ -165,15 +165,19 @@ pub fn top(f: &super::top::Frame, interval: std::time::Duration) -> String {
         render(t)
     );
     if !f.edges.is_empty() {
-        let mut e = table(&["SOURCE", "TARGET", "REQ/S"]);
+        let mut e = table(&["SOURCE", "TARGET", "REQ/S", "TCP CONN/S", "TCP BYTES/S"]);
         for edge in &f.edges {
             e.add_row(vec![
                 edge.source.clone(),
                 edge.target.clone(),
                 format!("{:.1}", edge.requests_per_s),
+                format!("{:.1}", edge.connections_per_s),
+                format!("{:.0}", edge.bytes_per_s),
             ]);
         }
-        out.push_str("\nservice graph (HTTP and gRPC requests between services):\n");
+        out.push_str(
+            "\nservice graph (HTTP/gRPC requests and TCP connections between services):\n",
+        );
         out.push_str(&render(e));
     }
     out

@@ -1,7 +1,8 @@
 //! `knit top`: live rates per service from the daemon's counters, read
 //! every `--interval-ms`: requests/s, share of 5xx, p50 and p99 response
 //! time and new connections/s per client alias, and the service graph's
-//! edges with their requests/s. On a terminal the screen is redrawn until
+//! edges with their requests/s (HTTP, gRPC) and TCP connections/s and
+//! bytes/s (counted in the kernel per connecting task). On a terminal the screen is redrawn until
 //! Ctrl-C; otherwise (a pipe, a file) one frame is printed and it exits,
 //! unless `--iterations` says how many.
 use std::{collections::BTreeMap, io::IsTerminal, path::Path, time::Duration};
@@ -34,6 +35,9 @@ pub struct EdgeRate {
     pub source: String,
     pub target: String,
     pub requests_per_s: f64,
+    /// TCP connections to the target's TCP aliases (the kernel's count).
+    pub connections_per_s: f64,
+    pub bytes_per_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,23 +103,30 @@ pub fn frame(prev: &StatsReport, cur: &StatsReport) -> Frame {
     let before: BTreeMap<_, _> = prev
         .edges
         .iter()
-        .map(|e| ((e.source.clone(), e.target.clone()), e.requests))
+        .map(|e| ((e.source.as_str(), e.target.as_str()), e))
         .collect();
     let mut edges: Vec<EdgeRate> = cur
         .edges
         .iter()
-        .map(|e| EdgeRate {
-            source: e.source.clone(),
-            target: e.target.clone(),
-            requests_per_s: e.requests.saturating_sub(
-                *before
-                    .get(&(e.source.clone(), e.target.clone()))
-                    .unwrap_or(&0),
-            ) as f64
-                / dt,
+        .map(|e| {
+            let p = before.get(&(e.source.as_str(), e.target.as_str()));
+            let d = |f: fn(&crate::control::EdgeStats) -> u64| {
+                f(e).saturating_sub(p.map_or(0, |p| f(p))) as f64 / dt
+            };
+            EdgeRate {
+                source: e.source.clone(),
+                target: e.target.clone(),
+                requests_per_s: d(|e| e.requests),
+                connections_per_s: d(|e| e.connections),
+                bytes_per_s: d(|e| e.bytes),
+            }
         })
         .collect();
-    edges.sort_by(|a, b| b.requests_per_s.total_cmp(&a.requests_per_s));
+    edges.sort_by(|a, b| {
+        (b.requests_per_s + b.connections_per_s)
+            .total_cmp(&(a.requests_per_s + a.connections_per_s))
+            .then_with(|| (&a.source, &a.target).cmp(&(&b.source, &b.target)))
+    });
     Frame {
         at_unix_ms: cur.at_unix_ms,
         services,

@@ -80,12 +80,34 @@ pub struct HistoryReport {
     /// The fields of each point, in order.
     pub fields: [&'static str; 7],
     pub series: Vec<Series>,
+    /// Outlier ejections and returns of the window, newest first (at most
+    /// [`MAX_EVENTS`]).
+    pub ejections: Vec<EjectionEvent>,
+}
+
+/// Ejection events kept (the oldest go first).
+pub const MAX_EVENTS: usize = 200;
+
+/// An endpoint ejected by outlier detection, or back in rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EjectionEvent {
+    pub at_unix_ms: u64,
+    pub service: String,
+    pub task: String,
+    pub endpoint: String,
+    /// `ejected` or `returned`.
+    pub event: &'static str,
+    /// Failures in a row that ejected it (0 for a return).
+    pub failures: u64,
+    /// How long it is out (0 for a return).
+    pub for_ms: u64,
 }
 
 #[derive(Default)]
 struct Rings {
     series: BTreeMap<Key, (String, VecDeque<Point>)>,
     prev: Option<StatsReport>,
+    events: VecDeque<EjectionEvent>,
 }
 
 /// The rings, filled by [`History::sample`].
@@ -158,9 +180,20 @@ impl History {
         r.prev = Some(cur);
     }
 
+    /// Keep an ejection or a return.
+    pub fn ejection(&self, ev: EjectionEvent) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if r.events.len() == MAX_EVENTS {
+            r.events.pop_front();
+        }
+        r.events.push_back(ev);
+    }
+
     /// Every alias's points, oldest first.
     pub fn report(&self) -> HistoryReport {
         let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let since = crate::daemon::engine::now_ms()
+            .saturating_sub(EVERY.as_millis() as u64 * POINTS as u64);
         HistoryReport {
             every_s: EVERY.as_secs(),
             fields: [
@@ -182,6 +215,13 @@ impl History {
                     protocol: protocol.clone(),
                     points: ring.iter().copied().collect(),
                 })
+                .collect(),
+            ejections: r
+                .events
+                .iter()
+                .rev()
+                .filter(|e| e.at_unix_ms >= since)
+                .cloned()
                 .collect(),
         }
     }

@@ -2,6 +2,7 @@
 //! clean shutdown.
 mod admin;
 pub mod desired;
+pub mod edges;
 mod engine;
 mod error;
 mod handover;

@@ -23,7 +23,8 @@ use crate::{
     },
     datapath::LiveCounters,
     metrics::{
-        AccelSample, EndpointLabels, EndpointSample, ServiceLabels, ServiceSample, Snapshot,
+        AccelSample, EdgeLabels, EndpointLabels, EndpointSample, ServiceLabels, ServiceSample,
+        Snapshot, TcpEdgeSample,
     },
     proxy::Proxy,
     registry::etcd::Etcd,
@@ -80,6 +81,8 @@ pub struct EndpointView {
     pub ingress_port: Option<u16>,
     /// Each services[] entry's ingress listener, by discovery name.
     pub ingress_ports: std::collections::BTreeMap<String, u16>,
+    /// Its response times through this host's proxy (L7 endpoints).
+    pub latency: Option<crate::metrics::LatencyBuckets>,
 }
 
 /// The read side: the published model, live counters, the proxy.
@@ -93,11 +96,14 @@ pub struct Reader {
     retired: AtomicBool,
     /// The last 15 minutes of every alias (filled by a task of its own).
     pub history: super::history::History,
+    /// The service graph's L4 edges, from the kernel's counts.
+    edges: std::sync::Mutex<super::edges::EdgeBook>,
 }
 
 impl Reader {
     pub fn new(
         live: LiveCounters,
+        edges: super::edges::EdgeBook,
         heartbeat: crate::datapath::Heartbeat,
         proxy: Arc<Proxy>,
         etcd: Option<Arc<Etcd>>,
@@ -111,7 +117,48 @@ impl Reader {
             started: Instant::now(),
             retired: AtomicBool::new(false),
             history: super::history::History::default(),
+            edges: std::sync::Mutex::new(edges),
         }
+    }
+
+    /// An endpoint's service, task and address (by backend id), as of the
+    /// last published state.
+    pub fn endpoint_of(&self, backend_id: u32) -> Option<(String, String, SocketAddr)> {
+        let m = self.model.load();
+        m.endpoints
+            .iter()
+            .find(|e| e.backend_id == backend_id)
+            .map(|e| (e.service.to_string(), e.task.to_string(), e.address))
+    }
+
+    /// The tasks allowed to connect now (cgroup id -> service), before
+    /// the kernel lets them: the edge book names their connections even if
+    /// they end before its next read.
+    pub fn remember_sources(
+        &self,
+        sources: &std::collections::BTreeMap<u64, Arc<crate::proxy::access::Source>>,
+    ) {
+        self.edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remember(sources);
+    }
+
+    /// The service graph's TCP edges: (client service, target service) ->
+    /// connections, failed connects and bytes so far, counted by the kernel
+    /// per connecting task.
+    pub fn tcp_edges(&self) -> super::edges::Edges {
+        let m = self.model.load();
+        let names: std::collections::HashMap<u32, Arc<str>> = m
+            .aliases
+            .iter()
+            .filter_map(|a| Some((a.service_id?, Arc::<str>::from(a.row.service.as_str()))))
+            .collect();
+        let sources = self.proxy.sources.load();
+        self.edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read(&sources, |id| names.get(&id).cloned())
     }
 
     /// The daemon handed over: its state is a new daemon's now.
@@ -171,6 +218,11 @@ impl Reader {
                     ejections: e.ejections,
                     ingress_port: e.ingress_port,
                     ingress_ports: e.ingress_ports.clone(),
+                    latency_buckets: e
+                        .latency
+                        .as_ref()
+                        .map(crate::metrics::LatencyBuckets::counts)
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -217,6 +269,19 @@ impl Reader {
                 });
             }
         }
+        snap.tcp_edges = self
+            .tcp_edges()
+            .into_iter()
+            .map(|((source, target), t)| TcpEdgeSample {
+                labels: EdgeLabels {
+                    source_service: source.to_string(),
+                    target_service: target.to_string(),
+                },
+                connections: t.connections,
+                failed: t.failed,
+                bytes: t.bytes,
+            })
+            .collect();
         snap
     }
 
@@ -256,21 +321,40 @@ impl Reader {
             }
             services.push(st);
         }
+        let mut edges: std::collections::BTreeMap<(String, String), EdgeStats> = self
+            .proxy
+            .metrics
+            .edges()
+            .into_iter()
+            .map(|(source, target, requests)| {
+                (
+                    (source.clone(), target.clone()),
+                    EdgeStats {
+                        source,
+                        target,
+                        requests,
+                        ..EdgeStats::default()
+                    },
+                )
+            })
+            .collect();
+        for ((source, target), t) in self.tcp_edges() {
+            let e = edges
+                .entry((source.to_string(), target.to_string()))
+                .or_insert_with(|| EdgeStats {
+                    source: source.to_string(),
+                    target: target.to_string(),
+                    ..EdgeStats::default()
+                });
+            e.connections = t.connections;
+            e.failed_connections = t.failed;
+            e.bytes = t.bytes;
+        }
         StatsReport {
             at_unix_ms: super::engine::now_ms(),
             latency_bounds_ms: crate::metrics::LATENCY_BOUNDS_MS.to_vec(),
             services,
-            edges: self
-                .proxy
-                .metrics
-                .edges()
-                .into_iter()
-                .map(|(source, target, requests)| EdgeStats {
-                    source,
-                    target,
-                    requests,
-                })
-                .collect(),
+            edges: edges.into_values().collect(),
         }
     }
 

@@ -15,9 +15,9 @@ use aya::{
 };
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, CFG_ACCELERATE, CFG_LISTENER, ConnInfo, Counters,
-    DatapathConfig, MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_CONNS,
-    MAP_LISTEN, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOCKS, MAP_TASK_NS, OrigKey,
-    ServiceEntry, SockKey, VipKey,
+    DatapathConfig, EdgeKey, MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG,
+    MAP_CONNS, MAP_EDGES, MAP_LISTEN, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOCKS,
+    MAP_TASK_NS, OrigKey, ServiceEntry, SockKey, VipKey,
 };
 
 use super::{
@@ -43,6 +43,11 @@ pub struct Maps {
     socks: SockHash<MapData, SockKey>,
     listen: SockMap<MapData>,
     accel: PerCpuArray<MapData, AccelCounters>,
+    /// The service graph's L4 edges (the reader's [`EdgeBook`] uses a
+    /// handle of its own).
+    ///
+    /// [`EdgeBook`]: crate::daemon::edges::EdgeBook
+    edges: HashMap<MapData, EdgeKey, Counters>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
     /// What the routing maps hold (read once at start, then kept in step):
@@ -241,6 +246,7 @@ impl Maps {
                     .ok_or(DatapathError::MissingMap(MAP_ACCEL_STATS))?;
                 PerCpuArray::try_from(m).map_err(map_err(MAP_ACCEL_STATS))?
             },
+            edges: take(ebpf, MAP_EDGES)?,
             written: Written::default(),
             writes: 0,
         }
@@ -277,6 +283,12 @@ impl Maps {
             )?,
             accel: dup(self.accel.map(), MAP_ACCEL_STATS)?,
         })
+    }
+
+    /// A handle of its own on `KNIT_EDGES`, for the reader's edge book
+    /// (which also removes the pairs of tasks that are gone).
+    pub fn edge_map(&self) -> Result<HashMap<MapData, EdgeKey, Counters>, DatapathError> {
+        dup(self.edges.map(), MAP_EDGES)
     }
 
     /// The sockhash, for attaching sk_msg.

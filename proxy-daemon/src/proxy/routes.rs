@@ -24,6 +24,8 @@ pub struct EndpointHealth {
     pub consecutive_failures: AtomicU32,
     /// Requests in flight (until their response body ends).
     pub inflight: AtomicUsize,
+    /// Its response times (the dashboard's per-endpoint p50 / p99).
+    pub latency: crate::metrics::LatencyBuckets,
 }
 
 #[derive(Debug, Clone)]

@@ -231,6 +231,7 @@ impl Engine {
         }
         let reader = Arc::new(Reader::new(
             dp.maps.live_counters()?,
+            crate::daemon::edges::EdgeBook::new(dp.maps.edge_map()?),
             dp.maps.heartbeat_handle(),
             proxy.clone(),
             registry.etcd().cloned(),
@@ -402,6 +403,9 @@ impl Engine {
                 }),
             );
         }
+        // The edge book learns who the tasks are before the kernel lets
+        // them connect.
+        self.reader.remember_sources(&sources);
         self.dp.maps.sync(&d.aliases, &d.backend_ids, &task_ns)?;
         // Aliases gone (or no longer TCP) leave no failed-connect count behind.
         let l4: BTreeSet<u32> = d

@@ -28,6 +28,27 @@ impl Engine {
         }
     }
 
+    /// An ejection or a return, for the dashboard's history.
+    fn record_ejection(&self, backend_id: u32, event: &'static str, failures: u64, now: Instant) {
+        let Some((service, task, endpoint)) = self.reader.endpoint_of(backend_id) else {
+            return;
+        };
+        self.reader
+            .history
+            .ejection(crate::daemon::history::EjectionEvent {
+                at_unix_ms: now_ms(),
+                service,
+                task,
+                endpoint: endpoint.to_string(),
+                event,
+                failures,
+                for_ms: self
+                    .outliers
+                    .out_for(backend_id, now)
+                    .map_or(0, |d| d.as_millis() as u64),
+            });
+    }
+
     /// One pass of the monitor: task liveness, draining, outliers.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         if self.retired {
@@ -78,6 +99,7 @@ impl Engine {
                 None => self.consecutive_failures(id, false).unwrap_or(0),
             };
             self.outliers.restore(id, c);
+            self.record_ejection(id, "returned", 0, now);
         }
         let mut changed = false;
         let cfg = self.cfg.outlier.clone();
@@ -155,6 +177,7 @@ impl Engine {
         }
         for (service, id, consecutive) in ejected_now {
             warn!(backend = id, service = %service, failures = consecutive, "ejecting an endpoint that keeps failing");
+            self.record_ejection(id, "ejected", consecutive, now);
             changed = true;
         }
         if changed || self.outliers.take_returned() {

@@ -175,6 +175,7 @@ impl Engine {
                     ejections: self.outliers.ejections(p.backend_id),
                     ingress_port: p.ingress_port,
                     ingress_ports: p.ingress.clone(),
+                    latency: self.health.get(&p.backend_id).map(|h| h.latency.clone()),
                 });
             }
         }

@@ -43,17 +43,35 @@ pub fn server(args: &[String]) -> Result<()> {
     }
 }
 
+/// Blocking reads of a socket in knit's sockhash (same-host acceleration)
+/// can fail with EAGAIN before their timeout: Linux's `tcp_bpf_recvmsg`
+/// answers -EAGAIN to a wake-up that brought no data (one for freed send
+/// space, say). `read` retried until `limit` has passed since `since`.
+fn read_within(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    since: Instant,
+    limit: Duration,
+) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock && since.elapsed() < limit => {}
+            r => return r,
+        }
+    }
+}
+
 fn sink(mut s: TcpStream) -> std::io::Result<()> {
     // A sender that stalls does not hold a thread for ever.
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let limit = Duration::from_secs(60);
+    s.set_read_timeout(Some(limit))?;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut total = 0u64;
     loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match read_within(&mut s, &mut buf, Instant::now(), limit)? {
+            0 => break,
+            n => total += n as u64,
         }
     }
     s.write_all(&total.to_be_bytes())
@@ -97,8 +115,15 @@ pub fn client(args: &[String]) -> Result<()> {
     }
     s.shutdown(Shutdown::Write)?;
     let mut count = [0u8; 8];
-    s.read_exact(&mut count)
-        .context("reading the sink's count")?;
+    let mut got = 0;
+    while got < count.len() {
+        match read_within(&mut s, &mut count[got..], start, limit)
+            .context("reading the sink's count")?
+        {
+            0 => bail!("the sink closed before its count ({got} of 8 bytes)"),
+            n => got += n,
+        }
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let received = u64::from_be_bytes(count);
     ensure!(
