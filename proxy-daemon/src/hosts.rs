@@ -3,7 +3,9 @@
 //! Only the lines between knit's markers are ever changed; every other line
 //! is kept byte for byte. The file is rewritten atomically (temp file in the
 //! same directory, fsync, rename); where /etc/hosts is a bind mount that
-//! cannot be renamed over, it is rewritten in place.
+//! cannot be renamed over, or its directory is read-only while the file is
+//! not (knit.service's `ProtectSystem=full` with `ReadWritePaths=/etc/hosts`),
+//! it is rewritten in place.
 //!
 //! Each namespace also gets a view, `<state_dir>/hosts/<namespace>`: the
 //! hosts file with only that namespace's aliases in the block. `knit run`
@@ -92,16 +94,8 @@ impl HostsFile {
         if let Some(dir) = view.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(view)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        // New bytes first, then the length: a reader never sees it empty.
-        f.write_all(next.as_bytes())?;
-        f.set_len(next.len() as u64)?;
-        Ok(())
+        // A view is made again from the state at every start: no fsync.
+        in_place(view, &next, Some(0o644), false)
     }
 
     /// Write `entries` as our block (an empty list removes it).
@@ -115,7 +109,20 @@ impl HostsFile {
         let mode = std::fs::metadata(&self.path)
             .map(|m| m.permissions().mode())
             .unwrap_or(0o644);
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut tmp = match tempfile::NamedTempFile::new_in(dir) {
+            Ok(t) => t,
+            // The directory is read-only but the file is not: systemd's
+            // ProtectSystem= with ReadWritePaths=/etc/hosts (knit.service).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                return in_place(&self.path, &next, None, true);
+            }
+            Err(e) => return Err(e),
+        };
         tmp.write_all(next.as_bytes())?;
         tmp.as_file().sync_all()?;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
@@ -123,11 +130,31 @@ impl HostsFile {
             Ok(_) => Ok(()),
             // A bind-mounted /etc/hosts (containers) cannot be replaced.
             Err(e) if matches!(e.error.raw_os_error(), Some(libc::EBUSY | libc::EXDEV)) => {
-                std::fs::write(&self.path, next)
+                in_place(&self.path, &next, None, true)
             }
             Err(e) => Err(e.error),
         }
     }
+}
+
+/// Rewrite `path` in place (it keeps its inode): the new bytes first, then
+/// the length, so a reader never sees it empty (at worst, for a moment,
+/// the new lines followed by the old file's tail).
+fn in_place(path: &Path, next: &str, mode: Option<u32>, sync: bool) -> io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if let Some(mode) = mode {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    f.write_all(next.as_bytes())?;
+    f.set_len(next.len() as u64)?;
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

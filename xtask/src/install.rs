@@ -148,7 +148,7 @@ mod tests {
         for line in [
             "Type=notify",
             "WatchdogSec=",
-            "ExecReload=/bin/kill -HUP $MAINPID",
+            "ExecReload=/bin/sh -c 'kill -HUP ${MAINPID}'",
             "ExecStart=/usr/local/bin/knit daemon --config /etc/knit/knit.toml",
         ] {
             assert!(unit.contains(line), "{line}");

@@ -45,9 +45,10 @@ enum Cmd {
         /// Skip the VM tests (they take a few minutes under TCG).
         #[arg(long)]
         no_vm: bool,
-        /// Then the long checks too: `cargo xtask faults` (fault tests at
-        /// full length, the dashboard's 15 minutes around an endpoint
-        /// restart, and every fuzz target for 10 minutes).
+        /// Then the long checks too: the VM's datapath tests on Debian's
+        /// 6.12 kernel, and `cargo xtask faults` (fault tests at full
+        /// length, the dashboard's 15 minutes around an endpoint restart,
+        /// and every fuzz target for 10 minutes).
         #[arg(long)]
         long: bool,
     },
@@ -65,14 +66,26 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         fuzz_seconds: u64,
     },
-    /// Boot Debian 12's 6.1 kernel under qemu and run the datapath tests inside.
+    /// knit under a real systemd: a Debian 12 root (mmdebstrap) with knit installed by `install --root`, booted under qemu with systemd as PID 1; the tests drive systemctl, journalctl and the CLI.
+    VmSystemd {
+        /// Only run tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Debian 12's kernel to boot (default: 6.1, then 6.12).
+        #[arg(long = "debian-kernel", value_enum)]
+        debian_kernel: Option<vm::kernel::Debian>,
+    },
+    /// Boot a Debian 12 kernel (6.1 unless told) under qemu and run the datapath tests inside.
     VmTest {
         /// Only run tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
-        /// Use this kernel image instead of Debian 12's linux-image-cloud-amd64.
-        #[arg(long)]
+        /// Use this kernel image instead of a Debian 12 one.
+        #[arg(long, conflicts_with = "debian_kernel")]
         kernel: Option<PathBuf>,
+        /// Debian 12's kernel to boot: 6.1 (linux-image-cloud-amd64) or 6.12.
+        #[arg(long = "debian-kernel", value_enum, default_value = "6.1")]
+        debian_kernel: vm::kernel::Debian,
     },
     /// Run the benchmarks and write their tables into BENCHMARKS.md, the
     /// summary and the chart (docs/bench.svg).
@@ -116,6 +129,14 @@ fn main() -> Result<()> {
             setup::run()?;
             test::run(!no_vm)?;
             if long {
+                if !no_vm {
+                    util::step("the datapath tests in a VM on Debian's 6.12 kernel too");
+                    vm::run(&vm::VmArgs {
+                        filter: None,
+                        kernel: None,
+                        debian: vm::kernel::Debian::V6_12,
+                    })?;
+                }
                 faults::faults(600)?;
             }
             Ok(())
@@ -128,9 +149,31 @@ fn main() -> Result<()> {
             setup::run()?;
             faults::faults(fuzz_seconds)
         }
-        Cmd::VmTest { filter, kernel } => {
+        Cmd::VmSystemd {
+            filter,
+            debian_kernel,
+        } => {
             setup::run()?;
-            vm::run(&vm::VmArgs { filter, kernel })
+            let kernels = match debian_kernel {
+                Some(k) => vec![k],
+                None => vec![vm::kernel::Debian::V6_1, vm::kernel::Debian::V6_12],
+            };
+            for k in kernels {
+                vm::systemd::run(filter.as_deref(), k)?;
+            }
+            Ok(())
+        }
+        Cmd::VmTest {
+            filter,
+            kernel,
+            debian_kernel,
+        } => {
+            setup::run()?;
+            vm::run(&vm::VmArgs {
+                filter,
+                kernel,
+                debian: debian_kernel,
+            })
         }
         Cmd::Bench { which, quick } => {
             setup::run()?;

@@ -11,7 +11,8 @@ use crate::util::{self, step, succeeds};
 /// benchmarks (haproxy, nginx, wrk, h2load from nghttp2-client), the etcd
 /// registry (etcd-server and etcdctl for tests, protoc to build the etcd
 /// client's gRPC code), headless Chromium for the dashboard test,
-/// Prometheus and promtool for the shipped dashboard and rules.
+/// Prometheus and promtool for the shipped dashboard and rules, mmdebstrap
+/// for the systemd guest's Debian root.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -30,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     // The shipped Grafana dashboard and rules are tested against a real
     // Prometheus (and promtool).
     "prometheus",
+    // The systemd guest's root (`cargo xtask vm-systemd`).
+    "mmdebstrap",
 ];
 
 pub fn run() -> Result<()> {

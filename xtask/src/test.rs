@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the README's test command. Lints, unit tests,
 //! integration tests on this kernel, the demo, every benchmark briefly
 //! (`--quick`: they still work), then the same datapath tests in a VM
-//! running Debian 12's 6.1 kernel.
+//! running Debian 12's 6.1 kernel, and knit installed in a Debian 12 root
+//! booted with systemd as PID 1 (`cargo xtask vm-systemd`).
 use std::process::Command;
 
 use anyhow::Result;
@@ -58,7 +59,15 @@ pub fn run(with_vm: bool) -> Result<()> {
         vm::run(&vm::VmArgs {
             filter: None,
             kernel: None,
+            debian: vm::kernel::Debian::V6_1,
         })?;
+        for k in [vm::kernel::Debian::V6_1, vm::kernel::Debian::V6_12] {
+            step(&format!(
+                "knit under a real systemd (PID 1) in a VM, Linux {}: cargo xtask vm-systemd",
+                k.name()
+            ));
+            vm::systemd::run(None, k)?;
+        }
     }
     step("all tests passed");
     Ok(())

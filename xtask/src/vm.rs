@@ -23,14 +23,17 @@ use crate::util;
 
 mod init;
 mod initramfs;
-mod kernel;
+pub mod kernel;
 mod qemu;
 mod report;
+pub mod systemd;
 mod workspace;
 
 pub struct VmArgs {
     pub filter: Option<String>,
     pub kernel: Option<PathBuf>,
+    /// Which Debian kernel, when `kernel` is not given.
+    pub debian: kernel::Debian,
 }
 
 /// Overall limit for one boot, tests included; `KNIT_VM_TIMEOUT_SECS` overrides it.
@@ -91,7 +94,7 @@ pub(crate) fn run_spec(spec: &Spec, args: &VmArgs) -> Result<()> {
     util::step("guest kernel");
     let kernel = match &args.kernel {
         Some(path) => kernel::Kernel::custom(path)?,
-        None => kernel::debian(&vm_dir.join("kernel"))?,
+        None => kernel::debian(&vm_dir, args.debian)?,
     };
     eprintln!(
         "kernel: {} (modules: {})",
@@ -119,7 +122,7 @@ pub(crate) fn run_spec(spec: &Spec, args: &VmArgs) -> Result<()> {
         "booting under qemu (TCG; timeout {} s, KNIT_VM_TIMEOUT_SECS to change)",
         timeout.as_secs()
     ));
-    let boot = qemu::boot(&kernel.image, &initrd, timeout)?;
+    let boot = qemu::boot(&kernel.image, &initrd, timeout, qemu::APPEND)?;
     if let Some(status) = boot.status.filter(|s| !s.success()) {
         eprintln!("qemu exited with {status}");
     }

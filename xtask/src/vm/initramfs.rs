@@ -282,12 +282,20 @@ fn copy_sources(root: &Path, dir: &Path) -> Result<()> {
 /// measured with 170 MiB of knit's debug binaries, gzip -1 added 2 s on the
 /// host (-6: 5 s) and made the boot no faster.
 fn cpio(root: &Path, archive: &Path) -> Result<()> {
+    cpio_archive(root, archive, false)
+}
+
+/// [`cpio`], keeping each file's owner when `keep_owners` (a distribution's
+/// root has files of other users); else every entry is root's.
+pub(super) fn cpio_archive(root: &Path, archive: &Path, keep_owners: bool) -> Result<()> {
     let mut names = Vec::new();
     list(root, Path::new(""), &mut names)?;
     let out =
         fs::File::create(archive).with_context(|| format!("creating {}", archive.display()))?;
+    let owners: &[&str] = if keep_owners { &[] } else { &["-R", "0:0"] };
     let mut child = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
+        .args(["--quiet", "-o", "-H", "newc"])
+        .args(owners)
         .current_dir(root)
         .stdin(Stdio::piped())
         .stdout(out)

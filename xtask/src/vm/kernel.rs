@@ -17,7 +17,41 @@ use anyhow::{Context, Result, bail};
 
 use crate::util;
 
-const METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// Debian 12's cloud kernels, by their metapackage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Debian {
+    /// 6.1, Debian 12's own (`linux-image-cloud-amd64`).
+    #[value(name = "6.1")]
+    V6_1,
+    /// 6.12, from Debian 12's updates (`linux-image-6.12-cloud-amd64`).
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Debian {
+    pub fn metapackage(self) -> &'static str {
+        match self {
+            Debian::V6_1 => "linux-image-cloud-amd64",
+            Debian::V6_12 => "linux-image-6.12-cloud-amd64",
+        }
+    }
+
+    /// Its cache under `target/vm/` (one per kernel line: the newest tree
+    /// in a cache is the one used).
+    pub fn cache(self, vm_dir: &Path) -> PathBuf {
+        match self {
+            Debian::V6_1 => vm_dir.join("kernel"),
+            Debian::V6_12 => vm_dir.join("kernel-6.12"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Debian::V6_1 => "6.1",
+            Debian::V6_12 => "6.12",
+        }
+    }
+}
 
 /// Modules the tests may need: veth and bridge for hosts in network
 /// namespaces, dummy for spare interfaces, and the tc hooks for BPF on them.
@@ -93,12 +127,13 @@ impl Kernel {
 }
 
 /// Debian's cloud kernel, from the cache or downloaded into it.
-pub fn debian(cache: &Path) -> Result<Kernel> {
+pub fn debian(vm_dir: &Path, which: Debian) -> Result<Kernel> {
+    let cache = &which.cache(vm_dir);
     if let Some(tree) = cached_tree(cache)? {
         eprintln!("using the cached {}", tree.display());
         return from_tree(&tree);
     }
-    let package = concrete_package()?;
+    let package = concrete_package(which.metapackage())?;
     util::step(&format!(
         "downloading {package} (once; kept in {})",
         cache.display()
@@ -149,16 +184,16 @@ fn cached_tree(cache: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// The concrete package the metapackage depends on, e.g. `linux-image-6.1.0-56-cloud-amd64`.
-fn concrete_package() -> Result<String> {
-    let out = util::output(Command::new("apt-cache").args(["depends", METAPACKAGE]))
-        .with_context(|| format!("apt does not know {METAPACKAGE} (`apt-get update` may help)"))?;
+fn concrete_package(metapackage: &str) -> Result<String> {
+    let out = util::output(Command::new("apt-cache").args(["depends", metapackage]))
+        .with_context(|| format!("apt does not know {metapackage} (`apt-get update` may help)"))?;
     out.lines()
         .filter_map(|l| l.trim().trim_start_matches('|').strip_prefix("Depends:"))
         .map(str::trim)
         .find(|p| p.starts_with("linux-image-") && !p.contains(['<', ' ']))
         .map(str::to_owned)
         .with_context(|| {
-            format!("no linux-image package among the dependencies of {METAPACKAGE}:\n{out}")
+            format!("no linux-image package among the dependencies of {metapackage}:\n{out}")
         })
 }
 

@@ -30,7 +30,10 @@ fn firmware() -> [&'static str; 2] {
     }
 }
 
-pub fn boot(kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
+/// The kernel command line of the busybox guest.
+pub const APPEND: &str = "console=ttyS0 panic=-1 quiet";
+
+pub fn boot(kernel: &Path, initrd: &Path, timeout: Duration, append: &str) -> Result<Boot> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "2"])
         // The console is the serial port on our stdio; -no-reboot turns the
@@ -43,7 +46,7 @@ pub fn boot(kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Boot> {
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", append])
         // Our stdin stays ours: qemu would otherwise put a terminal in raw mode.
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -58,6 +58,25 @@ pub fn build(spec: &Spec) -> Result<Payload> {
     })
 }
 
+/// Build `package`'s binaries and its test target `test`; (the test
+/// executable, the binaries).
+pub fn test_and_bins(root: &Path, package: &str, test: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let mut build = util::cargo();
+    build.args(["build", "-p", package, "--bins"]);
+    let bins = artifacts(&mut build, root)?
+        .into_iter()
+        .map(|a| a.executable)
+        .collect();
+    let mut t = util::cargo();
+    t.args(["test", "-p", package, "--test", test, "--no-run"]);
+    let exe = artifacts(&mut t, root)?
+        .into_iter()
+        .find(|a| a.test && a.name == test)
+        .map(|a| a.executable)
+        .with_context(|| format!("cargo built no test executable {test} in {package}"))?;
+    Ok((exe, bins))
+}
+
 struct Artifact {
     executable: PathBuf,
     /// The target's name (a test file's stem).
