@@ -28,6 +28,9 @@
 //! - `propagation`: a fleet of hosts sharing etcd: how fast a task's
 //!   health reaches another host's kernel map, and the cost of 1,000
 //!   services with 10,000 endpoints.
+//! - `fleet`: 100 hosts (3 real, 97 simulated against the same etcd) and
+//!   a 3-member etcd cluster that loses a member: a change's time to every
+//!   real host's kernel map under a steady change rate, etcd's load.
 //!
 //! Every benchmark also records its headline (goals, verdicts, bars) in
 //! docs/bench.json, from which `summary` writes the `## Summary` section of
@@ -53,6 +56,7 @@ mod accel;
 mod admin;
 mod chart;
 mod cpu;
+mod fleet;
 mod h2load;
 mod knit;
 mod l4;
@@ -79,6 +83,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("memory", "daemon memory vs one proxy per task"),
     ("admin", "what watching the daemon costs it"),
     ("propagation", "a change to another host's kernel (etcd)"),
+    ("fleet", "100 hosts, an etcd cluster losing a member"),
 ];
 
 /// knit's benchmarks (started by `cargo xtask bench`, which installs the
@@ -90,7 +95,7 @@ pub const ALL: &[(&str, &str)] = &[
 )]
 struct Cli {
     /// all (the default), or one of: l4, l7, accel, xfer, memory, admin,
-    /// propagation; chart redraws the chart and summary only.
+    /// propagation, fleet; chart redraws the chart and summary only.
     #[arg(default_value = "all")]
     which: String,
     /// Few and short runs that only prove the benchmarks work (for CI).
@@ -120,6 +125,7 @@ fn one_benchmark(which: &str, quick: bool) -> Result<()> {
         "memory" => memory::run(quick),
         "admin" => admin::run(quick),
         "propagation" => propagation::run(quick),
+        "fleet" => fleet::run(quick),
         other => bail!(
             "no benchmark {other:?}; known: {}, all (the default), chart (redraw the chart and \
              summary)\n  fix: cargo xtask bench [{}|all|chart] [--quick]",

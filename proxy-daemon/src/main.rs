@@ -99,8 +99,11 @@ enum Cmd {
         interval_ms: u64,
         /// Stop after this many frames; 0: until Ctrl-C (the default on a
         /// terminal; into a pipe or a file the default is one frame).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "once")]
         iterations: Option<u64>,
+        /// One frame, then exit (what a pipe or a file gets by default).
+        #[arg(long)]
+        once: bool,
         /// One JSON object per frame.
         #[arg(long)]
         json: bool,
@@ -172,8 +175,14 @@ fn main() {
         Cmd::Top {
             interval_ms,
             iterations,
+            once,
             json,
-        } => cli::top::top(&cli.socket, interval_ms, iterations, json),
+        } => cli::top::top(
+            &cli.socket,
+            interval_ms,
+            if once { Some(1) } else { iterations },
+            json,
+        ),
     };
     std::process::exit(code);
 }

@@ -95,26 +95,51 @@ impl Drop for Namespaces {
     }
 }
 
-/// A one-member etcd cluster in a host's namespace.
+/// An etcd member in a host's namespace: alone (a one-member cluster), or
+/// one of several (see [`Fleet::start_cluster`]).
 pub struct Etcd {
     pub url: String,
     netns: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Its member name, peer URL and the whole cluster (`name=peer,...`).
+    name: String,
+    peer: String,
+    cluster: String,
 }
 
 impl Etcd {
     fn new(netns: &str, address: &str) -> Result<Self> {
-        let mut e = Self {
+        let peer = "http://127.0.0.1:2380".to_string();
+        let mut e = Self::member(
+            netns,
+            address,
+            "knit-test",
+            &peer,
+            &format!("knit-test={peer}"),
+        )?;
+        e.start()?;
+        Ok(e)
+    }
+
+    /// A member of a cluster, not started yet.
+    fn member(netns: &str, address: &str, name: &str, peer: &str, cluster: &str) -> Result<Self> {
+        Ok(Self {
             url: format!("http://{address}:{ETCD_PORT}"),
             netns: netns.to_string(),
             dir: tempfile::Builder::new()
                 .prefix("knit-test-etcd")
                 .tempdir()?,
             child: None,
-        };
-        e.start()?;
-        Ok(e)
+            name: name.to_string(),
+            peer: peer.to_string(),
+            cluster: cluster.to_string(),
+        })
+    }
+
+    /// The process id of the running member.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn nsenter(&self, prog: &str) -> Command {
@@ -127,20 +152,27 @@ impl Etcd {
 
     /// Start etcd (again: it keeps its data directory).
     pub fn start(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_healthy()
+    }
+
+    /// Start the process (a member of a new cluster answers only once a
+    /// quorum of members runs).
+    fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))?;
-        let peer = "http://127.0.0.1:2380";
         let child = self
             .nsenter("etcd")
-            .args(["--name", "knit-test", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.url])
             .args(["--advertise-client-urls", &self.url])
-            .args(["--listen-peer-urls", peer])
-            .args(["--initial-advertise-peer-urls", peer])
-            .args(["--initial-cluster", &format!("knit-test={peer}")])
+            .args(["--listen-peer-urls", &self.peer])
+            .args(["--initial-advertise-peer-urls", &self.peer])
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-cluster-state", "new"])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -148,6 +180,10 @@ impl Etcd {
                 "starting etcd (Debian package etcd-server; `cargo xtask setup` installs it)",
             )?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_healthy(&self) -> Result<()> {
         wait_for("etcd to answer", Duration::from_secs(30), || {
             self.nsenter("etcdctl")
                 .args(["--endpoints", &self.url, "endpoint", "health"])
@@ -258,7 +294,11 @@ impl Drop for Etcd {
 pub struct Fleet {
     /// Host i (0-based) is named `h{i+1}` and has address 10.77.0.{i+1}.
     pub hosts: Vec<Knit>,
+    /// The (first) etcd member, on host 1.
     pub etcd: Etcd,
+    /// The other members of a cluster ([`Fleet::start_cluster`]): member
+    /// i+2 on host i+2.
+    pub members: Vec<Etcd>,
     /// Dropped last: the daemons and etcd are gone by then.
     _namespaces: Namespaces,
 }
@@ -272,6 +312,21 @@ impl Fleet {
 
     /// As [`Fleet::start`], running the `knit` binary at `bin`.
     pub fn start_full(name: &str, n: usize, extra: &str, bin: PathBuf) -> Result<Self> {
+        Self::start_cluster(name, n, extra, bin, 1)
+    }
+
+    /// As [`Fleet::start_full`], with an etcd cluster of `members` members
+    /// (one on each of the first hosts; every daemon is given them all).
+    pub fn start_cluster(
+        name: &str,
+        n: usize,
+        extra: &str,
+        bin: PathBuf,
+        members: usize,
+    ) -> Result<Self> {
+        if members == 0 || members > n {
+            bail!("an etcd cluster of {members} members on {n} hosts");
+        }
         let tag = format!("kn{}{}", std::process::id() % 100_000, name);
         let bridge = format!("{tag}-br");
         let mut namespaces = Namespaces(Vec::new());
@@ -306,12 +361,40 @@ impl Fleet {
         }
         // Before anything is sent: the fleet's addresses lead nowhere else.
         check_isolated(&bridge, &names)?;
-        let etcd = Etcd::new(&names[0], &format!("{SUBNET}.1"))?;
+        let (etcd, others) = if members == 1 {
+            (Etcd::new(&names[0], &format!("{SUBNET}.1"))?, Vec::new())
+        } else {
+            let peer = |i: usize| format!("http://{SUBNET}.{i}:2380");
+            let cluster: Vec<String> = (1..=members)
+                .map(|i| format!("knit-test-{i}={}", peer(i)))
+                .collect();
+            let cluster = cluster.join(",");
+            let mut all = Vec::new();
+            for (i, ns) in names.iter().enumerate().take(members) {
+                let mut m = Etcd::member(
+                    ns,
+                    &format!("{SUBNET}.{}", i + 1),
+                    &format!("knit-test-{}", i + 1),
+                    &peer(i + 1),
+                    &cluster,
+                )?;
+                m.spawn()?;
+                all.push(m);
+            }
+            for m in &all {
+                m.wait_healthy()?;
+            }
+            let mut all = all.into_iter();
+            let first = all.next().context("no etcd member")?;
+            (first, all.collect())
+        };
+        let urls: Vec<&str> = std::iter::once(etcd.url.as_str())
+            .chain(others.iter().map(|m| m.url.as_str()))
+            .collect();
         let mut hosts = Vec::new();
         for (i, ns) in names.iter().enumerate() {
             let conf = format!(
-                "[registry]\nbackend = \"etcd\"\nendpoints = [{:?}]\nlease_ttl_s = 3\n\n[host]\naddress = \"{SUBNET}.{}\"\nname = \"h{}\"\n\n{extra}",
-                etcd.url,
+                "[registry]\nbackend = \"etcd\"\nendpoints = {urls:?}\nlease_ttl_s = 3\n\n[host]\naddress = \"{SUBNET}.{}\"\nname = \"h{}\"\n\n{extra}",
                 i + 1,
                 i + 1
             );
@@ -325,6 +408,7 @@ impl Fleet {
         Ok(Self {
             hosts,
             etcd,
+            members: others,
             _namespaces: namespaces,
         })
     }

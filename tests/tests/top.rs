@@ -86,6 +86,9 @@ fn knit_top_shows_live_rates_and_the_service_graph() -> Result<()> {
         "{text}"
     );
     ensure!(text.matches("knit top:").count() == 1, "{text}");
+    // --once says the same explicitly.
+    let once = k.ok(&["top", "--once", "--json", "--interval-ms", "300"])?;
+    ensure!(once.lines().count() == 1, "{once}");
     let r = knit_tests::json_output(load)?;
     ensure!(r["failed"] == 0, "{r}");
     // The graph is in /metrics too.

@@ -171,15 +171,18 @@ pub fn describe(etcd: Option<&Etcd>) -> String {
         None => "embedded".into(),
         Some(etcd) => {
             let v = etcd.view();
+            let connected = v.connected;
+            let revision = v.revision;
+            drop(v);
             format!(
                 "etcd as host {:?}: {} (revision {})",
                 etcd.host(),
-                if v.connected {
-                    "connected"
+                if connected {
+                    format!("connected to {}", etcd.member())
                 } else {
-                    "unreachable, serving the last known view"
+                    "unreachable, serving the last known view".to_string()
                 },
-                v.revision
+                revision
             )
         }
     }

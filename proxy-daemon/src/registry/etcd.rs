@@ -237,6 +237,20 @@ fn set_id(
 }
 
 /// `<prefix>/<rel>` -> `rel`.
+/// An error that says nothing about the request, only that this member
+/// could not be reached or dropped the connection: another member may
+/// answer.
+fn unreachable_member(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        // gRPC codes: 1 Cancelled, 2 Unknown (a connection reset mid-call),
+        // 4 DeadlineExceeded, 14 Unavailable (no connection).
+        E::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 14),
+        _ => false,
+    }
+}
+
 fn rel_key<'a>(key: &'a [u8], prefix: &str) -> Option<&'a str> {
     std::str::from_utf8(key)
         .ok()?
@@ -246,7 +260,14 @@ fn rel_key<'a>(key: &'a [u8], prefix: &str) -> Option<&'a str> {
 
 /// A handle on the etcd registry, shared by the engine and the session.
 pub struct Etcd {
-    client: Client,
+    /// One client per endpoint, as etcd's own clients do it: a session
+    /// (lease and watch) and every request go to one member, the one that
+    /// answered last, and move to the next member as soon as one fails at
+    /// the transport (a dead member is left in milliseconds, not after a
+    /// balancer notices).
+    clients: Vec<Client>,
+    member_urls: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     endpoints: String,
     prefix: String,
     host: String,
@@ -271,15 +292,33 @@ impl Etcd {
             .with_connect_timeout(timeout.min(Duration::from_secs(2)))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(&cfg.registry.endpoints, Some(opts))
-            .await
-            .map_err(|e| RegistryError::Etcd {
-                endpoints: endpoints.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut clients = Vec::new();
+        for ep in &cfg.registry.endpoints {
+            clients.push(
+                Client::connect([ep], Some(opts.clone()))
+                    .await
+                    .map_err(|e| RegistryError::Etcd {
+                        endpoints: endpoints.clone(),
+                        reason: format!("{ep}: {e}"),
+                    })?,
+            );
+        }
+        if clients.is_empty() {
+            return Err(RegistryError::Etcd {
+                endpoints,
+                reason: "no endpoint in [registry] endpoints".into(),
+            });
+        }
         let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+        // Hosts start on different members (by their name), so a fleet's
+        // sessions spread over the cluster rather than all on the first.
+        let first = host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) % clients.len() as u64;
         Ok(Arc::new(Self {
-            client,
+            clients,
+            member_urls: cfg.registry.endpoints.clone(),
+            current: std::sync::atomic::AtomicUsize::new(first as usize),
             endpoints,
             prefix: cfg.registry.prefix.clone(),
             host,
@@ -296,6 +335,54 @@ impl Etcd {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The endpoint of the member in use.
+    pub fn member(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        self.member_urls.get(i).map_or("", String::as_str)
+    }
+
+    /// The member that answered last, and its client.
+    fn client(&self) -> (usize, Client) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].clone())
+    }
+
+    /// Member `failed` did not answer: the next one is tried from now on
+    /// (unless another caller moved on already).
+    fn next_member(&self, failed: usize) {
+        let next = (failed + 1) % self.clients.len();
+        let _ = self.current.compare_exchange(
+            failed,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// `f` on the current member; on a transport failure, on each other
+    /// member in turn (a compare-and-swap retried elsewhere after an
+    /// ambiguous failure finds the guard moved, and is planned again).
+    async fn on_any<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for _ in 0..self.clients.len() {
+            let (i, c) = self.client();
+            match f(c).await {
+                Err(e) if unreachable_member(&e) => {
+                    self.next_member(i);
+                    last = Some(e);
+                }
+                r => return r,
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            etcd_client::Error::InvalidArgs("no etcd endpoint configured".into())
+        }))
     }
 
     fn err(&self, reason: impl ToString) -> RegistryError {
@@ -336,12 +423,12 @@ impl Etcd {
 
     /// Read the shared state now: (state, revision of the guard key, 0 if none).
     async fn read_config(&self) -> Result<(ConfigState, i64), RegistryError> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get(
-                format!("{}/config/", self.prefix),
-                Some(GetOptions::new().with_prefix()),
-            )
+        let key = format!("{}/config/", self.prefix);
+        let resp = self
+            .on_any(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
             .await
             .map_err(|e| self.err(e))?;
         let guard = format!("{}/config/revision", self.prefix);
@@ -383,9 +470,12 @@ impl Etcd {
             )));
         }
         ops.push(TxnOp::put(guard, self.host.as_bytes(), None));
-        let mut c = self.client.clone();
-        let resp = c
-            .txn(Txn::new().when([cmp]).and_then(ops))
+        let txn = Txn::new().when([cmp]).and_then(ops);
+        let resp = self
+            .on_any(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(|e| self.err(e))?;
         if resp.succeeded() {
@@ -486,11 +576,11 @@ impl Etcd {
 
     /// Load a first view, within the request timeout.
     pub async fn initial_sync(&self) -> Result<(), RegistryError> {
-        let mut c = self.client.clone();
-        let get = c.get(
-            format!("{}/", self.prefix),
-            Some(GetOptions::new().with_prefix()),
-        );
+        let key = format!("{}/", self.prefix);
+        let get = self.on_any(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+        });
         let resp = match tokio::time::timeout(self.timeout, get).await {
             Ok(r) => r.map_err(|e| self.err(e))?,
             Err(_) => return Err(self.no_answer()),
@@ -503,24 +593,36 @@ impl Etcd {
     /// Keep the session up for as long as the daemon runs.
     pub async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        // Sessions that failed in a row: every member is tried at once
+        // before the backoff starts.
+        let mut failed = 0;
         loop {
             let began = Instant::now();
-            if let Err(e) = self.session().await {
+            let (member, c) = self.client();
+            if let Err(e) = self.session(c).await {
+                // The next session starts on the next member.
+                self.next_member(member);
                 let was = std::mem::replace(&mut self.view().connected, false);
-                if was {
+                if was && self.clients.len() == 1 {
                     warn!(error = %e, "lost etcd; serving the last known view until it is back");
+                } else if was {
+                    warn!(error = %e, "lost etcd member; trying the next one (serving the last known view meanwhile)");
                 }
             }
             if began.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_millis(100);
+                failed = 0;
+            }
+            failed += 1;
+            if failed < self.clients.len() {
+                continue;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
-    async fn session(&self) -> Result<(), RegistryError> {
-        let mut c = self.client.clone();
+    async fn session(&self, mut c: Client) -> Result<(), RegistryError> {
         let e = |e: etcd_client::Error| self.err(e);
         let lease = c.lease_grant(self.ttl_s, None).await.map_err(e)?.id();
         let (mut keeper, mut acks) = c.lease_keep_alive(lease).await.map_err(e)?;
