@@ -72,10 +72,21 @@ pub fn run(filter: Option<&str>, debian: kernel::Debian) -> Result<()> {
     for line in crate::install::place(&repo, &root)? {
         eprintln!("{line}");
     }
-    for file in std::iter::once(&test).chain(&bins) {
-        copy_in(&root, file)?;
+    // Under /opt, laid out as cargo lays them out (the tests find
+    // `knit-testbin` above their own `deps/`): the guest's /tmp is a fresh
+    // tmpfs, which would hide a host path under /tmp.
+    let guest_test = Path::new(GUEST_DIR)
+        .join("deps")
+        .join(test.file_name().context("the test executable's name")?);
+    copy_to(&test, &root.join(guest_test.strip_prefix("/")?))?;
+    for bin in &bins {
+        let name = bin.file_name().context("a binary's name")?;
+        copy_to(
+            bin,
+            &root.join(GUEST_DIR.trim_start_matches('/')).join(name),
+        )?;
     }
-    guest_setup(&root, &test, filter)?;
+    guest_setup(&root, &guest_test, filter)?;
     let initrd = work.path().join("initramfs.cpio");
     initramfs::cpio_archive(&root, &initrd, true)?;
     let size = fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
@@ -138,15 +149,14 @@ fn debian_root(cache: &Path) -> Result<PathBuf> {
     Ok(tar)
 }
 
-/// Copy a host file to the same path in the guest (the tests find
-/// `knit-testbin` next to their own executable, as on the host).
-fn copy_in(root: &Path, file: &Path) -> Result<()> {
-    let rel = file.strip_prefix("/").unwrap_or(file);
-    let to = root.join(rel);
+/// Where the guest holds the test executable and the binaries it spawns.
+const GUEST_DIR: &str = "/opt/knit-tests";
+
+fn copy_to(file: &Path, to: &Path) -> Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir)?;
     }
-    fs::copy(file, &to)
+    fs::copy(file, to)
         .with_context(|| format!("copying {} to {}", file.display(), to.display()))?;
     Ok(())
 }
