@@ -40,11 +40,11 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use knit_tests::{Knit, fleet::Fleet};
 use proxy_common::maps::{Backend, BackendKey, ServiceEntry, VipKey};
 use serde_json::json;
@@ -63,7 +63,6 @@ const PROBES: usize = 20;
 const PROBE_ENDPOINTS: usize = 2;
 /// Simulated hosts' fleet indexes start here (above every real host's).
 const SIM_INDEX: u32 = 1000;
-const SERVICES_PER_APPLY: usize = 20;
 const GOAL_P99_MS: f64 = 250.0;
 /// A member's death: changes back under the goal within this.
 const GOAL_RECOVERY_MS: f64 = 5_000.0;
@@ -268,48 +267,19 @@ fn measure(
 }
 
 fn apply_services(a: &Knit, services: usize) -> Result<()> {
-    a.apply(&[(
-        "bulk-td.json",
-        r#"{"family": "bulk", "containerDefinitions": [{"name": "app", "image": "unused",
-            "portMappings": [{"name": "tcp"}]}]}"#,
-    )])?;
     let names: Vec<String> = (0..services)
         .map(|i| format!("svc-{i}"))
         .chain((0..PROBES).map(|i| format!("probe-{i}")))
         .collect();
-    for (n, chunk) in names.chunks(SERVICES_PER_APPLY).enumerate() {
-        let docs: Vec<String> = chunk
-            .iter()
-            .map(|name| {
-                format!(
-                    r#"{{"serviceName": "{name}", "taskDefinition": "bulk",
-                        "serviceConnectConfiguration": {{"enabled": true,
-                          "services": [{{"portName": "tcp", "discoveryName": "{name}",
-                                         "clientAliases": [{{"dnsName": "{name}", "port": 9000}}]}}]}}}}"#
-                )
-            })
-            .collect();
-        a.apply(&[(&format!("bulk-{n}.json"), &format!("[{}]", docs.join(",")))])?;
-    }
-    Ok(())
+    knit::apply_tcp_services(a, &names)
 }
 
 /// The probe services' VIPs (the same on every host: VIPs are fleet-wide).
 fn probes(a: &Knit) -> Result<Vec<Probe>> {
-    let services = a.json(&["services"])?;
-    let rows = services.as_array().context("services")?;
+    let aliases = knit::Aliases::read(a)?;
     (0..PROBES)
         .map(|i| {
-            let name = format!("probe-{i}");
-            let row = rows
-                .iter()
-                .find(|r| r["service"] == name.as_str())
-                .with_context(|| format!("no {name} in knit services"))?;
-            let vip: Ipv4Addr = row["vip"]
-                .as_str()
-                .context("vip")?
-                .parse()
-                .context("a VIP")?;
+            let vip: Ipv4Addr = aliases.vip(&format!("probe-{i}"))?.parse()?;
             Ok(Probe {
                 vip: VipKey {
                     ip: u32::from(vip).to_be(),
@@ -329,19 +299,9 @@ struct HostMaps {
 
 impl HostMaps {
     fn open(k: &Knit) -> Result<Self> {
-        let dir = std::fs::read_dir(&k.pin_dir)
-            .with_context(|| format!("reading {}", k.pin_dir.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.join("KNIT_BACKENDS").exists())
-            .context("no pinned maps")?;
-        let open = |name: &str| -> Result<MapData> {
-            let p = dir.join(name);
-            MapData::from_pin(&p).with_context(|| format!("opening {}", p.display()))
-        };
         Ok(Self {
-            services: HashMap::try_from(Map::HashMap(open("KNIT_SERVICES")?))?,
-            backends: HashMap::try_from(Map::HashMap(open("KNIT_BACKENDS")?))?,
+            services: knit::pinned_map(k, "KNIT_SERVICES")?,
+            backends: knit::pinned_map(k, "KNIT_BACKENDS")?,
         })
     }
 
@@ -585,14 +545,14 @@ async fn simulate(
                 nix::sys::signal::Signal::SIGKILL,
             )?;
             killed_at = Some(Instant::now());
-            kill_ns = now_ns();
+            kill_ns = stats::unix_ns();
         }
         let p = n % PROBES;
         let j = (n / PROBES) % PROBE_ENDPOINTS;
         n += 1;
         let e = &probe_eps[p][j];
         let (c, lease) = &mut clients[e.host];
-        let t = now_ns();
+        let t = stats::unix_ns();
         let sent = Instant::now();
         // A write in flight when the leader dies waits for etcd's request
         // timeout (seconds): the change is given up after 2 s, the rate
@@ -677,7 +637,7 @@ async fn simulate(
             let a = cpu::tree_ticks(*p).ok().flatten().unwrap_or(*b);
             (
                 cpu::ticks_to_secs(a.saturating_sub(*b)) / elapsed * 100.0,
-                rss_kib(*p).unwrap_or(0),
+                knit::rss_kib(*p).unwrap_or(0),
             )
         })
         .collect();
@@ -732,7 +692,7 @@ fn settle(
     after: &mut Vec<(u128, f64)>,
     lost: &mut usize,
 ) {
-    let now = now_ns();
+    let now = stats::unix_ns();
     pending.retain_mut(|c| {
         for (h, m) in maps.iter().enumerate() {
             if !c.seen[h] {
@@ -755,22 +715,6 @@ fn settle(
         }
         true
     });
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
 
 /// Per member: (requests served, watch events sent, database size), from
@@ -833,23 +777,6 @@ struct Outcome {
     requests_failed: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Percentiles {
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(ms: &[f64]) -> Option<Self> {
-        Some(Self {
-            p50: stats::percentile(ms, 0.5)?,
-            p99: stats::percentile(ms, 0.99)?,
-            max: stats::percentile(ms, 1.0)?,
-        })
-    }
-}
-
 impl Outcome {
     fn all(&self) -> Vec<f64> {
         self.sim
@@ -862,7 +789,7 @@ impl Outcome {
 
     /// p99 of the steady part: before the member was killed.
     fn p99(&self) -> f64 {
-        Percentiles::of(&self.sim.before).map_or(f64::INFINITY, |p| p.p99)
+        stats::Latencies::of(&self.sim.before).map_or(f64::INFINITY, |p| p.p99)
     }
 
     /// From the kill until the last change slower than the goal landed
@@ -908,8 +835,8 @@ impl Outcome {
             ("after the kill, once recovered", self.recovered()),
             ("all", self.all()),
         ] {
-            let p = Percentiles::of(&v);
-            let ms = |f: fn(&Percentiles) -> f64| {
+            let p = stats::Latencies::of(&v);
+            let ms = |f: fn(&stats::Latencies) -> f64| {
                 p.as_ref().map_or("-".into(), |p| format!("{:.1} ms", f(p)))
             };
             t.row([
@@ -1007,7 +934,7 @@ impl Outcome {
     }
 
     fn entry(&self) -> Entry {
-        let p = Percentiles::of(&self.sim.before);
+        let p = stats::Latencies::of(&self.sim.before);
         let ms = |v: f64| format!("{v:.1} ms");
         let mut bars = Vec::new();
         if let Some(p) = p {
@@ -1050,15 +977,23 @@ impl Outcome {
         }
     }
 
+    /// What a member's death did to the changes, in words.
+    fn after_kill(&self) -> String {
+        match self.recovery_ms() {
+            0.0 => "no change over 250 ms".to_string(),
+            ms => format!("back under 250 ms {:.1} s later", ms / 1000.0),
+        }
+    }
+
     fn headline(&self) -> String {
         format!(
-            "- `fleet`: {} hosts ({} simulated against the same etcd cluster), {} endpoints, {:.0} changes/s: a change is in every real host's kernel map in p99 {:.1} ms (goal < 250 ms); an etcd member killed: back under that {:.1} s later, {} changes lost, {} failed requests; etcd {:.0} requests/s. Measured {}. See [BENCHMARKS.md](BENCHMARKS.md#fleet-100-hosts-etcd-cluster).",
+            "- `fleet`: {} hosts ({} simulated against the same etcd cluster), {} endpoints, {:.0} changes/s: a change is in every real host's kernel map in p99 {:.1} ms (goal < 250 ms); an etcd member killed: {}, {} changes lost, {} failed requests; etcd {:.0} requests/s. Measured {}. See [BENCHMARKS.md](BENCHMARKS.md#fleet-100-hosts-etcd-cluster).",
             self.hosts,
             self.hosts - REAL,
             self.endpoints,
             self.rate,
             self.p99(),
-            self.recovery_ms() / 1000.0,
+            self.after_kill(),
             self.sim.lost,
             self.requests_failed,
             self.sim.etcd.requests_per_s,

@@ -236,3 +236,58 @@ pub fn restart_accelerate(k: &mut Knit, on: bool) -> Result<()> {
     k.start_daemon()?;
     wait_accelerate(k, on).with_context(|| k.daemon_log())
 }
+
+/// A pinned map of the daemon's datapath (`KNIT_BACKENDS`, ...), opened
+/// from its pin dir (`<pin_dir>/<object id>/<name>`).
+pub fn pinned_map<K: aya::Pod, V: aya::Pod>(
+    k: &Knit,
+    name: &str,
+) -> Result<aya::maps::HashMap<aya::maps::MapData, K, V>> {
+    let path = std::fs::read_dir(&k.pin_dir)
+        .with_context(|| format!("reading {}", k.pin_dir.display()))?
+        .flatten()
+        .map(|e| e.path().join(name))
+        .find(|p| p.exists())
+        .with_context(|| format!("no pinned {name} under {}", k.pin_dir.display()))?;
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?)
+}
+
+/// Apply TCP services `names` (alias `NAME:9000`, port `tcp` of one shared
+/// task definition `bulk`), 20 per `knit apply` (one etcd transaction each).
+pub fn apply_tcp_services(k: &Knit, names: &[String]) -> Result<()> {
+    k.apply(&[(
+        "bulk-td.json",
+        r#"{"family": "bulk", "containerDefinitions": [{"name": "app", "image": "unused",
+            "portMappings": [{"name": "tcp"}]}]}"#,
+    )])?;
+    for (n, chunk) in names.chunks(SERVICES_PER_APPLY).enumerate() {
+        let docs: Vec<String> = chunk
+            .iter()
+            .map(|name| {
+                format!(
+                    r#"{{"serviceName": "{name}", "taskDefinition": "bulk",
+                        "serviceConnectConfiguration": {{"enabled": true,
+                          "services": [{{"portName": "tcp", "discoveryName": "{name}",
+                                         "clientAliases": [{{"dnsName": "{name}", "port": 9000}}]}}]}}}}"#
+                )
+            })
+            .collect();
+        k.apply(&[(&format!("bulk-{n}.json"), &format!("[{}]", docs.join(",")))])?;
+    }
+    Ok(())
+}
+
+/// Services per `knit apply` in [`apply_tcp_services`].
+pub const SERVICES_PER_APPLY: usize = 20;
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}

@@ -21,11 +21,11 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use knit_tests::{Knit, fleet::Fleet, tcp_service, wait_for};
 use proxy_common::maps::{Backend, BackendKey};
 use serde_json::json;
@@ -43,8 +43,6 @@ use super::{
 const SYNTHETIC_HOST: u8 = 200;
 /// The synthetic host's fleet index (endpoint ids above every real host's).
 const SYNTHETIC_INDEX: u32 = 4000;
-/// Services per `knit apply` (one etcd transaction each).
-const SERVICES_PER_APPLY: usize = 20;
 
 struct Sizes {
     changes: usize,
@@ -54,14 +52,7 @@ struct Sizes {
 
 /// Host 1's (or any host's) pinned map of backends.
 fn backends_map(k: &Knit) -> Result<HashMap<MapData, BackendKey, Backend>> {
-    let dir = std::fs::read_dir(&k.pin_dir)
-        .with_context(|| format!("reading {}", k.pin_dir.display()))?
-        .flatten()
-        .map(|e| e.path().join("KNIT_BACKENDS"))
-        .find(|p| p.exists())
-        .context("no pinned KNIT_BACKENDS map")?;
-    let data = MapData::from_pin(&dir).with_context(|| format!("opening {}", dir.display()))?;
-    Ok(HashMap::try_from(Map::HashMap(data))?)
+    knit::pinned_map(k, "KNIT_BACKENDS")
 }
 
 /// Endpoints of the synthetic host in a map.
@@ -77,23 +68,6 @@ fn backend_ids(m: &HashMap<MapData, BackendKey, Backend>) -> BTreeSet<u32> {
         .filter_map(Result::ok)
         .map(|(_, b)| b.backend_id)
         .collect()
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
 }
 
 pub fn run(quick: bool) -> Result<()> {
@@ -143,7 +117,7 @@ pub fn run(quick: bool) -> Result<()> {
         quick,
         version,
         changes: latencies.len(),
-        latency: Percentiles::of(&latencies)?,
+        latency: stats::Latencies::of(&latencies).context("no change was measured")?,
         scale,
     };
     summary::publish(
@@ -230,7 +204,7 @@ fn propagation(
             let deadline = Instant::now() + Duration::from_secs(10);
             let seen = loop {
                 if backend_ids(&map).contains(&backend) {
-                    break now_ns();
+                    break stats::unix_ns();
                 }
                 if Instant::now() > deadline {
                     bail!("task {task} (endpoint {backend}) never reached host 1's kernel map");
@@ -271,32 +245,11 @@ struct Scale {
 fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
     let a = &fleet.hosts[0];
     let pid = a.daemon_pid().context("host 1's daemon")?;
-    let rss_before_kib = rss_kib(pid)?;
+    let rss_before_kib = knit::rss_kib(pid)?;
     println!("applying {} services", sizes.services);
     let t0 = Instant::now();
-    a.apply(&[(
-        "bulk-td.json",
-        r#"{"family": "bulk", "containerDefinitions": [{"name": "app", "image": "unused",
-            "portMappings": [{"name": "tcp"}]}]}"#,
-    )])?;
-    for chunk in (0..sizes.services)
-        .collect::<Vec<_>>()
-        .chunks(SERVICES_PER_APPLY)
-    {
-        let docs: Vec<String> = chunk
-            .iter()
-            .map(|i| {
-                format!(
-                    r#"{{"serviceName": "svc-{i}", "taskDefinition": "bulk",
-                        "serviceConnectConfiguration": {{"enabled": true,
-                          "services": [{{"portName": "tcp", "discoveryName": "svc-{i}",
-                                         "clientAliases": [{{"dnsName": "svc-{i}", "port": 9000}}]}}]}}}}"#
-                )
-            })
-            .collect();
-        let json = format!("[{}]", docs.join(","));
-        a.apply(&[(&format!("bulk-{}.json", chunk[0]), &json)])?;
-    }
+    let names: Vec<String> = (0..sizes.services).map(|i| format!("svc-{i}")).collect();
+    knit::apply_tcp_services(a, &names)?;
     let apply_s = t0.elapsed().as_secs_f64();
     let map = backends_map(a)?;
     println!(
@@ -317,7 +270,7 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
         || (synthetic(&map) >= want).then_some(()),
     )?;
     let live_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let rss_after_kib = rss_kib(pid)?;
+    let rss_after_kib = knit::rss_kib(pid)?;
     // What the daemon costs while nothing changes: its monitor ticks
     // (readiness, outliers, liveness) over every service and endpoint.
     let idle_window_s = if sizes.services >= 1_000 { 10.0 } else { 2.0 };
@@ -343,7 +296,7 @@ fn scale(fleet: &mut Fleet, sizes: &Sizes) -> Result<Scale> {
         || (synthetic(&fresh) >= want).then_some(()),
     )?;
     let full_sync_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let fresh_rss_kib = rss_kib(c.daemon_pid().context("host 3's daemon")?)?;
+    let fresh_rss_kib = knit::rss_kib(c.daemon_pid().context("host 3's daemon")?)?;
     Ok(Scale {
         services: sizes.services,
         endpoints: sizes.endpoints,
@@ -396,38 +349,19 @@ fn write_synthetic(url: &str, services: usize, endpoints: usize) -> Result<()> {
     Ok(())
 }
 
-/// The changes' latencies (nearest rank), in milliseconds.
-#[derive(Debug, Clone, Copy)]
-struct Percentiles {
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(ms: &[f64]) -> Result<Self> {
-        let at = |q| stats::percentile(ms, q).context("no change was measured");
-        Ok(Self {
-            p50: at(0.5)?,
-            p99: at(0.99)?,
-            max: at(1.0)?,
-        })
-    }
-}
-
 struct Outcome {
     machine: Machine,
     date: String,
     quick: bool,
     version: String,
     changes: usize,
-    latency: Percentiles,
+    latency: stats::Latencies,
     scale: Scale,
 }
 
 impl Outcome {
     fn render(&self) -> String {
-        let Percentiles { p50, p99, max } = self.latency;
+        let stats::Latencies { p50, p99, max } = self.latency;
         let s = &self.scale;
         let n = self.changes;
         let mut changes = Table::new(&[
@@ -499,14 +433,14 @@ impl Outcome {
             },
             services = s.services,
             endpoints = s.endpoints,
-            per = SERVICES_PER_APPLY,
+            per = knit::SERVICES_PER_APPLY,
             apply = s.apply_s,
         )
     }
 
     /// The summary's goal and the chart's panel.
     fn entry(&self) -> Entry {
-        let Percentiles { p50, p99, max } = self.latency;
+        let stats::Latencies { p50, p99, max } = self.latency;
         let ms = |v: f64| format!("{v:.1} ms");
         Entry {
             date: self.date.clone(),

@@ -17,6 +17,33 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// The nearest-rank percentile `q` (0 to 1) of `values`: the smallest
 /// value that at least `q` of them do not exceed (`q` = 1: the maximum);
 /// None for none.
+/// p50, p99 and max of latencies (nearest rank).
+#[derive(Debug, Clone, Copy)]
+pub struct Latencies {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latencies {
+    pub fn of(values: &[f64]) -> Option<Self> {
+        Some(Self {
+            p50: percentile(values, 0.5)?,
+            p99: percentile(values, 0.99)?,
+            max: percentile(values, 1.0)?,
+        })
+    }
+}
+
+/// Nanoseconds since the epoch (CLOCK_REALTIME: comparable with what other
+/// processes write).
+pub fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 pub fn percentile(values: &[f64], q: f64) -> Option<f64> {
     if values.is_empty() {
         return None;

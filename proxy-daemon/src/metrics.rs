@@ -126,11 +126,16 @@ pub struct LatencyBuckets(
 );
 
 impl LatencyBuckets {
-    pub fn observe(&self, ms: f64) {
-        let i = LATENCY_BOUNDS_MS
+    /// The bucket `ms` falls in (found once per response, however many
+    /// sets of buckets count it).
+    fn bucket(ms: f64) -> usize {
+        LATENCY_BOUNDS_MS
             .iter()
             .position(|b| ms <= *b)
-            .unwrap_or(LATENCY_BOUNDS_MS.len());
+            .unwrap_or(LATENCY_BOUNDS_MS.len())
+    }
+
+    fn add(&self, i: usize) {
         self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -275,11 +280,17 @@ pub struct AliasCounters {
 
 impl AliasCounters {
     /// A response head after `ms` milliseconds.
-    pub fn latency(&self, ms: f64) {
+    /// A response time, for the alias and (when known) the endpoint that
+    /// answered.
+    pub fn latency(&self, ms: f64, endpoint: Option<&LatencyBuckets>) {
         self.response_time.observe(ms);
         self.latency_sum_us.inc_by((ms * 1000.0) as u64);
         self.latency_count.inc();
-        self.latency_buckets.observe(ms);
+        let i = LatencyBuckets::bucket(ms);
+        self.latency_buckets.add(i);
+        if let Some(e) = endpoint {
+            e.add(i);
+        }
     }
 
     /// A request refused by a limit.
@@ -699,9 +710,9 @@ mod tests {
         assert_eq!(quantile_ms(&b.counts(), 0.5), None);
         // 100 answers between 5 and 10 ms, one over 100 s.
         for _ in 0..100 {
-            b.observe(7.0);
+            b.add(LatencyBuckets::bucket(7.0));
         }
-        b.observe(200_000.0);
+        b.add(LatencyBuckets::bucket(200_000.0));
         let c = b.counts();
         let p50 = quantile_ms(&c, 0.5).unwrap_or_default();
         assert!((5.0..=10.0).contains(&p50), "{p50}");

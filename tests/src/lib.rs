@@ -510,6 +510,18 @@ impl Knit {
         http_get_in(self.netns.as_deref(), &format!("http://{admin}/metrics"))
     }
 
+    /// The sum of the samples of `name` (e.g. `knit_request_count_total`)
+    /// in `/metrics` whose labels contain `label` (e.g.
+    /// `discovery_name="web"`).
+    pub fn metric_sum(&self, name: &str, label: &str) -> Result<f64> {
+        Ok(self
+            .metrics()?
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// `count` GETs of `path` on the daemon's admin listener, from the
     /// daemon's network namespace, with `knit-testbin http-client`: its
     /// report (statuses, p50_us, p99_us, ...).

@@ -45,7 +45,17 @@ fn service_rps(dom: &str, service: &str) -> Option<f64> {
 
 /// The cell `field` (rps, p50, p99) of `service`'s row, as a number.
 fn service_field(dom: &str, service: &str, field: &str) -> Option<f64> {
-    let at = dom.find(&format!("data-service=\"{service}\""))?;
+    row_field(dom, &format!("data-service=\"{service}\""), field)
+}
+
+/// The cell `field` of the endpoints table's row of `task`.
+fn endpoint_field(dom: &str, task: &str, field: &str) -> Option<f64> {
+    row_field(dom, &format!("data-endpoint=\"{task}\""), field)
+}
+
+/// The cell `data-field="field"` of the row marked `row`, as a number.
+fn row_field(dom: &str, row: &str, field: &str) -> Option<f64> {
+    let at = dom.find(row)?;
     let rest = &dom[at..];
     let tag = format!("data-field=\"{field}\">");
     let cell = rest.find(&tag)? + tag.len();
@@ -223,15 +233,11 @@ fn the_dashboard_keeps_a_spike_after_it_ends() -> Result<()> {
     eprintln!("web's history: {history}");
     let url = format!("http://{admin}/");
     let dom = chromium(&url, &["--dump-dom"])?;
-    let at = dom
-        .find("data-history=\"web\"")
-        .with_context(|| format!("no web row in the history:\n{dom}"))?;
-    let attr = |name: &str| -> Option<f64> {
-        let rest = &dom[at..];
-        let start = rest.find(&format!("{name}=\""))? + name.len() + 2;
-        let end = rest[start..].find('"')?;
-        rest[start..start + end].parse().ok()
-    };
+    ensure!(
+        dom.contains("data-history=\"web\""),
+        "no web row in the history:\n{dom}"
+    );
+    let attr = |name: &str| attr_after(&dom, "data-history=\"web\"", name);
     let peak = attr("data-peak-rps").context("data-peak-rps")?;
     ensure!(
         peak > 10.0,
@@ -262,16 +268,6 @@ fn attr_after(dom: &str, anchor: &str, name: &str) -> Option<f64> {
     let start = rest.find(&format!("{name}=\""))? + name.len() + 2;
     let end = rest[start..].find('"')?;
     rest[start..start + end].parse().ok()
-}
-
-/// The cell `field` of the endpoints table's row of `task`.
-fn endpoint_field(dom: &str, task: &str, field: &str) -> Option<f64> {
-    let at = dom.find(&format!("data-endpoint=\"{task}\""))?;
-    let rest = &dom[at..];
-    let tag = format!("data-field=\"{field}\">");
-    let cell = rest.find(&tag)? + tag.len();
-    let end = rest[cell..].find('<')?;
-    rest[cell..cell + end].parse().ok()
 }
 
 /// What the kernel and the proxy know per edge and per endpoint: a TCP

@@ -69,15 +69,9 @@ fn served(k: &Knit, n: u32) -> Result<()> {
         &format!("{n} requests to web taken"),
         Duration::from_secs(20),
         || {
-            let m = k.metrics().ok()?;
-            let answered: f64 = m
-                .lines()
-                .filter(|l| {
-                    l.starts_with("knit_request_count_total{")
-                        && l.contains("discovery_name=\"web\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+            let answered = k
+                .metric_sum("knit_request_count_total", "discovery_name=\"web\"")
+                .ok()?;
             (answered >= f64::from(n)).then_some(())
         },
     )

@@ -337,13 +337,7 @@ fn health_checks_gate_and_remove_traffic_on_every_host() -> Result<()> {
 
 /// The sum of `knit_request_count_total` for discovery name `web`.
 fn web_requests_counted(k: &Knit) -> Result<f64> {
-    Ok(k.metrics()?
-        .lines()
-        .filter(|l| {
-            l.starts_with("knit_request_count_total{") && l.contains("discovery_name=\"web\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    k.metric_sum("knit_request_count_total", "discovery_name=\"web\"")
 }
 
 /// A stalled etcd (SIGSTOP: connections open, nothing answers) while an

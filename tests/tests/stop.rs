@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use knit_tests::{Knit, client_service, http_service, http_task_definition, testbin};
+use knit_tests::{Knit, client_service, http_service, http_task_definition, testbin, wait_for};
 use nix::{sys::signal::Signal, unistd::Pid};
 
 /// Wait (bounded) for `child` to exit; its exit code.
@@ -82,8 +82,16 @@ fn stopping_a_task_drains_it_before_the_app_gets_sigterm() -> Result<()> {
         ],
         Stdio::piped(),
     )?;
-    // Both tasks busy: 8 requests of 300 ms in flight all the time.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both tasks busy, 8 requests of 300 ms in flight all the time, and
+    // each has served some (32 taken, round-robin: 16 each, 12 of them
+    // ended). Counted rather than slept for: processes start slowly in
+    // the VM.
+    wait_for("32 requests to web taken", Duration::from_secs(20), || {
+        let taken = k
+            .metric_sum("knit_request_count_total", "discovery_name=\"web\"")
+            .ok()?;
+        (taken >= 32.0).then_some(())
+    })?;
     let pid = i32::try_from(stopped.id()).context("pid")?;
     nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM)?;
     let code = exit_code_within(&mut stopped, Duration::from_secs(30))?;

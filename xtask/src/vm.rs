@@ -143,11 +143,16 @@ pub(crate) fn run_spec(spec: &Spec, args: &VmArgs) -> Result<()> {
 }
 
 fn timeout() -> Result<Duration> {
+    timeout_or(DEFAULT_TIMEOUT)
+}
+
+/// `KNIT_VM_TIMEOUT_SECS`, else `default`.
+pub(crate) fn timeout_or(default: Duration) -> Result<Duration> {
     match std::env::var("KNIT_VM_TIMEOUT_SECS") {
         Ok(s) => match s.trim().parse::<u64>() {
             Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
             _ => bail!("KNIT_VM_TIMEOUT_SECS={s:?}: expected a positive number of seconds"),
         },
-        Err(_) => Ok(DEFAULT_TIMEOUT),
+        Err(_) => Ok(default),
     }
 }

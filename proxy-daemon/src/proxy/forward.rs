@@ -475,8 +475,7 @@ async fn handle(
                 let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
                 m.code(resp.status().as_u16());
                 ep.requests.inc();
-                ep.health.latency.observe(ms);
-                m.latency(ms);
+                m.latency(ms, Some(&ep.health.latency));
                 if let Target::Alias(_, Some(client), ..) = target {
                     client.target.answered(resp.status().as_u16(), ms);
                 }

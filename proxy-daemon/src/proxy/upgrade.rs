@@ -208,7 +208,7 @@ pub async fn forward(
     let m = &alias.counters;
     m.code(resp.status().as_u16());
     ep.requests.inc();
-    m.latency(sent_at.elapsed().as_secs_f64() * 1000.0);
+    m.latency(sent_at.elapsed().as_secs_f64() * 1000.0, None);
     if resp.status().is_server_error() {
         proxy.failure(alias, &ep);
     } else {

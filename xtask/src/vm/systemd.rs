@@ -38,12 +38,7 @@ pub fn run(filter: Option<&str>, debian: kernel::Debian) -> Result<()> {
     let repo = util::root();
     let target = workspace::target_dir(&repo)?;
     let vm_dir = target.join("vm");
-    let timeout = match std::env::var("KNIT_VM_TIMEOUT_SECS") {
-        Ok(s) => Duration::from_secs(s.parse().with_context(|| {
-            format!("KNIT_VM_TIMEOUT_SECS={s:?}: expected a number of seconds")
-        })?),
-        Err(_) => TIMEOUT,
-    };
+    let timeout = super::timeout_or(TIMEOUT)?;
 
     util::step("guest kernel");
     let kernel = kernel::debian(&vm_dir, debian)?;
