@@ -376,7 +376,11 @@ mod tests {
                 .arg(&path)
                 .output()
                 .expect("run envoy");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 

@@ -149,12 +149,35 @@ impl Default for LogConfig {
 pub struct ProxyConfig {
     /// Longest drain, in milliseconds. Default 20000.
     pub drain_timeout_ms: u64,
+    /// Data-plane threads: each runs a single-threaded runtime that serves
+    /// its own egress listener of the SO_REUSEPORT group and its share of
+    /// the ingress listeners, and nothing else (the control plane runs
+    /// elsewhere). 0 (the default): one per CPU the daemon may use, at most
+    /// [`ProxyConfig::MAX_THREADS`]. Read at start.
+    pub threads: usize,
+}
+
+impl ProxyConfig {
+    /// The most data-plane threads (and egress listeners) a daemon runs.
+    pub const MAX_THREADS: usize = 64;
+
+    /// The data-plane threads to run: `threads`, or with 0, `cpus` (the
+    /// CPUs the daemon may use), within 1..=MAX_THREADS.
+    pub fn threads_for(&self, cpus: usize) -> usize {
+        let n = if self.threads == 0 {
+            cpus
+        } else {
+            self.threads
+        };
+        n.clamp(1, Self::MAX_THREADS)
+    }
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+            threads: 0,
         }
     }
 }
@@ -425,6 +448,16 @@ fn validate(c: &DaemonConfig) -> Result<(), (&'static str, String, String)> {
             "use 1 or more milliseconds (default 100)".to_owned(),
         ));
     }
+    if c.proxy.threads > ProxyConfig::MAX_THREADS {
+        return Err((
+            "proxy.threads",
+            format!("is {}", c.proxy.threads),
+            format!(
+                "use 1 to {} data-plane threads, or 0 (the default) for one per CPU",
+                ProxyConfig::MAX_THREADS
+            ),
+        ));
+    }
     if c.log.level.trim().is_empty() {
         return Err((
             "log.level",
@@ -522,7 +555,7 @@ impl DaemonConfig {
     pub fn reload(&self, new: &DaemonConfig, accelerate_forced_off: bool) -> Reload {
         let (old, mut applied, mut need_restart) = (self, Vec::new(), Vec::new());
         let accelerate = new.datapath.accelerate && !accelerate_forced_off;
-        let keys: [(&'static str, bool, bool); 18] = [
+        let keys: [(&'static str, bool, bool); 19] = [
             // (key, changed, takes effect while running)
             (
                 "default_namespace",
@@ -559,6 +592,11 @@ impl DaemonConfig {
                 old.proxy.drain_timeout_ms != new.proxy.drain_timeout_ms,
                 true,
             ),
+            (
+                "proxy.threads",
+                old.proxy.threads != new.proxy.threads,
+                false,
+            ),
             ("log.level", old.log.level != new.log.level, true),
             (
                 "datapath.accelerate",
@@ -589,7 +627,10 @@ impl DaemonConfig {
             interval_ms: old.outlier.interval_ms,
             ..new.outlier.clone()
         };
-        config.proxy = new.proxy.clone();
+        config.proxy = ProxyConfig {
+            threads: old.proxy.threads,
+            ..new.proxy.clone()
+        };
         config.log.level = new.log.level.clone();
         config.datapath.accelerate = accelerate;
         Reload {

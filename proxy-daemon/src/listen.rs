@@ -49,13 +49,10 @@ fn listen_on(s: tokio::net::TcpSocket) -> std::io::Result<std::net::TcpListener>
     Ok(l)
 }
 
-/// How many sockets the egress listener is made of: one per CPU (tokio
-/// runs a worker per CPU), at least 2, at most 16.
-pub fn group_size() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 16)
+/// The CPUs this process may use (its affinity mask and cgroup CPU quota
+/// counted): the data plane's default thread count.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Whether SO_REUSEPORT is set on `l` (a group can grow around it).

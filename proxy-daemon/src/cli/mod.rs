@@ -177,7 +177,15 @@ pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: boo
         eprintln!("error: {} [log] level: {e}", config.display());
         return EXIT_BAD_INPUT;
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    // The control plane's runtime (the engine, the registry, health checks,
+    // the admin listener); the proxy runs on threads of its own
+    // (`[proxy] threads`, see proxy::dataplane).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("knit-control")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

@@ -121,7 +121,11 @@ pub async fn run(
     // At most 500 ms: readiness probes and the watchdog run on this tick.
     let interval = Duration::from_millis(cfg.outlier.interval_ms.clamp(10, 500));
     // The egress listener: the connect hook sends tasks' L7 connects here.
-    let egress = egress_group(std::mem::take(&mut inherited.egress), cfg.host.address)?;
+    let egress = egress_group(
+        std::mem::take(&mut inherited.egress),
+        cfg.host.address,
+        cfg.proxy.threads_for(crate::listen::cpus()),
+    )?;
     let egress_addr = match egress[0].local_addr()? {
         std::net::SocketAddr::V4(a) => a,
         a => bail!("the egress listener must be IPv4, got {a}"),
@@ -131,7 +135,10 @@ pub async fn run(
         .take_orig()
         .context("the map of proxied connections was already taken")?;
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = Arc::new(Proxy::new(orig, events_tx));
+    let threads = cfg.proxy.threads_for(crate::listen::cpus());
+    let dataplane =
+        crate::proxy::DataPlane::start(threads).context("starting the data-plane threads")?;
+    let proxy = Arc::new(Proxy::new(orig, events_tx, dataplane));
     let heartbeat;
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
@@ -155,7 +162,12 @@ pub async fn run(
         // programs can go.
         e.dp.retire_other_versions();
     }
-    info!(egress = %egress_addr, "L7 egress listener");
+    info!(
+        egress = %egress_addr,
+        listeners = egress.len(),
+        threads = proxy.dataplane.threads(),
+        "L7 egress listener, served by the data-plane threads"
+    );
     // Tasks that end when this daemon hands over.
     let mut background = Vec::new();
     let etcd = engine.lock().await.registry.etcd().cloned();
@@ -230,9 +242,7 @@ pub async fn run(
         reader.clone(),
         proxy.clone(),
     )));
-    for l in egress {
-        background.push(tokio::spawn(crate::proxy::serve_egress(l, proxy.clone())));
-    }
+    background.extend(crate::proxy::start_egress(egress, &proxy));
     // An endpoint the proxy sees failing is looked at at once, not at the next tick.
     let on_events = engine.clone();
     background.push(tokio::spawn(async move {
@@ -425,15 +435,17 @@ async fn monitor(engine: Arc<Mutex<Engine>>, interval: Duration) {
 /// The egress listener's sockets: those an older daemon passed on (when on
 /// `address`), grown to a SO_REUSEPORT group of one per CPU, or a new group.
 /// A listener an older version made without SO_REUSEPORT is served alone.
+/// The egress listeners: an SO_REUSEPORT group of `want` members (one per
+/// data-plane thread), the handed-over ones first; nonblocking.
 fn egress_group(
     inherited: Vec<std::net::TcpListener>,
     address: std::net::Ipv4Addr,
-) -> Result<Vec<tokio::net::TcpListener>> {
+    want: usize,
+) -> Result<Vec<std::net::TcpListener>> {
     let mut group: Vec<std::net::TcpListener> = inherited
         .into_iter()
         .filter(|l| l.local_addr().is_ok_and(|a| a.ip() == address))
         .collect();
-    let want = crate::listen::group_size();
     match group.first() {
         None => {
             group = crate::listen::tcp_group((address, 0).into(), want)
@@ -452,7 +464,7 @@ fn egress_group(
         .map(|l| {
             l.set_nonblocking(true)?;
             crate::listen::widen(&l)?;
-            Ok(tokio::net::TcpListener::from_std(l)?)
+            Ok(l)
         })
         .collect()
 }

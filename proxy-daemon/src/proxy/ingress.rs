@@ -38,8 +38,7 @@ pub struct IngressListeners {
 
 impl IngressListeners {
     /// Serve `route`'s one local endpoint on `listener` (bound and
-    /// listening). Returns the port listened on. Must run inside the tokio
-    /// runtime.
+    /// listening), on a data-plane thread. Returns the port listened on.
     pub fn start(
         &mut self,
         key: IngressKey,
@@ -50,10 +49,18 @@ impl IngressListeners {
     ) -> std::io::Result<u16> {
         listener.set_nonblocking(true)?;
         let copy: OwnedFd = listener.try_clone()?.into();
-        let l = TcpListener::from_std(listener)?;
-        let port = l.local_addr()?.port();
+        let port = listener.local_addr()?.port();
         info!(task = %key.0, discovery_name = %key.1, port, "ingress listener");
-        let accept = tokio::spawn(async move {
+        let dataplane = proxy.clone();
+        let accept = dataplane.dataplane.spawn(async move {
+            // Registered with the reactor of the thread that serves it.
+            let l = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(port, error = %e, "ingress listener");
+                    return;
+                }
+            };
             loop {
                 match l.accept().await {
                     Ok((s, _)) => {

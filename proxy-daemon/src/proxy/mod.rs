@@ -9,6 +9,7 @@
 pub mod access;
 mod body;
 mod budget;
+pub mod dataplane;
 mod forward;
 pub use forward::fuzz_request_head;
 mod idle;
@@ -25,10 +26,11 @@ use aya::maps::{HashMap, MapData};
 pub use ingress::{IngressKey, IngressListeners};
 use proxy_common::maps::{ConnInfo, OrigKey};
 pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable, TestLane};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
 pub use self::budget::RetryBudget;
+pub use self::dataplane::DataPlane;
 pub use self::pool::ServicePool;
 
 /// What the proxy tells the engine.
@@ -52,12 +54,15 @@ pub struct Proxy {
     retire_notify: tokio::sync::Notify,
     /// Downstream connections being served.
     live: std::sync::atomic::AtomicUsize,
+    /// The threads that serve connections.
+    pub dataplane: DataPlane,
 }
 
 impl Proxy {
     pub fn new(
         orig: HashMap<MapData, OrigKey, ConnInfo>,
         events: mpsc::UnboundedSender<ProxyEvent>,
+        dataplane: DataPlane,
     ) -> Self {
         let metrics = crate::metrics::ProxyMetrics::default();
         Self {
@@ -70,6 +75,7 @@ impl Proxy {
             retiring: Default::default(),
             retire_notify: Default::default(),
             live: Default::default(),
+            dataplane,
         }
     }
 
@@ -138,11 +144,36 @@ impl Proxy {
     }
 }
 
+/// Serve the egress listeners (an SO_REUSEPORT group, nonblocking): each
+/// on a data-plane thread of its own (round-robin when there are more
+/// listeners than threads: every member of the group must be accepted on,
+/// the kernel spreads connects over all of them). Abort the handles to
+/// stop accepting.
+pub fn start_egress(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: &Arc<Proxy>,
+) -> Vec<JoinHandle<()>> {
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let p = proxy.clone();
+            proxy.dataplane.spawn_on(i, async move {
+                // Registered with the reactor of the thread that serves it.
+                match TcpListener::from_std(l) {
+                    Ok(l) => serve_egress(l, p).await,
+                    Err(e) => warn!(error = %e, "egress listener"),
+                }
+            })
+        })
+        .collect()
+}
+
 /// Accept on the egress listener until the task is dropped. The loop only
 /// accepts and spawns: each connection's lookup (a map read, a syscall) runs
 /// in its own task, so a burst of connects drains the accept queue at the
 /// rate accept(2) allows rather than one lookup at a time.
-pub async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
+async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
