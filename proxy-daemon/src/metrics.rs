@@ -8,7 +8,7 @@
 //! figures come from the kernel's counters, read at each scrape.
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -113,8 +113,71 @@ pub const LATENCY_BOUNDS_MS: [f64; 17] = [
     10_000.0, 100_000.0,
 ];
 
-fn response_time() -> Histogram {
-    Histogram::new(LATENCY_BOUNDS_MS)
+/// A response-time histogram (milliseconds, over [`LATENCY_BOUNDS_MS`])
+/// that a response counts into with two atomic adds: prometheus_client's
+/// own takes a write lock per observation, and cannot be read back. Its
+/// buckets are what `knit top`, the dashboard and the stats API take
+/// percentiles from; its sum (µs) and count their means.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseTimes {
+    buckets: LatencyBuckets,
+    sum_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ResponseTimes {
+    /// A response after `ms` milliseconds, in bucket `i` (see
+    /// [`LatencyBuckets::bucket`]).
+    fn observe_at(&self, i: usize, ms: f64) {
+        self.buckets.add(i);
+        self.sum_us
+            .fetch_add((ms * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, ms: f64) {
+        self.observe_at(LatencyBuckets::bucket(ms), ms);
+    }
+
+    /// The sum of the response times, in µs.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn buckets(&self) -> &LatencyBuckets {
+        &self.buckets
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for ResponseTimes {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for ResponseTimes {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let counts = self.buckets.counts();
+        let count = counts.iter().sum();
+        // The last bucket's bound is +Inf (prometheus_client writes
+        // f64::MAX as such, as for its own histograms).
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_MS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts)
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum_us() as f64 / 1000.0,
+            count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
 }
 
 /// Response times per bucket of [`LATENCY_BOUNDS_MS`] (the last one:
@@ -178,6 +241,7 @@ pub fn quantile_ms(counts: &[u64], q: f64) -> Option<f64> {
 }
 
 /// What the L7 proxy counts per request.
+#[derive(Default)]
 pub struct ProxyMetrics {
     pub request_count: Family<ServiceLabels, Counter>,
     pub grpc_request_count: Family<ServiceLabels, Counter>,
@@ -185,7 +249,7 @@ pub struct ProxyMetrics {
     pub http_code: [Family<TargetLabels, Counter>; 4],
     pub request_count_per_target: Family<EndpointLabels, Counter>,
     pub target_processed_bytes: Family<TargetLabels, Counter>,
-    pub target_response_time: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    pub target_response_time: Family<TargetLabels, ResponseTimes>,
     pub retries: Family<TargetLabels, Counter>,
     /// Retries the retry budget refused.
     pub budget_exhausted: Family<TargetLabels, Counter>,
@@ -201,43 +265,11 @@ pub struct ProxyMetrics {
     /// Per target and client service: requests, 2xx..5xx, response time.
     pub client_requests: Family<ClientTargetLabels, Counter>,
     pub client_http_code: [Family<ClientTargetLabels, Counter>; 4],
-    pub client_response_time: Family<ClientTargetLabels, Histogram, fn() -> Histogram>,
+    pub client_response_time: Family<ClientTargetLabels, ResponseTimes>,
     /// Requests to the admin listener, by path.
     pub admin_requests: Family<PathLabels, Counter>,
     /// The graph's edges seen so far (the family cannot be listed).
     edges: std::sync::RwLock<std::collections::BTreeMap<(String, String), Counter>>,
-    /// Response time sum (µs) and count per target, for rates and means
-    /// (the histogram cannot be read back); kept across route rebuilds.
-    latency_sum_us: Family<TargetLabels, Counter>,
-    latency_count: Family<TargetLabels, Counter>,
-    latency_buckets: Family<TargetLabels, LatencyBuckets>,
-}
-
-impl Default for ProxyMetrics {
-    fn default() -> Self {
-        Self {
-            request_count: Family::default(),
-            grpc_request_count: Family::default(),
-            http_code: Default::default(),
-            request_count_per_target: Family::default(),
-            target_processed_bytes: Family::default(),
-            target_response_time: Family::new_with_constructor(response_time),
-            retries: Family::default(),
-            budget_exhausted: Family::default(),
-            overflow: Family::default(),
-            access_log_dropped: Counter::default(),
-            slow_heads: Counter::default(),
-            service_graph: Family::default(),
-            client_requests: Family::default(),
-            client_http_code: Default::default(),
-            client_response_time: Family::new_with_constructor(response_time),
-            admin_requests: Family::default(),
-            edges: Default::default(),
-            latency_sum_us: Family::default(),
-            latency_count: Family::default(),
-            latency_buckets: Family::default(),
-        }
-    }
 }
 
 /// One client service's series for one target, looked up once per
@@ -246,7 +278,7 @@ impl Default for ProxyMetrics {
 pub struct ClientCounters {
     pub requests: Counter,
     pub codes: [Counter; 4],
-    pub response_time: Histogram,
+    pub response_time: ResponseTimes,
 }
 
 impl ClientCounters {
@@ -268,14 +300,13 @@ pub struct AliasCounters {
     /// 2xx..5xx responses from targets.
     pub codes: [Counter; 4],
     pub bytes: Counter,
-    pub response_time: Histogram,
+    /// Kept across route rebuilds (its family holds it): what the stats
+    /// read their rates, means and percentiles from.
+    pub response_time: ResponseTimes,
     pub retries: Counter,
     pub budget_exhausted: Counter,
     /// By [`Overflow`] (its discriminant).
     pub overflow: [Counter; 4],
-    pub latency_sum_us: Counter,
-    pub latency_count: Counter,
-    pub latency_buckets: LatencyBuckets,
 }
 
 impl AliasCounters {
@@ -283,11 +314,8 @@ impl AliasCounters {
     /// A response time, for the alias and (when known) the endpoint that
     /// answered.
     pub fn latency(&self, ms: f64, endpoint: Option<&LatencyBuckets>) {
-        self.response_time.observe(ms);
-        self.latency_sum_us.inc_by((ms * 1000.0) as u64);
-        self.latency_count.inc();
         let i = LatencyBuckets::bucket(ms);
-        self.latency_buckets.add(i);
+        self.response_time.observe_at(i, ms);
         if let Some(e) = endpoint {
             e.add(i);
         }
@@ -327,9 +355,6 @@ impl ProxyMetrics {
                     })
                     .clone()
             }),
-            latency_sum_us: self.latency_sum_us.get_or_create(t).clone(),
-            latency_count: self.latency_count.get_or_create(t).clone(),
-            latency_buckets: self.latency_buckets.get_or_create(t).clone(),
         }
     }
 
@@ -718,5 +743,39 @@ mod tests {
         assert!((5.0..=10.0).contains(&p50), "{p50}");
         assert_eq!(quantile_ms(&c, 1.0), Some(100_000.0));
         assert!(quantile_ms(&c, 0.99).is_some_and(|p| p <= 10.0));
+    }
+
+    #[test]
+    fn response_times_are_a_prometheus_histogram() -> Result<(), std::fmt::Error> {
+        let mut r = Registry::default();
+        let f: Family<TargetLabels, ResponseTimes> = Family::default();
+        r.register("rt_milliseconds", "Response times", f.clone());
+        let t = f.get_or_create(&TargetLabels {
+            namespace: "default".into(),
+            service: "web".into(),
+            target_discovery_name: "web".into(),
+        });
+        for ms in [0.05, 0.3, 0.3, 7.0, 200_000.0] {
+            t.observe(ms);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r)?;
+        let line = |suffix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("rt_milliseconds_{suffix}")))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+        };
+        assert!(text.contains("# TYPE rt_milliseconds histogram"), "{text}");
+        assert_eq!(line("count{").as_deref(), Some("5"));
+        // 0.05 + 0.3 + 0.3 + 7 + 200000 ms, counted in µs.
+        assert_eq!(line("sum{").as_deref(), Some("200007.65"));
+        // Cumulative, each at its bound, all at +Inf.
+        assert_eq!(line("bucket{le=\"0.1\",").as_deref(), Some("1"));
+        assert_eq!(line("bucket{le=\"0.5\",").as_deref(), Some("3"));
+        assert_eq!(line("bucket{le=\"10.0\",").as_deref(), Some("4"));
+        assert_eq!(line("bucket{le=\"100000.0\",").as_deref(), Some("4"));
+        assert_eq!(line("bucket{le=\"+Inf\",").as_deref(), Some("5"));
+        assert_eq!(t.buckets().counts().iter().sum::<u64>(), 5);
+        Ok(())
     }
 }

@@ -315,9 +315,9 @@ impl Reader {
                 st.requests = m.requests.get();
                 st.codes = std::array::from_fn(|i| m.codes[i].get());
                 st.retries = m.retries.get();
-                st.latency_sum_us = m.latency_sum_us.get();
-                st.latency_count = m.latency_count.get();
-                st.latency_buckets = m.latency_buckets.counts();
+                st.latency_buckets = m.response_time.buckets().counts();
+                st.latency_sum_us = m.response_time.sum_us();
+                st.latency_count = st.latency_buckets.iter().sum();
             }
             services.push(st);
         }

@@ -14,7 +14,7 @@ use hyper::{
 };
 use prometheus_client::metrics::counter::Counter;
 
-use super::{limits::Lane, routes::EndpointHealth};
+use super::{pool::Release, routes::EndpointHealth};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends, either way.
@@ -99,20 +99,21 @@ impl Drop for InflightGuard {
 }
 
 /// A response body that keeps its request in flight (and an HTTP/2
-/// request's lane taken) until it ends, and counts its bytes.
+/// request's lane taken) until it ends, returns an HTTP/1.1 upstream
+/// connection to its pool as it ends, and counts its bytes.
 pub struct Guarded {
     inner: ProxyBody,
     _guard: InflightGuard,
-    _lane: Option<Lane>,
+    release: Release,
     bytes: Counter,
 }
 
 impl Guarded {
-    pub fn new(inner: ProxyBody, guard: InflightGuard, lane: Option<Lane>, bytes: Counter) -> Self {
+    pub fn new(inner: ProxyBody, guard: InflightGuard, release: Release, bytes: Counter) -> Self {
         Self {
             inner,
             _guard: guard,
-            _lane: lane,
+            release,
             bytes,
         }
     }
@@ -131,6 +132,14 @@ impl Body for Guarded {
             && let Some(d) = f.data_ref()
         {
             self.bytes.inc_by(d.len() as u64);
+        }
+        let ended = match &r {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Release::H1(back) = &mut self.release {
+            back.done(cx);
         }
         r
     }

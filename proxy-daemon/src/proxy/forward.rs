@@ -30,7 +30,7 @@ use super::{
         Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming, overflow_response,
     },
     idle::{Activity, Tracked},
-    limits::{Lane, NoLane},
+    limits::NoLane,
     pool::SendError,
     upgrade,
 };
@@ -375,7 +375,9 @@ async fn handle(
         .request_timeout
         .map(|t| tokio::time::Instant::from_std(start + t));
     let h2 = matches!(alias.protocol, AppProtocol::Http2 | AppProtocol::Grpc);
-    let mut tried = Vec::new();
+    // Endpoints tried so far: an attempt, then at most MAX_RETRIES more.
+    let mut tried = [0u32; MAX_RETRIES + 1];
+    let mut attempts = 0;
     let mut retries = 0;
     loop {
         // A lane first: a request that waits for one picks its endpoint
@@ -384,13 +386,16 @@ async fn handle(
             Ok(lane) => lane,
             Err(why) => return no_lane(&alias, why, grpc),
         };
-        let Some(ep) = alias.pick(&parts.headers, &tried).cloned() else {
+        let Some(ep) = alias.pick(&parts.headers, &tried[..attempts]).cloned() else {
             return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy endpoint for this service",
             );
         };
-        tried.push(ep.backend_id);
+        // Every next attempt went through `may_retry` (at most
+        // MAX_RETRIES); `min` keeps the index in bounds whatever happens.
+        tried[attempts.min(MAX_RETRIES)] = ep.backend_id;
+        attempts = (attempts + 1).min(MAX_RETRIES + 1);
         outcome.endpoint = Some(ep.addr);
         outcome.retries = retries as u32;
         let mut may_retry = |replay_ok: bool| {
@@ -497,8 +502,8 @@ async fn handle(
                     drop(alias.pool.release(ep.addr, sender));
                     continue;
                 }
-                let lane = alias.pool.release(ep.addr, sender);
-                return downstream_response(resp, version, guard, lane, target_bytes);
+                let release = alias.pool.release(ep.addr, sender);
+                return downstream_response(resp, version, guard, release, target_bytes);
             }
         }
     }
@@ -638,8 +643,16 @@ fn idempotent(m: &Method) -> bool {
 }
 
 /// The URI sent upstream: absolute for HTTP/2 (its `:authority`), the path
-/// and query alone for HTTP/1.1.
+/// and query alone for HTTP/1.1 (the request's own URI when it is that
+/// already, as HTTP/1.1 requests' are: no copy).
 fn upstream_uri(parts: &Parts, authority: &str, h2: bool) -> Uri {
+    if !h2
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path().starts_with('/')
+    {
+        return parts.uri.clone();
+    }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if h2 {
         Uri::try_from(format!("http://{authority}{path}")).unwrap_or_else(|_| parts.uri.clone())
@@ -849,8 +862,13 @@ fn upstream_request(
     alias: &AliasRoute,
     h2: bool,
 ) -> Request<ProxyBody> {
-    let authority =
-        authority_of(parts).unwrap_or_else(|| format!("{}:{}", alias.dns_name, alias.port));
+    // Needed for HTTP/2's `:authority`, or a Host to add; not otherwise
+    // (no copy of it per request).
+    let authority = if h2 || !parts.headers.contains_key(header::HOST) {
+        authority_of(parts).unwrap_or_else(|| format!("{}:{}", alias.dns_name, alias.port))
+    } else {
+        String::new()
+    };
     let b = Request::builder()
         .method(parts.method.clone())
         .version(if h2 {
@@ -875,16 +893,12 @@ fn upstream_request(
     } else {
         // HTTP/2 may split cookies over several fields; HTTP/1.1 servers
         // expect one (RFC 9113 8.2.3).
-        let cookies: Vec<&[u8]> = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        if cookies.len() > 1
-            && let Ok(v) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
-        {
-            req.headers_mut().insert(header::COOKIE, v);
+        let cookies = parts.headers.get_all(header::COOKIE);
+        if cookies.iter().nth(1).is_some() {
+            let joined: Vec<&[u8]> = cookies.iter().map(HeaderValue::as_bytes).collect();
+            if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+                req.headers_mut().insert(header::COOKIE, v);
+            }
         }
     }
     if !h2
@@ -900,7 +914,7 @@ fn downstream_response(
     resp: Response<Incoming>,
     version: Version,
     guard: InflightGuard,
-    lane: Option<Lane>,
+    release: super::pool::Release,
     bytes: Counter,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
@@ -908,7 +922,7 @@ fn downstream_response(
     parts.version = version;
     Response::from_parts(
         parts,
-        Guarded::new(incoming(body), guard, lane, bytes).boxed(),
+        Guarded::new(incoming(body), guard, release, bytes).boxed(),
     )
 }
 

@@ -215,25 +215,17 @@ impl ServicePool {
         Ok(s)
     }
 
-    /// Done with a sender once its response head is in. HTTP/1.1: the
-    /// connection goes back to the pool once its response has been read,
-    /// and only then is the lane freed (so a request waiting for it finds
-    /// the connection). HTTP/2: the lane comes back, for the response body
-    /// to hold until it ends.
-    pub fn release(self: &Arc<Self>, addr: SocketAddr, sender: Sender) -> Option<Lane> {
+    /// Done with a sender once its response head is in; what the response
+    /// body holds until it ends. HTTP/2: the lane. HTTP/1.1: the
+    /// connection, on its way back to the pool (see [`Returning`]).
+    pub fn release(self: &Arc<Self>, addr: SocketAddr, sender: Sender) -> Release {
         let Sender { conn, lane } = sender;
-        let Conn::H1(mut c) = conn else {
-            return Some(lane);
-        };
-        let pool = self.clone();
-        tokio::spawn(async move {
-            match c.send.ready().await {
-                Ok(()) => pool.park(addr, c),
-                Err(_) => drop(c),
-            }
-            drop(lane);
-        });
-        None
+        match conn {
+            Conn::H2(_) => Release::Lane(lane),
+            Conn::H1(c) => Release::H1(Returning {
+                back: Some((self.clone(), addr, c, lane)),
+            }),
+        }
     }
 
     fn park(&self, addr: SocketAddr, c: H1) {
@@ -245,6 +237,59 @@ impl ServicePool {
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push((c, now));
         }
+    }
+}
+
+/// What a response body holds until it ends (see [`ServicePool::release`]).
+pub enum Release {
+    /// HTTP/2: the request's lane, held (never read) until the body ends.
+    Lane(#[expect(dead_code, reason = "held for its drop")] Lane),
+    H1(Returning),
+}
+
+/// An HTTP/1.1 connection whose response is being read, with its
+/// request's lane. It goes back to the pool once the connection is ready
+/// for the next request (its response read), and only then is the lane
+/// freed, so that a request waiting for a lane finds the connection.
+/// Usually that is the moment the response body ends: [`Returning::done`]
+/// parks it there and then, in the request's own task. Otherwise (the
+/// body was dropped early, or the connection is not ready yet) a task
+/// waits for it.
+pub struct Returning {
+    back: Option<(Arc<ServicePool>, SocketAddr, H1, Lane)>,
+}
+
+impl Returning {
+    /// The response body ended: park the connection now if it is ready.
+    pub fn done(&mut self, cx: &mut std::task::Context<'_>) {
+        let Some((pool, addr, mut c, lane)) = self.back.take() else {
+            return;
+        };
+        match c.send.poll_ready(cx) {
+            std::task::Poll::Ready(Ok(())) => pool.park(addr, c),
+            // Closed: it goes, and its place under maxConnections with it.
+            std::task::Poll::Ready(Err(_)) => drop(c),
+            std::task::Poll::Pending => {
+                self.back = Some((pool, addr, c, lane));
+                return;
+            }
+        }
+        drop(lane);
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        let Some((pool, addr, mut c, lane)) = self.back.take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match c.send.ready().await {
+                Ok(()) => pool.park(addr, c),
+                Err(_) => drop(c),
+            }
+            drop(lane);
+        });
     }
 }
 
@@ -286,7 +331,7 @@ mod tests {
         let (s, reused) = pool.acquire(a, false, lane(&pool).await?).await?;
         assert!(!reused);
         assert_eq!(pool.limits.open(), 1);
-        assert!(pool.release(a, s).is_none());
+        assert!(matches!(pool.release(a, s), Release::H1(_)));
         // Parked, then the lane is free again.
         let l = tokio::time::timeout(Duration::from_secs(5), lane(&pool)).await??;
         assert_eq!(idle(&pool, a), 1);
@@ -309,7 +354,7 @@ mod tests {
             .await
             .map_err(|e| io::Error::other(format!("{e:?}")))?;
         let (s, _) = pool.acquire(a, false, lane).await?;
-        assert!(pool.release(a, s).is_none());
+        assert!(matches!(pool.release(a, s), Release::H1(_)));
         tokio::time::timeout(Duration::from_secs(5), async {
             while idle(&pool, a) == 0 {
                 tokio::task::yield_now().await;
