@@ -318,9 +318,23 @@ pub struct StatusReport {
     /// The admin HTTP address (metrics, read-only API).
     #[serde(default)]
     pub admin: String,
+    /// The L7 proxy's data plane.
+    #[serde(default)]
+    pub proxy: ProxyStatus,
     /// The configuration in effect (after SIGHUP reloads).
     #[serde(default)]
     pub config: Option<proxy_config::DaemonConfig>,
+}
+
+/// `knit status`: the L7 proxy's data plane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    /// Data-plane threads (`[proxy] threads`).
+    pub threads: usize,
+    /// The egress listener (where the connect hook sends tasks' L7
+    /// connects), and the sockets of its SO_REUSEPORT group.
+    pub egress: String,
+    pub egress_sockets: usize,
 }
 
 /// `knit status`: same-host acceleration (sockhash + sk_msg).

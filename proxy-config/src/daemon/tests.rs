@@ -194,6 +194,24 @@ fn validation_rules() {
     assert_eq!(key, "outlier.max_ejection_ms");
     let (_, key, _, _) = invalid("[registry]\nbackend = \"etcd\"\nendpoints = []\n");
     assert_eq!(key, "registry.endpoints");
+    let (line, key, _, fix) = invalid("[proxy]\nthreads = 65\n");
+    assert_eq!((line, key.as_str()), (Some(2), "proxy.threads"));
+    assert!(fix.contains("1 to 64"), "{fix}");
+}
+
+#[test]
+fn data_plane_threads_default_to_the_cpus() {
+    let c = parse("").expect("defaults");
+    assert_eq!(c.proxy.threads, 0);
+    assert_eq!(c.proxy.threads_for(6), 6);
+    assert_eq!(c.proxy.threads_for(0), 1);
+    assert_eq!(c.proxy.threads_for(500), ProxyConfig::MAX_THREADS);
+    let c = parse("[proxy]\nthreads = 2\n").expect("two threads");
+    assert_eq!(c.proxy.threads_for(6), 2);
+    // Read at start only.
+    let r = DaemonConfig::default().reload(&c, false);
+    assert_eq!(r.need_restart, ["proxy.threads"]);
+    assert_eq!(r.config.proxy.threads, 0);
 }
 
 #[test]

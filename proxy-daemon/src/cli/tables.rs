@@ -106,6 +106,7 @@ pub fn status(s: &StatusReport) -> String {
          tasks:        {} here, {} on other hosts\n\
          connections:  {} tracked by the connect hook (counted up to 10000)\n\
          acceleration: {}\n\
+         L7 proxy:     {} data-plane thread{}; egress listener {} ({} socket{})\n\
          admin:        http://{}/ (metrics, API)\n",
         s.version,
         s.pid,
@@ -122,6 +123,11 @@ pub fn status(s: &StatusReport) -> String {
         s.remote_tasks,
         s.tracked_connections,
         accel(&s.acceleration),
+        s.proxy.threads,
+        if s.proxy.threads == 1 { "" } else { "s" },
+        s.proxy.egress,
+        s.proxy.egress_sockets,
+        if s.proxy.egress_sockets == 1 { "" } else { "s" },
         s.admin
     )
 }

@@ -126,6 +126,7 @@ pub async fn run(
         cfg.host.address,
         cfg.proxy.threads_for(crate::listen::cpus()),
     )?;
+    let egress_count = egress.len();
     let egress_addr = match egress[0].local_addr()? {
         std::net::SocketAddr::V4(a) => a,
         a => bail!("the egress listener must be IPv4, got {a}"),
@@ -222,6 +223,7 @@ pub async fn run(
     {
         let mut e = engine.lock().await;
         e.admin = admin_addr.to_string();
+        e.egress = (egress_addr.to_string(), egress_count);
         e.publish();
     }
     info!(admin = %admin_addr, "admin HTTP (metrics, API)");

@@ -180,6 +180,8 @@ pub struct Engine {
     health_checks: BTreeMap<String, HealthState>,
     /// Where the admin HTTP listens (set once bound).
     pub admin: String,
+    /// The egress listener's address and how many sockets its group has.
+    pub egress: (String, usize),
     /// Copies of the egress, admin and control listeners, by name, for a
     /// new daemon that takes over.
     pub listener_fds: Vec<(String, std::os::fd::OwnedFd)>,
@@ -260,6 +262,7 @@ impl Engine {
             health_checks: BTreeMap::new(),
             l4_failed_seen: BTreeMap::new(),
             admin: String::new(),
+            egress: (String::new(), 0),
             listener_fds: Vec::new(),
             last_release: None,
             retired: false,

@@ -3,7 +3,7 @@
 //! walk over the state; `daemon/read.rs` answers every read from it.
 use super::*;
 use crate::{
-    control::{AccelStatus, EndpointState},
+    control::{AccelStatus, EndpointState, ProxyStatus},
     daemon::read::{AliasEndpoint, AliasView, EndpointView, ReadModel},
 };
 
@@ -219,6 +219,11 @@ impl Engine {
             },
             config: Some(self.cfg.clone()),
             admin: self.admin.clone(),
+            proxy: ProxyStatus {
+                threads: self.proxy.dataplane.threads(),
+                egress: self.egress.0.clone(),
+                egress_sockets: self.egress.1,
+            },
         }
     }
 }
