@@ -95,6 +95,7 @@ pub fn run(quick: bool) -> Result<()> {
         },
         runs: measured.runs,
         runs_repeated: measured.repeated,
+        profiles: Vec::new(),
         disturbed_used: measured.disturbed_used,
         knit_version: knit::version(&bench.k, &bin)?,
         pinning: bench.pinning.clone(),

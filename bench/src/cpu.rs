@@ -139,9 +139,28 @@ pub fn wait_quiet(max_cpus: f64, limit: Duration) -> Result<Usage> {
 /// `pid` is gone.
 pub fn tree_ticks(pid: u32) -> Result<Option<u64>> {
     let procs = read_procs()?;
+    let Some(under) = tree(&procs, pid) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        procs
+            .iter()
+            .filter(|&(&p, _)| under.contains(&(p as u32)))
+            .map(|(_, x)| x.ticks)
+            .sum(),
+    ))
+}
+
+/// `pid` and every process under it (nginx's master and its worker), or
+/// an empty list when it is gone.
+pub fn tree_pids(pid: u32) -> Result<Vec<u32>> {
+    Ok(tree(&read_procs()?, pid).unwrap_or_default())
+}
+
+fn tree(procs: &HashMap<i32, Proc>, pid: u32) -> Option<Vec<u32>> {
     let root = pid as i32;
     if !procs.contains_key(&root) {
-        return Ok(None);
+        return None;
     }
     let under = |mut p: i32| {
         for _ in 0..64 {
@@ -155,13 +174,13 @@ pub fn tree_ticks(pid: u32) -> Result<Option<u64>> {
         }
         false
     };
-    Ok(Some(
-        procs
-            .iter()
-            .filter(|&(&p, _)| under(p))
-            .map(|(_, x)| x.ticks)
-            .sum(),
-    ))
+    let mut pids: Vec<u32> = procs
+        .keys()
+        .filter(|&&p| under(p))
+        .map(|&p| p as u32)
+        .collect();
+    pids.sort_unstable();
+    Some(pids)
 }
 
 /// CPU time of everything in a cgroup v2 tree (its `cpu.stat`

@@ -261,6 +261,8 @@ pub struct Sample {
     /// the peer's handshake).
     pub fallbacks: u64,
     pub others: Usage,
+    /// `perf stat` on the proxy, in a profile run.
+    pub perf: Option<crate::perf::Counts>,
 }
 
 impl Disturbance for Sample {
@@ -298,6 +300,8 @@ pub struct Outcome {
     pub timing: Timing,
     pub runs: Vec<rounds::Kept<Cell, Sample>>,
     pub runs_repeated: usize,
+    /// One run per path at saturation with `perf stat` on its proxy.
+    pub profiles: Vec<(Cell, Sample)>,
     pub disturbed_used: usize,
     pub knit_version: String,
     pub pinning: String,
@@ -427,6 +431,20 @@ pub fn run(quick: bool) -> Result<()> {
         progress,
     )?;
 
+    crate::util::step(&format!(
+        "l7: profiles: one {} s run per path at saturation with perf stat on its proxy",
+        timing.plan.secs
+    ));
+    let mut profiles = Vec::new();
+    for c in Cell::grid(&[Load::Saturate], &Scenario::ALL)
+        .into_iter()
+        .filter(|c| c.scenario != Scenario::Direct)
+    {
+        let s = bench.profile(c, timing.plan.secs)?;
+        progress("profile", c, &s);
+        profiles.push((c, s));
+    }
+
     let outcome = Outcome {
         machine: Machine::probe(),
         h2load: h2load_version(),
@@ -435,6 +453,7 @@ pub fn run(quick: bool) -> Result<()> {
         timing,
         runs: measured.runs,
         runs_repeated: measured.repeated,
+        profiles,
         disturbed_used: measured.disturbed_used,
         knit_version: knit::version(&bench.k, &bin)?,
         pinning: bench.pinning.clone(),
@@ -481,7 +500,7 @@ pub fn preflight() -> Result<()> {
         which("h2load"),
         "h2load is missing\n  fix: apt-get install nghttp2-client"
     );
-    Ok(())
+    crate::perf::preflight()
 }
 
 pub fn progress(what: &str, c: Cell, s: &Sample) {

@@ -65,6 +65,7 @@ mod l7;
 mod markdown;
 mod memory;
 mod peers;
+mod perf;
 mod procs;
 mod propagation;
 mod report;

