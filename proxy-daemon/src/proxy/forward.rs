@@ -54,8 +54,16 @@ pub enum Target {
     /// service, when known; and the client task (its cgroup id), whose
     /// share of the service's upgraded tunnels is capped; and which alias
     /// that id was when the connection came ([`AliasRoute::identity`]): a
-    /// deleted service's id, given to another alias later, is not followed.
-    Alias(u32, Option<Arc<Client>>, u64, Arc<str>),
+    /// deleted service's id, given to another alias later, is not followed;
+    /// and the route the connection was accepted under, which its first
+    /// request takes (see [`handle`]).
+    Alias(
+        u32,
+        Option<Arc<Client>>,
+        u64,
+        Arc<str>,
+        Arc<arc_swap::ArcSwapOption<AliasRoute>>,
+    ),
     /// A fixed route (an ingress listener to its local app).
     Fixed(Arc<AliasRoute>),
 }
@@ -284,22 +292,37 @@ async fn handle(
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let alias = match target {
-        Target::Alias(id, _, _, identity) => match proxy.routes.load().aliases.get(id) {
-            Some(a) if a.identity == *identity => a.clone(),
-            // Deleted (or its id is another alias's now): this connection
-            // is done; a new one dials whatever the name is now.
-            _ => {
-                let mut r = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "this service is no longer routed",
-                );
-                if req.version() < hyper::Version::HTTP_2 {
-                    r.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Target::Alias(id, _, _, identity, accepted) => {
+            // The first request takes the route the connection was
+            // accepted under: a task that connected while the alias was
+            // routed is served even if the alias left the table in the
+            // moment since (deleted: its tasks drain, and serve it).
+            let first = accepted.swap(None);
+            let current = proxy
+                .routes
+                .load()
+                .aliases
+                .get(id)
+                .filter(|a| a.identity == *identity)
+                .cloned();
+            match current.or(first) {
+                Some(a) => a,
+                // Deleted (or its id is another alias's now): this
+                // connection is done; a new one dials whatever the name
+                // is now.
+                None => {
+                    let mut r = error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this service is no longer routed",
+                    );
+                    if req.version() < hyper::Version::HTTP_2 {
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return r;
                 }
-                return r;
             }
-        },
+        }
         Target::Fixed(a) => a.clone(),
     };
     outcome.target = Some((alias.service.clone(), alias.discovery_name.clone()));
@@ -346,7 +369,7 @@ async fn handle(
             return bad_request("an upgrade request carries no body", h1);
         }
         let client = match target {
-            Target::Alias(_, _, task, _) => Some(*task),
+            Target::Alias(_, _, task, ..) => Some(*task),
             Target::Fixed(_) => None,
         };
         return upgrade::forward(req, &alias, proxy, client, outcome).await;

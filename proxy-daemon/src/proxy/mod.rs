@@ -109,14 +109,7 @@ impl Proxy {
 
     /// The alias a task dialed (its kernel id) and who the task is, from the
     /// kernel's record of its connection.
-    #[expect(
-        clippy::type_complexity,
-        reason = "what a connection is for, read once at accept"
-    )]
-    fn alias_of(
-        &self,
-        peer: SocketAddr,
-    ) -> Option<(u32, Option<Arc<access::Client>>, u64, Arc<str>)> {
+    fn alias_of(&self, peer: SocketAddr) -> Option<forward::Target> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -135,11 +128,12 @@ impl Proxy {
                 source: source.clone(),
             })
         });
-        Some((
+        Some(forward::Target::Alias(
             info.service_id,
             client,
             info.cgroup_id,
             route.identity.clone(),
+            Arc::new(arc_swap::ArcSwapOption::from(Some(route.clone()))),
         ))
     }
 }
@@ -185,18 +179,13 @@ async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let Some((alias, client, task, identity)) = proxy.alias_of(peer) else {
+            let Some(target) = proxy.alias_of(peer) else {
                 // Not a task's connection to a VIP (or one we no longer route).
                 debug!(%peer, "egress: no VIP recorded for this connection; closing");
                 return;
             };
             let _ = stream.set_nodelay(true);
-            forward::serve_connection(
-                stream,
-                forward::Target::Alias(alias, client, task, identity),
-                proxy,
-            )
-            .await;
+            forward::serve_connection(stream, target, proxy).await;
         });
     }
 }
