@@ -220,25 +220,23 @@ fn apt() -> Result<()> {
 /// tracefs, where `perf stat` finds the syscall tracepoints the `l7`
 /// benchmark's profiles count.
 fn tracefs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
-    {
-        return Ok(());
-    }
-    step("setup: mounting tracefs at /sys/kernel/tracing");
-    util::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+    mount_if_missing("tracefs", "nodev", "/sys/kernel/tracing")
 }
 
 fn bpffs() -> Result<()> {
+    mount_if_missing("bpf", "bpf", "/sys/fs/bpf")
+}
+
+/// `mount -t FSTYPE SOURCE TARGET` unless a filesystem of that type is
+/// mounted already (wherever it is: /proc/mounts says).
+fn mount_if_missing(fstype: &str, source: &str, target: &str) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounts
         .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        .any(|l| l.split_whitespace().nth(2) == Some(fstype))
     {
         return Ok(());
     }
-    step("setup: mounting bpffs at /sys/fs/bpf");
-    util::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    step(&format!("setup: mounting {fstype} at {target}"));
+    util::run(Command::new("mount").args(["-t", fstype, source, target]))
 }

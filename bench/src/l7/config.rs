@@ -92,68 +92,36 @@ backend web_h2c
     )
 }
 
-/// Envoy as the server task's sidecar (and as one Envoy hop): an HTTP/1.1
-/// listener to the backend's HTTP/1.1 port and an h2c listener to its h2c
-/// port (h2 upstream), as HAProxy does.
-pub fn envoy_server_yaml(h1: u16, h2: u16, backend_h1: u16, backend_h2: u16) -> String {
+/// Envoy with an HTTP/1.1 listener on `listen.h1` to `upstream.h1` and an
+/// h2c listener on `listen.h2` to `upstream.h2` (h2 upstream), as HAProxy
+/// does. As the server task's sidecar (and as one Envoy hop) the upstream
+/// is the backend; as the client task's, the server sidecar's listeners
+/// (ECS Service Connect's two hops: client Envoy, server Envoy, app).
+pub fn envoy_yaml(listen: Ports, upstream: Ports) -> String {
     peers::envoy_yaml(
         &[
             EnvoyListener {
                 name: "h1",
-                port: h1,
+                port: listen.h1,
                 h2: false,
-                cluster: "web_h1",
+                cluster: "up_h1",
             },
             EnvoyListener {
                 name: "h2c",
-                port: h2,
+                port: listen.h2,
                 h2: true,
-                cluster: "web_h2c",
+                cluster: "up_h2c",
             },
         ],
         &[
             EnvoyCluster {
-                name: "web_h1",
-                port: backend_h1,
+                name: "up_h1",
+                port: upstream.h1,
                 h2: false,
             },
             EnvoyCluster {
-                name: "web_h2c",
-                port: backend_h2,
-                h2: true,
-            },
-        ],
-    )
-}
-
-/// Envoy as the client task's sidecar: each listener to the server
-/// sidecar's listener of the same protocol (ECS Service Connect's two
-/// hops: client Envoy, server Envoy, app).
-pub fn envoy_client_yaml(h1: u16, h2: u16, server: Ports) -> String {
-    peers::envoy_yaml(
-        &[
-            EnvoyListener {
-                name: "h1",
-                port: h1,
-                h2: false,
-                cluster: "server_h1",
-            },
-            EnvoyListener {
-                name: "h2c",
-                port: h2,
-                h2: true,
-                cluster: "server_h2c",
-            },
-        ],
-        &[
-            EnvoyCluster {
-                name: "server_h1",
-                port: server.h1,
-                h2: false,
-            },
-            EnvoyCluster {
-                name: "server_h2c",
-                port: server.h2,
+                name: "up_h2c",
+                port: upstream.h2,
                 h2: true,
             },
         ],

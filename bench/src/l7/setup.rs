@@ -16,10 +16,7 @@ use knit_tests::{Knit, client_service};
 
 use super::{
     ALIAS_PORT, Cell, MIN_PROXY_CPU_US, Measured, Proto, Sample, Scenario, Timing,
-    config::{
-        backend_conf, envoy_client_yaml, envoy_server_yaml, haproxy_cfg, proxy_conf, web_service,
-        web_task_definition,
-    },
+    config::{backend_conf, envoy_yaml, haproxy_cfg, proxy_conf, web_service, web_task_definition},
 };
 use crate::{
     cpu::{self, CLIENT_CPU, SERVER_CPU},
@@ -152,10 +149,7 @@ impl Bench {
         let envoy = peers::envoy_binary()?;
         let envoy_version = envoy_version(&envoy);
         let [es, ec] = envoy_ports;
-        let envoy_yaml = [
-            envoy_server_yaml(es.h1, es.h2, backend.h1, backend.h2),
-            envoy_client_yaml(ec.h1, ec.h2, es),
-        ];
+        let envoy_yaml = [envoy_yaml(es, backend), envoy_yaml(ec, es)];
         let envoy_server = peers::start_envoy(
             "Envoy (server sidecar)",
             &envoy,
