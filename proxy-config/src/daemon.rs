@@ -87,6 +87,48 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// `[datapath]`.
     pub datapath: DatapathSection,
+    /// `[tls]`.
+    pub tls: TlsConfig,
+}
+
+/// `tls.trust_domain`: the SPIFFE trust domain of service identities.
+pub const DEFAULT_TRUST_DOMAIN: &str = "knit.local";
+/// `tls.certificate_ttl_s` (the signer's): how long an issued certificate is valid.
+pub const DEFAULT_CERTIFICATE_TTL_S: u64 = 24 * 3600;
+
+/// `[tls]`: mutual TLS between hosts. A services[] entry with ECS's `tls`
+/// block is reached over mutual TLS from other hosts; every host's daemon
+/// then holds an identity (an X.509 certificate with URI SAN
+/// `spiffe://<trust_domain>/ns/<namespace>/svc/<service>`) for each
+/// service it runs, issued by `knit signer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The SPIFFE trust domain: the same on every host and the signer.
+    /// Default `knit.local`.
+    pub trust_domain: String,
+    /// How long the certificates `knit signer` issues are valid, in
+    /// seconds (daemons renew them at half life). Default 86400 (24 h).
+    pub certificate_ttl_s: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            certificate_ttl_s: DEFAULT_CERTIFICATE_TTL_S,
+        }
+    }
+}
+
+/// Whether `td` is a valid SPIFFE trust domain name: lower-case letters,
+/// digits, `.`, `-` and `_`, 1..=255 characters.
+pub fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// `[datapath]`: what the kernel side does beyond routing.
@@ -198,6 +240,7 @@ impl Default for DaemonConfig {
             proxy: ProxyConfig::default(),
             log: LogConfig::default(),
             datapath: DatapathSection::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -446,6 +489,20 @@ fn validate(c: &DaemonConfig) -> Result<(), (&'static str, String, String)> {
             "outlier.interval_ms",
             "is 0".to_owned(),
             "use 1 or more milliseconds (default 100)".to_owned(),
+        ));
+    }
+    if !valid_trust_domain(&c.tls.trust_domain) {
+        return Err((
+            "tls.trust_domain",
+            format!("{:?} is not a SPIFFE trust domain", c.tls.trust_domain),
+            "use lower-case letters, digits, '.', '-' and '_', such as \"knit.local\" or \"prod.example.org\" (the same on every host)".to_owned(),
+        ));
+    }
+    if !(60..=366 * 86400).contains(&c.tls.certificate_ttl_s) {
+        return Err((
+            "tls.certificate_ttl_s",
+            format!("is {} seconds", c.tls.certificate_ttl_s),
+            "use 60 (a minute) to 31622400 (a year); default 86400 (24 h)".to_owned(),
         ));
     }
     if c.proxy.threads > ProxyConfig::MAX_THREADS {

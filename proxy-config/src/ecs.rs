@@ -2,7 +2,7 @@
 //! `create-service`, `create-cluster` (camelCase) and Cloud Map
 //! `create-http-namespace` (PascalCase) inputs.
 //!
-//! Only the fields knit uses are declared (and `tls`, which knit refuses);
+//! Only the fields knit uses are declared;
 //! every other field is accepted, and `parse` lists it as not used.
 //! Everything is optional here so that `validate` can say precisely what is
 //! missing, and numbers are read as [`Int`] so that an out-of-range port gets
@@ -116,8 +116,8 @@ pub(crate) struct ServiceConnectServiceJson {
     pub(crate) outlier_detection: Option<OutlierJson>,
     /// knit's extension: limits on the traffic to an L7 service.
     pub(crate) limits: Option<LimitsJson>,
-    /// ECS's TLS between Service Connect proxies: knit does not encrypt
-    /// yet, so it refuses this rather than carry the traffic in the clear.
+    /// ECS's TLS between Service Connect proxies: mutual TLS between hosts
+    /// here (checked in `validate::service::tls_block`).
     pub(crate) tls: Option<serde_json::Value>,
 }
 

@@ -190,6 +190,10 @@ pub struct EndpointSpec {
     /// the service pins, the others to the pinned revision's tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_traffic: Option<TestTrafficRule>,
+    /// ECS's `tls` block: other hosts reach this entry over mutual TLS
+    /// (each side presents its service's identity and checks the other's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// `testTrafficRules.header`: a request is test traffic when it has

@@ -59,6 +59,8 @@ pub(crate) struct LocalEntry {
     pub(crate) per_request_timeout_s: Option<u32>,
     pub(crate) outlier: Option<crate::model::OutlierSpec>,
     pub(crate) limits: Option<crate::model::LimitsSpec>,
+    /// ECS's `tls` block was given (and is well formed).
+    pub(crate) tls: bool,
 }
 
 /// `clientAliases[0]`.

@@ -70,6 +70,7 @@ fn ecs_full_example_from_the_seed_parses() {
             per_request_timeout_s: None,
             outlier: None,
             limits: None,
+            tls: false,
             test_traffic: None,
         }],
         access_log: None,

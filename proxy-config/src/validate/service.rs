@@ -329,17 +329,10 @@ fn sc_entry(
     let limits = entry
         .limits
         .map(|l| limits_spec(l, loc, &format!("{at}.limits"), report));
-    if entry.tls.as_ref().is_some_and(|t| !t.is_null()) {
-        report.error(
-            loc,
-            &format!("{at}.tls"),
-            "tls asks for TLS between Service Connect proxies, and knit does not encrypt \
-                yet: the traffic would go in the clear",
-            "knit does not encrypt yet; remove tls from this services[] entry (its traffic \
-                then goes unencrypted, as in any Service Connect service without tls), or keep \
-                this service on ECS",
-        );
-    }
+    let tls = match entry.tls {
+        None | Some(serde_json::Value::Null) => false,
+        Some(t) => tls_block(&t, loc, &format!("{at}.tls"), report),
+    };
     let Some(port_name) = entry.port_name else {
         report.error(
             loc,
@@ -359,7 +352,72 @@ fn sc_entry(
         per_request_timeout_s,
         outlier,
         limits,
+        tls,
     })
+}
+
+/// ECS's `tls` block: `{"issuerCertificateAuthority": {"awsPcaAuthorityArn":
+/// ARN}, "kmsKey": ..., "roleArn": ...}`. Here it turns on mutual TLS for
+/// the entry between hosts, with certificates from `knit signer` (the CA
+/// the operator gives it stands for the AWS Private CA the ARN names):
+/// `kmsKey` and `roleArn` change nothing and are reported as not used.
+/// True when the block is well formed.
+fn tls_block(t: &serde_json::Value, loc: &Loc, at: &str, report: &mut Report) -> bool {
+    const FIX: &str = "use \"tls\": {\"issuerCertificateAuthority\": {\"awsPcaAuthorityArn\":         \"<any ARN: knit's signer is the CA>\"}} (kmsKey and roleArn are optional and not used)";
+    let Some(obj) = t.as_object() else {
+        report.error(loc, at, "tls is not an object", FIX);
+        return false;
+    };
+    let mut ok = true;
+    match obj.get("issuerCertificateAuthority") {
+        Some(serde_json::Value::Object(ca)) => {
+            match ca.get("awsPcaAuthorityArn") {
+                Some(serde_json::Value::String(arn)) if !arn.is_empty() => {}
+                _ => {
+                    report.error(
+                        loc,
+                        &format!("{at}.issuerCertificateAuthority.awsPcaAuthorityArn"),
+                        "awsPcaAuthorityArn is missing or not a non-empty string",
+                        FIX,
+                    );
+                    ok = false;
+                }
+            }
+            for k in ca.keys().filter(|k| *k != "awsPcaAuthorityArn") {
+                report.not_used(loc, &format!("{at}.issuerCertificateAuthority.{k}"));
+            }
+        }
+        _ => {
+            report.error(
+                loc,
+                &format!("{at}.issuerCertificateAuthority"),
+                "issuerCertificateAuthority is missing or not an object",
+                FIX,
+            );
+            ok = false;
+        }
+    }
+    for k in obj.keys().filter(|k| *k != "issuerCertificateAuthority") {
+        match obj.get(k) {
+            Some(serde_json::Value::String(_)) if k == "kmsKey" || k == "roleArn" => {
+                report.not_used(loc, &format!("{at}.{k}"));
+            }
+            _ if k == "kmsKey" || k == "roleArn" => {
+                report.error(loc, &format!("{at}.{k}"), format!("{k} is not a string"), FIX);
+                ok = false;
+            }
+            _ => {
+                report.error(
+                    loc,
+                    &format!("{at}.{k}"),
+                    format!("tls has no field {k:?}"),
+                    FIX,
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// `limits` (knit's extension): every key optional, each in its range.

@@ -420,6 +420,7 @@ mod tests {
                 outlier: None,
                 limits: None,
                 test_traffic: None,
+                tls: false,
             }],
             access_log: None,
             enabled: true,

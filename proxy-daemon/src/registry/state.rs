@@ -617,6 +617,7 @@ mod tests {
                 outlier: None,
                 limits: None,
                 test_traffic: None,
+                tls: false,
             }],
             access_log: None,
         };
@@ -666,6 +667,7 @@ mod tests {
                 outlier: None,
                 limits: None,
                 test_traffic: None,
+                tls: false,
             }],
             access_log: None,
         };

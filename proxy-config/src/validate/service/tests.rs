@@ -93,21 +93,69 @@ fn enabled_is_required_and_false_means_no_endpoints() {
     );
 }
 
+const ARN: &str = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/x";
+
 #[test]
-fn tls_is_refused_with_its_path_and_a_fix() {
+fn tls_turns_on_mutual_tls_and_lists_what_it_does_not_use() {
+    let file = with_web(&format!(
+        r#"[{{"portName": "http", "tls": {{"issuerCertificateAuthority":
+                {{"awsPcaAuthorityArn": "{ARN}"}}, "kmsKey": "k", "roleArn": "r"}}}}]"#
+    ));
+    let p = ok(&[("web-svc.json", &file)]);
+    assert!(p.services[0].endpoints[0].tls);
+    let unused: Vec<&str> = p
+        .not_used
+        .iter()
+        .flat_map(|n| n.paths.iter().map(String::as_str))
+        .collect();
+    assert!(unused.contains(&"$[1].serviceConnectConfiguration.services[0].tls.kmsKey"));
+    assert!(unused.contains(&"$[1].serviceConnectConfiguration.services[0].tls.roleArn"));
+    // Without the block: no TLS.
+    assert!(!endpoint(&[("s.json", &with_web(r#"[{"portName": "http"}]"#))]).tls);
+}
+
+#[test]
+fn a_malformed_tls_block_is_refused_with_its_path_and_a_fix() {
     let e = one(&[(
         "web-svc.json",
-        &with_web(
-            r#"[{"portName": "http", "tls": {"issuerCertificateAuthority":
-                {"awsPcaAuthorityArn": "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/x"}}}]"#,
-        ),
+        &with_web(r#"[{"portName": "http", "tls": {"kmsKey": "k"}}]"#),
     )]);
     assert_eq!(e.file, "web-svc.json");
     check(
         &e,
+        "$[1].serviceConnectConfiguration.services[0].tls.issuerCertificateAuthority",
+        "issuerCertificateAuthority is missing",
+        "awsPcaAuthorityArn",
+    );
+    let e = one(&[(
+        "web-svc.json",
+        &with_web(&format!(
+            r#"[{{"portName": "http", "tls": {{"issuerCertificateAuthority":
+                {{"awsPcaAuthorityArn": "{ARN}"}}, "mode": "strict"}}}}]"#
+        )),
+    )]);
+    check(
+        &e,
+        "$[1].serviceConnectConfiguration.services[0].tls.mode",
+        "tls has no field \"mode\"",
+        "issuerCertificateAuthority",
+    );
+}
+
+#[test]
+fn tls_on_a_tcp_port_is_refused_rather_than_sent_in_the_clear() {
+    let e = one(&[(
+        "web-svc.json",
+        &with_web(&format!(
+            r#"[{{"portName": "db", "tls": {{"issuerCertificateAuthority":
+                {{"awsPcaAuthorityArn": "{ARN}"}}}}}}]"#
+        )),
+    )]);
+    check(
+        &e,
         "$[1].serviceConnectConfiguration.services[0].tls",
-        "knit does not encrypt yet",
-        "knit does not encrypt yet; remove tls",
+        "does not encrypt it yet",
+        "appProtocol",
     );
 }
 
