@@ -14,6 +14,7 @@ mod outlier;
 mod proxy;
 mod registry;
 mod systemd;
+pub mod tls;
 
 /// Entry points for the fuzz targets in `fuzz/` (and their corpus replay
 /// in the unit tests): each takes arbitrary bytes and must never panic.

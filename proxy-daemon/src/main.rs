@@ -43,12 +43,37 @@ enum Cmd {
         #[arg(long)]
         no_accelerate: bool,
     },
+    /// Run the signer: the only holder of the CA key. It publishes the trust
+    /// bundle in etcd (`[registry]` of --config) and issues each host the
+    /// certificates of the services it runs (`[tls] certificate_ttl_s`,
+    /// default 24 h; daemons renew at half life). Run one per fleet, or
+    /// several with the same files (they answer the same requests alike).
+    Signer {
+        /// Config with `[registry]` (etcd) and `[tls]`, as the daemons'.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The CA certificate (PEM): a root from `knit ca create`, or your
+        /// intermediate followed by the certificates above it up to the root.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The CA's private key (PEM). Keep it readable by root only; it
+        /// never leaves this process.
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// More trusted roots (PEM) published with the CA's: during a root
+        /// rollover, the other root.
+        #[arg(long)]
+        trust_bundle: Option<PathBuf>,
+    },
+    /// Make a CA for `knit signer`.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Register task definitions, services, clusters and namespaces (ECS JSON).
     ///
     /// Fields that change nothing in knit (cpu, memory, image,
     /// logConfiguration, networkConfiguration, ...) are accepted and listed
     /// once on stderr ("not used by knit: FILE: PATHS"). Anything wrong, and
-    /// a field knit cannot honour (services[].tls), refuses the whole apply
+    /// a field knit cannot honour (tls on a TCP port), refuses the whole apply
     /// with the file, the JSON path and a fix; so does an
     /// ingressPortOverride that cannot be bound for a task already running.
     Apply {
@@ -143,6 +168,27 @@ enum DeleteCmd {
     Namespace { name: String },
 }
 
+/// `knit ca`.
+#[derive(clap::Subcommand)]
+enum CaCmd {
+    /// A new self-signed root CA (ECDSA P-256): the certificate (public)
+    /// and its key (written readable by its owner only).
+    Create {
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "knit root CA")]
+        name: String,
+        /// How long it is valid, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
@@ -151,6 +197,26 @@ fn main() {
             takeover,
             no_accelerate,
         } => cli::daemon(config, DEFAULT_CONFIG, takeover, no_accelerate),
+        Cmd::Signer {
+            config,
+            ca_cert,
+            ca_key,
+            trust_bundle,
+        } => cli::signer(
+            config,
+            DEFAULT_CONFIG,
+            knit::tls::signer::SignerArgs {
+                ca_cert,
+                ca_key,
+                trust_bundle,
+            },
+        ),
+        Cmd::Ca(CaCmd::Create {
+            cert,
+            key,
+            name,
+            days,
+        }) => cli::ca_create(&cert, &key, &name, days),
         Cmd::Apply { files } => cli::apply(&cli.socket, &files),
         Cmd::Run {
             service,

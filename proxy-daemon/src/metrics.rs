@@ -47,6 +47,33 @@ pub struct EdgeLabels {
     pub target_service: String,
 }
 
+/// A failed TLS handshake with another host, by cause (client side: this
+/// host's egress dialled `target_discovery_name`'s ingress on another host).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsClientLabels {
+    pub namespace: String,
+    pub service: String,
+    pub target_discovery_name: String,
+    /// [`crate::tls::Cause::label`].
+    pub cause: String,
+}
+
+/// A failed TLS handshake with another host, by cause (target side: this
+/// host's ingress listener of `discovery_name` was dialled).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsTargetLabels {
+    pub namespace: String,
+    pub service: String,
+    pub discovery_name: String,
+    pub cause: String,
+}
+
+/// One identity of this host (its SPIFFE id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub identity: String,
+}
+
 /// A request the proxy refused because a limit of its target was reached.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OverflowLabels {
@@ -268,6 +295,16 @@ pub struct ProxyMetrics {
     pub client_response_time: Family<ClientTargetLabels, ResponseTimes>,
     /// Requests to the admin listener, by path.
     pub admin_requests: Family<PathLabels, Counter>,
+    /// ECS's `ClientTLSNegotiationErrorCount`, by cause.
+    pub tls_client_errors: Family<TlsClientLabels, Counter>,
+    /// ECS's `TargetTLSNegotiationErrorCount`, by cause.
+    pub tls_target_errors: Family<TlsTargetLabels, Counter>,
+    /// When each identity's certificate expires (seconds since the epoch).
+    pub tls_expiry: Family<IdentityLabels, Gauge>,
+    /// Certificates installed (first ones and renewals).
+    pub tls_rotations: Counter,
+    /// Certificate requests that failed (refused by the signer, or a bad answer).
+    pub tls_request_failures: Counter,
     /// The graph's edges seen so far (the family cannot be listed).
     edges: std::sync::RwLock<std::collections::BTreeMap<(String, String), Counter>>,
 }
@@ -467,6 +504,33 @@ impl ProxyMetrics {
              (pending: maxPendingRequests, 503; request_bytes: maxRequestBytes, 413; \
              header_bytes: maxHeaderBytes, 431)",
             self.overflow.clone(),
+        );
+        r.register(
+            "client_tls_negotiation_error_count",
+            "TLS handshakes this host's egress failed with other hosts' ingress, by cause \
+             (ECS ClientTLSNegotiationErrorCount)",
+            self.tls_client_errors.clone(),
+        );
+        r.register(
+            "target_tls_negotiation_error_count",
+            "TLS handshakes other hosts failed with this host's ingress listeners, by cause \
+             (ECS TargetTLSNegotiationErrorCount)",
+            self.tls_target_errors.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_seconds",
+            "When each of this host's service identities expires (Unix time)",
+            self.tls_expiry.clone(),
+        );
+        r.register(
+            "tls_certificate_rotations",
+            "Service certificates installed (first ones and renewals)",
+            self.tls_rotations.clone(),
+        );
+        r.register(
+            "tls_certificate_request_failures",
+            "Certificate requests refused by the signer or answered with an unusable certificate",
+            self.tls_request_failures.clone(),
         );
         r.register(
             "service_graph_request_count",

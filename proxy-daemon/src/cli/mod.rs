@@ -158,6 +158,95 @@ fn raise_fd_limit() {
     }
 }
 
+/// `knit signer`: issue service certificates (see [`crate::tls::signer`]).
+pub fn signer(config: PathBuf, default: &str, args: crate::tls::signer::SignerArgs) -> i32 {
+    let explicit = config != Path::new(default);
+    let cfg = match proxy_config::load_daemon_config(&config, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    if cfg.registry.backend != proxy_config::RegistryBackend::Etcd {
+        eprintln!(
+            "error: {}: [registry] backend is not \"etcd\"\n  fix: the signer serves a fleet \
+             through etcd; give it the config the daemons use (one host alone needs no TLS: \
+             its traffic never crosses a wire)",
+            config.display()
+        );
+        return EXIT_BAD_INPUT;
+    }
+    if let Err(e) = crate::logging::init(&cfg.log) {
+        eprintln!("error: {} [log] level: {e}", config.display());
+        return EXIT_BAD_INPUT;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match rt.block_on(crate::tls::signer::run(cfg, args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<crate::tls::TlsError>()
+                .is_some_and(|t| matches!(t, crate::tls::TlsError::File { .. }))
+            {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_FAILURE
+            }
+        }
+    }
+}
+
+/// `knit ca create`.
+pub fn ca_create(cert: &Path, key: &Path, name: &str, days: u32) -> i32 {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (cert_pem, key_pem) = match crate::tls::ca::create(name, days) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+    };
+    for (path, text, mode) in [(key, &key_pem, 0o600), (cert, &cert_pem, 0o644)] {
+        if let Err(e) = write(path, text, mode) {
+            eprintln!(
+                "error: {}: {e}\n  fix: name a file that does not exist yet (knit never \
+                 overwrites a CA)",
+                path.display()
+            );
+            return if e.kind() == std::io::ErrorKind::AlreadyExists {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_FAILURE
+            };
+        }
+    }
+    println!(
+        "CA {name:?} (valid {days} days): certificate {}, key {} (keep it with the signer only)",
+        cert.display(),
+        key.display()
+    );
+    0
+}
+
 pub fn daemon(config: PathBuf, default: &str, takeover: bool, no_accelerate: bool) -> i32 {
     let explicit = config != Path::new(default);
     let mut cfg = match proxy_config::load_daemon_config(&config, explicit) {

@@ -139,7 +139,8 @@ pub async fn run(
     let threads = cfg.proxy.threads_for(crate::listen::cpus());
     let dataplane =
         crate::proxy::DataPlane::start(threads).context("starting the data-plane threads")?;
-    let proxy = Arc::new(Proxy::new(orig, events_tx, dataplane));
+    let identities = Arc::new(crate::tls::Identities::new(&cfg.tls.trust_domain));
+    let proxy = Arc::new(Proxy::new(orig, events_tx, dataplane, identities));
     let heartbeat;
     let engine = Arc::new(Mutex::new(Engine::new(
         cfg.clone(),
@@ -175,6 +176,11 @@ pub async fn run(
     if let Some(etcd) = &etcd {
         // The session keeps the view; every change of it is routed at once.
         background.push(tokio::spawn(etcd.clone().run()));
+        // Identities of this host's services (mutual TLS with other hosts).
+        background.push(tokio::spawn(crate::tls::agent::run(
+            etcd.clone(),
+            proxy.clone(),
+        )));
         let changed = etcd.changed.clone();
         let on_change = engine.clone();
         background.push(tokio::spawn(async move {

@@ -56,6 +56,9 @@ pub struct Proxy {
     live: std::sync::atomic::AtomicUsize,
     /// The threads that serve connections.
     pub dataplane: DataPlane,
+    /// This host's service identities and the trust bundle (mutual TLS
+    /// with other hosts).
+    pub tls: Arc<crate::tls::Identities>,
 }
 
 impl Proxy {
@@ -63,6 +66,7 @@ impl Proxy {
         orig: HashMap<MapData, OrigKey, ConnInfo>,
         events: mpsc::UnboundedSender<ProxyEvent>,
         dataplane: DataPlane,
+        tls: Arc<crate::tls::Identities>,
     ) -> Self {
         let metrics = crate::metrics::ProxyMetrics::default();
         Self {
@@ -76,6 +80,7 @@ impl Proxy {
             retire_notify: Default::default(),
             live: Default::default(),
             dataplane,
+            tls,
         }
     }
 

@@ -574,6 +574,38 @@ impl Etcd {
         format!("{}/hosts/{}/tasks/{id}", self.prefix, self.host)
     }
 
+    /// The value at `<prefix>/<rel>` (TLS data: outside the view).
+    pub async fn get_rel(&self, rel: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let key = format!("{}/{rel}", self.prefix);
+        let r = tokio::time::timeout(
+            self.timeout,
+            self.on_any(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            }),
+        )
+        .await
+        .map_err(|_| self.no_answer())?
+        .map_err(|e| self.err(e))?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Put `value` at `<prefix>/<rel>` (TLS data: outside the view).
+    pub async fn put_rel(&self, rel: &str, value: Vec<u8>) -> Result<(), RegistryError> {
+        let key = format!("{}/{rel}", self.prefix);
+        tokio::time::timeout(
+            self.timeout,
+            self.on_any(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            }),
+        )
+        .await
+        .map_err(|_| self.no_answer())?
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Load a first view, within the request timeout.
     pub async fn initial_sync(&self) -> Result<(), RegistryError> {
         let key = format!("{}/", self.prefix);

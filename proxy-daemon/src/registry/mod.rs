@@ -11,7 +11,7 @@
 pub mod daemon;
 pub mod embedded;
 pub mod etcd;
-mod model;
+pub mod model;
 pub mod state;
 
 pub use daemon::{Registry, describe};
