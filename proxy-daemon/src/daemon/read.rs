@@ -366,6 +366,7 @@ impl Reader {
         s.uptime_s = self.started.elapsed().as_secs();
         s.registry = crate::registry::describe(self.etcd.as_deref());
         s.tracked_connections = self.live.tracked_connections();
+        s.tls = crate::tls::status(&self.proxy.tls);
         let c = self.live.accel();
         s.acceleration = AccelStatus {
             sockets: self.live.accelerated_sockets(),

@@ -20,11 +20,10 @@ use hyper_util::{
 };
 use prometheus_client::metrics::counter::Counter;
 use proxy_config::AppProtocol;
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{
-    AliasRoute, Endpoint, Proxy, ProxyEvent,
+    AliasRoute, Endpoint, Proxy, ProxyEvent, tlsdial,
     access::{self, Client, Record},
     body::{
         Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming, overflow_response,
@@ -69,7 +68,10 @@ pub enum Target {
 }
 
 /// Serve one downstream connection (HTTP/1.1 or HTTP/2, detected).
-pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Proxy>) {
+pub async fn serve_connection<S>(stream: S, target: Target, proxy: Arc<Proxy>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let idle = match &target {
         Target::Alias(id, ..) => proxy
             .routes
@@ -138,6 +140,38 @@ pub async fn serve_connection(stream: TcpStream, target: Target, proxy: Arc<Prox
             }
         }
     }
+}
+
+/// How long a request to another host waits for its task's identity (a
+/// task that just started calls before the signer answered).
+const IDENTITY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The mutual TLS of a request of `target` to another host's endpoint of
+/// `alias` that must present `server_id`: `None` when the calling task's
+/// service has no identity (or the task is unknown).
+pub(super) async fn tls_dial(
+    target: &Target,
+    alias: &AliasRoute,
+    server_id: &Arc<str>,
+    proxy: &Arc<Proxy>,
+) -> Option<tlsdial::TlsDial> {
+    let Target::Alias(_, Some(client), ..) = target else {
+        return None;
+    };
+    let identity = proxy
+        .tls
+        .wait_for(
+            &alias.target.namespace,
+            &client.source.service,
+            IDENTITY_WAIT,
+        )
+        .await?;
+    Some(tlsdial::TlsDial {
+        identity,
+        server_id: server_id.clone(),
+        errors: proxy.metrics.tls_client_errors.clone(),
+        labels: alias.target.clone(),
+    })
 }
 
 /// How the proxy reads downstream connections (HTTP/1.1 or h2c, detected).
@@ -368,11 +402,7 @@ async fn handle(
         if !req.body().is_end_stream() {
             return bad_request("an upgrade request carries no body", h1);
         }
-        let client = match target {
-            Target::Alias(_, _, task, ..) => Some(*task),
-            Target::Fixed(_) => None,
-        };
-        return upgrade::forward(req, &alias, proxy, client, outcome).await;
+        return upgrade::forward(req, &alias, proxy, target, outcome).await;
     }
     let version = req.version();
     let (mut parts, body) = req.into_parts();
@@ -434,7 +464,35 @@ async fn handle(
             alias.counters.retries.inc();
             true
         };
-        let acquired = within(deadline, alias.pool.acquire(ep.addr, h2, lane)).await;
+        // Another host's endpoint of a service with tls: mutual TLS with
+        // the calling task's identity.
+        let tls = match &ep.tls {
+            None => None,
+            Some(server_id) => match tls_dial(target, &alias, server_id, proxy).await {
+                Some(t) => Some(t),
+                None => {
+                    tlsdial::count(
+                        &proxy.metrics.tls_client_errors,
+                        &alias.target,
+                        crate::tls::Cause::NoCertificate,
+                    );
+                    // Not the endpoint's fault: another (a local one) may do.
+                    if may_retry(true) {
+                        continue;
+                    }
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this task's service has no identity yet to present to the service's \
+                         endpoints on other hosts (mutual TLS); is `knit signer` running?",
+                    );
+                }
+            },
+        };
+        let acquired = within(
+            deadline,
+            alias.pool.acquire(ep.addr, h2, lane, tls.as_ref()),
+        )
+        .await;
         let (mut sender, reused) = match acquired {
             None => return timeout_response(),
             Some(Err(e)) => {
@@ -463,7 +521,7 @@ async fn handle(
             // A pooled connection the endpoint had closed: not a failure of
             // the endpoint; the request never left, so send it on a new one.
             debug!(endpoint = %ep.addr, reused, error = %e, "stale pooled connection");
-            sent = match within(deadline, alias.pool.reconnect(ep.addr, &mut sender)).await {
+            sent = match within(deadline, alias.pool.reconnect(ep.addr, &mut sender, tls.as_ref())).await {
                 None => None,
                 Some(Ok(())) => within(deadline, sender.send(*req)).await,
                 Some(Err(_)) => Some(Err(SendError::Failed(e))),
@@ -522,10 +580,10 @@ async fn handle(
                 let safe = idempotent(&parts.method) || grpc;
                 let replay = unavailable && safe && body.settle().await;
                 if unavailable && may_retry(replay) {
-                    drop(alias.pool.release(ep.addr, sender));
+                    drop(alias.pool.release(ep.addr, sender, tls.as_ref()));
                     continue;
                 }
-                let release = alias.pool.release(ep.addr, sender);
+                let release = alias.pool.release(ep.addr, sender, tls.as_ref());
                 return downstream_response(resp, version, guard, release, target_bytes);
             }
         }

@@ -10,9 +10,69 @@ use std::{
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{AliasRoute, Proxy, forward};
+
+/// Longest TLS handshake another host may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection from another host to an entry with `tls`: mutual TLS with
+/// the service's identity; the client must present an identity of the
+/// same trust domain and namespace. Then served like any other.
+async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<Proxy>) {
+    let ns = &route.target.namespace;
+    let count = |cause: crate::tls::Cause| {
+        proxy
+            .metrics
+            .tls_target_errors
+            .get_or_create(&crate::metrics::TlsTargetLabels {
+                namespace: ns.clone(),
+                service: route.service.clone(),
+                discovery_name: route.discovery_name.clone(),
+                cause: cause.label().to_owned(),
+            })
+            .inc();
+    };
+    let Some(identity) = proxy.tls.get(ns, &route.service) else {
+        // Nothing to present yet: the caller sees its handshake fail.
+        count(crate::tls::Cause::NoCertificate);
+        debug!(service = %route.service, "ingress: no identity yet for a mutual TLS connection");
+        return;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(identity.server.clone()).accept(s);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            let cause = crate::tls::cause_of(&e);
+            count(cause);
+            debug!(service = %route.service, cause = cause.label(), error = %e, "ingress: TLS handshake");
+            return;
+        }
+        Err(_) => {
+            count(crate::tls::Cause::Other);
+            return;
+        }
+    };
+    let sans = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| crate::tls::uri_sans(c))
+        .unwrap_or_default();
+    let same_namespace = matches!(
+        sans.as_slice(),
+        [one] if crate::tls::parse_spiffe_id(&proxy.tls.trust_domain, one)
+            .is_some_and(|(n, _)| n == ns)
+    );
+    if !same_namespace {
+        count(crate::tls::Cause::SanMismatch);
+        debug!(service = %route.service, peer = ?sans, "ingress: a client identity not of this namespace");
+        return;
+    }
+    forward::serve_connection(tls, forward::Target::Fixed(route), proxy).await;
+}
 
 /// (task id, discovery name): one entry's listener for one task.
 pub type IngressKey = (String, String);
@@ -65,11 +125,15 @@ impl IngressListeners {
                 match l.accept().await {
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
-                        tokio::spawn(forward::serve_connection(
-                            s,
-                            forward::Target::Fixed(route.clone()),
-                            proxy.clone(),
-                        ));
+                        if route.tls {
+                            tokio::spawn(serve_tls(s, route.clone(), proxy.clone()));
+                        } else {
+                            tokio::spawn(forward::serve_connection(
+                                s,
+                                forward::Target::Fixed(route.clone()),
+                                proxy.clone(),
+                            ));
+                        }
                     }
                     Err(e) => {
                         warn!(error = %e, "ingress accept");

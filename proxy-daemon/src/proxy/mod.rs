@@ -17,6 +17,7 @@ mod ingress;
 mod limits;
 mod pool;
 mod routes;
+mod tlsdial;
 mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};

@@ -24,6 +24,7 @@ use tracing::debug;
 use super::{
     body::ProxyBody,
     limits::{Lane, Limits, OpenConn},
+    tlsdial::TlsDial,
 };
 
 /// How long a connect to an endpoint may take before it counts as failed.
@@ -43,6 +44,14 @@ struct H1 {
 
 /// An idle HTTP/1.1 connection and since when it has been idle.
 type IdleH1 = (H1, Instant);
+
+/// Connections are pooled per endpoint and, over mutual TLS, per client
+/// identity (a connection carries its client's certificate).
+type Key = (SocketAddr, Option<Arc<str>>);
+
+fn key(addr: SocketAddr, tls: Option<&TlsDial>) -> Key {
+    (addr, tls.map(TlsDial::key))
+}
 
 enum Conn {
     H1(H1),
@@ -79,8 +88,8 @@ impl Sender {
 #[derive(Default)]
 pub struct ServicePool {
     pub limits: Arc<Limits>,
-    h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
+    h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -105,16 +114,44 @@ fn other(e: hyper::Error) -> io::Error {
     io::Error::other(e)
 }
 
-/// A new HTTP/1.1 connection to `addr`.
-async fn connect_h1(addr: SocketAddr) -> io::Result<http1::SendRequest<ProxyBody>> {
-    let io = TokioIo::new(dial(addr).await?);
-    let (send, conn) = http1::handshake(io).await.map_err(other)?;
+/// A new HTTP/1.1 connection to `addr` (over mutual TLS with `tls`).
+async fn connect_h1(
+    addr: SocketAddr,
+    tls: Option<&TlsDial>,
+) -> io::Result<http1::SendRequest<ProxyBody>> {
+    let tcp = dial(addr).await?;
+    match tls {
+        None => handshake_h1(addr, tcp).await,
+        Some(t) => handshake_h1(addr, t.wrap(tcp).await?).await,
+    }
+}
+
+async fn handshake_h1<I>(addr: SocketAddr, io: I) -> io::Result<http1::SendRequest<ProxyBody>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, conn) = http1::handshake(TokioIo::new(io)).await.map_err(other)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(%addr, error = %e, "upstream h1 connection");
         }
     });
     Ok(send)
+}
+
+async fn handshake_h2<I>(addr: SocketAddr, io: I) -> io::Result<http2::SendRequest<ProxyBody>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (s, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .map_err(other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%addr, error = %e, "upstream h2 connection");
+        }
+    });
+    Ok(s)
 }
 
 impl ServicePool {
@@ -125,15 +162,17 @@ impl ServicePool {
         addr: SocketAddr,
         h2: bool,
         lane: Lane,
+        tls: Option<&TlsDial>,
     ) -> io::Result<(Sender, bool)> {
+        let k = key(addr, tls);
         if h2 {
             let existing = {
                 let map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-                map.get(&addr).filter(|s| !s.is_closed()).cloned()
+                map.get(&k).filter(|s| !s.is_closed()).cloned()
             };
             let (s, reused) = match existing {
                 Some(s) => (s, true),
-                None => (self.connect_h2(addr).await?, false),
+                None => (self.connect_h2(k, tls).await?, false),
             };
             return Ok((
                 Sender {
@@ -145,7 +184,7 @@ impl ServicePool {
         }
         let open = {
             let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(idle) = map.get_mut(&addr) {
+            if let Some(idle) = map.get_mut(&k) {
                 // Stale ones are dropped here, under the lock, so that the
                 // open count and the pool agree for whoever looks next.
                 while let Some((c, since)) = idle.pop() {
@@ -157,7 +196,7 @@ impl ServicePool {
             }
             self.make_room(&mut map)
         };
-        let send = connect_h1(addr).await?;
+        let send = connect_h1(addr, tls).await?;
         let conn = Conn::H1(H1 { send, _open: open });
         Ok((Sender { conn, lane }, false))
     }
@@ -165,10 +204,15 @@ impl ServicePool {
     /// A new connection in place of one the endpoint had closed (the
     /// request never left); an HTTP/1.1 one takes over its place under
     /// `maxConnections`.
-    pub async fn reconnect(&self, addr: SocketAddr, sender: &mut Sender) -> io::Result<()> {
+    pub async fn reconnect(
+        &self,
+        addr: SocketAddr,
+        sender: &mut Sender,
+        tls: Option<&TlsDial>,
+    ) -> io::Result<()> {
         match &mut sender.conn {
-            Conn::H1(c) => c.send = connect_h1(addr).await?,
-            Conn::H2(s) => *s = self.connect_h2(addr).await?,
+            Conn::H1(c) => c.send = connect_h1(addr, tls).await?,
+            Conn::H2(s) => *s = self.connect_h2(key(addr, tls), tls).await?,
         }
         Ok(())
     }
@@ -180,7 +224,7 @@ impl ServicePool {
     /// holds a lane, and idle ones leave the pool only under this lock.
     /// Right after `maxConnections` shrank, lanes in use may exceed it for
     /// a moment; then this dials past the limit rather than stall.
-    fn make_room(&self, map: &mut HashMap<SocketAddr, Vec<IdleH1>>) -> OpenConn {
+    fn make_room(&self, map: &mut HashMap<Key, Vec<IdleH1>>) -> OpenConn {
         while self.limits.open() >= self.limits.max_connections() {
             let Some(idle) = map.values_mut().find(|v| !v.is_empty()) else {
                 break;
@@ -197,40 +241,46 @@ impl ServicePool {
         self.make_room(&mut map)
     }
 
-    /// A new HTTP/2 connection to `addr`, shared from now on.
-    async fn connect_h2(&self, addr: SocketAddr) -> io::Result<http2::SendRequest<ProxyBody>> {
-        let io = TokioIo::new(dial(addr).await?);
-        let (s, conn) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(other)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream h2 connection");
-            }
-        });
+    /// A new HTTP/2 connection for `k`, shared from now on.
+    async fn connect_h2(
+        &self,
+        k: Key,
+        tls: Option<&TlsDial>,
+    ) -> io::Result<http2::SendRequest<ProxyBody>> {
+        let addr = k.0;
+        let tcp = dial(addr).await?;
+        let s = match tls {
+            None => handshake_h2(addr, tcp).await?,
+            Some(t) => handshake_h2(addr, t.wrap(tcp).await?).await?,
+        };
         self.h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, s.clone());
+            .insert(k, s.clone());
         Ok(s)
     }
 
     /// Done with a sender once its response head is in; what the response
     /// body holds until it ends. HTTP/2: the lane. HTTP/1.1: the
     /// connection, on its way back to the pool (see [`Returning`]).
-    pub fn release(self: &Arc<Self>, addr: SocketAddr, sender: Sender) -> Release {
+    pub fn release(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: Sender,
+        tls: Option<&TlsDial>,
+    ) -> Release {
         let Sender { conn, lane } = sender;
         match conn {
             Conn::H2(_) => Release::Lane(lane),
             Conn::H1(c) => Release::H1(Returning {
-                back: Some((self.clone(), addr, c, lane)),
+                back: Some((self.clone(), key(addr, tls), c, lane)),
             }),
         }
     }
 
-    fn park(&self, addr: SocketAddr, c: H1) {
+    fn park(&self, k: Key, c: H1) {
         let mut map = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = map.entry(addr).or_default();
+        let idle = map.entry(k).or_default();
         // One clock read, not one per idle connection.
         let now = Instant::now();
         idle.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE_TIMEOUT);
@@ -243,7 +293,7 @@ impl ServicePool {
 /// What a response body holds until it ends (see [`ServicePool::release`]).
 pub enum Release {
     /// HTTP/2: the request's lane, held (never read) until the body ends.
-    Lane(#[expect(dead_code, reason = "held for its drop")] Lane),
+    Lane(#[allow(dead_code, reason = "held for its drop")] Lane),
     H1(Returning),
 }
 
@@ -256,7 +306,7 @@ pub enum Release {
 /// body was dropped early, or the connection is not ready yet) a task
 /// waits for it.
 pub struct Returning {
-    back: Option<(Arc<ServicePool>, SocketAddr, H1, Lane)>,
+    back: Option<(Arc<ServicePool>, Key, H1, Lane)>,
 }
 
 impl Returning {
@@ -309,7 +359,7 @@ mod tests {
 
     fn idle(pool: &ServicePool, addr: SocketAddr) -> usize {
         let map = pool.h1.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&addr).map_or(0, Vec::len)
+        map.get(&(addr, None)).map_or(0, Vec::len)
     }
 
     #[tokio::test]
@@ -328,15 +378,15 @@ mod tests {
                     .map_err(|e| io::Error::other(format!("{e:?}")))
             }
         };
-        let (s, reused) = pool.acquire(a, false, lane(&pool).await?).await?;
+        let (s, reused) = pool.acquire(a, false, lane(&pool).await?, None).await?;
         assert!(!reused);
         assert_eq!(pool.limits.open(), 1);
-        assert!(matches!(pool.release(a, s), Release::H1(_)));
+        assert!(matches!(pool.release(a, s, None), Release::H1(_)));
         // Parked, then the lane is free again.
         let l = tokio::time::timeout(Duration::from_secs(5), lane(&pool)).await??;
         assert_eq!(idle(&pool, a), 1);
         // Another endpoint: the idle connection to `a` makes room.
-        let (s, reused) = pool.acquire(b, false, l).await?;
+        let (s, reused) = pool.acquire(b, false, l, None).await?;
         assert!(!reused);
         assert_eq!((pool.limits.open(), idle(&pool, a)), (1, 0));
         drop(s);
@@ -353,8 +403,8 @@ mod tests {
             .lane(None)
             .await
             .map_err(|e| io::Error::other(format!("{e:?}")))?;
-        let (s, _) = pool.acquire(a, false, lane).await?;
-        assert!(matches!(pool.release(a, s), Release::H1(_)));
+        let (s, _) = pool.acquire(a, false, lane, None).await?;
+        assert!(matches!(pool.release(a, s, None), Release::H1(_)));
         tokio::time::timeout(Duration::from_secs(5), async {
             while idle(&pool, a) == 0 {
                 tokio::task::yield_now().await;
@@ -365,7 +415,7 @@ mod tests {
             .lane(None)
             .await
             .map_err(|e| io::Error::other(format!("{e:?}")))?;
-        let (_s, reused) = pool.acquire(a, false, lane).await?;
+        let (_s, reused) = pool.acquire(a, false, lane, None).await?;
         assert!(reused);
         assert_eq!(limits.open(), 1);
         Ok(())

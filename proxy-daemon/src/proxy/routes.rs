@@ -35,6 +35,9 @@ pub struct Endpoint {
     pub health: Arc<EndpointHealth>,
     /// Requests answered by it (`request_count_per_target`).
     pub requests: Counter,
+    /// Another host's ingress listener of a service with `tls`: reached
+    /// over mutual TLS, and it must present this identity.
+    pub tls: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,9 @@ pub struct AliasRoute {
     pub test: Option<TestLane>,
     /// Its client-side labels (per-client series are made from them).
     pub target: crate::metrics::TargetLabels,
+    /// ECS's `tls`: other hosts reach this entry over mutual TLS (the
+    /// ingress listener of a route with it accepts nothing else).
+    pub tls: bool,
     /// Which alias this is (`namespace/service/dnsName:port`): a
     /// connection accepted for one alias id never follows that id to
     /// another alias.
@@ -157,6 +163,7 @@ mod tests {
                     addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                     health: Arc::default(),
                     requests: Counter::default(),
+                    tls: None,
                 })
                 .collect(),
             request_timeout: None,
@@ -172,6 +179,7 @@ mod tests {
                 target_discovery_name: "s".into(),
             },
             identity: "n/s/s:80".into(),
+            tls: false,
         }
     }
 

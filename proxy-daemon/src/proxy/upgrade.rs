@@ -108,9 +108,13 @@ pub async fn forward(
     mut req: Request<Incoming>,
     alias: &AliasRoute,
     proxy: &Arc<Proxy>,
-    client: Option<u64>,
+    target: &super::forward::Target,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
+    let client = match target {
+        super::forward::Target::Alias(_, _, task, ..) => Some(*task),
+        super::forward::Target::Fixed(_) => None,
+    };
     let limits = &alias.pool.limits;
     let tunnel = match client {
         Some(c) => match limits.tunnel(c) {
@@ -146,6 +150,26 @@ pub async fn forward(
     outcome.endpoint = Some(ep.addr);
     let downstream = hyper::upgrade::on(&mut req);
     let open = alias.pool.open_for_upgrade();
+    // Another host's endpoint of a service with tls: the tunnel too goes
+    // over mutual TLS.
+    let tls = match &ep.tls {
+        None => None,
+        Some(server_id) => match super::forward::tls_dial(target, alias, server_id, proxy).await {
+            Some(t) => Some(t),
+            None => {
+                super::tlsdial::count(
+                    &proxy.metrics.tls_client_errors,
+                    &alias.target,
+                    crate::tls::Cause::NoCertificate,
+                );
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this task's service has no identity yet to present to the service's \
+                     endpoints on other hosts (mutual TLS); is `knit signer` running?",
+                );
+            }
+        },
+    };
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await {
         Ok(Ok(s)) => s,
         _ => {
@@ -159,8 +183,20 @@ pub async fn forward(
     let _ = stream.set_nodelay(true);
     // The tunnel's clock: any byte either way through it.
     let activity = Activity::new();
-    let stream = Tracked::new(stream, activity.clone());
-    let (mut sender, conn) = match http1::handshake(TokioIo::new(stream)).await {
+    let handshake = match &tls {
+        None => handshake(Tracked::new(stream, activity.clone())).await,
+        Some(t) => match t.wrap(stream).await {
+            Ok(s) => handshake(Tracked::new(s, activity.clone())).await,
+            Err(_) => {
+                proxy.failure(alias, &ep);
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the service's endpoint on another host failed the mutual TLS handshake",
+                );
+            }
+        },
+    };
+    let (mut sender, conn) = match handshake {
         Ok(x) => x,
         Err(_) => {
             return error_response(
@@ -169,11 +205,7 @@ pub async fn forward(
             );
         }
     };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(error = %e, "upgraded upstream connection");
-        }
-    });
+    tokio::spawn(conn);
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -252,4 +284,26 @@ pub async fn forward(
     };
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body)
+}
+
+/// An HTTP/1.1 client handshake on `io`; the connection's driver (to be
+/// spawned) keeps upgrades.
+async fn handshake<I>(
+    io: I,
+) -> hyper::Result<(
+    http1::SendRequest<ProxyBody>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+)>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    Ok((
+        sender,
+        Box::pin(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upgraded upstream connection");
+            }
+        }),
+    ))
 }

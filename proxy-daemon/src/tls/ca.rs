@@ -173,9 +173,10 @@ impl Ca {
         Ok(certs_to_pem(&chain))
     }
 
-    /// A certificate for `id` signed by this CA with any validity (tests
-    /// make expired ones with it): (chain PEM, key).
-    pub fn issue_for_test(
+    /// A certificate for `id` with a new key, signed by this CA with any
+    /// validity (`knit ca issue`: for a peer outside knit, or an expired
+    /// one to test refusals): (chain PEM, key).
+    pub fn issue(
         &self,
         id: &str,
         not_before: time::OffsetDateTime,

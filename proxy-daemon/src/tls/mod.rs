@@ -149,7 +149,7 @@ pub struct CertIssued {
 
 /// One service's identity on this host.
 pub struct Identity {
-    pub id: String,
+    pub id: Arc<str>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// Presented by this host's ingress listeners of the service.
@@ -202,7 +202,7 @@ impl Identity {
             .map_err(TlsError::crypto)?;
         client.enable_sni = false;
         Ok(Self {
-            id,
+            id: id.into(),
             not_before,
             not_after,
             server: Arc::new(server),
@@ -214,7 +214,7 @@ impl Identity {
 
     /// The same certificate, checked against another trust bundle.
     pub fn with_roots(&self, roots: Arc<RootCertStore>) -> Result<Self, TlsError> {
-        Self::new(self.id.clone(), self.chain.clone(), self.key.clone_key(), roots)
+        Self::new(self.id.to_string(), self.chain.clone(), self.key.clone_key(), roots)
     }
 }
 
@@ -351,6 +351,46 @@ impl Identities {
                 return None;
             }
         }
+    }
+}
+
+/// What `knit status` shows of `ids`.
+pub fn status(ids: &Identities) -> crate::control::TlsStatus {
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let roots = certs_from_pem(&ids.bundle_pem())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| {
+            let (_, cert) = x509_parser::parse_x509_certificate(c).ok()?;
+            let (_, to) = validity(c)?;
+            Some(crate::control::CertStatus {
+                name: cert.subject().to_string(),
+                expires_unix: secs(to),
+            })
+        })
+        .collect();
+    let all = ids.all();
+    let identities = all
+        .values()
+        .map(|i| crate::control::CertStatus {
+            name: i.id.to_string(),
+            expires_unix: secs(i.not_after),
+        })
+        .collect();
+    let pending = ids
+        .wanted()
+        .into_iter()
+        .filter(|k| !all.contains_key(k))
+        .map(|(ns, svc)| ids.id_of(&ns, &svc))
+        .collect();
+    crate::control::TlsStatus {
+        trust_domain: ids.trust_domain.clone(),
+        roots,
+        identities,
+        pending,
     }
 }
 

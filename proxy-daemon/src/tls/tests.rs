@@ -85,7 +85,7 @@ async fn a_foreign_ca_or_an_expired_certificate_is_refused_with_its_cause() -> R
     assert_eq!(server, Some(Cause::UnknownCa));
     // An expired client certificate from the right CA.
     let now = time::OffsetDateTime::now_utc();
-    let (pem, key) = ca.issue_for_test(
+    let (pem, key) = ca.issue(
         "spiffe://knit.local/ns/default/svc/web",
         now - time::Duration::hours(3),
         now - time::Duration::hours(1),

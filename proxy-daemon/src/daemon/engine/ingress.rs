@@ -326,6 +326,8 @@ impl Engine {
                     pool: self.pools.entry(a.service_id).or_default().clone(),
                     outlier: &self.cfg.outlier,
                     metrics: &self.proxy.metrics,
+                    local: self.cfg.host.address,
+                    trust_domain: &self.cfg.tls.trust_domain,
                 },
             );
             let built_from = route_of(s, a, app, backend_id);

@@ -370,6 +370,8 @@ impl Engine {
                     pool: self.pools.entry(a.service_id).or_default().clone(),
                     outlier: &self.cfg.outlier,
                     metrics: &self.proxy.metrics,
+                    local: self.cfg.host.address,
+                    trust_domain: &self.cfg.tls.trust_domain,
                 },
             );
             routes.aliases.insert(a.service_id, route);
@@ -382,6 +384,9 @@ impl Engine {
         // access log configuration).
         let mut task_ns: BTreeMap<u64, u32> = BTreeMap::new();
         let mut sources = BTreeMap::new();
+        // The services this host runs: each has an identity here (mutual
+        // TLS with other hosts).
+        let mut identities = BTreeSet::new();
         for t in self.state.tasks.values() {
             // A task of a service not in Service Connect has no namespace:
             // the kernel refuses it every VIP.
@@ -393,6 +398,7 @@ impl Engine {
             else {
                 continue;
             };
+            identities.insert((s.spec.namespace.clone(), s.spec.name.clone()));
             let Ok(meta) = std::fs::metadata(&t.cgroup) else {
                 continue;
             };
@@ -406,6 +412,7 @@ impl Engine {
                 }),
             );
         }
+        self.proxy.tls.set_wanted(identities);
         // The edge book learns who the tasks are before the kernel lets
         // them connect.
         self.reader.remember_sources(&sources);

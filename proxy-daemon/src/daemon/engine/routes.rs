@@ -21,6 +21,10 @@ pub(super) struct RouteParts<'a> {
     pub(super) pool: Arc<ServicePool>,
     pub(super) outlier: &'a OutlierConfig,
     pub(super) metrics: &'a ProxyMetrics,
+    /// This host's address (endpoints elsewhere are other hosts') and the
+    /// trust domain of identities.
+    pub(super) local: std::net::Ipv4Addr,
+    pub(super) trust_domain: &'a str,
 }
 
 /// The L7 route of alias `a` of service `s` over `endpoints` (task, address,
@@ -34,6 +38,12 @@ pub(super) fn build_route(
     parts: RouteParts<'_>,
 ) -> Arc<AliasRoute> {
     let (labels, target) = alias_labels(s, a);
+    // Another host's endpoint of an entry with tls: mutual TLS, and the
+    // service's identity expected.
+    let server_id: Option<Arc<str>> = a.spec.tls.then(|| {
+        crate::tls::spiffe_id(parts.trust_domain, &s.spec.namespace, &s.spec.name).into()
+    });
+    let local = parts.local;
     let mut endpoints_of = |list: &[(String, SocketAddr, u32)]| -> Vec<Endpoint> {
         list.iter()
             .map(|(task, addr, id)| Endpoint {
@@ -43,6 +53,9 @@ pub(super) fn build_route(
                 requests: parts
                     .metrics
                     .for_endpoint(&endpoint_labels(&target, task, *addr)),
+                tls: server_id
+                    .clone()
+                    .filter(|_| addr.ip() != std::net::IpAddr::V4(local)),
             })
             .collect()
     };
@@ -74,6 +87,7 @@ pub(super) fn build_route(
         access_log: s.spec.access_log,
         discovery_name: a.spec.discovery_name.clone(),
         test,
+        tls: a.spec.tls,
         identity: format!(
             "{}/{}/{}:{}",
             s.spec.namespace, s.spec.name, a.spec.dns_name, a.spec.port

@@ -218,6 +218,8 @@ impl Engine {
                 ..AccelStatus::default()
             },
             config: Some(self.cfg.clone()),
+            // Read live (identities change between models).
+            tls: Default::default(),
             admin: self.admin.clone(),
             proxy: ProxyStatus {
                 threads: self.proxy.dataplane.threads(),

@@ -24,6 +24,7 @@
 //! knit-testbin flood --target HOST:PORT --connections N [--slowloris] [--hold-ms D] [--hosts FILE]
 //! knit-testbin sink-server --port-env VAR
 //! knit-testbin blast --target HOST:PORT --bytes N [--chunk B] [--timeout-s S] [--hosts FILE]
+//! knit-testbin tls-get --target HOST:PORT --cert F --key F --ca F --id URI
 //! ```
 use std::{
     collections::BTreeMap,
@@ -40,6 +41,7 @@ mod blast;
 mod flood;
 mod grpc;
 mod http;
+mod tlsget;
 mod xfer;
 
 pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
@@ -91,8 +93,9 @@ fn main() -> Result<()> {
         Some("flood") => flood::run(&args),
         Some("sink-server") => blast::server(&args),
         Some("blast") => blast::client(&args),
+        Some("tls-get") => tlsget::run(&args),
         _ => bail!(
-            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|ws-idle|burst|raw|grpc-server|grpc-client|privileges|xfer-server|xfer|flood|sink-server|blast ..."
+            "usage: knit-testbin echo|client|hold|http|http-client|ws-client|ws-idle|burst|raw|grpc-server|grpc-client|privileges|xfer-server|xfer|flood|sink-server|blast|tls-get ..."
         ),
     }
 }
