@@ -126,9 +126,9 @@ impl Default for TlsConfig {
 pub fn valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 /// `[datapath]`: what the kernel side does beyond routing.

@@ -39,6 +39,14 @@ fn tls_service(name: &str, alias: &str, port: u16) -> String {
     )
 }
 
+/// A gRPC task definition (port `web`, appProtocol grpc).
+fn grpc_task_definition(family: &str) -> String {
+    format!(
+        r#"{{"family": "{family}", "containerDefinitions": [{{"name": "app", "image": "unused",
+            "portMappings": [{{"name": "web", "appProtocol": "grpc"}}]}}]}}"#
+    )
+}
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -123,11 +131,13 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         ("web-svc.json", &tls_service("web", "web", 8080)),
         ("open-td.json", &http_task_definition("open")),
         ("open-svc.json", &http_service("open", "open", 8081)),
+        ("rpc-td.json", &grpc_task_definition("rpc")),
+        ("rpc-svc.json", &tls_service("rpc", "rpc", 8082)),
         ("c-td.json", &ctd),
         ("c-svc.json", &csvc),
     ])?;
     wait_for("the services on host 2", Duration::from_secs(10), || {
-        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 3).then_some(())
+        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 4).then_some(())
     })?;
     let tb = p(&testbin());
     for svc in ["web", "open"] {
@@ -136,8 +146,20 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
             &[&tb, "http", "--id", svc, "--port-env", "KNIT_PORT_WEB"],
         )?;
     }
+    f.hosts[1].run(
+        "rpc",
+        &[
+            &tb,
+            "grpc-server",
+            "--id",
+            "rpc",
+            "--port-env",
+            "KNIT_PORT_WEB",
+        ],
+    )?;
     f.hosts[0].wait_healthy("web", 1)?;
     f.hosts[0].wait_healthy("open", 1)?;
+    f.hosts[0].wait_healthy("rpc", 1)?;
     let web_id = "spiffe://knit.local/ns/default/svc/web";
     wait_for(
         "host 2's identity of web from the signer",
@@ -161,7 +183,15 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     let mut tcpdump = Reap(
         f.hosts[1]
             .in_netns("tcpdump")
-            .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-w", &p(&pcap)])
+            .args([
+                "-i",
+                "eth0",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-w",
+                &p(&pcap),
+            ])
             .args(["tcp", "and", "not", "port", "2379"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -178,6 +208,31 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     ensure!(r["ok"] == 20 && r["failed"] == 0, "over mutual TLS: {r}");
     let r = requests(&f.hosts[0], "http://open:8081/", open, 20)?;
     ensure!(r["ok"] == 20 && r["failed"] == 0, "plaintext: {r}");
+    // gRPC (HTTP/2 streams on one connection each way) over mutual TLS.
+    let hosts = p(&f.hosts[0].hosts);
+    for (kind, extra) in [("unary", "--count"), ("bidi", "--count")] {
+        let r = f.hosts[0].run_json(
+            "client",
+            &[
+                &tb,
+                "grpc-client",
+                "--hosts",
+                &hosts,
+                "--url",
+                "http://rpc:8082",
+                "--kind",
+                kind,
+                extra,
+                "40",
+                "--bytes",
+                "300",
+            ],
+        )?;
+        ensure!(
+            r["ok"] == 40 && r["failed"] == 0 && r["mismatched"] == 0,
+            "gRPC {kind} over mutual TLS: {r}"
+        );
+    }
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(tcpdump.0.id() as i32),
@@ -193,7 +248,10 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         captured.len()
     );
     // ... and the one with tls never does.
-    ensure!(!has(secret), "the tls service's canary crossed the wire in the clear");
+    ensure!(
+        !has(secret),
+        "the tls service's canary crossed the wire in the clear"
+    );
     // The client's side presented an identity of its own (host 2 takes
     // no connection without one): host 1 was issued one for the client's
     // task (gone with the task now).
@@ -216,7 +274,14 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         .with_context(|| format!("web's ingress port: {eps}"))?;
     let target = format!("10.77.0.2:{port}");
     let (other, other_key) = (d.join("other.pem"), d.join("other.key"));
-    f.hosts[0].ok(&["ca", "create", "--cert", &p(&other), "--key", &p(&other_key)])?;
+    f.hosts[0].ok(&[
+        "ca",
+        "create",
+        "--cert",
+        &p(&other),
+        "--key",
+        &p(&other_key),
+    ])?;
     let client_id = "spiffe://knit.local/ns/default/svc/client";
     let issue = |name: &str, from: (&Path, &Path), id: &str, expired: bool| -> Result<()> {
         let mut a = vec![
@@ -247,8 +312,15 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     issue("evil", (&ca, &ca_key), evil, false)?;
     // The probe can succeed: a peer with a good certificate is served.
     let r = probe(&f.hosts[0], &target, d, "good", &ca, client_id)?;
-    ensure!(r["handshake"] == "ok" && r["status"] == 200, "a good peer: {r}");
-    for (name, id) in [("foreign", client_id), ("expired", client_id), ("evil", evil)] {
+    ensure!(
+        r["handshake"] == "ok" && r["status"] == 200,
+        "a good peer: {r}"
+    );
+    for (name, id) in [
+        ("foreign", client_id),
+        ("expired", client_id),
+        ("evil", evil),
+    ] {
         let r = probe(&f.hosts[0], &target, d, name, &ca, id)?;
         ensure!(r["handshake"] != "ok", "the {name} peer was served: {r}");
     }
@@ -270,11 +342,15 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     f.etcd
         .put("/knit/tls/requests/h1/default/web", &req.to_string())?;
     let answer = wait_for("the signer's answer", Duration::from_secs(10), || {
-        let v: Value = serde_json::from_str(&f.etcd.get("/knit/tls/certs/h1/default/web").ok()??).ok()?;
+        let v: Value =
+            serde_json::from_str(&f.etcd.get("/knit/tls/certs/h1/default/web").ok()??).ok()?;
         (v["request_at_unix_ms"] == 42).then_some(v)
     })?;
     ensure!(
-        answer["chain"] == "" && answer["refused"].as_str().is_some_and(|r| r.contains("runs no task")),
+        answer["chain"] == ""
+            && answer["refused"]
+                .as_str()
+                .is_some_and(|r| r.contains("runs no task")),
         "{answer}"
     );
     Ok(())

@@ -403,7 +403,12 @@ fn tls_block(t: &serde_json::Value, loc: &Loc, at: &str, report: &mut Report) ->
                 report.not_used(loc, &format!("{at}.{k}"));
             }
             _ if k == "kmsKey" || k == "roleArn" => {
-                report.error(loc, &format!("{at}.{k}"), format!("{k} is not a string"), FIX);
+                report.error(
+                    loc,
+                    &format!("{at}.{k}"),
+                    format!("{k} is not a string"),
+                    FIX,
+                );
                 ok = false;
             }
             _ => {

@@ -225,9 +225,15 @@ pub fn ca_issue(
     };
     let now = time::OffsetDateTime::now_utc();
     let (from, to) = if expired {
-        (now - time::Duration::hours(2), now - time::Duration::hours(1))
+        (
+            now - time::Duration::hours(2),
+            now - time::Duration::hours(1),
+        )
     } else {
-        (now - time::Duration::minutes(1), now + time::Duration::hours(i64::from(hours)))
+        (
+            now - time::Duration::minutes(1),
+            now + time::Duration::hours(i64::from(hours)),
+        )
     };
     match ca.issue(id, from, to) {
         Ok((chain, k)) => write_pair(cert, &chain, key, &k.serialize_pem(), &format!("{id:?}")),

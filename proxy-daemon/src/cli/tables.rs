@@ -164,7 +164,9 @@ fn tls(t: &crate::control::TlsStatus) -> String {
         ));
     }
     for p in &t.pending {
-        out.push_str(&format!("\n              identity {p}: requested, not issued yet"));
+        out.push_str(&format!(
+            "\n              identity {p}: requested, not issued yet"
+        ));
     }
     out
 }

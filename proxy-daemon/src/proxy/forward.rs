@@ -23,7 +23,7 @@ use proxy_config::AppProtocol;
 use tracing::debug;
 
 use super::{
-    AliasRoute, Endpoint, Proxy, ProxyEvent, tlsdial,
+    AliasRoute, Endpoint, Proxy, ProxyEvent,
     access::{self, Client, Record},
     body::{
         Guarded, InflightGuard, ProxyBody, empty, error_response, full, incoming, overflow_response,
@@ -31,7 +31,7 @@ use super::{
     idle::{Activity, Tracked},
     limits::NoLane,
     pool::SendError,
-    upgrade,
+    tlsdial, upgrade,
 };
 use crate::metrics::Overflow;
 
@@ -521,7 +521,12 @@ async fn handle(
             // A pooled connection the endpoint had closed: not a failure of
             // the endpoint; the request never left, so send it on a new one.
             debug!(endpoint = %ep.addr, reused, error = %e, "stale pooled connection");
-            sent = match within(deadline, alias.pool.reconnect(ep.addr, &mut sender, tls.as_ref())).await {
+            sent = match within(
+                deadline,
+                alias.pool.reconnect(ep.addr, &mut sender, tls.as_ref()),
+            )
+            .await
+            {
                 None => None,
                 Some(Ok(())) => within(deadline, sender.send(*req)).await,
                 Some(Err(_)) => Some(Err(SendError::Failed(e))),

@@ -52,7 +52,9 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
                             for (k, i) in ids.all().iter() {
                                 match i.with_roots(roots.clone()) {
                                     Ok(n) => ids.install(k.clone(), n),
-                                    Err(e) => warn!(identity = %i.id, error = %e, "tls: new bundle"),
+                                    Err(e) => {
+                                        warn!(identity = %i.id, error = %e, "tls: new bundle")
+                                    }
                                 }
                             }
                         }
@@ -141,7 +143,9 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
                 continue;
             }
             let id = ids.id_of(&k.0, &k.1);
-            let Some(p) = pending.remove(&k) else { continue };
+            let Some(p) = pending.remove(&k) else {
+                continue;
+            };
             let made = match &answer.refused {
                 Some(why) => Err(format!("the signer refused: {why}")),
                 None => certs_from_pem(&answer.chain)

@@ -58,8 +58,7 @@ pub struct Ca {
 }
 
 fn self_signed(der: &[u8]) -> bool {
-    x509_parser::parse_x509_certificate(der)
-        .is_ok_and(|(_, c)| c.subject() == c.issuer())
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| c.subject() == c.issuer())
 }
 
 impl Ca {
@@ -70,7 +69,8 @@ impl Ca {
             or your intermediate followed by the certificates above it)";
         const KEY_FIX: &str = "give --ca-key the CA's private key (PEM, PKCS#8, ECDSA P-256/P-384, \
             RSA or Ed25519), readable only by the signer's user";
-        let pem = std::fs::read_to_string(cert_path).map_err(|e| file_err(cert_path, e, CERT_FIX))?;
+        let pem =
+            std::fs::read_to_string(cert_path).map_err(|e| file_err(cert_path, e, CERT_FIX))?;
         let certs = certs_from_pem(&pem).map_err(|e| file_err(cert_path, e, CERT_FIX))?;
         let Some(signing) = certs.first() else {
             return Err(file_err(cert_path, "holds no certificate", CERT_FIX));
@@ -84,7 +84,8 @@ impl Ca {
                 CERT_FIX,
             ));
         }
-        let key_pem = std::fs::read_to_string(key_path).map_err(|e| file_err(key_path, e, KEY_FIX))?;
+        let key_pem =
+            std::fs::read_to_string(key_path).map_err(|e| file_err(key_path, e, KEY_FIX))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(key_path, e, KEY_FIX))?;
         // The key must be the certificate's.
         let spki = x509_parser::parse_x509_certificate(signing)
@@ -93,7 +94,10 @@ impl Ca {
         if spki != key.public_key_der() {
             return Err(file_err(
                 key_path,
-                format!("is not the key of the certificate in {}", cert_path.display()),
+                format!(
+                    "is not the key of the certificate in {}",
+                    cert_path.display()
+                ),
                 KEY_FIX,
             ));
         }
@@ -151,10 +155,10 @@ impl Ca {
         }
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(
-            id.try_into()
-                .map_err(|e| TlsError::Refused(format!("{id:?} is not a URI: {e}")))?,
-        )];
+        p.subject_alt_names =
+            vec![SanType::URI(id.try_into().map_err(|e| {
+                TlsError::Refused(format!("{id:?} is not a URI: {e}"))
+            })?)];
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![

@@ -65,7 +65,10 @@ pub fn parse_spiffe_id<'a>(trust_domain: &str, id: &'a str) -> Option<(&'a str, 
 /// suites (ECS Service Connect's). ring rather than aws-lc-rs: it builds
 /// with nothing but a C compiler (aws-lc wants cmake and more on a fresh
 /// machine); what it lacks is post-quantum key exchange.
-#[expect(deprecated, reason = "ring's provider lacks post-quantum key exchange; see above")]
+#[expect(
+    deprecated,
+    reason = "ring's provider lacks post-quantum key exchange; see above"
+)]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::ring as r;
     Arc::new(rustls::crypto::CryptoProvider {
@@ -183,10 +186,12 @@ impl Identity {
         }
         let key_der = || PrivateKeyDer::Pkcs8(key.clone_key());
         let provider = provider();
-        let client_verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(TlsError::crypto)?;
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(TlsError::crypto)?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::crypto)?
@@ -214,7 +219,12 @@ impl Identity {
 
     /// The same certificate, checked against another trust bundle.
     pub fn with_roots(&self, roots: Arc<RootCertStore>) -> Result<Self, TlsError> {
-        Self::new(self.id.to_string(), self.chain.clone(), self.key.clone_key(), roots)
+        Self::new(
+            self.id.to_string(),
+            self.chain.clone(),
+            self.key.clone_key(),
+            roots,
+        )
     }
 }
 
@@ -309,7 +319,9 @@ impl Identities {
             store.add(c).map_err(TlsError::crypto)?;
         }
         if store.is_empty() {
-            return Err(TlsError::Crypto("the trust bundle holds no certificate".into()));
+            return Err(TlsError::Crypto(
+                "the trust bundle holds no certificate".into(),
+            ));
         }
         self.roots.store(Arc::new(Some(Arc::new(store))));
         *held = pem.to_owned();

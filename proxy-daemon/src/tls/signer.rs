@@ -227,7 +227,9 @@ async fn may_have(
     if runs {
         Ok(Ok(()))
     } else {
-        Ok(Err(format!("host {host:?} runs no task of service {svc:?}")))
+        Ok(Err(format!(
+            "host {host:?} runs no task of service {svc:?}"
+        )))
     }
 }
 

@@ -4,7 +4,10 @@ use super::*;
 
 fn ca_files(dir: &std::path::Path, name: &str) -> Result<ca::Ca, TlsError> {
     let (cert, key) = ca::create(name, 30)?;
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&c, cert).map_err(TlsError::crypto)?;
     std::fs::write(&k, key).map_err(TlsError::crypto)?;
     ca::Ca::load(&c, &k)
@@ -49,7 +52,10 @@ async fn handshake(
                     .map(|c| uri_sans(c))
                     .unwrap_or_default()
             };
-            Ok((san(c.get_ref().1.peer_certificates()), san(s.get_ref().1.peer_certificates())))
+            Ok((
+                san(c.get_ref().1.peer_certificates()),
+                san(s.get_ref().1.peer_certificates()),
+            ))
         }
         (c, s) => Err((c.err().map(|e| cause_of(&e)), s.err().map(|e| cause_of(&e)))),
     }
@@ -65,13 +71,20 @@ async fn both_ends_see_each_others_identity() -> Result<(), TlsError> {
         Ok((c, s)) => (s, c),
         Err(e) => panic!("handshake failed: {e:?}"),
     };
-    assert_eq!(server_saw_client, ["spiffe://knit.local/ns/default/svc/web"]);
-    assert_eq!(client_saw_server, ["spiffe://knit.local/ns/default/svc/api"]);
+    assert_eq!(
+        server_saw_client,
+        ["spiffe://knit.local/ns/default/svc/web"]
+    );
+    assert_eq!(
+        client_saw_server,
+        ["spiffe://knit.local/ns/default/svc/api"]
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_foreign_ca_or_an_expired_certificate_is_refused_with_its_cause() -> Result<(), TlsError> {
+async fn a_foreign_ca_or_an_expired_certificate_is_refused_with_its_cause() -> Result<(), TlsError>
+{
     let dir = tempfile::tempdir().map_err(TlsError::crypto)?;
     let ca = ca_files(dir.path(), "root")?;
     let other = ca_files(dir.path(), "other")?;
@@ -104,7 +117,10 @@ async fn a_foreign_ca_or_an_expired_certificate_is_refused_with_its_cause() -> R
     // A server from a foreign CA: the client refuses it.
     let fake = identity(&other, "spiffe://knit.local/ns/default/svc/api", &ca)?;
     let web = identity(&ca, "spiffe://knit.local/ns/default/svc/web", &ca)?;
-    let (client, _) = handshake(web.client, fake.server).await.err().unwrap_or_default();
+    let (client, _) = handshake(web.client, fake.server)
+        .await
+        .err()
+        .unwrap_or_default();
     assert_eq!(client, Some(Cause::UnknownCa));
     Ok(())
 }
@@ -114,7 +130,11 @@ fn the_signer_issues_only_the_identity_asked_for() -> Result<(), TlsError> {
     let dir = tempfile::tempdir().map_err(TlsError::crypto)?;
     let ca = ca_files(dir.path(), "root")?;
     let (_, csr) = ca::request("spiffe://knit.local/ns/default/svc/web")?;
-    let e = ca.sign(&csr, "spiffe://knit.local/ns/default/svc/api", Duration::from_secs(60));
+    let e = ca.sign(
+        &csr,
+        "spiffe://knit.local/ns/default/svc/api",
+        Duration::from_secs(60),
+    );
     assert!(matches!(e, Err(TlsError::Refused(_))), "{:?}", e.err());
     let chain = certs_from_pem(&ca.sign(
         &csr,
@@ -123,7 +143,10 @@ fn the_signer_issues_only_the_identity_asked_for() -> Result<(), TlsError> {
     )?)?;
     let (from, to) = validity(&chain[0]).ok_or_else(|| TlsError::Crypto("validity".into()))?;
     let life = to.duration_since(from).map_err(TlsError::crypto)?;
-    assert!(life >= Duration::from_secs(600) && life <= Duration::from_secs(700), "{life:?}");
+    assert!(
+        life >= Duration::from_secs(600) && life <= Duration::from_secs(700),
+        "{life:?}"
+    );
     // A key that is not the certificate's is refused at load.
     let k = dir.path().join("other.key");
     std::fs::write(&k, ca::create("x", 1)?.1).map_err(TlsError::crypto)?;
@@ -138,5 +161,8 @@ fn spiffe_ids_round_trip() {
     assert_eq!(id, "spiffe://knit.local/ns/prod/svc/web");
     assert_eq!(parse_spiffe_id("knit.local", &id), Some(("prod", "web")));
     assert_eq!(parse_spiffe_id("other.org", &id), None);
-    assert_eq!(parse_spiffe_id("knit.local", "spiffe://knit.local/ns//svc/x"), None);
+    assert_eq!(
+        parse_spiffe_id("knit.local", "spiffe://knit.local/ns//svc/x"),
+        None
+    );
 }

@@ -40,9 +40,10 @@ pub(super) fn build_route(
     let (labels, target) = alias_labels(s, a);
     // Another host's endpoint of an entry with tls: mutual TLS, and the
     // service's identity expected.
-    let server_id: Option<Arc<str>> = a.spec.tls.then(|| {
-        crate::tls::spiffe_id(parts.trust_domain, &s.spec.namespace, &s.spec.name).into()
-    });
+    let server_id: Option<Arc<str>> = a
+        .spec
+        .tls
+        .then(|| crate::tls::spiffe_id(parts.trust_domain, &s.spec.namespace, &s.spec.name).into());
     let local = parts.local;
     let mut endpoints_of = |list: &[(String, SocketAddr, u32)]| -> Vec<Endpoint> {
         list.iter()

@@ -46,8 +46,8 @@ pub fn run(args: &[String]) -> Result<()> {
         s.write_all(b"GET / HTTP/1.1\r\nHost: tls-get\r\nConnection: close\r\n\r\n")
             .await?;
         let mut buf = Vec::new();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
-            .await;
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let status = text
             .strip_prefix("HTTP/1.1 ")
