@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use knit_tests::{
-    Knit, client_service, fleet::Fleet, http_service, http_task_definition, knit_bin, testbin,
-    wait_for,
+    Knit, client_service, fleet::Fleet, http_service, http_task_definition, json_output_within,
+    knit_bin, testbin, wait_for,
 };
 use serde_json::Value;
 
@@ -49,6 +49,33 @@ fn grpc_task_definition(family: &str) -> String {
 
 fn p(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// `knit signer` in host 1's namespace with its config, the CA `ca`
+/// (`<ca>.pem`, `<ca>.key` in `d`) and maybe more roots; its log in `log`.
+fn signer(k: &Knit, d: &Path, ca: &str, extra_roots: Option<&str>, log: &Path) -> Result<Reap> {
+    let mut c = k.in_netns(knit_bin());
+    c.args(["signer", "--config", &p(&k.config)])
+        .arg("--ca-cert")
+        .arg(d.join(format!("{ca}.pem")))
+        .arg("--ca-key")
+        .arg(d.join(format!("{ca}.key")));
+    if let Some(r) = extra_roots {
+        c.arg("--trust-bundle").arg(d.join(format!("{r}.pem")));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Reap(c.stdout(Stdio::null()).stderr(log).spawn()?))
+}
+
+/// The trust bundle's roots `knit status` lists on `k`.
+fn roots(k: &Knit) -> Result<usize> {
+    Ok(k.json(&["status"])?["tls"]["roots"]
+        .as_array()
+        .context("status.tls.roots")?
+        .len())
 }
 
 /// The identities `knit status` lists on `k`.
@@ -352,6 +379,120 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
                 .as_str()
                 .is_some_and(|r| r.contains("runs no task")),
         "{answer}"
+    );
+    Ok(())
+}
+
+#[test]
+fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed_request()
+-> Result<()> {
+    // Certificates of 60 s: renewed every 30 s.
+    let mut f = Fleet::start("tlsrot", 2, "[tls]\ncertificate_ttl_s = 60\n")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    for ca in ["old", "new"] {
+        let (c, k) = (d.join(format!("{ca}.pem")), d.join(format!("{ca}.key")));
+        f.hosts[0].ok(&["ca", "create", "--cert", &p(&c), "--key", &p(&k)])?;
+    }
+    let log = d.join("signer.log");
+    let mut current = signer(&f.hosts[0], d, "old", None, &log)?;
+    let (ctd, csvc) = client_service("client");
+    f.hosts[0].apply(&[
+        ("web-td.json", &http_task_definition("web")),
+        ("web-svc.json", &tls_service("web", "web", 8080)),
+        ("c-td.json", &ctd),
+        ("c-svc.json", &csvc),
+    ])?;
+    wait_for("the services on host 2", Duration::from_secs(10), || {
+        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 2).then_some(())
+    })?;
+    let tb = p(&testbin());
+    f.hosts[1].run(
+        "web",
+        &[&tb, "http", "--id", "web", "--port-env", "KNIT_PORT_WEB"],
+    )?;
+    f.hosts[0].wait_healthy("web", 1)?;
+    let web_id = "spiffe://knit.local/ns/default/svc/web";
+    wait_for("host 2's identity of web", Duration::from_secs(20), || {
+        identities(&f.hosts[1])
+            .ok()?
+            .contains(&web_id.to_string())
+            .then_some(())
+    })?;
+    let started = std::time::Instant::now();
+    let hosts = p(&f.hosts[0].hosts);
+    let load = f.hosts[0].spawn_task(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--duration-ms",
+            "75000",
+            "--concurrency",
+            "4",
+            "--interval-ms",
+            "5",
+            "--hosts",
+            &hosts,
+        ],
+        Stdio::piped(),
+    )?;
+    // A root rollover under that load: first both roots in the bundle...
+    std::thread::sleep(Duration::from_secs(10));
+    drop(current);
+    current = signer(&f.hosts[0], d, "old", Some("new"), &log)?;
+    for k in &f.hosts {
+        wait_for("both roots on every host", Duration::from_secs(10), || {
+            (roots(k).ok()? == 2).then_some(())
+        })?;
+    }
+    // ... then certificates of the new root, the old one still trusted.
+    std::thread::sleep(Duration::from_secs(25).saturating_sub(started.elapsed()));
+    drop(current);
+    let _current = signer(&f.hosts[0], d, "new", Some("old"), &log)?;
+    let r = json_output_within(load, Duration::from_secs(150))?;
+    ensure!(
+        r["failed"] == 0 && r["ok"].as_u64().is_some_and(|n| n >= 100),
+        "under renewals and a rollover: {r}"
+    );
+    // The first certificate and at least two renewals of web's on host 2.
+    let rotations = f.hosts[1].metric_sum("knit_tls_certificate_rotations_total", "")?;
+    ensure!(rotations >= 3.0, "host 2 installed {rotations} certificates");
+    // Host 2 now presents a certificate of the new root: a peer that
+    // trusts only that root, with a certificate of it, is served.
+    let eps = f.hosts[0].json(&["endpoints", "web"])?;
+    let port = eps[0]["ingress_ports"]["web"]
+        .as_u64()
+        .with_context(|| format!("web's ingress port: {eps}"))?;
+    let client_id = "spiffe://knit.local/ns/default/svc/client";
+    f.hosts[0].ok(&[
+        "ca",
+        "issue",
+        "--ca-cert",
+        &p(&d.join("new.pem")),
+        "--ca-key",
+        &p(&d.join("new.key")),
+        "--id",
+        client_id,
+        "--cert",
+        &p(&d.join("peer.pem")),
+        "--key",
+        &p(&d.join("peer.key")),
+    ])?;
+    let r = probe(
+        &f.hosts[0],
+        &format!("10.77.0.2:{port}"),
+        d,
+        "peer",
+        &d.join("new.pem"),
+        client_id,
+    )?;
+    ensure!(
+        r["handshake"] == "ok" && r["status"] == 200,
+        "a peer of the new root only: {r}\nthe signers' log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     Ok(())
 }

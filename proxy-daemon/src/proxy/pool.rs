@@ -40,6 +40,22 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 struct H1 {
     send: http1::SendRequest<ProxyBody>,
     _open: OpenConn,
+    /// The client identity it was made with (mutual TLS).
+    made_with: Made,
+}
+
+/// The client identity a mutual TLS connection was made with: once the
+/// identity is renewed (at half its life) the connection is not reused, so
+/// no connection outlives the certificate it presented. Held, so that its
+/// address is never another identity's.
+type Made = Option<Arc<crate::tls::Identity>>;
+
+fn current(made: &Made, tls: Option<&TlsDial>) -> bool {
+    match (made, tls) {
+        (None, None) => true,
+        (Some(m), Some(t)) => Arc::ptr_eq(m, &t.identity),
+        _ => false,
+    }
 }
 
 /// An idle HTTP/1.1 connection and since when it has been idle.
@@ -89,7 +105,7 @@ impl Sender {
 pub struct ServicePool {
     pub limits: Arc<Limits>,
     h1: Mutex<HashMap<Key, Vec<IdleH1>>>,
-    h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
+    h2: Mutex<HashMap<Key, (http2::SendRequest<ProxyBody>, Made)>>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -168,7 +184,9 @@ impl ServicePool {
         if h2 {
             let existing = {
                 let map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-                map.get(&k).filter(|s| !s.is_closed()).cloned()
+                map.get(&k)
+                    .filter(|(s, made)| !s.is_closed() && current(made, tls))
+                    .map(|(s, _)| s.clone())
             };
             let (s, reused) = match existing {
                 Some(s) => (s, true),
@@ -188,7 +206,10 @@ impl ServicePool {
                 // Stale ones are dropped here, under the lock, so that the
                 // open count and the pool agree for whoever looks next.
                 while let Some((c, since)) = idle.pop() {
-                    if c.send.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                    if c.send.is_ready()
+                        && since.elapsed() < POOL_IDLE_TIMEOUT
+                        && current(&c.made_with, tls)
+                    {
                         let conn = Conn::H1(c);
                         return Ok((Sender { conn, lane }, true));
                     }
@@ -197,7 +218,11 @@ impl ServicePool {
             self.make_room(&mut map)
         };
         let send = connect_h1(addr, tls).await?;
-        let conn = Conn::H1(H1 { send, _open: open });
+        let conn = Conn::H1(H1 {
+            send,
+            _open: open,
+            made_with: tls.map(|t| t.identity.clone()),
+        });
         Ok((Sender { conn, lane }, false))
     }
 
@@ -211,7 +236,10 @@ impl ServicePool {
         tls: Option<&TlsDial>,
     ) -> io::Result<()> {
         match &mut sender.conn {
-            Conn::H1(c) => c.send = connect_h1(addr, tls).await?,
+            Conn::H1(c) => {
+                c.send = connect_h1(addr, tls).await?;
+                c.made_with = tls.map(|t| t.identity.clone());
+            }
             Conn::H2(s) => *s = self.connect_h2(key(addr, tls), tls).await?,
         }
         Ok(())
@@ -256,7 +284,7 @@ impl ServicePool {
         self.h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(k, s.clone());
+            .insert(k, (s.clone(), tls.map(|t| t.identity.clone())));
         Ok(s)
     }
 
