@@ -119,6 +119,10 @@ pub(crate) struct ServiceConnectServiceJson {
     /// ECS's TLS between Service Connect proxies: mutual TLS between hosts
     /// here (checked in `validate::service::tls_block`).
     pub(crate) tls: Option<serde_json::Value>,
+    /// knit's extension: the client services that may call this entry.
+    pub(crate) allowed_clients: Option<Vec<String>>,
+    /// knit's extension: `ENFORCE` (default) or `AUDIT` (count, refuse nothing).
+    pub(crate) allowed_clients_mode: Option<String>,
 }
 
 /// `serviceConnectConfiguration.services[].limits` (knit only).

@@ -194,6 +194,25 @@ pub struct EndpointSpec {
     /// (each side presents its service's identity and checks the other's).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+    /// `allowedClients` (a knit extension, with `tls` only): the client
+    /// services that may call this entry; `None`: every service of its
+    /// namespace. Sorted, without duplicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_clients: Option<Vec<String>>,
+    /// `allowedClientsMode: "AUDIT"`: callers not allowed are counted and
+    /// served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allowed_clients_audit: bool,
+}
+
+impl EndpointSpec {
+    /// Whether client service `client` may call this entry (true in audit
+    /// mode too: see [`EndpointSpec::allows`] for what is counted).
+    pub fn allows(&self, client: &str) -> bool {
+        self.allowed_clients
+            .as_ref()
+            .is_none_or(|list| list.binary_search_by(|c| c.as_str().cmp(client)).is_ok())
+    }
 }
 
 /// `testTrafficRules.header`: a request is test traffic when it has

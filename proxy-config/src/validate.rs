@@ -61,6 +61,8 @@ pub(crate) struct LocalEntry {
     pub(crate) limits: Option<crate::model::LimitsSpec>,
     /// ECS's `tls` block was given (and is well formed).
     pub(crate) tls: bool,
+    pub(crate) allowed_clients: Option<Vec<String>>,
+    pub(crate) allowed_clients_audit: bool,
 }
 
 /// `clientAliases[0]`.

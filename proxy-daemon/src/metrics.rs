@@ -68,6 +68,21 @@ pub struct TlsTargetLabels {
     pub cause: String,
 }
 
+/// A caller that a service's `allowedClients` leaves out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub namespace: String,
+    pub service: String,
+    pub target_discovery_name: String,
+    /// The calling service (`-`: not known).
+    pub client_service: String,
+    /// `egress` (the caller's host) or `ingress` (the target's host, by
+    /// the caller's certificate).
+    pub at: String,
+    /// `enforce` (refused) or `audit` (counted and served).
+    pub mode: String,
+}
+
 /// One identity of this host (its SPIFFE id).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdentityLabels {
@@ -299,6 +314,8 @@ pub struct ProxyMetrics {
     pub tls_client_errors: Family<TlsClientLabels, Counter>,
     /// ECS's `TargetTLSNegotiationErrorCount`, by cause.
     pub tls_target_errors: Family<TlsTargetLabels, Counter>,
+    /// Callers that `allowedClients` leaves out.
+    pub authorization_denied: Family<DeniedLabels, Counter>,
     /// When each identity's certificate expires (seconds since the epoch).
     pub tls_expiry: Family<IdentityLabels, Gauge>,
     /// Certificates installed (first ones and renewals).
@@ -516,6 +533,13 @@ impl ProxyMetrics {
             "TLS handshakes other hosts failed with this host's ingress listeners, by cause \
              (ECS TargetTLSNegotiationErrorCount)",
             self.tls_target_errors.clone(),
+        );
+        r.register(
+            "authorization_denied_count",
+            "Calls from a client service that the target's allowedClients leaves out, by where \
+             they were seen (egress: the caller's host; ingress: the target's, by certificate) \
+             and mode (enforce: refused, 403 or gRPC PERMISSION_DENIED; audit: served)",
+            self.authorization_denied.clone(),
         );
         r.register(
             "tls_certificate_expiry_seconds",

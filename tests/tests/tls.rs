@@ -28,6 +28,11 @@ impl Drop for Reap {
 
 /// `http_service` with ECS's tls block on its entry.
 fn tls_service(name: &str, alias: &str, port: u16) -> String {
+    tls_service_with(name, alias, port, "")
+}
+
+/// `tls_service` with more fields (`, "key": value...`) on its entry.
+fn tls_service_with(name: &str, alias: &str, port: u16, more: &str) -> String {
     format!(
         r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
             "serviceConnectConfiguration": {{"enabled": true,
@@ -35,7 +40,7 @@ fn tls_service(name: &str, alias: &str, port: u16) -> String {
                              "clientAliases": [{{"dnsName": "{alias}", "port": {port}}}],
                              "tls": {{"issuerCertificateAuthority": {{"awsPcaAuthorityArn":
                                "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/knit"}},
-                               "kmsKey": "unused", "roleArn": "unused"}}}}]}}}}"#
+                               "kmsKey": "unused", "roleArn": "unused"}}{more}}}]}}}}"#
     )
 }
 
@@ -153,18 +158,32 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
             .spawn()?,
     );
     let (ctd, csvc) = client_service("client");
+    let (itd, isvc) = client_service("intruder");
     f.hosts[0].apply(&[
         ("web-td.json", &http_task_definition("web")),
-        ("web-svc.json", &tls_service("web", "web", 8080)),
+        (
+            "web-svc.json",
+            &tls_service_with("web", "web", 8080, r#", "allowedClients": ["client"]"#),
+        ),
         ("open-td.json", &http_task_definition("open")),
         ("open-svc.json", &http_service("open", "open", 8081)),
         ("rpc-td.json", &grpc_task_definition("rpc")),
-        ("rpc-svc.json", &tls_service("rpc", "rpc", 8082)),
+        (
+            "rpc-svc.json",
+            &tls_service_with(
+                "rpc",
+                "rpc",
+                8082,
+                r#", "allowedClients": ["nobody"], "allowedClientsMode": "AUDIT""#,
+            ),
+        ),
+        ("i-td.json", &itd),
+        ("i-svc.json", &isvc),
         ("c-td.json", &ctd),
         ("c-svc.json", &csvc),
     ])?;
     wait_for("the services on host 2", Duration::from_secs(10), || {
-        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 4).then_some(())
+        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 5).then_some(())
     })?;
     let tb = p(&testbin());
     for svc in ["web", "open"] {
@@ -351,6 +370,59 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         let r = probe(&f.hosts[0], &target, d, name, &ca, id)?;
         ensure!(r["handshake"] != "ok", "the {name} peer was served: {r}");
     }
+    // allowedClients: a service left out is refused on its own host (it
+    // never reaches the wire) and, with a certificate of its own, at the
+    // target's ingress; in audit mode it is counted and served.
+    let tbs = p(&testbin());
+    let hosts = p(&f.hosts[0].hosts);
+    let r = f.hosts[0].run_json(
+        "intruder",
+        &[
+            &tbs,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--count",
+            "5",
+            "--hosts",
+            &hosts,
+        ],
+    )?;
+    ensure!(
+        r["ok"] == 0 && r["statuses"]["403"] == 5,
+        "an intruder task: {r}"
+    );
+    let intruder_id = "spiffe://knit.local/ns/default/svc/intruder";
+    issue("intruder", (&ca, &ca_key), intruder_id, false)?;
+    let r = probe(&f.hosts[0], &target, d, "intruder", &ca, intruder_id)?;
+    ensure!(
+        r["handshake"] == "ok" && r["status"] == 403,
+        "an intruder peer: {r}"
+    );
+    let denied = |k: &Knit, svc: &str, at: &str, mode: &str| {
+        k.metric_sum(
+            "knit_authorization_denied_count_total",
+            &format!("service=\"{svc}\",target_discovery_name=\"{svc}\",client_service=\"intruder\",at=\"{at}\",mode=\"{mode}\"")
+                .replace("intruder", if svc == "rpc" { "client" } else { "intruder" }),
+        )
+    };
+    ensure!(
+        denied(&f.hosts[0], "web", "egress", "enforce")? >= 5.0,
+        "egress denials"
+    );
+    ensure!(
+        denied(&f.hosts[1], "web", "ingress", "enforce")? >= 1.0,
+        "ingress denials"
+    );
+    // The gRPC calls above were all served, and counted in audit mode.
+    ensure!(
+        denied(&f.hosts[0], "rpc", "egress", "audit")? >= 80.0,
+        "audit at egress"
+    );
+    ensure!(
+        denied(&f.hosts[1], "rpc", "ingress", "audit")? >= 1.0,
+        "audit at ingress"
+    );
     for cause in ["unknown_ca", "expired", "san_mismatch"] {
         let n = f.hosts[1].metric_sum(
             "knit_target_tls_negotiation_error_count_total",
@@ -459,7 +531,10 @@ fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed
     );
     // The first certificate and at least two renewals of web's on host 2.
     let rotations = f.hosts[1].metric_sum("knit_tls_certificate_rotations_total", "")?;
-    ensure!(rotations >= 3.0, "host 2 installed {rotations} certificates");
+    ensure!(
+        rotations >= 3.0,
+        "host 2 installed {rotations} certificates"
+    );
     // Host 2 now presents a certificate of the new root: a peer that
     // trusts only that root, with a certificate of it, is served.
     let eps = f.hosts[0].json(&["endpoints", "web"])?;

@@ -192,6 +192,8 @@ pub(super) fn endpoint(
         limits: e.limits,
         test_traffic,
         tls: e.tls,
+        allowed_clients: e.allowed_clients.clone(),
+        allowed_clients_audit: e.allowed_clients_audit,
     })
 }
 

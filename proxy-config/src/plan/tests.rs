@@ -71,6 +71,8 @@ fn ecs_full_example_from_the_seed_parses() {
             outlier: None,
             limits: None,
             tls: false,
+            allowed_clients: None,
+            allowed_clients_audit: false,
             test_traffic: None,
         }],
         access_log: None,

@@ -333,6 +333,51 @@ fn sc_entry(
         None | Some(serde_json::Value::Null) => false,
         Some(t) => tls_block(&t, loc, &format!("{at}.tls"), report),
     };
+    let allowed_clients = match entry.allowed_clients {
+        None => None,
+        Some(list) => {
+            let mut ok = Vec::new();
+            for (i, name) in list.into_iter().enumerate() {
+                match names::check_resource_name(&name) {
+                    Ok(()) => ok.push(name),
+                    Err(problem) => report.error(
+                        loc,
+                        &format!("{at}.allowedClients[{i}]"),
+                        format!("{name:?} {problem}"),
+                        "name a service (its serviceName) of this namespace",
+                    ),
+                }
+            }
+            ok.sort();
+            ok.dedup();
+            if !tls {
+                report.error(
+                    loc,
+                    &format!("{at}.allowedClients"),
+                    "allowedClients without tls: callers on other hosts could not be told apart \
+                     (they are identified by their certificates)",
+                    "add ECS's tls block to this services[] entry, or remove allowedClients",
+                );
+            }
+            Some(ok)
+        }
+    };
+    let allowed_clients_audit = match entry.allowed_clients_mode.as_deref() {
+        None | Some("ENFORCE") => false,
+        Some("AUDIT") => true,
+        Some(other) => {
+            report.error(
+                loc,
+                &format!("{at}.allowedClientsMode"),
+                format!("{other:?} is not a mode"),
+                "use \"ENFORCE\" (refuse other callers; the default) or \"AUDIT\" (count them, refuse nothing)",
+            );
+            false
+        }
+    };
+    if allowed_clients_audit && allowed_clients.is_none() {
+        report.not_used(loc, &format!("{at}.allowedClientsMode"));
+    }
     let Some(port_name) = entry.port_name else {
         report.error(
             loc,
@@ -353,6 +398,8 @@ fn sc_entry(
         outlier,
         limits,
         tls,
+        allowed_clients,
+        allowed_clients_audit,
     })
 }
 

@@ -81,6 +81,23 @@ pub fn overflow_response(
     r
 }
 
+/// The answer to a caller that the service's `allowedClients` leaves out:
+/// 403, or for a gRPC call PERMISSION_DENIED (HTTP 200, trailers only).
+pub fn denied_response(grpc: bool, text: &str) -> Response<ProxyBody> {
+    if grpc {
+        let mut r = Response::new(empty());
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static("7"));
+        if let Ok(v) = HeaderValue::from_str(&format!("knit: {text}")) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        error_response(StatusCode::FORBIDDEN, text)
+    }
+}
+
 /// Counts a request as in flight on its endpoint until dropped.
 #[derive(Debug)]
 pub struct InflightGuard(Arc<EndpointHealth>);

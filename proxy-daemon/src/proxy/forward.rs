@@ -174,6 +174,37 @@ pub(super) async fn tls_dial(
     })
 }
 
+/// A connection from a caller that `allowedClients` leaves out: every
+/// request on it is answered 403 (gRPC: PERMISSION_DENIED), then it closes.
+pub async fn serve_denied<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = service_fn(|req: Request<Incoming>| async move {
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let mut r = super::body::denied_response(
+            grpc,
+            "the calling service is not among the clients this service allows (allowedClients)",
+        );
+        if req.version() < Version::HTTP_2 {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok::<_, Infallible>(r)
+    });
+    let b = downstream_builder();
+    let conn = b.serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .unwrap_or(Ok(()))
+    {
+        debug!(error = %e, "a refused caller's connection");
+    }
+}
+
 /// How the proxy reads downstream connections (HTTP/1.1 or h2c, detected).
 fn downstream_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -368,6 +399,20 @@ async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // allowedClients, on the caller's host: the kernel said which task
+    // connected (the target's host checks again, by certificate).
+    if let Target::Alias(_, client, ..) = target
+        && !alias.authorize(
+            client.as_ref().map(|c| c.source.service.as_str()),
+            "egress",
+            &proxy.metrics.authorization_denied,
+        )
+    {
+        return super::body::denied_response(
+            grpc,
+            "this task's service is not among the clients this service allows (allowedClients)",
+        );
+    }
     // Requests tasks send (egress); an ingress listener's are counted where
     // they came from.
     if matches!(target, Target::Alias(..)) {

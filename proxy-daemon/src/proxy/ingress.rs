@@ -71,6 +71,15 @@ async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<
         debug!(service = %route.service, peer = ?sans, "ingress: a client identity not of this namespace");
         return;
     }
+    // allowedClients, by the caller's certificate.
+    let client = sans
+        .first()
+        .and_then(|s| crate::tls::parse_spiffe_id(&proxy.tls.trust_domain, s))
+        .map(|(_, svc)| svc);
+    if !route.authorize(client, "ingress", &proxy.metrics.authorization_denied) {
+        forward::serve_denied(tls).await;
+        return;
+    }
     forward::serve_connection(tls, forward::Target::Fixed(route), proxy).await;
 }
 

@@ -72,6 +72,10 @@ pub struct AliasRoute {
     /// ECS's `tls`: other hosts reach this entry over mutual TLS (the
     /// ingress listener of a route with it accepts nothing else).
     pub tls: bool,
+    /// `allowedClients` (sorted): who may call; `None`: the namespace.
+    pub allowed_clients: Option<Arc<[String]>>,
+    /// `allowedClientsMode: AUDIT`: count, refuse nothing.
+    pub allowed_audit: bool,
     /// Which alias this is (`namespace/service/dnsName:port`): a
     /// connection accepted for one alias id never follows that id to
     /// another alias.
@@ -112,6 +116,38 @@ fn round_robin<'a>(
 }
 
 impl AliasRoute {
+    /// Whether `client` (`None`: not known) may call, counted in
+    /// `denied` (labelled `at`) when it may not; true in audit mode.
+    pub fn authorize(
+        &self,
+        client: Option<&str>,
+        at: &str,
+        denied: &prometheus_client::metrics::family::Family<crate::metrics::DeniedLabels, Counter>,
+    ) -> bool {
+        let Some(list) = &self.allowed_clients else {
+            return true;
+        };
+        if client.is_some_and(|c| list.binary_search_by(|x| x.as_str().cmp(c)).is_ok()) {
+            return true;
+        }
+        denied
+            .get_or_create(&crate::metrics::DeniedLabels {
+                namespace: self.target.namespace.clone(),
+                service: self.service.clone(),
+                target_discovery_name: self.discovery_name.clone(),
+                client_service: client.unwrap_or("-").to_owned(),
+                at: at.to_owned(),
+                mode: if self.allowed_audit {
+                    "audit"
+                } else {
+                    "enforce"
+                }
+                .to_owned(),
+            })
+            .inc();
+        self.allowed_audit
+    }
+
     /// The endpoint for a request with `headers`: round-robin over the
     /// test lane's endpoints when it matches the test traffic rule (and
     /// one is in rotation), else over the production ones; those already
@@ -180,6 +216,8 @@ mod tests {
             },
             identity: "n/s/s:80".into(),
             tls: false,
+            allowed_clients: None,
+            allowed_audit: false,
         }
     }
 

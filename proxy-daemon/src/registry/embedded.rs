@@ -421,6 +421,8 @@ mod tests {
                 limits: None,
                 test_traffic: None,
                 tls: false,
+                allowed_clients: None,
+                allowed_clients_audit: false,
             }],
             access_log: None,
             enabled: true,

@@ -618,6 +618,8 @@ mod tests {
                 limits: None,
                 test_traffic: None,
                 tls: false,
+                allowed_clients: None,
+                allowed_clients_audit: false,
             }],
             access_log: None,
         };
@@ -668,6 +670,8 @@ mod tests {
                 limits: None,
                 test_traffic: None,
                 tls: false,
+                allowed_clients: None,
+                allowed_clients_audit: false,
             }],
             access_log: None,
         };

@@ -1,6 +1,6 @@
 //! Service, cluster and namespace rules, each with a good and a bad case.
 
-use crate::test_support::{check, endpoint, ok, one, svc, web_td, with_web};
+use crate::test_support::{E0, check, endpoint, ok, one, svc, web_td, with_web};
 
 #[test]
 fn service_name_rules() {
@@ -658,5 +658,60 @@ fn test_traffic_rules_are_a_header_match_on_http_aliases() {
         &format!("{at}.header.value.exact"),
         "missing",
         "exact",
+    );
+}
+
+#[test]
+fn allowed_clients_need_tls_and_a_known_mode() {
+    let tls =
+        format!(r#""tls": {{"issuerCertificateAuthority": {{"awsPcaAuthorityArn": "{ARN}"}}}}"#);
+    let ep = endpoint(&[(
+        "s.json",
+        &with_web(&format!(
+            r#"[{{"portName": "http", {tls}, "allowedClients": ["web", "api", "web"],
+                 "allowedClientsMode": "AUDIT"}}]"#
+        )),
+    )]);
+    assert_eq!(
+        ep.allowed_clients.as_deref(),
+        Some(&["api".to_string(), "web".to_string()][..])
+    );
+    assert!(ep.allowed_clients_audit);
+    assert!(ep.allows("api") && ep.allows("web") && !ep.allows("db"));
+    // Without a list every service of the namespace may call.
+    assert!(endpoint(&[("s.json", &with_web(r#"[{"portName": "http"}]"#))]).allows("db"));
+    let e = one(&[(
+        "s.json",
+        &with_web(r#"[{"portName": "http", "allowedClients": ["web"]}]"#),
+    )]);
+    check(
+        &e,
+        &format!("{E0}.allowedClients"),
+        "without tls",
+        "add ECS's tls block",
+    );
+    let e = one(&[(
+        "s.json",
+        &with_web(&format!(
+            r#"[{{"portName": "http", {tls}, "allowedClients": ["web"], "allowedClientsMode": "LOG"}}]"#
+        )),
+    )]);
+    check(
+        &e,
+        &format!("{E0}.allowedClientsMode"),
+        "\"LOG\" is not a mode",
+        "AUDIT",
+    );
+    let e = one(&[(
+        "s.json",
+        &with_web(&format!(
+            r#"[{{"portName": "http", {tls}, "allowedClients": ["no such!"]}}]"#
+        )),
+    )]);
+    check(
+        &e,
+        &format!("{E0}.allowedClients[0]"),
+        "\"no such!\"",
+        "name a service",
     );
 }

@@ -89,6 +89,8 @@ pub(super) fn build_route(
         discovery_name: a.spec.discovery_name.clone(),
         test,
         tls: a.spec.tls,
+        allowed_clients: a.spec.allowed_clients.as_deref().map(Arc::from),
+        allowed_audit: a.spec.allowed_clients_audit,
         identity: format!(
             "{}/{}/{}:{}",
             s.spec.namespace, s.spec.name, a.spec.dns_name, a.spec.port
