@@ -72,6 +72,7 @@ mod report;
 mod rounds;
 mod stats;
 mod summary;
+mod tls;
 mod wrk;
 mod xfer;
 
@@ -86,6 +87,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("admin", "what watching the daemon costs it"),
     ("propagation", "a change to another host's kernel (etcd)"),
     ("fleet", "100 hosts, an etcd cluster losing a member"),
+    ("tls", "mutual TLS between hosts vs plaintext"),
 ];
 
 /// knit's benchmarks (started by `cargo xtask bench`, which installs the
@@ -97,7 +99,7 @@ pub const ALL: &[(&str, &str)] = &[
 )]
 struct Cli {
     /// all (the default), or one of: l4, l7, accel, xfer, memory, admin,
-    /// propagation, fleet; chart redraws the chart and summary only.
+    /// propagation, fleet, tls; chart redraws the chart and summary only.
     #[arg(default_value = "all")]
     which: String,
     /// Few and short runs that only prove the benchmarks work (for CI).
@@ -128,6 +130,7 @@ fn one_benchmark(which: &str, quick: bool) -> Result<()> {
         "admin" => admin::run(quick),
         "propagation" => propagation::run(quick),
         "fleet" => fleet::run(quick),
+        "tls" => tls::run(quick),
         other => bail!(
             "no benchmark {other:?}; known: {}, all (the default), chart (redraw the chart and \
              summary)\n  fix: cargo xtask bench [{}|all|chart] [--quick]",
