@@ -1,5 +1,5 @@
 //! ECS JSON without surprises: a field that would change routing or
-//! security and that knit cannot honour (`tls`) is refused; fields that
+//! security and that knit cannot honour (`tls` on a TCP port, or malformed) is refused; fields that
 //! change nothing are accepted and listed once; the seeds' examples apply
 //! as written; every services[] entry gets its own ingress listener, and a
 //! listener that cannot be bound fails the apply (or the task's start);
@@ -54,7 +54,7 @@ fn call(k: &Knit, client: &str, url: &str, count: u32) -> Result<Value> {
 }
 
 #[test]
-fn tls_is_refused_and_fields_knit_does_not_use_are_listed_once() -> Result<()> {
+fn a_malformed_tls_block_is_refused_and_fields_knit_does_not_use_are_listed_once() -> Result<()> {
     let k = Knit::start("ecstls", "")?;
     let td = r#"{"family": "web", "cpu": "256", "memory": "512", "networkMode": "awsvpc",
         "requiresCompatibilities": ["FARGATE"],
@@ -77,15 +77,14 @@ fn tls_is_refused_and_fields_knit_does_not_use_are_listed_once() -> Result<()> {
                     "timeout": {{"perRequestTimeoutSeconds": 20, "futureKey": 1}}{extra}}}]}}}}"#
         )
     };
-    // tls: refused whole, with the file, the JSON path and the fix.
-    let tls = svc(
-        r#", "tls": {"issuerCertificateAuthority": {"awsPcaAuthorityArn": "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/x"}}"#,
-    );
+    // A tls block without its CA: refused whole, with the file, the JSON
+    // path and the fix (a well-formed one turns on mutual TLS: tls.rs).
+    let tls = svc(r#", "tls": {"kmsKey": "arn:aws:kms:us-east-1:123456789012:key/x"}"#);
     let (code, _, err) = apply(&k, &[("web-td.json", td), ("web-svc.json", &tls)])?;
     ensure!(code == Some(2), "tls refused with exit 2: {code:?} {err}");
     for want in [
-        "web-svc.json at $.serviceConnectConfiguration.services[0].tls",
-        "fix: knit does not encrypt yet; remove tls",
+        "web-svc.json at $.serviceConnectConfiguration.services[0].tls.issuerCertificateAuthority",
+        "fix: use \"tls\": {\"issuerCertificateAuthority\"",
     ] {
         ensure!(err.contains(want), "{want:?} in: {err}");
     }
