@@ -33,6 +33,8 @@ struct Run {
     p99_us: f64,
     /// Both daemons' CPU seconds per 1,000 requests.
     cpu_ms_per_k: f64,
+    /// Mutual TLS handshakes host 1's egress made during the run.
+    handshakes: f64,
 }
 
 struct Outcome {
@@ -171,9 +173,12 @@ fn measure(
     let (mut plain, mut secure) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for (i, url) in urls.iter().enumerate() {
-            let before = ticks()?;
+            let handshakes =
+                || fleet.hosts[0].metric_sum("knit_tls_client_handshakes_total", "");
+            let (before, shakes) = (ticks()?, handshakes()?);
             let r = one(&fleet.hosts[0], url, secs)?;
             let cpu_s = cpu::ticks_to_secs(ticks()? - before);
+            let shakes = handshakes()? - shakes;
             ensure!(
                 r.errors() == 0,
                 "round {round}, {url}: {}",
@@ -184,14 +189,16 @@ fn measure(
                 p50_us: r.p50_us,
                 p99_us: r.p99_us,
                 cpu_ms_per_k: cpu_s * 1000.0 / (r.requests.max(1) as f64) * 1000.0,
+                handshakes: shakes,
             };
             println!(
-                "  round {}: {} {} req/s, p50 {}, p99 {}",
+                "  round {}: {} {} req/s, p50 {}, p99 {}, {} handshakes",
                 round + 1,
                 if i == 0 { "plaintext" } else { "mutual TLS" },
                 stats::rate(run.rps),
                 stats::micros(run.p50_us),
-                stats::micros(run.p99_us)
+                stats::micros(run.p99_us),
+                run.handshakes
             );
             if i == 0 { &mut plain } else { &mut secure }.push(run);
         }
@@ -272,6 +279,7 @@ impl Outcome {
             ("p50", Align::Right),
             ("p99", Align::Right),
             ("CPU per 1k requests (both daemons)", Align::Right),
+            ("new mutual TLS connections per run", Align::Right),
         ]);
         for (name, runs) in [("plaintext", &self.plain), ("mutual TLS", &self.secure)] {
             t.row([
@@ -280,6 +288,7 @@ impl Outcome {
                 stats::micros(med(runs, |r| r.p50_us)),
                 stats::micros(med(runs, |r| r.p99_us)),
                 format!("{:.0} ms", med(runs, |r| r.cpu_ms_per_k)),
+                format!("{:.0}", med(runs, |r| r.handshakes)),
             ]);
         }
         format!(

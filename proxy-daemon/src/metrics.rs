@@ -320,6 +320,10 @@ pub struct ProxyMetrics {
     pub tls_expiry: Family<IdentityLabels, Gauge>,
     /// Certificates installed (first ones and renewals).
     pub tls_rotations: Counter,
+    /// Mutual TLS handshakes completed: this host's egress dialling
+    /// another host (client), and other hosts dialling its ingress (server).
+    pub tls_client_handshakes: Counter,
+    pub tls_server_handshakes: Counter,
     /// Certificate requests that failed (refused by the signer, or a bad answer).
     pub tls_request_failures: Counter,
     /// The graph's edges seen so far (the family cannot be listed).
@@ -545,6 +549,17 @@ impl ProxyMetrics {
             "tls_certificate_expiry_seconds",
             "When each of this host's service identities expires (Unix time)",
             self.tls_expiry.clone(),
+        );
+        r.register(
+            "tls_client_handshakes",
+            "Mutual TLS handshakes this host's egress completed with other hosts' ingress \
+             (a new pooled connection each)",
+            self.tls_client_handshakes.clone(),
+        );
+        r.register(
+            "tls_server_handshakes",
+            "Mutual TLS handshakes other hosts completed with this host's ingress listeners",
+            self.tls_server_handshakes.clone(),
         );
         r.register(
             "tls_certificate_rotations",

@@ -229,23 +229,24 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     let mut tcpdump = Reap(
         f.hosts[1]
             .in_netns("tcpdump")
-            .args([
-                "-i",
-                "eth0",
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-w",
-                &p(&pcap),
-            ])
+            // -Z root: it keeps root rather than switch to a user that a
+            // minimal root (the VM's) may not have.
+            .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-Z", "root"])
+            .args(["-w", &p(&pcap)])
             .args(["tcp", "and", "not", "port", "2379"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(File::create(d.join("tcpdump.log"))?)
             .spawn()
             .context("tcpdump (Debian package tcpdump; `cargo xtask setup` installs it)")?,
     );
     wait_for("tcpdump to start", Duration::from_secs(10), || {
         pcap.exists().then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "tcpdump's stderr: {}",
+            std::fs::read_to_string(d.join("tcpdump.log")).unwrap_or_default()
+        )
     })?;
     std::thread::sleep(Duration::from_millis(500));
     let secret = "SECRET-CANARY-7f3a";
@@ -290,8 +291,9 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     // The capture works: the service without tls shows its canary...
     ensure!(
         has(open),
-        "the capture ({} bytes) misses the plaintext service's canary",
-        captured.len()
+        "the capture ({} bytes) misses the plaintext service's canary; tcpdump said: {}",
+        captured.len(),
+        std::fs::read_to_string(d.join("tcpdump.log")).unwrap_or_default()
     );
     // ... and the one with tls never does.
     ensure!(

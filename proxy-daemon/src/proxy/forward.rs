@@ -151,7 +151,7 @@ const IDENTITY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// service has no identity (or the task is unknown).
 pub(super) async fn tls_dial(
     target: &Target,
-    alias: &AliasRoute,
+    alias: &Arc<AliasRoute>,
     server_id: &Arc<str>,
     proxy: &Arc<Proxy>,
 ) -> Option<tlsdial::TlsDial> {
@@ -170,7 +170,8 @@ pub(super) async fn tls_dial(
         identity,
         server_id: server_id.clone(),
         errors: proxy.metrics.tls_client_errors.clone(),
-        labels: alias.target.clone(),
+        route: alias.clone(),
+        handshakes: proxy.metrics.tls_client_handshakes.clone(),
     })
 }
 

@@ -42,7 +42,10 @@ async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<
     };
     let accept = tokio_rustls::TlsAcceptor::from(identity.server.clone()).accept(s);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(t)) => t,
+        Ok(Ok(t)) => {
+            proxy.metrics.tls_server_handshakes.inc();
+            t
+        }
         Ok(Err(e)) => {
             let cause = crate::tls::cause_of(&e);
             count(cause);

@@ -23,7 +23,10 @@ pub struct TlsDial {
     /// The identity the server must present.
     pub server_id: Arc<str>,
     pub errors: Family<TlsClientLabels, Counter>,
-    pub labels: TargetLabels,
+    /// The route dialled (its labels name the failures).
+    pub route: Arc<super::AliasRoute>,
+    /// Handshakes completed.
+    pub handshakes: Counter,
 }
 
 impl TlsDial {
@@ -34,7 +37,7 @@ impl TlsDial {
 
     /// Count a failed handshake.
     pub fn count(&self, cause: Cause) {
-        count(&self.errors, &self.labels, cause);
+        count(&self.errors, &self.route.target, cause);
     }
 
     /// The handshake on `tcp`, then the server's identity checked: no
@@ -57,6 +60,7 @@ impl TlsDial {
             }
             Ok(Ok(s)) => s,
         };
+        self.handshakes.inc();
         let sans = s
             .get_ref()
             .1

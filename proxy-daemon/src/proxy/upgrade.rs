@@ -106,7 +106,7 @@ impl Kind {
 /// from another host's daemon, which applied the share at its egress).
 pub async fn forward(
     mut req: Request<Incoming>,
-    alias: &AliasRoute,
+    alias: &Arc<AliasRoute>,
     proxy: &Arc<Proxy>,
     target: &super::forward::Target,
     outcome: &mut Outcome,

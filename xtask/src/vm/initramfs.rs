@@ -26,9 +26,11 @@ const BUSYBOX: &str = "/bin/busybox";
 /// name B`, `ip netns`, `tc ... clsact`), util-linux and bpftool, which
 /// busybox mimics at best. `sh` too (dash on Debian): Debian's busybox sh runs
 /// its own applets in preference to PATH, so `sh -c "ip ..."` would get its ip.
-/// etcd and etcdctl: the multi-host tests run their own etcd.
+/// etcd and etcdctl: the multi-host tests run their own etcd; tcpdump:
+/// the mutual TLS test captures a host's wire.
 const HOST_TOOLS: &[&str] = &[
     "sh", "ip", "tc", "ss", "nsenter", "unshare", "setpriv", "bpftool", "etcd", "etcdctl",
+    "tcpdump",
 ];
 
 /// Where /init finds the modules it loads.
