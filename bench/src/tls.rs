@@ -173,8 +173,7 @@ fn measure(
     let (mut plain, mut secure) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for (i, url) in urls.iter().enumerate() {
-            let handshakes =
-                || fleet.hosts[0].metric_sum("knit_tls_client_handshakes_total", "");
+            let handshakes = || fleet.hosts[0].metric_sum("knit_tls_client_handshakes_total", "");
             let (before, shakes) = (ticks()?, handshakes()?);
             let r = one(&fleet.hosts[0], url, secs)?;
             let cpu_s = cpu::ticks_to_secs(ticks()? - before);

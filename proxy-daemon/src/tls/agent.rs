@@ -22,6 +22,10 @@ const POLL_PENDING: Duration = Duration::from_millis(200);
 const POLL_IDLE: Duration = Duration::from_secs(1);
 /// A refused or failed request is made again after this long.
 const RETRY: Duration = Duration::from_secs(5);
+/// An identity outlives its service's last task here by this long: a task
+/// that comes and goes (a job, a restart) finds it still there, and its
+/// pooled connections with it, instead of waiting for the signer.
+const LINGER: Duration = Duration::from_secs(60);
 
 struct Pending {
     key: PrivatePkcs8KeyDer<'static>,
@@ -40,6 +44,7 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
     let mut pending: BTreeMap<ServiceKey, Pending> = BTreeMap::new();
     let mut retry_after: BTreeMap<ServiceKey, SystemTime> = BTreeMap::new();
     let mut told_waiting = false;
+    let mut last_wanted: BTreeMap<ServiceKey, std::time::Instant> = BTreeMap::new();
     loop {
         // The trust bundle.
         match etcd.get_rel(&prefix_rel(bundle_key(""))).await {
@@ -67,7 +72,13 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
             Err(e) => warn!(error = %e, "tls: reading the trust bundle"),
         }
         let wanted = ids.wanted();
-        ids.retain(&wanted);
+        let now_i = std::time::Instant::now();
+        for k in &wanted {
+            last_wanted.insert(k.clone(), now_i);
+        }
+        last_wanted.retain(|_, at| now_i.duration_since(*at) < LINGER);
+        let keep: BTreeSet<ServiceKey> = last_wanted.keys().cloned().collect();
+        ids.retain(&keep);
         pending.retain(|k, _| wanted.contains(k));
         let Some(roots) = ids.roots() else {
             if !wanted.is_empty() && !told_waiting {
@@ -190,15 +201,4 @@ async fn sleep_or_wanted(ids: &Identities, wait: Duration) {
         () = tokio::time::sleep(wait) => {}
         () = ids.wanted_changed.notified() => {}
     }
-}
-
-/// The services that should have identities here: those of `tasks`
-/// (service names) in Service Connect, with their namespaces.
-pub fn wanted<'a>(
-    tasks: impl Iterator<Item = &'a str>,
-    namespace_of: impl Fn(&str) -> Option<String>,
-) -> BTreeSet<ServiceKey> {
-    tasks
-        .filter_map(|t| namespace_of(t).map(|ns| (ns, t.to_owned())))
-        .collect()
 }
