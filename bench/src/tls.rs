@@ -59,7 +59,7 @@ pub fn run(quick: bool) -> Result<()> {
     let path = |p: &std::path::Path| p.display().to_string();
     fleet.hosts[0].ok(&["ca", "create", "--cert", &path(&ca), "--key", &path(&key)])?;
     let mut signer = fleet.hosts[0]
-        .in_netns(&bin.path)
+        .in_netns(&bin.path)?
         .args(["signer", "--config", &path(&fleet.hosts[0].config)])
         .args(["--ca-cert", &path(&ca), "--ca-key", &path(&key)])
         .stdout(Stdio::null())

@@ -404,10 +404,18 @@ impl Knit {
         })
     }
 
-    /// A command for `prog` in this host's network namespace (the test's
-    /// own for a daemon that has none).
-    pub fn in_netns(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-        command_in(self.netns.as_deref(), prog)
+    /// A command for `prog` in this fleet host's network namespace, which
+    /// must exist: the fleet's addresses lead nowhere else, and a daemon
+    /// without a namespace of its own would send from the machine's.
+    pub fn in_netns(&self, prog: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let ns = self
+            .netns
+            .as_deref()
+            .context("this daemon runs in the test's own network namespace, not a fleet host's")?;
+        if !Path::new("/run/netns").join(ns).exists() {
+            bail!("network namespace {ns} is gone");
+        }
+        Ok(command_in(Some(ns), prog))
     }
 
     pub fn cmd(&self) -> Command {

@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use knit_tests::{
-    Knit, client_service, fleet::Fleet, http_service, http_task_definition, json_output_within,
-    knit_bin, testbin, wait_for,
+    Knit, client_service,
+    fleet::{Fleet, SUBNET},
+    http_service, http_task_definition, json_output_within, knit_bin, testbin, wait_for,
 };
 use serde_json::Value;
 
@@ -59,7 +60,7 @@ fn p(path: &Path) -> String {
 /// `knit signer` in host 1's namespace with its config, the CA `ca`
 /// (`<ca>.pem`, `<ca>.key` in `d`) and maybe more roots; its log in `log`.
 fn signer(k: &Knit, d: &Path, ca: &str, extra_roots: Option<&str>, log: &Path) -> Result<Reap> {
-    let mut c = k.in_netns(knit_bin());
+    let mut c = k.in_netns(knit_bin())?;
     c.args(["signer", "--config", &p(&k.config)])
         .arg("--ca-cert")
         .arg(d.join(format!("{ca}.pem")))
@@ -121,7 +122,7 @@ fn requests(k: &Knit, url: &str, canary: &str, n: u32) -> Result<Value> {
 /// (checking the server with `ca`): its JSON report.
 fn probe(k: &Knit, target: &str, dir: &Path, name: &str, ca: &Path, id: &str) -> Result<Value> {
     let out = k
-        .in_netns(testbin())
+        .in_netns(testbin())?
         .args(["tls-get", "--target", target, "--id", id])
         .arg("--cert")
         .arg(dir.join(format!("{name}.pem")))
@@ -150,7 +151,7 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     let signer_log = d.join("signer.log");
     let _signer = Reap(
         f.hosts[0]
-            .in_netns(knit_bin())
+            .in_netns(knit_bin())?
             .args(["signer", "--config", &p(&f.hosts[0].config)])
             .args(["--ca-cert", &p(&ca), "--ca-key", &p(&ca_key)])
             .stdout(Stdio::null())
@@ -228,7 +229,7 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     let pcap = d.join("h2.pcap");
     let mut tcpdump = Reap(
         f.hosts[1]
-            .in_netns("tcpdump")
+            .in_netns("tcpdump")?
             // -Z root: it keeps root rather than switch to a user that a
             // minimal root (the VM's) may not have.
             .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-Z", "root"])
@@ -320,7 +321,9 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     let port = eps[0]["ingress_ports"]["web"]
         .as_u64()
         .with_context(|| format!("web's ingress port: {eps}"))?;
-    let target = format!("10.77.0.2:{port}");
+    // Host 2's address: it exists only inside the fleet's namespaces, and
+    // the probe runs in host 1's (`in_netns` checks it is one).
+    let target = format!("{SUBNET}.2:{port}");
     let (other, other_key) = (d.join("other.pem"), d.join("other.key"));
     f.hosts[0].ok(&[
         "ca",
@@ -560,7 +563,7 @@ fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed
     ])?;
     let r = probe(
         &f.hosts[0],
-        &format!("10.77.0.2:{port}"),
+        &format!("{SUBNET}.2:{port}"),
         d,
         "peer",
         &d.join("new.pem"),
