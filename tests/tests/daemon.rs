@@ -200,16 +200,19 @@ fn drain_takes_endpoints_out_then_deregisters_them() -> Result<()> {
         ],
         Stdio::piped(),
     )?;
-    std::thread::sleep(Duration::from_millis(300));
-    let eps = k.json(&["endpoints", "db"])?;
-    let held_task = eps
-        .as_array()
-        .and_then(|a| {
-            a.iter()
+    // Waited for, not slept on: in the slow VM the client may take a while
+    // to connect.
+    let held_task = wait_for(
+        "the held connection's endpoint",
+        Duration::from_secs(10),
+        || {
+            let eps = k.json(&["endpoints", "db"]).ok()?;
+            eps.as_array()?
+                .iter()
                 .find(|e| e["active_connections"] == 1)
                 .map(|e| e["task"].clone())
-        })
-        .context("the held connection's endpoint")?;
+        },
+    )?;
     let held_task = held_task.as_str().context("task")?.to_string();
     k.ok(&["drain", "--task", &held_task])?;
     assert_eq!(k.endpoints_in("db", "draining")?, 1);
