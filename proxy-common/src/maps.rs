@@ -19,6 +19,7 @@ pub const MAP_SOCK_STATE: &str = "KNIT_SOCK_STATE";
 pub const MAP_ACCEL_STATS: &str = "KNIT_ACCEL_STATS";
 pub const MAP_LISTEN: &str = "KNIT_LISTEN";
 pub const MAP_EDGES: &str = "KNIT_EDGES";
+pub const MAP_DENY: &str = "KNIT_DENY";
 
 /// Most services (client aliases) one host can hold; service ids are below this.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -35,6 +36,8 @@ pub const MAX_CONNS: u32 = 262_144;
 /// least recently used pair goes when full; the daemon folds and removes
 /// the pairs of tasks that are gone).
 pub const MAX_EDGES: u32 = 16_384;
+/// (task, alias) pairs that `allowedClients` leaves out, on one host.
+pub const MAX_DENY: u32 = 65_536;
 
 /// Sockets in the sockhash at once (same-host acceleration); a socket that
 /// finds it full simply takes the TCP/IP path.
@@ -64,6 +67,16 @@ pub const CFG_LISTENER: u32 = 2;
 
 /// `ConnInfo::flags`: the connection goes to the daemon's egress listener.
 pub const CONN_L7: u16 = 1;
+
+/// `ConnInfo::flags`, with [`CONN_L7`]: a TCP alias's connection to another
+/// host's endpoint that the daemon carries over mutual TLS
+/// (`ConnInfo::backend_id` is the endpoint the hook chose).
+pub const CONN_TUNNEL: u16 = 2;
+
+/// `Backend::flags`: another host's endpoint of a service with `tls`. It is
+/// reached only through the daemon (mutual TLS), never directly: while the
+/// daemon is away a connect that picks it is refused.
+pub const BE_VIA_DAEMON: u16 = 1;
 
 /// Key of `KNIT_SERVICES`: a VIP and port as a client dials them.
 #[repr(C)]
@@ -107,7 +120,8 @@ pub struct Backend {
     pub ip: u32,
     /// TCP port, network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// [`BE_VIA_DAEMON`] or 0.
+    pub flags: u16,
     /// Daemon-assigned endpoint id; keys `KNIT_BE_STATS`.
     pub backend_id: u32,
 }
@@ -186,6 +200,24 @@ pub struct EdgeKey {
     pub cgroup_id: u64,
     pub service_id: u32,
     pub _pad: u32,
+}
+
+/// `DenyEntry::action`: the connect is refused (EPERM).
+pub const DENY_ENFORCE: u32 = 1;
+/// `DenyEntry::action`: the connect is counted and goes on.
+pub const DENY_AUDIT: u32 = 2;
+
+/// Value of `KNIT_DENY` (key: [`EdgeKey`], a task's cgroup id and an alias
+/// whose `allowedClients` leaves the task's service out): what the connect
+/// hook does when that task dials that alias, and how often it did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenyEntry {
+    /// [`DENY_ENFORCE`] or [`DENY_AUDIT`].
+    pub action: u32,
+    pub _pad: u32,
+    /// Connects seen (kernel adds; the daemon reads).
+    pub count: u64,
 }
 
 /// Key of `KNIT_SOCKS` (the sockhash) and `KNIT_SOCK_STATE`: one end of a
@@ -338,6 +370,8 @@ mod pod {
     unsafe impl aya::Pod for super::AccelCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EdgeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenyEntry {}
 }
 
 #[cfg(test)]

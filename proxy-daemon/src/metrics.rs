@@ -76,8 +76,9 @@ pub struct DeniedLabels {
     pub target_discovery_name: String,
     /// The calling service (`-`: not known).
     pub client_service: String,
-    /// `egress` (the caller's host) or `ingress` (the target's host, by
-    /// the caller's certificate).
+    /// `connect` (the caller's host's kernel), `egress` (the caller's
+    /// host's proxy) or `ingress` (the target's host, by the caller's
+    /// certificate).
     pub at: String,
     /// `enforce` (refused) or `audit` (counted and served).
     pub mode: String,
@@ -541,8 +542,9 @@ impl ProxyMetrics {
         r.register(
             "authorization_denied_count",
             "Calls from a client service that the target's allowedClients leaves out, by where \
-             they were seen (egress: the caller's host; ingress: the target's, by certificate) \
-             and mode (enforce: refused, 403 or gRPC PERMISSION_DENIED; audit: served)",
+             they were seen (connect: the caller's host's kernel, per connect, EPERM; egress: the \
+             caller's host's proxy, per request; ingress: the target's host, by certificate) and \
+             mode (enforce: refused: EPERM, 403, gRPC PERMISSION_DENIED or closed; audit: served)",
             self.authorization_denied.clone(),
         );
         r.register(

@@ -14,12 +14,16 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    maps::{BackendKey, CFG_LISTENER, CONN_L7, ConnInfo, MODE_L7, VIP_MASK, VIP_NET, VipKey},
+    maps::{
+        BE_VIA_DAEMON, BackendKey, CFG_LISTENER, CONN_L7, CONN_TUNNEL, ConnInfo, DENY_ENFORCE,
+        EdgeKey, MODE_L7, VIP_MASK, VIP_NET, VipKey,
+    },
     select::pick_slot,
 };
 
 use crate::maps::{
-    KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_LISTEN, KNIT_RR, KNIT_SERVICES, KNIT_TASK_NS,
+    KNIT_BACKENDS, KNIT_CONFIG, KNIT_CONNS, KNIT_DENY, KNIT_LISTEN, KNIT_RR, KNIT_SERVICES,
+    KNIT_TASK_NS,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -32,9 +36,12 @@ pub enum Decision {
     Rewritten,
     /// A VIP of a service with no eligible backend: refuse the connect.
     NoBackend,
+    /// A VIP whose `allowedClients` leaves the task's service out.
+    Denied,
 }
 
 const ECONNREFUSED: i32 = 111;
+const EPERM: i32 = 1;
 
 /// 1 lets the connect go on (rewritten or not); 0 makes it fail, with
 /// ECONNREFUSED (what a client expects of a service with nothing behind it)
@@ -47,6 +54,11 @@ pub fn verdict(d: Decision) -> i32 {
             // SAFETY: a helper call without pointers; cgroup connect hooks
             // may set the syscall's return value (Linux 6.1+).
             unsafe { bpf_set_retval(-ECONNREFUSED) };
+            0
+        }
+        Decision::Denied => {
+            // SAFETY: as above.
+            unsafe { bpf_set_retval(-EPERM) };
             0
         }
     }
@@ -68,12 +80,14 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Decision {
         return Decision::Pass;
     }
     let port = sa.user_port as u16;
-    match route(ctx, ip, port) {
+    let mut denied = false;
+    match route(ctx, ip, port, &mut denied) {
         Some((bip, bport)) => {
             sa.user_ip4 = bip;
             sa.user_port = bport as u32;
             Decision::Rewritten
         }
+        None if denied => Decision::Denied,
         None => Decision::Pass,
     }
     .or_no_backend(ip, port)
@@ -92,12 +106,14 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Decision {
     }
     let ip = w[3];
     let port = sa.user_port as u16;
-    match route(ctx, ip, port) {
+    let mut denied = false;
+    match route(ctx, ip, port, &mut denied) {
         Some((bip, bport)) => {
             sa.user_ip6 = [0, 0, 0xffffu32.to_be(), bip];
             sa.user_port = bport as u32;
             Decision::Rewritten
         }
+        None if denied => Decision::Denied,
         None => Decision::Pass,
     }
     .or_no_backend(ip, port)
@@ -128,9 +144,11 @@ impl OrNoBackend for Decision {
 
 /// Where a connect to VIP `ip`:`port` (network order) goes: the daemon's
 /// egress listener for an L7 service, else a backend picked round-robin.
-/// The choice is recorded under the socket's cookie.
+/// The choice is recorded under the socket's cookie. A task whose service
+/// the alias's `allowedClients` leaves out is counted, and refused
+/// (`denied`) unless the alias only audits.
 #[inline(always)]
-fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
+fn route(ctx: &SockAddrContext, ip: u32, port: u16, denied: &mut bool) -> Option<(u32, u16)> {
     let key = VipKey { ip, port, _pad: 0 };
     let svc = KNIT_SERVICES.get_ptr(&key)?;
     // SAFETY: map values stay valid for the program's run.
@@ -143,7 +161,22 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
     if KNIT_TASK_NS.get_ptr(&cgroup).map(|ns| unsafe { *ns }) != Some(svc.ns_id) {
         return None;
     }
-    let (dst, backend_id, flags) = if svc.mode == MODE_L7 && daemon_alive() {
+    let pair = EdgeKey {
+        cgroup_id: cgroup,
+        service_id: svc.service_id,
+        _pad: 0,
+    };
+    if let Some(d) = KNIT_DENY.get_ptr_mut(&pair) {
+        // SAFETY: a live map value; the add is an atomic BPF_XADD.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*d).count, 1) };
+        // SAFETY: as above.
+        if unsafe { (*d).action } == DENY_ENFORCE {
+            *denied = true;
+            return None;
+        }
+    }
+    let alive = daemon_alive();
+    let (dst, backend_id, flags) = if svc.mode == MODE_L7 && alive {
         // SAFETY: as above.
         let cfg = unsafe { *KNIT_CONFIG.get_ptr(0)? };
         ((cfg.egress_ip, cfg.egress_port), 0, CONN_L7)
@@ -151,7 +184,19 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
         // TCP services; and L7 services while the daemon is away (fail
         // open): straight to an endpoint, as plain TCP.
         let be = pick(&svc)?;
-        ((be.ip, be.port), be.backend_id, 0)
+        if be.flags & BE_VIA_DAEMON != 0 {
+            // Another host's endpoint of a service with tls: only through
+            // the daemon (mutual TLS), never in the clear; refused while
+            // the daemon is away.
+            if svc.mode == MODE_L7 || !alive {
+                return None;
+            }
+            // SAFETY: as above.
+            let cfg = unsafe { *KNIT_CONFIG.get_ptr(0)? };
+            ((cfg.egress_ip, cfg.egress_port), be.backend_id, CONN_L7 | CONN_TUNNEL)
+        } else {
+            ((be.ip, be.port), be.backend_id, 0)
+        }
     };
     // SAFETY: valid context pointer for this program type.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use proxy_common::maps::{
-    AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, EdgeKey,
-    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNS, MAX_EDGES, MAX_SERVICES, MAX_SOCKS, MAX_TASKS,
+    AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, DenyEntry, EdgeKey,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNS, MAX_DENY, MAX_EDGES, MAX_SERVICES, MAX_SOCKS,
+    MAX_TASKS,
     OrigKey, ServiceEntry, SockKey, SockState, VipKey,
 };
 
@@ -39,6 +40,12 @@ pub static KNIT_BE_STATS: HashMap<u32, Counters> = HashMap::pinned(MAX_BACKENDS,
 /// tasks that are gone).
 #[map]
 pub static KNIT_EDGES: LruHashMap<EdgeKey, Counters> = LruHashMap::pinned(MAX_EDGES, 0);
+
+/// (task cgroup, alias) -> refuse or count: the pairs whose alias's
+/// `allowedClients` leaves the task's service out (the daemon writes them
+/// before the task may connect; the kernel counts).
+#[map]
+pub static KNIT_DENY: HashMap<EdgeKey, DenyEntry> = HashMap::pinned(MAX_DENY, 0);
 
 /// [0]: the daemon's egress listener and heartbeat (written by the daemon).
 #[map]

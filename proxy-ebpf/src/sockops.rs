@@ -17,7 +17,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
 use proxy_common::maps::{
-    CFG_ACCELERATE, CONN_L7, ConnInfo, Counters, EdgeKey, OrigKey, SOCK_COUNTED, SOCK_PEER_COUNTED,
+    CFG_ACCELERATE, CONN_L7, CONN_TUNNEL, ConnInfo, Counters, EdgeKey, OrigKey, SOCK_COUNTED, SOCK_PEER_COUNTED,
     SockKey, SockState,
 };
 
@@ -28,12 +28,19 @@ use crate::maps::{
 
 const BPF_NOEXIST: u64 = 1;
 
+/// An L7 connection: the proxy counts its requests per edge. (A TCP
+/// connection the daemon carries over mutual TLS is counted here, as TCP.)
+#[inline(always)]
+fn counted_by_proxy(info: &ConnInfo) -> bool {
+    info.flags & CONN_L7 != 0 && info.flags & CONN_TUNNEL == 0
+}
+
 /// The counters of the service graph's edge of a TCP connection (the task
 /// that made it -> the alias it dialed), created on first use. None for L7
 /// connections: the proxy counts their requests per edge.
 #[inline(always)]
 fn edge(info: &ConnInfo) -> Option<*mut Counters> {
-    if info.flags & CONN_L7 != 0 {
+    if counted_by_proxy(info) {
         return None;
     }
     edge_of(info.cgroup_id, info.service_id)
@@ -299,7 +306,7 @@ pub fn try_sockops(ctx: &SockOpsContext, daemon: bool) {
                     flags: SOCK_COUNTED,
                     service_id: info.service_id,
                     backend_id: info.backend_id,
-                    cgroup_id: if info.flags & CONN_L7 == 0 {
+                    cgroup_id: if !counted_by_proxy(&info) {
                         info.cgroup_id
                     } else {
                         0

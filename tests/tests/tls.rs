@@ -13,8 +13,13 @@ use anyhow::{Context, Result, ensure};
 use knit_tests::{
     Knit, client_service,
     fleet::{Fleet, SUBNET},
-    http_service, http_task_definition, json_output_within, knit_bin, testbin, wait_for,
+    http_service, http_task_definition, json_output_within, knit_bin, tcp_task_definition, testbin,
+    wait_for,
 };
+
+fn tb_path() -> String {
+    p(&testbin())
+}
 use serde_json::Value;
 
 /// A process killed (and reaped) when the test ends, passing or not.
@@ -34,10 +39,16 @@ fn tls_service(name: &str, alias: &str, port: u16) -> String {
 
 /// `tls_service` with more fields (`, "key": value...`) on its entry.
 fn tls_service_with(name: &str, alias: &str, port: u16, more: &str) -> String {
+    tls_entry(name, "web", alias, port, more)
+}
+
+/// A service whose entry on port mapping `port_name` has ECS's tls block
+/// (and `more`).
+fn tls_entry(name: &str, port_name: &str, alias: &str, port: u16, more: &str) -> String {
     format!(
         r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
             "serviceConnectConfiguration": {{"enabled": true,
-              "services": [{{"portName": "web", "discoveryName": "{name}",
+              "services": [{{"portName": "{port_name}", "discoveryName": "{name}",
                              "clientAliases": [{{"dnsName": "{alias}", "port": {port}}}],
                              "tls": {{"issuerCertificateAuthority": {{"awsPcaAuthorityArn":
                                "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/knit"}},
@@ -121,9 +132,23 @@ fn requests(k: &Knit, url: &str, canary: &str, n: u32) -> Result<Value> {
 /// A peer from outside knit dialling `target` with `cert`/`key` for `id`
 /// (checking the server with `ca`): its JSON report.
 fn probe(k: &Knit, target: &str, dir: &Path, name: &str, ca: &Path, id: &str) -> Result<Value> {
+    probe_with(k, target, dir, name, ca, id, &[])
+}
+
+/// `probe` with more arguments (`--tcp`).
+fn probe_with(
+    k: &Knit,
+    target: &str,
+    dir: &Path,
+    name: &str,
+    ca: &Path,
+    id: &str,
+    more: &[&str],
+) -> Result<Value> {
     let out = k
         .in_netns(testbin())?
         .args(["tls-get", "--target", target, "--id", id])
+        .args(more)
         .arg("--cert")
         .arg(dir.join(format!("{name}.pem")))
         .arg("--key")
@@ -178,14 +203,34 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
                 r#", "allowedClients": ["nobody"], "allowedClientsMode": "AUDIT""#,
             ),
         ),
+        ("db-td.json", &tcp_task_definition("db")),
+        (
+            "db-svc.json",
+            &tls_entry("db", "tcp", "db", 5432, r#", "allowedClients": ["client"]"#),
+        ),
         ("i-td.json", &itd),
         ("i-svc.json", &isvc),
         ("c-td.json", &ctd),
         ("c-svc.json", &csvc),
     ])?;
     wait_for("the services on host 2", Duration::from_secs(10), || {
-        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 5).then_some(())
+        (f.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 6).then_some(())
     })?;
+    // A TCP service with tls: one task here (the kernel connects to it),
+    // one on host 2 (only through the daemons, over mutual TLS).
+    for (i, k) in f.hosts.iter_mut().enumerate() {
+        k.run(
+            "db",
+            &[
+                &tb_path(),
+                "echo",
+                "--id",
+                &format!("db-{}", i + 1),
+                "--port-env",
+                "KNIT_PORT_TCP",
+            ],
+        )?;
+    }
     let tb = p(&testbin());
     for svc in ["web", "open"] {
         f.hosts[1].run(
@@ -207,6 +252,7 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     f.hosts[0].wait_healthy("web", 1)?;
     f.hosts[0].wait_healthy("open", 1)?;
     f.hosts[0].wait_healthy("rpc", 1)?;
+    f.hosts[0].wait_healthy("db", 2)?;
     let web_id = "spiffe://knit.local/ns/default/svc/web";
     wait_for(
         "host 2's identity of web from the signer",
@@ -281,6 +327,29 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
             "gRPC {kind} over mutual TLS: {r}"
         );
     }
+    // TCP with tls: connections to host 2's task go over mutual TLS
+    // through both daemons; to host 1's, in the kernel.
+    let tcp_secret = "TCP-SECRET-CANARY-4d1e";
+    let r = f.hosts[0].run_json(
+        "client",
+        &[
+            &tb, "client", "--target", "db:5432", "--count", "20", "--line", tcp_secret, "--hosts",
+            &hosts,
+        ],
+    )?;
+    ensure!(
+        r["ok"] == 20
+            && r["failed"] == 0
+            && r["by_backend"]["db-1"] == 10
+            && r["by_backend"]["db-2"] == 10,
+        "TCP with tls, round-robin over both hosts' tasks: {r}"
+    );
+    ensure!(
+        r["peers"].as_object().is_some_and(|p| p.len() == 1
+            && p.keys()
+                .all(|k| k.starts_with("127.255.") && k.ends_with(":5432"))),
+        "the client sees the alias as its peer: {r}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(tcpdump.0.id() as i32),
@@ -296,10 +365,18 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         captured.len(),
         std::fs::read_to_string(d.join("tcpdump.log")).unwrap_or_default()
     );
-    // ... and the one with tls never does.
+    // ... and the ones with tls never do.
     ensure!(
         !has(secret),
         "the tls service's canary crossed the wire in the clear"
+    );
+    ensure!(
+        !has(tcp_secret),
+        "the TCP tls service's canary crossed the wire in the clear"
+    );
+    ensure!(
+        f.hosts[1].metric_sum("knit_tls_server_handshakes_total", "")? >= 1.0,
+        "host 2 took no mutual TLS connection"
     );
     // The client's side presented an identity of its own (host 2 takes
     // no connection without one): host 1 was issued one for the client's
@@ -375,9 +452,10 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         let r = probe(&f.hosts[0], &target, d, name, &ca, id)?;
         ensure!(r["handshake"] != "ok", "the {name} peer was served: {r}");
     }
-    // allowedClients: a service left out is refused on its own host (it
-    // never reaches the wire) and, with a certificate of its own, at the
-    // target's ingress; in audit mode it is counted and served.
+    // allowedClients: a service left out is refused by the kernel at
+    // connect() on its own host (EPERM: it never reaches the wire, nor
+    // the daemon) and, with a certificate of its own, at the target's
+    // ingress; in audit mode it is counted and served.
     let tbs = p(&testbin());
     let hosts = p(&f.hosts[0].hosts);
     let r = f.hosts[0].run_json(
@@ -393,9 +471,29 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
             &hosts,
         ],
     )?;
+    let eperm = |r: &Value| {
+        r["errors"].as_array().is_some_and(|e| {
+            !e.is_empty()
+                && e.iter().all(|e| {
+                    e.as_str()
+                        .is_some_and(|e| e.contains("os error 1)") || e.contains("not permitted"))
+                })
+        })
+    };
     ensure!(
-        r["ok"] == 0 && r["statuses"]["403"] == 5,
-        "an intruder task: {r}"
+        r["ok"] == 0 && r["failed"] == 5 && eperm(&r),
+        "an intruder task refused at connect (EPERM): {r}"
+    );
+    // TCP: the same, whichever host's task the kernel would have picked.
+    let r = f.hosts[0].run_json(
+        "intruder",
+        &[
+            &tbs, "client", "--target", "db:5432", "--count", "4", "--hosts", &hosts,
+        ],
+    )?;
+    ensure!(
+        r["ok"] == 0 && r["failed"] == 4 && eperm(&r),
+        "an intruder task refused at connect to a TCP service (EPERM): {r}"
     );
     let intruder_id = "spiffe://knit.local/ns/default/svc/intruder";
     issue("intruder", (&ca, &ca_key), intruder_id, false)?;
@@ -404,6 +502,48 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         r["handshake"] == "ok" && r["status"] == 403,
         "an intruder peer: {r}"
     );
+    // TCP: host 2's ingress of db serves a good peer and closes on the
+    // intruder.
+    let eps = f.hosts[0].json(&["endpoints", "db"])?;
+    let db_port = eps
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .filter(|e| {
+                    e["address"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(&format!("{SUBNET}.2:")))
+                })
+                .find_map(|e| e["ingress_ports"]["db"].as_u64())
+        })
+        .with_context(|| format!("db's ingress port on host 2: {eps}"))?;
+    let db_target = format!("{SUBNET}.2:{db_port}");
+    let r = probe_with(
+        &f.hosts[0],
+        &db_target,
+        d,
+        "good",
+        &ca,
+        client_id,
+        &["--tcp"],
+    )?;
+    ensure!(
+        r["handshake"] == "ok" && r["read"] == "db-2\nhello\n",
+        "a good peer at db's ingress: {r}"
+    );
+    let r = probe_with(
+        &f.hosts[0],
+        &db_target,
+        d,
+        "intruder",
+        &ca,
+        intruder_id,
+        &["--tcp"],
+    )?;
+    ensure!(
+        r["handshake"] != "ok" && r["read"] == "",
+        "an intruder peer at db's ingress is closed on: {r}"
+    );
     let denied = |k: &Knit, svc: &str, at: &str, mode: &str| {
         k.metric_sum(
             "knit_authorization_denied_count_total",
@@ -411,15 +551,34 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
                 .replace("intruder", if svc == "rpc" { "client" } else { "intruder" }),
         )
     };
+    wait_for(
+        "the kernel's refusals counted",
+        Duration::from_secs(10),
+        || {
+            (denied(&f.hosts[0], "web", "connect", "enforce").ok()? >= 5.0
+                && denied(&f.hosts[0], "db", "connect", "enforce").ok()? >= 4.0)
+                .then_some(())
+        },
+    )
+    .with_context(|| {
+        let m = f.hosts[0].metrics().unwrap_or_default();
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| l.contains("authorization_denied"))
+            .collect();
+        format!("host 1's denial counts:\n{}", lines.join("\n"))
+    })?;
     ensure!(
-        denied(&f.hosts[0], "web", "egress", "enforce")? >= 5.0,
-        "egress denials"
-    );
-    ensure!(
-        denied(&f.hosts[1], "web", "ingress", "enforce")? >= 1.0,
+        denied(&f.hosts[1], "web", "ingress", "enforce")? >= 1.0
+            && denied(&f.hosts[1], "db", "ingress", "enforce")? >= 1.0,
         "ingress denials"
     );
-    // The gRPC calls above were all served, and counted in audit mode.
+    // The gRPC calls above were all served, and counted in audit mode:
+    // each connect by the kernel, each request by the egress.
+    ensure!(
+        denied(&f.hosts[0], "rpc", "connect", "audit")? >= 2.0,
+        "audit at connect"
+    );
     ensure!(
         denied(&f.hosts[0], "rpc", "egress", "audit")? >= 80.0,
         "audit at egress"
@@ -456,6 +615,53 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
                 .as_str()
                 .is_some_and(|r| r.contains("runs no task")),
         "{answer}"
+    );
+
+    // Host 1's daemon killed: TCP with tls fails closed. Its own task is
+    // still reached in the kernel; host 2's is refused at connect rather
+    // than reached in the clear.
+    let load = f.hosts[0].spawn_task(
+        "client",
+        &[
+            &tb,
+            "client",
+            "--target",
+            "db:5432",
+            "--duration-ms",
+            "3000",
+            "--interval-ms",
+            "20",
+            "--hosts",
+            &hosts,
+        ],
+        Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_millis(1000));
+    f.hosts[0].kill_daemon()?;
+    let killed_at = knit_tests::now_ms();
+    let r = knit_tests::json_output(load)?;
+    let after: Vec<&Value> = r["timeline"]
+        .as_array()
+        .context("timeline")?
+        .iter()
+        .filter(|e| e[0].as_u64().unwrap_or(0) > killed_at + 200)
+        .collect();
+    let served = after.iter().filter(|e| e[1] == "db-1").count();
+    let refused = after.iter().filter(|e| e[1].is_null()).count();
+    ensure!(
+        served >= 10 && refused >= 10 && served + refused == after.len(),
+        "with the daemon gone, host 1's task is served and host 2's refused, never reached \
+         around the daemon: {served} served, {refused} refused of {}: {r}",
+        after.len()
+    );
+    // (One exchange may have been in flight through the daemon at the kill.)
+    ensure!(
+        r["errors"].as_array().is_some_and(|e| e
+            .iter()
+            .filter(|e| !e.as_str().is_some_and(|e| e.contains("refused")))
+            .count()
+            <= 1),
+        "refused at connect: {r}"
     );
     Ok(())
 }

@@ -158,24 +158,10 @@ pub(super) fn endpoint(
         );
         ok = false;
     }
-    if e.tls && !pm.app_protocol.is_l7() {
-        report.error(
-            loc,
-            &format!("{}.tls", e.at),
-            format!(
-                "tls on port mapping {:?} of {:?}, a TCP port (no appProtocol): knit carries \
-                    TCP host to host in the kernel and does not encrypt it yet, so its bytes \
-                    would cross the wire in the clear",
-                pm.name, td.family
-            ),
-            "set \"appProtocol\" (http, http2 or grpc) on the port mapping so that knit's \
-                    proxies carry it over mutual TLS, or remove tls",
-        );
-        ok = false;
-    }
-    if e.ingress_port_override.is_some() && !pm.app_protocol.is_l7() {
+    if e.ingress_port_override.is_some() && !pm.app_protocol.is_l7() && !e.tls {
         // TCP goes host to host in the kernel: there is no ingress listener
-        // to move, and the app's port is always reachable directly.
+        // to move, and the app's port is always reachable directly. (With
+        // tls other hosts come through an ingress listener.)
         report.not_used(loc, &format!("{}.ingressPortOverride", e.at));
     }
     ok.then(|| EndpointSpec {

@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use proxy_common::maps::{MODE_L4, MODE_L7};
+use proxy_common::maps::{BE_VIA_DAEMON, MODE_L4, MODE_L7};
 use proxy_config::AppProtocol;
 
 use crate::{
@@ -115,7 +115,7 @@ pub struct Desired {
     /// Backends that need counters: every endpoint of every alias, in
     /// rotation or not, and every port of this host's tasks.
     pub backend_ids: BTreeSet<u32>,
-    /// The proxy's routes, one per L7 alias.
+    /// The proxy's routes: one per L7 alias and per TCP alias with tls.
     pub l7: Vec<L7Route>,
     /// Per namespace (every namespace with a service), the names its tasks
     /// resolve: DNS name -> VIP.
@@ -147,19 +147,30 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
                         continue;
                     }
                     let lane = lane(rule, s.spec.task_definition_revision, m.task.revision);
-                    let backend = (m.address, p.port, p.backend_id);
-                    match lane {
-                        Lane::Production => backends.push(backend),
-                        Lane::Older => older_backends.push(backend),
-                        Lane::Test => {}
-                    }
-                    // Another host's L7 endpoint: that entry's own
+                    // Another host's L7 endpoint, or any endpoint of
+                    // another host of an entry with tls: that entry's own
                     // ingress listener there.
                     let port = if m.local {
                         Some(p.port)
                     } else {
                         p.ingress_for(&a.spec.discovery_name)
                     };
+                    // With tls, another host's endpoint is reached only
+                    // through this daemon and its ingress listener there
+                    // (none yet: not a backend yet).
+                    let flags = if a.spec.tls && !m.local {
+                        BE_VIA_DAEMON
+                    } else {
+                        0
+                    };
+                    if flags == 0 || port.is_some() {
+                        let backend = (m.address, p.port, p.backend_id, flags);
+                        match lane {
+                            Lane::Production => backends.push(backend),
+                            Lane::Older => older_backends.push(backend),
+                            Lane::Test => {}
+                        }
+                    }
                     if let Some(port) = port {
                         let e = (
                             m.task.id.clone(),
@@ -181,7 +192,9 @@ pub fn desired<F: Fn(&TaskRecord, &TaskPort) -> bool>(inputs: &Inputs<'_, F>) ->
             if backends.is_empty() {
                 backends = older_backends;
             }
-            if is_l7(a) {
+            // L7 aliases; and TCP ones with tls (the daemon carries their
+            // connections to other hosts).
+            if is_l7(a) || a.spec.tls {
                 out.l7.push(L7Route {
                     service: si,
                     alias: ai,
@@ -411,7 +424,7 @@ mod tests {
         let db = &d.aliases[0];
         assert_eq!(
             db.backends,
-            [(HERE, 5001, 1), (THERE, 5002, 2)],
+            [(HERE, 5001, 1, 0), (THERE, 5002, 2, 0)],
             "TCP goes host to host in the kernel, to the app's port"
         );
         assert_eq!(d.aliases[1].mode, MODE_L7);
@@ -428,6 +441,48 @@ mod tests {
         let d = w.desired(&[4]);
         assert_eq!(d.l7[0].endpoints.len(), 1);
         assert_eq!(backends(&d, 2), [3]);
+    }
+
+    #[test]
+    fn with_tls_other_hosts_endpoints_are_reached_only_through_the_daemon() {
+        let mut db = service("db", "default", 1, 1, "tcp");
+        db.aliases[0].spec.tls = true;
+        let mut web = service("web", "default", 1, 2, "http");
+        web.aliases[0].spec.tls = true;
+        let mut db2 = task("db-2", "db", 5002, 2);
+        db2.ports[0].ingress = BTreeMap::from([("db".into(), 7102)]);
+        let mut db3 = task("db-3", "db", 5003, 5);
+        // An older daemon's task: no ingress listener of db, so no way to
+        // reach it over mutual TLS.
+        db3.ports[0].ingress_port = None;
+        let w = World::new(
+            vec![db, web],
+            vec![task("db-1", "db", 5001, 1), task("web-1", "web", 6001, 3)],
+        )
+        .remote(db2)
+        .remote(db3)
+        .remote(task("web-2", "web", 6002, 4));
+        let d = w.desired(&[]);
+        assert_eq!(
+            d.aliases[0].backends,
+            [(HERE, 5001, 1, 0), (THERE, 5002, 2, BE_VIA_DAEMON)],
+            "same host in the kernel; the other host only through the daemon"
+        );
+        assert_eq!(d.aliases[0].mode, MODE_L4);
+        // The daemon's route of the TCP alias: the other host's ingress.
+        assert_eq!(
+            d.l7[0].endpoints,
+            [
+                ("db-1".to_string(), SocketAddr::from((HERE, 5001)), 1),
+                ("db-2".to_string(), SocketAddr::from((THERE, 7102)), 2),
+            ]
+        );
+        // An L7 alias's backends (the kernel's fail-open path) never send
+        // another host's traffic around the daemon.
+        assert_eq!(
+            d.aliases[1].backends,
+            [(HERE, 6001, 3, 0), (THERE, 6002, 4, BE_VIA_DAEMON)]
+        );
     }
 
     #[test]

@@ -177,6 +177,12 @@ pub async fn run(
         // The session keeps the view; every change of it is routed at once.
         background.push(tokio::spawn(etcd.clone().run()));
         // Identities of this host's services (mutual TLS with other hosts).
+        info!(
+            trust_domain = %cfg.tls.trust_domain,
+            tcp_path = %crate::proxy::tunnel_path(),
+            "mutual TLS between hosts for services with tls (HTTP, HTTP/2, gRPC by the proxy; TCP \
+             to other hosts through the daemon, same-host TCP in the kernel)"
+        );
         background.push(tokio::spawn(crate::tls::agent::run(
             etcd.clone(),
             proxy.clone(),

@@ -1,10 +1,7 @@
 //! Typed access to the pinned maps, and the one place that writes them:
 //! [`Maps::sync`] turns the daemon's desired routing into map entries in an
 //! order that keeps every concurrent connect routable.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use aya::{
     Ebpf,
@@ -15,9 +12,9 @@ use aya::{
 };
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, CFG_ACCELERATE, CFG_LISTENER, ConnInfo, Counters,
-    DatapathConfig, EdgeKey, MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG,
-    MAP_CONNS, MAP_EDGES, MAP_LISTEN, MAP_ORIG, MAP_SERVICE_STATS, MAP_SERVICES, MAP_SOCKS,
-    MAP_TASK_NS, OrigKey, ServiceEntry, SockKey, VipKey,
+    DatapathConfig, DenyEntry, EdgeKey, MAP_ACCEL_STATS, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_CONFIG, MAP_CONNS, MAP_DENY, MAP_EDGES, MAP_LISTEN, MAP_ORIG, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_SOCKS, MAP_TASK_NS, OrigKey, ServiceEntry, SockKey, VipKey,
 };
 
 use super::{
@@ -48,6 +45,8 @@ pub struct Maps {
     ///
     /// [`EdgeBook`]: crate::daemon::edges::EdgeBook
     edges: HashMap<MapData, EdgeKey, Counters>,
+    /// (task, alias) pairs `allowedClients` leaves out.
+    deny: HashMap<MapData, EdgeKey, DenyEntry>,
     /// Handed to the L7 proxy once (it reads it on every accept).
     orig: Option<HashMap<MapData, OrigKey, ConnInfo>>,
     /// What the routing maps hold (read once at start, then kept in step):
@@ -247,6 +246,7 @@ impl Maps {
                 PerCpuArray::try_from(m).map_err(map_err(MAP_ACCEL_STATS))?
             },
             edges: take(ebpf, MAP_EDGES)?,
+            deny: take(ebpf, MAP_DENY)?,
             written: Written::default(),
             writes: 0,
         }
@@ -261,6 +261,12 @@ impl Maps {
             backends: self.backends.iter().filter_map(Result::ok).collect(),
             svc_stats: self.svc_stats.keys().filter_map(Result::ok).collect(),
             be_stats: self.be_stats.keys().filter_map(Result::ok).collect(),
+            deny: self
+                .deny
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k, v.action))
+                .collect(),
         };
         self
     }
@@ -354,10 +360,9 @@ impl Maps {
     pub fn sync(
         &mut self,
         desired: &[DesiredAlias],
-        backend_ids: &BTreeSet<u32>,
-        task_ns: &BTreeMap<u64, u32>,
+        rest: &reconcile::DesiredRest,
     ) -> Result<(), DatapathError> {
-        for op in reconcile::plan(&self.written, desired, backend_ids, task_ns) {
+        for op in reconcile::plan(&self.written, desired, rest) {
             self.write(op)?;
             self.written.record(op);
             self.writes += 1;
@@ -390,7 +395,23 @@ impl Maps {
             Op::DelBackend(key) => tolerate(self.backends.remove(&key), MAP_BACKENDS),
             Op::DelServiceStats(id) => tolerate(self.svc_stats.remove(&id), MAP_SERVICE_STATS),
             Op::DelBackendStats(id) => tolerate(self.be_stats.remove(&id), MAP_BACKEND_STATS),
+            Op::PutDeny(key, action) => {
+                // The count so far stays (a change of mode is not a reset).
+                let count = self.deny.get(&key, 0).map_or(0, |e| e.count);
+                let entry = DenyEntry {
+                    action,
+                    _pad: 0,
+                    count,
+                };
+                self.deny.insert(key, entry, 0).map_err(map_err(MAP_DENY))
+            }
+            Op::DelDeny(key) => tolerate(self.deny.remove(&key), MAP_DENY),
         }
+    }
+
+    /// Each refused (or audited) (task, alias) pair's connects so far.
+    pub fn denials(&self) -> Vec<(EdgeKey, DenyEntry)> {
+        self.deny.iter().filter_map(Result::ok).collect()
     }
 
     /// The kernel's counters of an alias (by service id).

@@ -20,7 +20,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use proxy_common::maps::{Backend, BackendKey, ServiceEntry, VipKey};
+use proxy_common::maps::{Backend, BackendKey, EdgeKey, ServiceEntry, VipKey};
 
 /// What one client alias (VIP:port) should route to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,9 @@ pub struct DesiredAlias {
     pub mode: u32,
     /// The alias's namespace id.
     pub ns_id: u32,
-    /// Eligible backends in slot order: (address, port, backend id).
-    pub backends: Vec<(Ipv4Addr, u16, u32)>,
+    /// Eligible backends in slot order: (address, port, backend id,
+    /// `Backend::flags`).
+    pub backends: Vec<(Ipv4Addr, u16, u32, u16)>,
 }
 
 /// The key of an alias in `KNIT_SERVICES`.
@@ -55,6 +56,8 @@ pub struct Written {
     pub svc_stats: BTreeSet<u32>,
     /// Backends with a counter entry.
     pub be_stats: BTreeSet<u32>,
+    /// (task, alias) pairs `allowedClients` leaves out, and their action.
+    pub deny: BTreeMap<EdgeKey, u32>,
 }
 
 /// One map write.
@@ -71,6 +74,9 @@ pub enum Op {
     DelBackend(BackendKey),
     DelServiceStats(u32),
     DelBackendStats(u32),
+    /// Refuse (or count) a task's connects to an alias (its count kept).
+    PutDeny(EdgeKey, u32),
+    DelDeny(EdgeKey),
 }
 
 impl Written {
@@ -107,20 +113,38 @@ impl Written {
             Op::DelBackendStats(id) => {
                 self.be_stats.remove(&id);
             }
+            Op::PutDeny(k, action) => {
+                self.deny.insert(k, action);
+            }
+            Op::DelDeny(k) => {
+                self.deny.remove(&k);
+            }
         }
     }
 }
 
-/// The writes, in order, that turn `written` into `desired` (aliases),
-/// with counter entries for exactly `backend_ids` and the desired
-/// aliases, and `task_ns` (task cgroup id -> namespace id).
-pub fn plan(
-    written: &Written,
-    desired: &[DesiredAlias],
-    backend_ids: &BTreeSet<u32>,
-    task_ns: &BTreeMap<u64, u32>,
-) -> Vec<Op> {
+/// What the kernel should hold besides the aliases: counters for exactly
+/// `backend_ids`, each task's namespace, the (task, alias) pairs refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredRest {
+    pub backend_ids: BTreeSet<u32>,
+    /// Task cgroup id -> namespace id.
+    pub task_ns: BTreeMap<u64, u32>,
+    /// (task cgroup id, alias) -> `DENY_ENFORCE` or `DENY_AUDIT`.
+    pub deny: BTreeMap<EdgeKey, u32>,
+}
+
+/// The writes, in order, that turn `written` into `desired` (aliases)
+/// and `rest`. A task's refusals are written before its namespace (it may
+/// connect as soon as it has one) and removed after it.
+pub fn plan(written: &Written, desired: &[DesiredAlias], rest: &DesiredRest) -> Vec<Op> {
+    let (backend_ids, task_ns) = (&rest.backend_ids, &rest.task_ns);
     let mut ops = Vec::new();
+    for (k, action) in &rest.deny {
+        if written.deny.get(k) != Some(action) {
+            ops.push(Op::PutDeny(*k, *action));
+        }
+    }
     for (cg, ns) in task_ns {
         if written.task_ns.get(cg) != Some(ns) {
             ops.push(Op::PutTaskNs(*cg, *ns));
@@ -160,7 +184,7 @@ pub fn plan(
         if changed && shrinking {
             ops.push(Op::PutService(key, entry));
         }
-        for (slot, (ip, port, backend_id)) in d.backends.iter().enumerate() {
+        for (slot, (ip, port, backend_id, flags)) in d.backends.iter().enumerate() {
             let bk = BackendKey {
                 service_id: d.service_id,
                 slot: slot as u32,
@@ -168,7 +192,7 @@ pub fn plan(
             let be = Backend {
                 ip: u32::from(*ip).to_be(),
                 port: port.to_be(),
-                _pad: 0,
+                flags: *flags,
                 backend_id: *backend_id,
             };
             if written.backends.get(&bk) != Some(&be) {
@@ -209,6 +233,13 @@ pub fn plan(
             .filter(|id| !backend_ids.contains(id))
             .map(|id| Op::DelBackendStats(*id)),
     );
+    ops.extend(
+        written
+            .deny
+            .keys()
+            .filter(|k| !rest.deny.contains_key(k))
+            .map(|k| Op::DelDeny(*k)),
+    );
     ops
 }
 
@@ -225,9 +256,59 @@ mod tests {
             ns_id: 1,
             backends: backends
                 .iter()
-                .map(|b| (Ipv4Addr::new(127, 0, 0, 1), 10_000 + *b as u16, *b))
+                .map(|b| (Ipv4Addr::new(127, 0, 0, 1), 10_000 + *b as u16, *b, 0))
                 .collect(),
         }
+    }
+
+    fn plan3(
+        w: &Written,
+        desired: &[DesiredAlias],
+        backend_ids: &BTreeSet<u32>,
+        task_ns: &BTreeMap<u64, u32>,
+    ) -> Vec<Op> {
+        let rest = DesiredRest {
+            backend_ids: backend_ids.clone(),
+            task_ns: task_ns.clone(),
+            deny: BTreeMap::new(),
+        };
+        plan(w, desired, &rest)
+    }
+
+    #[test]
+    fn a_tasks_refusals_come_before_its_namespace_and_go_after_it() {
+        let desired = vec![alias(1, &[1])];
+        let pair = EdgeKey {
+            cgroup_id: 7,
+            service_id: 1,
+            _pad: 0,
+        };
+        let mut rest = DesiredRest {
+            backend_ids: ids(&desired),
+            task_ns: BTreeMap::from([(7, 1)]),
+            deny: BTreeMap::from([(pair, 1)]),
+        };
+        let mut w = Written::default();
+        let ops = plan(&w, &desired, &rest);
+        assert!(
+            pos(&ops, |o| matches!(o, Op::PutDeny(..)))
+                < pos(&ops, |o| matches!(o, Op::PutTaskNs(..))),
+            "{ops:?}"
+        );
+        apply(&mut w, &ops);
+        assert!(plan(&w, &desired, &rest).is_empty());
+        // Audit instead: one write.
+        rest.deny.insert(pair, 2);
+        assert_eq!(plan(&w, &desired, &rest), [Op::PutDeny(pair, 2)]);
+        // The task gone: its namespace first, then its refusals.
+        rest.task_ns.clear();
+        rest.deny.clear();
+        let ops = plan(&w, &desired, &rest);
+        assert!(
+            pos(&ops, |o| matches!(o, Op::DelTaskNs(..)))
+                < pos(&ops, |o| matches!(o, Op::DelDeny(..))),
+            "{ops:?}"
+        );
     }
 
     fn apply(w: &mut Written, ops: &[Op]) {
@@ -253,20 +334,20 @@ mod tests {
         let desired = vec![alias(1, &[1, 2, 3]), alias(2, &[4])];
         let ns = BTreeMap::from([(7, 1)]);
         let mut w = Written::default();
-        let first = plan(&w, &desired, &ids(&desired), &ns);
+        let first = plan3(&w, &desired, &ids(&desired), &ns);
         assert_eq!(first.len(), 1 + 4 + 2 + 4 + 2, "{first:?}");
         apply(&mut w, &first);
-        assert!(plan(&w, &desired, &ids(&desired), &ns).is_empty());
+        assert!(plan3(&w, &desired, &ids(&desired), &ns).is_empty());
     }
 
     #[test]
     fn a_growing_alias_gets_its_slots_before_its_count() {
         let mut w = Written::default();
         let before = vec![alias(1, &[1])];
-        let ops = plan(&w, &before, &ids(&before), &BTreeMap::new());
+        let ops = plan3(&w, &before, &ids(&before), &BTreeMap::new());
         apply(&mut w, &ops);
         let after = vec![alias(1, &[1, 2, 3])];
-        let ops = plan(&w, &after, &ids(&after), &BTreeMap::new());
+        let ops = plan3(&w, &after, &ids(&after), &BTreeMap::new());
         let count = pos(&ops, |o| matches!(o, Op::PutService(..)));
         let slot = pos(&ops, |o| matches!(o, Op::PutBackend(k, _) if k.slot == 2));
         let stats = pos(&ops, |o| matches!(o, Op::NewBackendStats(3)));
@@ -278,11 +359,11 @@ mod tests {
     fn a_shrinking_alias_gets_its_count_before_its_slots_go() {
         let mut w = Written::default();
         let before = vec![alias(1, &[1, 2, 3])];
-        let ops = plan(&w, &before, &ids(&before), &BTreeMap::new());
+        let ops = plan3(&w, &before, &ids(&before), &BTreeMap::new());
         apply(&mut w, &ops);
         // Backend 2 left rotation: slot 1 now holds 3, slot 2 goes.
         let after = vec![alias(1, &[1, 3])];
-        let ops = plan(&w, &after, &ids(&after), &BTreeMap::new());
+        let ops = plan3(&w, &after, &ids(&after), &BTreeMap::new());
         let count = pos(
             &ops,
             |o| matches!(o, Op::PutService(_, e) if e.backend_count == 2),
@@ -292,7 +373,7 @@ mod tests {
         assert!(count < rewrite && rewrite < drop, "{ops:?}");
         assert!(ops.contains(&Op::DelBackendStats(2)), "{ops:?}");
         apply(&mut w, &ops);
-        assert!(plan(&w, &after, &ids(&after), &BTreeMap::new()).is_empty());
+        assert!(plan3(&w, &after, &ids(&after), &BTreeMap::new()).is_empty());
     }
 
     #[test]
@@ -300,14 +381,14 @@ mod tests {
         let mut w = Written::default();
         let ns = BTreeMap::from([(7, 1), (8, 2)]);
         let before = vec![alias(1, &[1, 2]), alias(2, &[3])];
-        let ops = plan(&w, &before, &ids(&before), &ns);
+        let ops = plan3(&w, &before, &ids(&before), &ns);
         apply(&mut w, &ops);
         let after = vec![alias(1, &[1, 2])];
         let ns_after = BTreeMap::from([(7, 1)]);
-        let ops = plan(&w, &after, &ids(&after), &ns_after);
+        let ops = plan3(&w, &after, &ids(&after), &ns_after);
         apply(&mut w, &ops);
         let mut want = Written::default();
-        let fresh = plan(&want, &after, &ids(&after), &ns_after);
+        let fresh = plan3(&want, &after, &ids(&after), &ns_after);
         apply(&mut want, &fresh);
         assert_eq!(w, want);
         // The alias's entry goes before its slots and counters.
@@ -325,13 +406,13 @@ mod tests {
             .map(|a| alias(a, &(0..10).map(|i| a * 10 + i).collect::<Vec<_>>()))
             .collect();
         let mut w = Written::default();
-        let first = plan(&w, &desired, &ids(&desired), &BTreeMap::new());
+        let first = plan3(&w, &desired, &ids(&desired), &BTreeMap::new());
         assert_eq!(first.len(), 1_000 + 10_000 + 10_000 + 1_000);
         apply(&mut w, &first);
         let mut after = desired.clone();
         after[500].backends.remove(3);
         // The endpoint is ejected, not gone: its counters stay.
-        let ops = plan(&w, &after, &ids(&desired), &BTreeMap::new());
+        let ops = plan3(&w, &after, &ids(&desired), &BTreeMap::new());
         // The count, slots 3..8 shifted down by one, slot 9 removed.
         assert_eq!(ops.len(), 1 + 6 + 1, "{ops:?}");
     }

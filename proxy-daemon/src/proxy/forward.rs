@@ -278,7 +278,8 @@ pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 const RETIRE_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Counts a downstream connection as live while it is served.
-struct LiveGuard(Arc<Proxy>);
+/// Counts a connection in [`Proxy::live`] until dropped.
+pub(super) struct LiveGuard(pub(super) Arc<Proxy>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {

@@ -19,7 +19,8 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// A connection from another host to an entry with `tls`: mutual TLS with
 /// the service's identity; the client must present an identity of the
-/// same trust domain and namespace. Then served like any other.
+/// same trust domain and namespace. Then served like any other (TCP:
+/// spliced to the local app).
 async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<Proxy>) {
     let ns = &route.target.namespace;
     let count = |cause: crate::tls::Cause| {
@@ -79,11 +80,19 @@ async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<
         .first()
         .and_then(|s| crate::tls::parse_spiffe_id(&proxy.tls.trust_domain, s))
         .map(|(_, svc)| svc);
+    let l7 = route.protocol.is_l7();
     if !route.authorize(client, "ingress", &proxy.metrics.authorization_denied) {
-        forward::serve_denied(tls).await;
+        if l7 {
+            forward::serve_denied(tls).await;
+        }
+        // TCP: closed.
         return;
     }
-    forward::serve_connection(tls, forward::Target::Fixed(route), proxy).await;
+    if l7 {
+        forward::serve_connection(tls, forward::Target::Fixed(route), proxy).await;
+    } else {
+        super::tunnel::ingress(tls, route, proxy).await;
+    }
 }
 
 /// (task id, discovery name): one entry's listener for one task.

@@ -18,14 +18,16 @@ mod limits;
 mod pool;
 mod routes;
 mod tlsdial;
+mod tunnel;
 mod upgrade;
+pub use tunnel::path as tunnel_path;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 pub use ingress::{IngressKey, IngressListeners};
-use proxy_common::maps::{ConnInfo, OrigKey};
+use proxy_common::maps::{CONN_TUNNEL, ConnInfo, OrigKey};
 pub use routes::{AliasRoute, Endpoint, EndpointHealth, RouteTable, TestLane};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
@@ -113,9 +115,10 @@ impl Proxy {
         self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The alias a task dialed (its kernel id) and who the task is, from the
-    /// kernel's record of its connection.
-    fn alias_of(&self, peer: SocketAddr) -> Option<forward::Target> {
+    /// The alias a task dialed (its kernel id), the endpoint the kernel
+    /// chose (TCP with tls) and who the task is: the kernel's record of its
+    /// connection, by the task's end of it.
+    fn conn_info(&self, peer: SocketAddr) -> Option<ConnInfo> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -124,7 +127,11 @@ impl Proxy {
             port: peer.port(),
             _pad: 0,
         };
-        let info = self.orig.get(&key, 0).ok()?;
+        self.orig.get(&key, 0).ok()
+    }
+
+    /// The route of an L7 connection the kernel recorded as `info`.
+    fn alias_of(&self, info: ConnInfo) -> Option<forward::Target> {
         let routes = self.routes.load();
         let route = routes.aliases.get(&info.service_id)?;
         let client = self.sources.load().get(&info.cgroup_id).map(|source| {
@@ -185,9 +192,19 @@ async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let Some(target) = proxy.alias_of(peer) else {
-                // Not a task's connection to a VIP (or one we no longer route).
+            let Some(info) = proxy.conn_info(peer) else {
+                // Not a task's connection to a VIP.
                 debug!(%peer, "egress: no VIP recorded for this connection; closing");
+                return;
+            };
+            if info.flags & CONN_TUNNEL != 0 {
+                let _ = stream.set_nodelay(true);
+                tunnel::egress(stream, info, proxy).await;
+                return;
+            }
+            let Some(target) = proxy.alias_of(info) else {
+                // An alias we no longer route.
+                debug!(%peer, "egress: the VIP of this connection is not routed; closing");
                 return;
             };
             let _ = stream.set_nodelay(true);

@@ -143,19 +143,27 @@ fn a_malformed_tls_block_is_refused_with_its_path_and_a_fix() {
 }
 
 #[test]
-fn tls_on_a_tcp_port_is_refused_rather_than_sent_in_the_clear() {
-    let e = one(&[(
-        "web-svc.json",
-        &with_web(&format!(
-            r#"[{{"portName": "db", "tls": {{"issuerCertificateAuthority":
-                {{"awsPcaAuthorityArn": "{ARN}"}}}}}}]"#
-        )),
-    )]);
-    check(
-        &e,
-        "$[1].serviceConnectConfiguration.services[0].tls",
-        "does not encrypt it yet",
-        "appProtocol",
+fn tls_on_a_tcp_port_is_taken_and_so_is_its_ingress_port_override() {
+    let file = with_web(&format!(
+        r#"[{{"portName": "db", "ingressPortOverride": 17000, "tls": {{"issuerCertificateAuthority":
+                {{"awsPcaAuthorityArn": "{ARN}"}}}}, "allowedClients": ["web"]}}]"#
+    ));
+    let p = ok(&[("web-svc.json", &file)]);
+    let svc = &p.services[0];
+    let ep = &svc.endpoints[0];
+    assert!(ep.tls, "tls on a TCP port: mutual TLS between hosts");
+    assert!(!ep.app_protocol.is_l7());
+    assert_eq!(ep.ingress_port_override, Some(17000));
+    assert_eq!(
+        ep.allowed_clients.as_deref(),
+        Some(&["web".to_string()][..])
+    );
+    assert!(
+        !p.not_used
+            .iter()
+            .any(|n| n.paths.iter().any(|x| x.contains("ingressPortOverride"))),
+        "with tls a TCP entry has an ingress listener: {:?}",
+        p.not_used
     );
 }
 

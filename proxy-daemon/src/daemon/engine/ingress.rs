@@ -40,7 +40,8 @@ struct Want<'a> {
 }
 
 /// The listeners `tasks` (id, service, port names) should have, given
-/// each service's spec: every L7 entry whose port the task has.
+/// each service's spec: every L7 entry, and every TCP entry with tls,
+/// whose port the task has.
 fn wants<'a, 't>(
     tasks: impl IntoIterator<Item = (&'t str, &'t str, Vec<&'t str>)>,
     spec: impl Fn(&str) -> Option<&'a ServiceSpec>,
@@ -51,7 +52,9 @@ fn wants<'a, 't>(
             continue;
         };
         for (index, e) in s.endpoints.iter().enumerate() {
-            if e.app_protocol.is_l7() && ports.contains(&e.port_name.as_str()) {
+            // L7 entries; TCP ones with tls (callers on other hosts come
+            // over mutual TLS).
+            if (e.app_protocol.is_l7() || e.tls) && ports.contains(&e.port_name.as_str()) {
                 out.push(Want {
                     key: (task.to_string(), e.discovery_name.clone()),
                     port_name: &e.port_name,

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use proxy_common::maps::MODE_L4;
+use proxy_common::maps::{DENY_AUDIT, DENY_ENFORCE, EdgeKey, MODE_L4};
 use proxy_config::{DaemonConfig, HealthCheck, OutlierConfig, TaskDefinition};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -176,6 +176,9 @@ pub struct Engine {
     /// The kernel's failed-connect count of each TCP alias at the last
     /// outlier pass (an alias whose count did not grow is not looked into).
     l4_failed_seen: BTreeMap<u32, u64>,
+    /// The (task, alias) pairs the kernel refuses (or audits) at connect,
+    /// with their metric labels and the count already exported.
+    denials: BTreeMap<EdgeKey, (crate::metrics::DeniedLabels, u64)>,
     /// Health-check state of tasks whose task definition has a healthCheck.
     health_checks: BTreeMap<String, HealthState>,
     /// Where the admin HTTP listens (set once bound).
@@ -261,6 +264,7 @@ impl Engine {
             stopping: Vec::new(),
             health_checks: BTreeMap::new(),
             l4_failed_seen: BTreeMap::new(),
+            denials: BTreeMap::new(),
             admin: String::new(),
             egress: (String::new(), 0),
             listener_fds: Vec::new(),
@@ -413,10 +417,27 @@ impl Engine {
             );
         }
         self.proxy.tls.set_wanted(identities);
+        // Counted before pairs of tasks that ended leave the kernel.
+        self.count_denials();
+        let deny = self.denied_pairs(&sources, &task_ns);
         // The edge book learns who the tasks are before the kernel lets
         // them connect.
         self.reader.remember_sources(&sources);
-        self.dp.maps.sync(&d.aliases, &d.backend_ids, &task_ns)?;
+        let rest = crate::datapath::reconcile::DesiredRest {
+            backend_ids: d.backend_ids,
+            task_ns,
+            deny: deny.iter().map(|(k, (action, _))| (*k, *action)).collect(),
+        };
+        self.dp.maps.sync(&d.aliases, &rest)?;
+        self.denials.retain(|k, _| deny.contains_key(k));
+        for (k, (_, labels)) in deny {
+            match self.denials.get_mut(&k) {
+                Some(d) => d.0 = labels,
+                None => {
+                    self.denials.insert(k, (labels, 0));
+                }
+            }
+        }
         // Aliases gone (or no longer TCP) leave no failed-connect count behind.
         let l4: BTreeSet<u32> = d
             .aliases
@@ -437,6 +458,66 @@ impl Engine {
         }
         self.publish();
         Ok(())
+    }
+
+    /// The (task, alias) pairs the kernel refuses at connect (or counts,
+    /// in audit mode): every alias with `allowedClients` and every task of
+    /// its namespace here whose service is not on the list; with the
+    /// action and the labels its count is exported under.
+    fn denied_pairs(
+        &self,
+        sources: &BTreeMap<u64, Arc<crate::proxy::access::Source>>,
+        task_ns: &BTreeMap<u64, u32>,
+    ) -> BTreeMap<EdgeKey, (u32, crate::metrics::DeniedLabels)> {
+        let mut out = BTreeMap::new();
+        for s in self.state.services.iter().filter(|s| !s.deleting) {
+            for a in &s.aliases {
+                let Some(list) = &a.spec.allowed_clients else {
+                    continue;
+                };
+                let audit = a.spec.allowed_clients_audit;
+                for (cgroup, source) in sources {
+                    if task_ns.get(cgroup) != Some(&s.ns_id)
+                        || list.iter().any(|c| *c == source.service)
+                    {
+                        continue;
+                    }
+                    let key = EdgeKey {
+                        cgroup_id: *cgroup,
+                        service_id: a.service_id,
+                        _pad: 0,
+                    };
+                    let labels = crate::metrics::DeniedLabels {
+                        namespace: s.spec.namespace.clone(),
+                        service: s.spec.name.clone(),
+                        target_discovery_name: a.spec.discovery_name.clone(),
+                        client_service: source.service.clone(),
+                        at: "connect".into(),
+                        mode: if audit { "audit" } else { "enforce" }.into(),
+                    };
+                    out.insert(key, (if audit { DENY_AUDIT } else { DENY_ENFORCE }, labels));
+                }
+            }
+        }
+        out
+    }
+
+    /// Export what the kernel counted of refused (and audited) connects
+    /// since the last look.
+    pub(super) fn count_denials(&mut self) {
+        for (k, e) in self.dp.maps.denials() {
+            let Some((labels, seen)) = self.denials.get_mut(&k) else {
+                continue;
+            };
+            if e.count > *seen {
+                self.proxy
+                    .metrics
+                    .authorization_denied
+                    .get_or_create(labels)
+                    .inc_by(e.count - *seen);
+                *seen = e.count;
+            }
+        }
     }
 
     /// The hosts file has every namespace's aliases (the default

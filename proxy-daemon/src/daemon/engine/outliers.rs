@@ -54,6 +54,7 @@ impl Engine {
         if self.retired {
             return Ok(());
         }
+        self.count_denials();
         let now = Instant::now();
         let gone: Vec<(String, &'static str)> = self
             .state

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! knit-testbin echo [--id NAME] [--port N | --port-env VAR] [--pidfile F] [--close-while FILE]
-//! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--hosts FILE]
+//! knit-testbin client --target HOST:PORT [--count N] [--duration-ms D] [--interval-ms I] [--line TEXT] [--hosts FILE]
 //! knit-testbin hold --target HOST:PORT --duration-ms D [--hosts FILE]
 //! knit-testbin http [--id NAME] --port-env VAR [--always STATUS] [--record] [--on-term FILE]
 //! knit-testbin http-client --url http://HOST:PORT/PATH --count N [--concurrency C] [--h2]
@@ -259,8 +259,8 @@ pub(crate) fn resolve_target(args: &[String], target: &str) -> Result<SocketAddr
         .with_context(|| format!("cannot resolve {host}"))
 }
 
-/// One exchange: connect, read the backend's id, echo a line, check the peer.
-fn exchange(addr: SocketAddr) -> Result<(String, SocketAddr)> {
+/// One exchange: connect, read the backend's id, echo `line`, check the peer.
+fn exchange(addr: SocketAddr, line: &str) -> Result<(String, SocketAddr)> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     let peer = s.peer_addr()?;
@@ -268,10 +268,10 @@ fn exchange(addr: SocketAddr) -> Result<(String, SocketAddr)> {
     let mut r = BufReader::new(s);
     let mut id = String::new();
     r.read_line(&mut id)?;
-    writeln!(w, "ping")?;
+    writeln!(w, "{line}")?;
     let mut back = String::new();
     r.read_line(&mut back)?;
-    if back != "ping\n" {
+    if back.strip_suffix('\n') != Some(line) {
         bail!("echo came back as {back:?}");
     }
     Ok((id.trim().to_string(), peer))
@@ -287,6 +287,8 @@ fn client(args: &[String]) -> Result<()> {
     let count = num(args, "--count", 0)?;
     let duration = Duration::from_millis(num(args, "--duration-ms", 0)?);
     let interval = Duration::from_millis(num(args, "--interval-ms", 0)?);
+    // What each exchange echoes (one line).
+    let line = arg(args, "--line").unwrap_or_else(|| "ping".into());
     let start = Instant::now();
     let mut by_backend: BTreeMap<String, u64> = BTreeMap::new();
     let mut peers: BTreeMap<String, u64> = BTreeMap::new();
@@ -301,7 +303,7 @@ fn client(args: &[String]) -> Result<()> {
     {
         i += 1;
         let t = now_ms();
-        match exchange(addr) {
+        match exchange(addr, &line) {
             Ok((id, peer)) => {
                 ok += 1;
                 *by_backend.entry(id.clone()).or_default() += 1;

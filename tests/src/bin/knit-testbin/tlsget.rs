@@ -1,7 +1,9 @@
 //! `tls-get`: a peer from outside knit dialling an ingress listener of a
 //! service with tls, with whatever certificate the test gives it (one of
 //! a foreign CA, an expired one, another trust domain's): did the
-//! handshake and one request go through?
+//! handshake and one request go through? With `--tcp`, a TCP service's
+//! ingress: one line sent, and what came back (an echo server's id and
+//! the line) reported as `read`.
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -41,6 +43,27 @@ pub fn run(args: &[String]) -> Result<()> {
             Ok(Err(e)) => return Ok::<_, anyhow::Error>(json!({"handshake": e.to_string()})),
             Err(_) => return Ok(json!({"handshake": "timed out"})),
         };
+        if args.iter().any(|a| a == "--tcp") {
+            s.write_all(b"hello\n").await?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 512];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let outcome = loop {
+                if buf.iter().filter(|b| **b == b'\n').count() >= 2 {
+                    break "ok".to_string();
+                }
+                match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                    Ok(Ok(0)) => break "closed".to_string(),
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(Err(e)) => break e.to_string(),
+                    Err(_) => break "timed out".to_string(),
+                }
+            };
+            return Ok(json!({
+                "handshake": outcome,
+                "read": String::from_utf8_lossy(&buf),
+            }));
+        }
         // TLS 1.3: the server checks the client's certificate after the
         // client's handshake is done; a refusal shows on the first read.
         s.write_all(b"GET / HTTP/1.1\r\nHost: tls-get\r\nConnection: close\r\n\r\n")
