@@ -110,6 +110,10 @@ pub struct TlsConfig {
     /// How long the certificates `knit signer` issues are valid, in
     /// seconds (daemons renew them at half life). Default 86400 (24 h).
     pub certificate_ttl_s: u64,
+    /// Namespaces whose every services[] entry is reached over mutual TLS
+    /// from other hosts, as if each had ECS's `tls` block (the daemon-wide
+    /// switch; give every host the same list). Default none.
+    pub namespaces: Vec<String>,
 }
 
 impl Default for TlsConfig {
@@ -117,6 +121,7 @@ impl Default for TlsConfig {
         TlsConfig {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
             certificate_ttl_s: DEFAULT_CERTIFICATE_TTL_S,
+            namespaces: Vec::new(),
         }
     }
 }
@@ -505,6 +510,15 @@ fn validate(c: &DaemonConfig) -> Result<(), (&'static str, String, String)> {
             "use 60 (a minute) to 31622400 (a year); default 86400 (24 h)".to_owned(),
         ));
     }
+    for ns in &c.tls.namespaces {
+        if let Err(problem) = crate::names::check_namespace(ns) {
+            return Err((
+                "tls.namespaces",
+                format!("{ns:?} {problem}"),
+                "list namespace names, such as [\"prod\"] (the same on every host)".to_owned(),
+            ));
+        }
+    }
     if c.proxy.threads > ProxyConfig::MAX_THREADS {
         return Err((
             "proxy.threads",
@@ -612,7 +626,7 @@ impl DaemonConfig {
     pub fn reload(&self, new: &DaemonConfig, accelerate_forced_off: bool) -> Reload {
         let (old, mut applied, mut need_restart) = (self, Vec::new(), Vec::new());
         let accelerate = new.datapath.accelerate && !accelerate_forced_off;
-        let keys: [(&'static str, bool, bool); 19] = [
+        let keys: [(&'static str, bool, bool); 20] = [
             // (key, changed, takes effect while running)
             (
                 "default_namespace",
@@ -669,6 +683,7 @@ impl DaemonConfig {
             ("admin", old.admin != new.admin, false),
             ("registry", old.registry != new.registry, false),
             ("host", old.host != new.host, false),
+            ("tls", old.tls != new.tls, false),
         ];
         for (key, changed, live) in keys {
             match (changed, live) {

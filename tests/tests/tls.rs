@@ -164,6 +164,63 @@ fn probe_with(
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// tcpdump on a host's eth0 (everything but etcd), into `<dir>/<name>.pcap`.
+struct Capture {
+    tcpdump: Reap,
+    pcap: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(k: &Knit, dir: &Path, name: &str) -> Result<Self> {
+        let pcap = dir.join(format!("{name}.pcap"));
+        let log = dir.join(format!("{name}.tcpdump.log"));
+        let tcpdump = Reap(
+            k.in_netns("tcpdump")?
+                // -Z root: it keeps root rather than switch to a user that a
+                // minimal root (the VM's) may not have.
+                .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-Z", "root"])
+                .args(["-w", &p(&pcap)])
+                .args(["tcp", "and", "not", "port", "2379"])
+                .stdout(Stdio::null())
+                .stderr(File::create(&log)?)
+                .spawn()
+                .context("tcpdump (Debian package tcpdump; `cargo xtask setup` installs it)")?,
+        );
+        wait_for("tcpdump to start", Duration::from_secs(10), || {
+            pcap.exists().then_some(())
+        })
+        .with_context(|| {
+            format!(
+                "tcpdump's stderr: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Self { tcpdump, pcap, log })
+    }
+
+    /// Stop (SIGINT: it flushes) and return what it captured.
+    fn stop(mut self) -> Result<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(300));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.tcpdump.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )?;
+        let _ = self.tcpdump.0.wait();
+        Ok(std::fs::read(&self.pcap)?)
+    }
+
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Does `captured` hold `s` anywhere?
+fn shows(captured: &[u8], s: &str) -> bool {
+    captured.windows(s.len()).any(|w| w == s.as_bytes())
+}
+
 #[test]
 fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_the_clear()
 -> Result<()> {
@@ -272,30 +329,7 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
     })?;
 
     // Everything host 2's eth0 carries, but etcd.
-    let pcap = d.join("h2.pcap");
-    let mut tcpdump = Reap(
-        f.hosts[1]
-            .in_netns("tcpdump")?
-            // -Z root: it keeps root rather than switch to a user that a
-            // minimal root (the VM's) may not have.
-            .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-Z", "root"])
-            .args(["-w", &p(&pcap)])
-            .args(["tcp", "and", "not", "port", "2379"])
-            .stdout(Stdio::null())
-            .stderr(File::create(d.join("tcpdump.log"))?)
-            .spawn()
-            .context("tcpdump (Debian package tcpdump; `cargo xtask setup` installs it)")?,
-    );
-    wait_for("tcpdump to start", Duration::from_secs(10), || {
-        pcap.exists().then_some(())
-    })
-    .with_context(|| {
-        format!(
-            "tcpdump's stderr: {}",
-            std::fs::read_to_string(d.join("tcpdump.log")).unwrap_or_default()
-        )
-    })?;
-    std::thread::sleep(Duration::from_millis(500));
+    let capture = Capture::start(&f.hosts[1], d, "h2")?;
     let secret = "SECRET-CANARY-7f3a";
     let open = "OPEN-CANARY-91c2";
     let r = requests(&f.hosts[0], "http://web:8080/", secret, 20)?;
@@ -350,20 +384,14 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
                 .all(|k| k.starts_with("127.255.") && k.ends_with(":5432"))),
         "the client sees the alias as its peer: {r}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tcpdump.0.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )?;
-    let _ = tcpdump.0.wait();
-    let captured = std::fs::read(&pcap)?;
-    let has = |s: &str| captured.windows(s.len()).any(|w| w == s.as_bytes());
+    let said = capture.said();
+    let captured = capture.stop()?;
+    let has = |s: &str| shows(&captured, s);
     // The capture works: the service without tls shows its canary...
     ensure!(
         has(open),
-        "the capture ({} bytes) misses the plaintext service's canary; tcpdump said: {}",
+        "the capture ({} bytes) misses the plaintext service's canary; tcpdump said: {said}",
         captured.len(),
-        std::fs::read_to_string(d.join("tcpdump.log")).unwrap_or_default()
     );
     // ... and the ones with tls never do.
     ensure!(
@@ -779,6 +807,184 @@ fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed
         r["handshake"] == "ok" && r["status"] == 200,
         "a peer of the new root only: {r}\nthe signers' log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[test]
+fn three_hosts_a_namespace_wide_switch_and_a_signer_that_dies_and_comes_back() -> Result<()> {
+    // No tls block in any JSON: the daemons' `[tls] namespaces` turns
+    // mutual TLS on for every entry of namespace default. Certificates of
+    // 60 s (renewed at 30 s), so that the signer's absence spans a renewal.
+    let mut f = Fleet::start(
+        "tls3",
+        3,
+        "[tls]\nnamespaces = [\"default\"]\ncertificate_ttl_s = 60\n",
+    )?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    f.hosts[0].ok(&[
+        "ca",
+        "create",
+        "--cert",
+        &p(&d.join("ca.pem")),
+        "--key",
+        &p(&d.join("ca.key")),
+    ])?;
+    let log = d.join("signer.log");
+    let first_signer = signer(&f.hosts[0], d, "ca", None, &log)?;
+    let (ctd, csvc) = client_service("client");
+    f.hosts[0].apply(&[
+        ("web-td.json", &http_task_definition("web")),
+        ("web-svc.json", &http_service("web", "web", 8080)),
+        ("db-td.json", &tcp_task_definition("db")),
+        ("db-svc.json", &knit_tests::tcp_service("db", "db", 5432)),
+        ("c-td.json", &ctd),
+        ("c-svc.json", &csvc),
+    ])?;
+    wait_for("the services on host 3", Duration::from_secs(10), || {
+        (f.hosts[2].json(&["services"]).ok()?.as_array()?.len() >= 3).then_some(())
+    })?;
+    let tb = tb_path();
+    for (i, k) in f.hosts.iter_mut().enumerate().skip(1) {
+        let n = i + 1;
+        k.run(
+            "web",
+            &[
+                &tb,
+                "http",
+                "--id",
+                &format!("web-{n}"),
+                "--port-env",
+                "KNIT_PORT_WEB",
+            ],
+        )?;
+        k.run(
+            "db",
+            &[
+                &tb,
+                "echo",
+                "--id",
+                &format!("db-{n}"),
+                "--port-env",
+                "KNIT_PORT_TCP",
+            ],
+        )?;
+    }
+    f.hosts[0].wait_healthy("web", 2)?;
+    f.hosts[0].wait_healthy("db", 2)?;
+    for k in &f.hosts[1..] {
+        wait_for("identities of web and db", Duration::from_secs(20), || {
+            let ids = identities(k).ok()?;
+            (ids.iter().any(|i| i.ends_with("/svc/web"))
+                && ids.iter().any(|i| i.ends_with("/svc/db")))
+            .then_some(())
+        })
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    }
+    let capture = Capture::start(&f.hosts[2], d, "h3")?;
+    let hosts = p(&f.hosts[0].hosts);
+    let (http_canary, tcp_canary) = ("NS-HTTP-CANARY-5be0", "NS-TCP-CANARY-c93d");
+    let r = requests(&f.hosts[0], "http://web:8080/", http_canary, 20)?;
+    ensure!(
+        r["ok"] == 20 && r["by_backend"]["web-2"] == 10 && r["by_backend"]["web-3"] == 10,
+        "HTTP to hosts 2 and 3: {r}"
+    );
+    let r = f.hosts[0].run_json(
+        "client",
+        &[
+            &tb, "client", "--target", "db:5432", "--count", "20", "--line", tcp_canary, "--hosts",
+            &hosts,
+        ],
+    )?;
+    ensure!(
+        r["ok"] == 20 && r["by_backend"]["db-2"] == 10 && r["by_backend"]["db-3"] == 10,
+        "TCP to hosts 2 and 3: {r}"
+    );
+    let said = capture.said();
+    let captured = capture.stop()?;
+    ensure!(
+        captured.len() > 4000,
+        "host 3's capture is {} bytes: did it see the traffic? tcpdump said: {said}",
+        captured.len()
+    );
+    ensure!(
+        !shows(&captured, http_canary) && !shows(&captured, tcp_canary),
+        "a canary crossed host 3's wire in the clear"
+    );
+    for k in &f.hosts[1..] {
+        ensure!(
+            k.metric_sum("knit_tls_server_handshakes_total", "")? >= 2.0,
+            "a host took no mutual TLS connection"
+        );
+    }
+
+    // The signer dies; traffic goes on past the certificates' half life
+    // (their renewal waits), and the signer's return renews them.
+    drop(first_signer);
+    let killed = std::time::Instant::now();
+    let rotations = |k: &Knit| k.metric_sum("knit_tls_certificate_rotations_total", "");
+    let before = rotations(&f.hosts[1])?;
+    let http_load = f.hosts[0].spawn_task(
+        "client",
+        &[
+            &tb,
+            "http-client",
+            "--url",
+            "http://web:8080/",
+            "--duration-ms",
+            "40000",
+            "--concurrency",
+            "2",
+            "--interval-ms",
+            "10",
+            "--reconnect",
+            "--hosts",
+            &hosts,
+        ],
+        Stdio::piped(),
+    )?;
+    let tcp_load = f.hosts[0].spawn_task(
+        "client",
+        &[
+            &tb,
+            "client",
+            "--target",
+            "db:5432",
+            "--duration-ms",
+            "40000",
+            "--interval-ms",
+            "50",
+            "--hosts",
+            &hosts,
+        ],
+        Stdio::piped(),
+    )?;
+    std::thread::sleep(Duration::from_secs(28));
+    ensure!(
+        rotations(&f.hosts[1])? == before,
+        "a certificate was renewed with no signer running"
+    );
+    let _second_signer = signer(&f.hosts[0], d, "ca", None, &log)?;
+    wait_for(
+        "renewals once the signer is back",
+        Duration::from_secs(20),
+        || (rotations(&f.hosts[1]).ok()? > before).then_some(()),
+    )?;
+    let renewed_after = killed.elapsed();
+    let r = knit_tests::json_output(http_load)?;
+    ensure!(
+        r["failed"] == 0 && r["ok"].as_u64().is_some_and(|n| n > 1000),
+        "HTTP while the signer was away: {r}"
+    );
+    let r = knit_tests::json_output(tcp_load)?;
+    ensure!(
+        r["failed"] == 0 && r["ok"].as_u64().is_some_and(|n| n > 300),
+        "TCP (a new mutual TLS connection each) while the signer was away: {r}"
+    );
+    eprintln!(
+        "signer away for 28 s; renewed {:.1} s after it died; no request failed",
+        renewed_after.as_secs_f64()
     );
     Ok(())
 }

@@ -194,6 +194,11 @@ fn validation_rules() {
     assert_eq!(key, "outlier.max_ejection_ms");
     let (_, key, _, _) = invalid("[registry]\nbackend = \"etcd\"\nendpoints = []\n");
     assert_eq!(key, "registry.endpoints");
+    let (line, key, message, _) = invalid("[tls]\nnamespaces = [\"prod\", \"a/b\"]\n");
+    assert_eq!((line, key.as_str()), (Some(2), "tls.namespaces"));
+    assert!(message.contains("a/b"), "{message}");
+    let c = parse("[tls]\nnamespaces = [\"prod\"]\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.tls.namespaces, ["prod"]);
     let (line, key, _, fix) = invalid("[proxy]\nthreads = 65\n");
     assert_eq!((line, key.as_str()), (Some(2), "proxy.threads"));
     assert!(fix.contains("1 to 64"), "{fix}");
@@ -233,7 +238,7 @@ fn error_display_names_file_line_key_and_fix() {
 fn reload_applies_what_can_change_live_and_keeps_the_rest() {
     let old = DaemonConfig::default();
     let new = parse(
-        "default_namespace = \"prod\"\nstate_dir = \"/elsewhere\"\n[outlier]\nconsecutive_failures = 9\ninterval_ms = 50\n[log]\nlevel = \"debug\"\nformat = \"json\"\n[datapath]\naccelerate = false\n",
+        "default_namespace = \"prod\"\nstate_dir = \"/elsewhere\"\n[outlier]\nconsecutive_failures = 9\ninterval_ms = 50\n[log]\nlevel = \"debug\"\nformat = \"json\"\n[datapath]\naccelerate = false\n[tls]\nnamespaces = [\"prod\"]\n",
     )
     .expect("a valid config");
     let r = old.reload(&new, false);
@@ -248,7 +253,11 @@ fn reload_applies_what_can_change_live_and_keeps_the_rest() {
     );
     assert_eq!(
         r.need_restart,
-        ["outlier.interval_ms", "log.format", "state_dir"]
+        ["outlier.interval_ms", "log.format", "state_dir", "tls"]
+    );
+    assert!(
+        r.config.tls.namespaces.is_empty(),
+        "tls waits for a restart"
     );
     assert_eq!(r.config.default_namespace, "prod");
     assert_eq!(r.config.outlier.consecutive_failures, 9);

@@ -30,7 +30,12 @@ const LINGER: Duration = Duration::from_secs(60);
 struct Pending {
     key: PrivatePkcs8KeyDer<'static>,
     at_unix_ms: u64,
+    /// Said once that the signer has not answered for [`SIGNER_SILENT`].
+    told: bool,
 }
+
+/// How long a request waits before the log says the signer is silent.
+const SIGNER_SILENT: Duration = Duration::from_secs(30);
 
 /// Keep this host's identities until the daemon stops.
 pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
@@ -130,6 +135,7 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
                         Pending {
                             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
                             at_unix_ms,
+                            told: false,
                         },
                     );
                 }
@@ -148,7 +154,23 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
                     None
                 }
             };
-            let Some(answer) = answer else { continue };
+            let Some(answer) = answer else {
+                if let Some(p) = pending.get_mut(&k)
+                    && !p.told
+                    && unix_ms(SystemTime::now()).saturating_sub(p.at_unix_ms)
+                        > SIGNER_SILENT.as_millis() as u64
+                {
+                    p.told = true;
+                    let expires = ids.get(&k.0, &k.1).map(|i| unix_ms(i.not_after) / 1000);
+                    warn!(
+                        identity = %ids.id_of(&k.0, &k.1),
+                        current_expires_unix = ?expires,
+                        "tls: the signer has not answered a certificate request for 30 s (is \
+                         `knit signer` running?); the current certificate serves until it expires"
+                    );
+                }
+                continue;
+            };
             let Some(p) = pending.get(&k) else { continue };
             if answer.request_at_unix_ms != p.at_unix_ms {
                 continue;

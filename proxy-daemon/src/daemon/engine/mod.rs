@@ -311,6 +311,18 @@ impl Engine {
         let shared = self.registry.shared()?;
         self.state.remote = shared.remote;
         self.state.services = shared.config.services.into_values().collect();
+        // `[tls] namespaces`: every entry of those namespaces' services
+        // as if it had ECS's tls block.
+        for s in &mut self.state.services {
+            if self.cfg.tls.namespaces.contains(&s.spec.namespace) {
+                for e in &mut s.spec.endpoints {
+                    e.tls = true;
+                }
+                for a in &mut s.aliases {
+                    a.spec.tls = true;
+                }
+            }
+        }
         self.state.task_definitions = shared.config.task_definitions;
         self.state.revisions = shared.config.revisions;
         Ok(())
