@@ -9,6 +9,13 @@
 //! ingress: the path ECS's two sidecars take. Reported per path: req/s,
 //! p50 and p99, and both daemons' CPU per 1,000 requests. Goal (#18):
 //! mutual TLS costs at most 15% of plaintext req/s.
+//!
+//! TCP too, on two more pairs of services (plaintext goes host to host in
+//! the kernel; with `tls` through both daemons over mutual TLS): one
+//! stream's throughput (`knit-testbin blast` to a sink) with both
+//! daemons' CPU per GB, and new connections one at a time (`knit-testbin
+//! client`: connect, the server's first line, one echo), each of which is
+//! a new mutual TLS handshake between the daemons.
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, ensure};
@@ -37,6 +44,17 @@ struct Run {
     handshakes: f64,
 }
 
+/// One TCP round of one path.
+struct TcpRun {
+    /// One stream, bytes per second.
+    bytes_per_s: f64,
+    /// Both daemons' CPU seconds per GB (10^9 bytes) of that stream.
+    cpu_s_per_gb: f64,
+    /// New connections per second, one at a time (connect, first byte
+    /// from the server, one echo).
+    conns_per_s: f64,
+}
+
 struct Outcome {
     quick: bool,
     machine: Machine,
@@ -45,6 +63,13 @@ struct Outcome {
     secs: u32,
     plain: Vec<Run>,
     secure: Vec<Run>,
+    /// TCP bytes per stream run, and connections per connection run.
+    tcp_bytes: u64,
+    tcp_conns: u32,
+    tcp_plain: Vec<TcpRun>,
+    tcp_secure: Vec<TcpRun>,
+    /// The daemons handed TCP connections to the kernel's TLS.
+    ktls: bool,
 }
 
 pub fn run(quick: bool) -> Result<()> {
@@ -81,7 +106,25 @@ pub fn run(quick: bool) -> Result<()> {
     )
 }
 
+/// The TCP services on host 2: (name, with tls).
+const TCP_SERVICES: [(&str, bool); 4] = [
+    ("plain-sink", false),
+    ("secure-sink", true),
+    ("plain-echo", false),
+    ("secure-echo", true),
+];
+
 fn service(name: &str, port: u16, tls: bool) -> String {
+    service_on(name, "web", port, tls)
+}
+
+fn tcp_service(name: &str, port: u16, tls: bool) -> String {
+    service_on(name, "tcp", port, tls)
+}
+
+/// A service whose entry on port mapping `port_name` is `name:port`, with
+/// ECS's tls block or not.
+fn service_on(name: &str, port_name: &str, port: u16, tls: bool) -> String {
     let tls = if tls {
         r#", "tls": {"issuerCertificateAuthority": {"awsPcaAuthorityArn": "arn:aws:acm-pca:bench"}}"#
     } else {
@@ -90,7 +133,7 @@ fn service(name: &str, port: u16, tls: bool) -> String {
     format!(
         r#"{{"serviceName": "{name}", "taskDefinition": "{name}",
             "serviceConnectConfiguration": {{"enabled": true,
-              "services": [{{"portName": "web", "discoveryName": "{name}",
+              "services": [{{"portName": "{port_name}", "discoveryName": "{name}",
                              "clientAliases": [{{"dnsName": "{name}", "port": {port}}}]{tls}}}]}}}}"#
     )
 }
@@ -126,8 +169,27 @@ fn measure(
         ("c-td.json", &ctd),
         ("c.json", &csvc),
     ])?;
+    // TCP: a sink (throughput) and an echo server (new connections), each
+    // plaintext and with tls.
+    let mut tcp_files = Vec::new();
+    for (i, (name, tls)) in TCP_SERVICES.iter().enumerate() {
+        tcp_files.push((
+            format!("{name}-td.json"),
+            knit_tests::tcp_task_definition(name),
+        ));
+        tcp_files.push((
+            format!("{name}.json"),
+            tcp_service(name, 9000 + i as u16, *tls),
+        ));
+    }
+    let files: Vec<(&str, &str)> = tcp_files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    fleet.hosts[0].apply(&files)?;
     knit_tests::wait_for("the services on host 2", Duration::from_secs(10), || {
-        (fleet.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 3).then_some(())
+        (fleet.hosts[1].json(&["services"]).ok()?.as_array()?.len() >= 3 + TCP_SERVICES.len())
+            .then_some(())
     })?;
     let tb = testbin.display().to_string();
     for svc in ["plain", "secure"] {
@@ -136,8 +198,20 @@ fn measure(
             &[&tb, "http", "--id", svc, "--port-env", "KNIT_PORT_WEB"],
         )?;
     }
-    fleet.hosts[0].wait_healthy("plain", 1)?;
-    fleet.hosts[0].wait_healthy("secure", 1)?;
+    for (name, _) in TCP_SERVICES {
+        let server = if name.ends_with("sink") {
+            "sink-server"
+        } else {
+            "echo"
+        };
+        fleet.hosts[1].run(name, &[&tb, server, "--port-env", "KNIT_PORT_TCP"])?;
+    }
+    for svc in ["plain", "secure"]
+        .into_iter()
+        .chain(TCP_SERVICES.iter().map(|(n, _)| *n))
+    {
+        fleet.hosts[0].wait_healthy(svc, 1)?;
+    }
     knit_tests::wait_for(
         "host 2's identity of secure",
         Duration::from_secs(30),
@@ -202,6 +276,80 @@ fn measure(
             if i == 0 { &mut plain } else { &mut secure }.push(run);
         }
     }
+    // TCP, alternating too.
+    let (tcp_bytes, tcp_conns): (u64, u32) = if quick {
+        (64 << 20, 200)
+    } else {
+        (1 << 30, 2000)
+    };
+    let target = |name: &str, i: usize| -> Result<String> {
+        Ok(format!("{}:{}", vip(&fleet.hosts[0], name)?, 9000 + i))
+    };
+    let sinks = [target("plain-sink", 0)?, target("secure-sink", 1)?];
+    let echoes = [target("plain-echo", 2)?, target("secure-echo", 3)?];
+    let (mut tcp_plain, mut tcp_secure) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for i in 0..2 {
+            let before = ticks()?;
+            let r = fleet.hosts[0].run_json(
+                "client",
+                &[
+                    &tb,
+                    "blast",
+                    "--target",
+                    &sinks[i],
+                    "--bytes",
+                    &tcp_bytes.to_string(),
+                    "--timeout-s",
+                    "120",
+                ],
+            )?;
+            let cpu_s = cpu::ticks_to_secs(ticks()? - before);
+            let received = r["received"].as_u64().context("blast: received")?;
+            let secs = r["elapsed_s"].as_f64().context("blast: elapsed_s")?;
+            ensure!(
+                received == tcp_bytes && secs > 0.0,
+                "the sink read {received} of {tcp_bytes} bytes: {r}"
+            );
+            let r = fleet.hosts[0].run_json(
+                "client",
+                &[
+                    &tb,
+                    "client",
+                    "--target",
+                    &echoes[i],
+                    "--count",
+                    &tcp_conns.to_string(),
+                ],
+            )?;
+            ensure!(
+                r["failed"] == 0 && r["ok"] == tcp_conns,
+                "new connections to {}: {r}",
+                echoes[i]
+            );
+            let ms = r["elapsed_ms"].as_f64().context("client: elapsed_ms")?;
+            let run = TcpRun {
+                bytes_per_s: tcp_bytes as f64 / secs,
+                cpu_s_per_gb: cpu_s / (tcp_bytes as f64 / 1e9),
+                conns_per_s: f64::from(tcp_conns) / (ms / 1000.0).max(1e-9),
+            };
+            println!(
+                "  round {}: TCP {} {:.2} Gbit/s ({:.2} CPU s per GB), {} new connections/s",
+                round + 1,
+                if i == 0 { "plaintext" } else { "mutual TLS" },
+                run.bytes_per_s * 8.0 / 1e9,
+                run.cpu_s_per_gb,
+                stats::rate(run.conns_per_s),
+            );
+            if i == 0 {
+                &mut tcp_plain
+            } else {
+                &mut tcp_secure
+            }
+            .push(run);
+        }
+    }
+    let ktls = fleet.hosts[0].metric_sum("knit_tls_ktls_connections_total", "")? > 0.0;
     Ok(Outcome {
         quick,
         machine: Machine::probe(),
@@ -210,7 +358,16 @@ fn measure(
         secs,
         plain,
         secure,
+        tcp_bytes,
+        tcp_conns,
+        tcp_plain,
+        tcp_secure,
+        ktls,
     })
+}
+
+fn tmed(runs: &[TcpRun], f: impl Fn(&TcpRun) -> f64) -> f64 {
+    stats::median(&runs.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
 }
 
 /// One wrk run of `secs` from a task of `client` on host 1.
@@ -301,9 +458,11 @@ impl Outcome {
              {t}\n\
              Mutual TLS ÷ plaintext req/s: **{:.3}** (per round {}); goal ≥ {GOAL_RATIO} \
              (costs at most 15%): {}.\n\n\
-             Not measured yet: new mutual TLS connections/s (the egress pools its \
-             connections to the other host, so a new client connection makes no new \
-             handshake), kTLS.\n",
+             {tcp}\n\
+             TCP with `tls` goes through both daemons (mutual TLS; bytes copied in \
+             userspace); plaintext TCP goes host to host in the kernel, with no daemon on the \
+             path, so its daemons' CPU is about nil. Each new TCP connection with `tls` is a \
+             new mutual TLS handshake between the daemons (HTTP reuses pooled ones). {ktls}\n",
             self.version,
             CONNECTIONS,
             self.secs,
@@ -315,6 +474,47 @@ impl Outcome {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.verdict().long(),
+            tcp = self.render_tcp(),
+            ktls = if self.ktls {
+                "The daemons handed those connections to the kernel's TLS (kTLS) after the \
+                 handshake."
+            } else {
+                "This kernel has no kTLS (no `tls` upper layer protocol), so the daemons \
+                 encrypt in userspace (rustls); where the kernel has it (Debian's 6.1 and 6.12, \
+                 the VM tests' kernels) they hand the keys to it after the handshake."
+            },
+        )
+    }
+
+    fn render_tcp(&self) -> String {
+        let mut t = Table::new(&[
+            ("host 1 -> host 2, TCP", Align::Left),
+            ("one stream", Align::Right),
+            ("CPU per GB (both daemons)", Align::Right),
+            ("new connections/s, one at a time", Align::Right),
+        ]);
+        let secure = if self.ktls {
+            "mutual TLS (daemons, then kTLS)"
+        } else {
+            "mutual TLS (daemons, userspace)"
+        };
+        for (name, runs) in [
+            ("plaintext (kernel)", &self.tcp_plain),
+            (secure, &self.tcp_secure),
+        ] {
+            t.row([
+                name.to_string(),
+                format!("{:.2} Gbit/s", tmed(runs, |r| r.bytes_per_s) * 8.0 / 1e9),
+                format!("{:.2} s", tmed(runs, |r| r.cpu_s_per_gb)),
+                stats::rate(tmed(runs, |r| r.conns_per_s)),
+            ]);
+        }
+        format!(
+            "TCP: `knit-testbin blast` of {} MiB to a sink per run, and {} connections one \
+             at a time (`knit-testbin client`: connect, the server's first line, one echo) \
+             to an echo server, both as tasks on host 1, alternating, medians.\n\n{t}",
+            self.tcp_bytes >> 20,
+            self.tcp_conns
         )
     }
 

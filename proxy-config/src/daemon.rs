@@ -114,6 +114,9 @@ pub struct TlsConfig {
     /// from other hosts, as if each had ECS's `tls` block (the daemon-wide
     /// switch; give every host the same list). Default none.
     pub namespaces: Vec<String>,
+    /// TCP between hosts: after the handshake, hand the keys to the
+    /// kernel's TLS (kTLS) when the kernel has it. Default true.
+    pub ktls: bool,
 }
 
 impl Default for TlsConfig {
@@ -122,6 +125,7 @@ impl Default for TlsConfig {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
             certificate_ttl_s: DEFAULT_CERTIFICATE_TTL_S,
             namespaces: Vec::new(),
+            ktls: true,
         }
     }
 }

@@ -64,6 +64,11 @@ enum Cmd {
         /// rollover, the other root.
         #[arg(long)]
         trust_bundle: Option<PathBuf>,
+        /// Where this signer pins each host's key on its first request
+        /// (JSON; default: beside the CA key, `<ca key>.hosts.json`). A
+        /// reinstalled host: remove its entry and restart the signer.
+        #[arg(long)]
+        host_keys: Option<PathBuf>,
     },
     /// Make a CA for `knit signer`.
     #[command(subcommand)]
@@ -226,6 +231,7 @@ fn main() {
             ca_cert,
             ca_key,
             trust_bundle,
+            host_keys,
         } => cli::signer(
             config,
             DEFAULT_CONFIG,
@@ -233,6 +239,7 @@ fn main() {
                 ca_cert,
                 ca_key,
                 trust_bundle,
+                host_keys,
             },
         ),
         Cmd::Ca(CaCmd::Create {

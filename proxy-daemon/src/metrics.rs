@@ -325,6 +325,12 @@ pub struct ProxyMetrics {
     /// another host (client), and other hosts dialling its ingress (server).
     pub tls_client_handshakes: Counter,
     pub tls_server_handshakes: Counter,
+    /// TCP connections between hosts handed to the kernel's TLS (kTLS)
+    /// after their handshake, both sides; and those that could not be.
+    pub ktls_connections: Counter,
+    pub ktls_failures: Counter,
+    /// 1 while TCP between hosts goes to kTLS after the handshake.
+    pub ktls_enabled: Gauge,
     /// Certificate requests that failed (refused by the signer, or a bad answer).
     pub tls_request_failures: Counter,
     /// The graph's edges seen so far (the family cannot be listed).
@@ -562,6 +568,23 @@ impl ProxyMetrics {
             "tls_server_handshakes",
             "Mutual TLS handshakes other hosts completed with this host's ingress listeners",
             self.tls_server_handshakes.clone(),
+        );
+        r.register(
+            "tls_ktls_connections",
+            "TCP connections between hosts handed to the kernel's TLS (kTLS) after their mutual \
+             TLS handshake (either side)",
+            self.ktls_connections.clone(),
+        );
+        r.register(
+            "tls_ktls_enabled",
+            "1 while TCP connections between hosts are handed to the kernel's TLS (kTLS) after \
+             their handshake (the start-up probe passed, and kTLS refused none since), else 0",
+            self.ktls_enabled.clone(),
+        );
+        r.register(
+            "tls_ktls_failures",
+            "TCP connections between hosts that kTLS refused after their handshake (closed)",
+            self.ktls_failures.clone(),
         );
         r.register(
             "tls_certificate_rotations",

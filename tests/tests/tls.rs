@@ -406,6 +406,29 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         f.hosts[1].metric_sum("knit_tls_server_handshakes_total", "")? >= 1.0,
         "host 2 took no mutual TLS connection"
     );
+    // Where the daemon's start-up probe (a handshake and a byte each way
+    // over loopback, handed to kTLS) passed, every TCP connection between
+    // hosts went to kTLS after its handshake, on both sides; elsewhere none
+    // did, and none was lost trying.
+    for (i, k) in f.hosts.iter().enumerate() {
+        let on = k.metric_sum("knit_tls_ktls_enabled", "")? == 1.0;
+        let handed = k.metric_sum("knit_tls_ktls_connections_total", "")?;
+        let failed = k.metric_sum("knit_tls_ktls_failures_total", "")?;
+        let n = i + 1;
+        ensure!(failed == 0.0, "host {n}: kTLS refused {failed} connections");
+        if on {
+            ensure!(
+                handed >= 10.0,
+                "host {n}: kTLS on, and {handed} connections went to it"
+            );
+        } else {
+            ensure!(
+                handed == 0.0,
+                "host {n}: kTLS off, yet {handed} connections went to it"
+            );
+        }
+        eprintln!("host {n}: TCP between hosts through kTLS: {on}");
+    }
     // The client's side presented an identity of its own (host 2 takes
     // no connection without one): host 1 was issued one for the client's
     // task (gone with the task now).
@@ -623,27 +646,53 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
         ensure!(n >= 1.0, "no refusal counted as {cause}");
     }
 
-    // A host asking for an identity of a service it does not run (host 1
-    // runs no task of web): the signer refuses, and says why.
+    // Requests in a host's name. Host 1 runs no task of web: even signed
+    // with host 1's own key (read from its state directory here; whoever
+    // holds it is host 1), the signer refuses, and says why. Unsigned, or
+    // signed with another key than the one pinned for host 1 (someone who
+    // can write to etcd), it is refused before that.
+    let h1_key = knit::tls::hostkey::HostKey::from_pem(&std::fs::read_to_string(
+        f.hosts[0].dir.path().join("state/tls/host.key"),
+    )?)?;
+    let other_key = {
+        let kd = tempfile::tempdir()?;
+        knit::tls::hostkey::HostKey::load_or_create(&kd.path().join("k"))?
+    };
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.subject_alt_names = vec![rcgen::SanType::URI(web_id.try_into()?)];
     let csr = params.serialize_request(&key)?.pem()?;
-    let req = serde_json::json!({"csr": csr, "at_unix_ms": 42});
-    f.etcd
-        .put("/knit/tls/requests/h1/default/web", &req.to_string())?;
-    let answer = wait_for("the signer's answer", Duration::from_secs(10), || {
-        let v: Value =
-            serde_json::from_str(&f.etcd.get("/knit/tls/certs/h1/default/web").ok()??).ok()?;
-        (v["request_at_unix_ms"] == 42).then_some(v)
-    })?;
-    ensure!(
-        answer["chain"] == ""
-            && answer["refused"]
-                .as_str()
-                .is_some_and(|r| r.contains("runs no task")),
-        "{answer}"
-    );
+    for (at, signer_key, refusal) in [
+        (42, None, "not signed"),
+        (43, Some(&other_key), "pinned"),
+        (44, Some(&h1_key), "runs no task"),
+    ] {
+        let mut req = knit::tls::CertRequest {
+            csr: csr.clone(),
+            at_unix_ms: at,
+            host_key: String::new(),
+            signature: String::new(),
+        };
+        if let Some(k) = signer_key {
+            k.sign(&mut req, "h1", "default", "web");
+        }
+        f.etcd.put(
+            "/knit/tls/requests/h1/default/web",
+            &serde_json::to_string(&req)?,
+        )?;
+        let answer = wait_for("the signer's answer", Duration::from_secs(10), || {
+            let v: Value =
+                serde_json::from_str(&f.etcd.get("/knit/tls/certs/h1/default/web").ok()??).ok()?;
+            (v["request_at_unix_ms"] == at).then_some(v)
+        })?;
+        ensure!(
+            answer["chain"] == ""
+                && answer["refused"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(refusal)),
+            "a request expected to be refused with {refusal:?}: {answer}"
+        );
+    }
 
     // Host 1's daemon killed: TCP with tls fails closed. Its own task is
     // still reached in the kernel; host 2's is refused at connect rather
@@ -697,8 +746,21 @@ fn http_between_hosts_is_mutual_tls_strangers_are_refused_and_nothing_shows_in_t
 #[test]
 fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed_request()
 -> Result<()> {
-    // Certificates of 60 s: renewed every 30 s.
-    let mut f = Fleet::start("tlsrot", 2, "[tls]\ncertificate_ttl_s = 60\n")?;
+    // Certificates of 60 s: renewed every 30 s, under 75 s of load. A soak
+    // of the same (the issue's: 2-minute certificates, 10 minutes):
+    // KNIT_TLS_SOAK_S=600 KNIT_TLS_SOAK_TTL_S=120.
+    let env = |k: &str, default: u64| -> Result<u64> {
+        match std::env::var(k) {
+            Ok(v) => v.parse().with_context(|| format!("{k}={v}")),
+            Err(_) => Ok(default),
+        }
+    };
+    let (load_s, ttl) = (env("KNIT_TLS_SOAK_S", 75)?, env("KNIT_TLS_SOAK_TTL_S", 60)?);
+    ensure!(
+        (60..=900).contains(&load_s) && (60..=3600).contains(&ttl),
+        "KNIT_TLS_SOAK_S 60..900, KNIT_TLS_SOAK_TTL_S 60..3600"
+    );
+    let mut f = Fleet::start("tlsrot", 2, &format!("[tls]\ncertificate_ttl_s = {ttl}\n"))?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     for ca in ["old", "new"] {
@@ -740,7 +802,7 @@ fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed
             "--url",
             "http://web:8080/",
             "--duration-ms",
-            "75000",
+            &(load_s * 1000).to_string(),
             "--concurrency",
             "4",
             "--interval-ms",
@@ -751,7 +813,7 @@ fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed
         Stdio::piped(),
     )?;
     // A root rollover under that load: first both roots in the bundle...
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(load_s * 2 / 15));
     drop(current);
     current = signer(&f.hosts[0], d, "old", Some("new"), &log)?;
     for k in &f.hosts {
@@ -760,19 +822,26 @@ fn minute_certificates_renew_and_the_root_rolls_over_under_load_without_a_failed
         })?;
     }
     // ... then certificates of the new root, the old one still trusted.
-    std::thread::sleep(Duration::from_secs(25).saturating_sub(started.elapsed()));
+    std::thread::sleep(Duration::from_secs(load_s / 3).saturating_sub(started.elapsed()));
     drop(current);
     let _current = signer(&f.hosts[0], d, "new", Some("old"), &log)?;
-    let r = json_output_within(load, Duration::from_secs(150))?;
+    let r = json_output_within(load, Duration::from_secs(load_s + 75))?;
     ensure!(
         r["failed"] == 0 && r["ok"].as_u64().is_some_and(|n| n >= 100),
         "under renewals and a rollover: {r}"
     );
-    // The first certificate and at least two renewals of web's on host 2.
+    // The first certificate and a renewal of web's on host 2 every half
+    // life of the load.
     let rotations = f.hosts[1].metric_sum("knit_tls_certificate_rotations_total", "")?;
+    let renewals = load_s / (ttl / 2) + 1;
     ensure!(
-        rotations >= 3.0,
-        "host 2 installed {rotations} certificates"
+        rotations >= renewals as f64,
+        "host 2 installed {rotations} certificates in {load_s} s of {ttl}-s ones"
+    );
+    eprintln!(
+        "{load_s} s under load with {ttl}-s certificates and a root rollover: {} requests, none \
+         failed; host 2 installed {rotations} certificates",
+        r["ok"]
     );
     // Host 2 now presents a certificate of the new root: a peer that
     // trusts only that root, with a certificate of it, is served.

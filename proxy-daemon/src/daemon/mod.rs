@@ -177,15 +177,21 @@ pub async fn run(
         // The session keeps the view; every change of it is routed at once.
         background.push(tokio::spawn(etcd.clone().run()));
         // Identities of this host's services (mutual TLS with other hosts).
+        let tcp_path = crate::proxy::choose_tunnel_path(&proxy, cfg.tls.ktls).await;
         info!(
             trust_domain = %cfg.tls.trust_domain,
-            tcp_path = %crate::proxy::tunnel_path(),
+            %tcp_path,
             "mutual TLS between hosts for services with tls (HTTP, HTTP/2, gRPC by the proxy; TCP \
              to other hosts through the daemon, same-host TCP in the kernel)"
         );
+        // The key this host signs its certificate requests with.
+        let host_key =
+            crate::tls::hostkey::HostKey::load_or_create(&cfg.state_dir.join("tls/host.key"))
+                .context("the host key")?;
         background.push(tokio::spawn(crate::tls::agent::run(
             etcd.clone(),
             proxy.clone(),
+            host_key,
         )));
         let changed = etcd.changed.clone();
         let on_change = engine.clone();

@@ -20,8 +20,45 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// A connection from another host to an entry with `tls`: mutual TLS with
 /// the service's identity; the client must present an identity of the
 /// same trust domain and namespace. Then served like any other (TCP:
-/// spliced to the local app).
+/// spliced to the local app, through kTLS when the daemon uses it).
 async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<Proxy>) {
+    if !route.protocol.is_l7() && proxy.ktls() {
+        let Some(tls) = accept(ktls::CorkStream::new(s), &route, &proxy).await else {
+            return;
+        };
+        match ktls::config_ktls_server(tls).await {
+            Ok(k) => {
+                proxy.metrics.ktls_connections.inc();
+                super::tunnel::ingress(k, route, proxy).await;
+            }
+            Err(e) => {
+                super::tunnel::ktls_refused(&proxy, &e);
+                debug!(service = %route.service, error = %e, "ingress: handing a connection to kTLS");
+            }
+        }
+        return;
+    }
+    let Some(tls) = accept(s, &route, &proxy).await else {
+        return;
+    };
+    if route.protocol.is_l7() {
+        forward::serve_connection(tls, forward::Target::Fixed(route), proxy).await;
+    } else {
+        super::tunnel::ingress(tls, route, proxy).await;
+    }
+}
+
+/// The handshake and the checks of a connection to `route`'s ingress: the
+/// stream, or None when it was refused (counted; an L7 caller that
+/// `allowedClients` leaves out has been answered 403 on it).
+async fn accept<IO>(
+    s: IO,
+    route: &Arc<AliasRoute>,
+    proxy: &Arc<Proxy>,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let ns = &route.target.namespace;
     let count = |cause: crate::tls::Cause| {
         proxy
@@ -39,7 +76,7 @@ async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<
         // Nothing to present yet: the caller sees its handshake fail.
         count(crate::tls::Cause::NoCertificate);
         debug!(service = %route.service, "ingress: no identity yet for a mutual TLS connection");
-        return;
+        return None;
     };
     let accept = tokio_rustls::TlsAcceptor::from(identity.server.clone()).accept(s);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
@@ -51,11 +88,11 @@ async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<
             let cause = crate::tls::cause_of(&e);
             count(cause);
             debug!(service = %route.service, cause = cause.label(), error = %e, "ingress: TLS handshake");
-            return;
+            return None;
         }
         Err(_) => {
             count(crate::tls::Cause::Other);
-            return;
+            return None;
         }
     };
     let sans = tls
@@ -73,26 +110,21 @@ async fn serve_tls(s: tokio::net::TcpStream, route: Arc<AliasRoute>, proxy: Arc<
     if !same_namespace {
         count(crate::tls::Cause::SanMismatch);
         debug!(service = %route.service, peer = ?sans, "ingress: a client identity not of this namespace");
-        return;
+        return None;
     }
     // allowedClients, by the caller's certificate.
     let client = sans
         .first()
         .and_then(|s| crate::tls::parse_spiffe_id(&proxy.tls.trust_domain, s))
         .map(|(_, svc)| svc);
-    let l7 = route.protocol.is_l7();
     if !route.authorize(client, "ingress", &proxy.metrics.authorization_denied) {
-        if l7 {
+        if route.protocol.is_l7() {
             forward::serve_denied(tls).await;
         }
         // TCP: closed.
-        return;
+        return None;
     }
-    if l7 {
-        forward::serve_connection(tls, forward::Target::Fixed(route), proxy).await;
-    } else {
-        super::tunnel::ingress(tls, route, proxy).await;
-    }
+    Some(tls)
 }
 
 /// (task id, discovery name): one entry's listener for one task.

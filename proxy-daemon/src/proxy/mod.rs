@@ -20,7 +20,7 @@ mod routes;
 mod tlsdial;
 mod tunnel;
 mod upgrade;
-pub use tunnel::path as tunnel_path;
+pub use tunnel::choose_path as choose_tunnel_path;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -62,6 +62,8 @@ pub struct Proxy {
     /// This host's service identities and the trust bundle (mutual TLS
     /// with other hosts).
     pub tls: Arc<crate::tls::Identities>,
+    /// TCP between hosts is handed to the kernel's TLS after the handshake.
+    ktls: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -84,7 +86,19 @@ impl Proxy {
             live: Default::default(),
             dataplane,
             tls,
+            ktls: Default::default(),
         }
+    }
+
+    /// Whether TCP connections between hosts go to kTLS after their
+    /// handshake (set once at start, from the config and the kernel).
+    pub fn ktls(&self) -> bool {
+        self.ktls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_ktls(&self, on: bool) {
+        self.ktls.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.ktls_enabled.set(i64::from(on));
     }
 
     /// A new daemon took over: HTTP/1.1 answers say `Connection: close`,

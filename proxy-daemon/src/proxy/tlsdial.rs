@@ -5,7 +5,6 @@ use std::{io, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::{
@@ -42,7 +41,10 @@ impl TlsDial {
 
     /// The handshake on `tcp`, then the server's identity checked: no
     /// request byte moves before both are done.
-    pub async fn wrap(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+    pub async fn wrap<IO>(&self, tcp: IO) -> io::Result<TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let name = ServerName::try_from("knit").map_err(io::Error::other)?;
         let connect =
             tokio_rustls::TlsConnector::from(self.identity.client.clone()).connect(name, tcp);

@@ -32,16 +32,121 @@ const IDENTITY_WAIT: Duration = Duration::from_secs(5);
 /// read from the task yet, so another endpoint is always safe).
 const TRIES: usize = 3;
 
-/// How the data path of TCP with tls between hosts runs on this kernel,
-/// for the daemon's start-up line.
-pub fn path() -> String {
-    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
-    let ktls = if ulps.split_whitespace().any(|u| u == "tls") {
-        "this kernel has kTLS (the tls ULP), not used yet"
-    } else {
-        "this kernel has no kTLS (no tls ULP in /proc/sys/net/ipv4/tcp_available_ulp)"
+/// Can this kernel take a TLS connection's keys (kTLS: the `tls` upper
+/// layer protocol and the ciphers it asks the crypto API for)? Tried the
+/// way every connection will be: a mutual TLS handshake over loopback with
+/// throwaway identities, both ends handed to kTLS, one byte each way.
+async fn ktls_probe() -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let identity = probe_identity().map_err(|e| format!("a throwaway identity: {e}"))?;
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let server = identity.server.clone();
+    let accept = async move {
+        let (s, _) = l.accept().await.map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsAcceptor::from(server)
+            .accept(ktls::CorkStream::new(s))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut k = ktls::config_ktls_server(tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        k.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        k.write_all(&b).await.map_err(|e| e.to_string())?;
+        k.flush().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(k)
     };
-    format!("mutual TLS in the daemon, bytes copied in userspace; {ktls}")
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from("knit").map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(identity.client.clone())
+            .connect(name, ktls::CorkStream::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut k = ktls::config_ktls_client(tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        k.write_all(b"k").await.map_err(|e| e.to_string())?;
+        k.flush().await.map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        k.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(b[0])
+    };
+    let both = async { tokio::try_join!(accept, connect) };
+    match tokio::time::timeout(Duration::from_secs(5), both).await {
+        Ok(Ok((_, b'k'))) => Ok(()),
+        Ok(Ok((_, other))) => Err(format!("the byte came back as {other}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// A throwaway CA and an identity of it, for [`ktls_probe`].
+fn probe_identity() -> Result<crate::tls::Identity, crate::tls::TlsError> {
+    use crate::tls::{TlsError, ca};
+    let dir = tempfile::tempdir().map_err(|e| TlsError::Crypto(e.to_string()))?;
+    let (cert, key) = ca::create("knit kTLS probe", 1)?;
+    let (c, k) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    std::fs::write(&c, cert).map_err(|e| TlsError::Crypto(e.to_string()))?;
+    std::fs::write(&k, key).map_err(|e| TlsError::Crypto(e.to_string()))?;
+    let ca = ca::Ca::load(&c, &k)?;
+    let id = "spiffe://knit.probe/ns/probe/svc/probe";
+    let (key, csr) = ca::request(id)?;
+    let chain = crate::tls::certs_from_pem(&ca.sign(&csr, id, Duration::from_secs(3600))?)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for r in &ca.roots {
+        roots
+            .add(r.clone())
+            .map_err(|e| TlsError::Crypto(e.to_string()))?;
+    }
+    crate::tls::Identity::new(
+        id.to_owned(),
+        chain,
+        rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        std::sync::Arc::new(roots),
+    )
+}
+
+/// Decide how TCP with tls between hosts runs (kTLS when `wanted` and the
+/// kernel has it) and say it, for the daemon's start-up line.
+pub async fn choose_path(proxy: &Proxy, wanted: bool) -> String {
+    let (on, how) = if wanted {
+        match ktls_probe().await {
+            Ok(()) => (
+                true,
+                "kTLS: after the handshake in the daemon, the kernel encrypts and decrypts"
+                    .to_owned(),
+            ),
+            Err(e) => (
+                false,
+                format!("mutual TLS in the daemon (this kernel has no usable kTLS: {e})"),
+            ),
+        }
+    } else {
+        (
+            false,
+            "mutual TLS in the daemon ([tls] ktls = false)".to_owned(),
+        )
+    };
+    proxy.set_ktls(on);
+    format!("{how}; bytes copied in userspace")
+}
+
+/// A connection kTLS refused after its handshake (it is lost): say so, and
+/// keep TCP between hosts in userspace from now on.
+pub(super) fn ktls_refused(proxy: &Proxy, e: &ktls::Error) {
+    proxy.metrics.ktls_failures.inc();
+    if proxy.ktls() {
+        proxy.set_ktls(false);
+        tracing::warn!(
+            error = %e,
+            "kTLS refused a connection after its handshake; TCP between hosts is encrypted \
+             in userspace from now on"
+        );
+    }
 }
 
 /// Copy both ways until either side closes (or, with `idle`, until
@@ -124,6 +229,12 @@ pub(super) async fn egress(stream: TcpStream, info: ConnInfo, proxy: Arc<Proxy>)
                 debug!(endpoint = %ep.addr, result = ?r, "tunnel closed");
                 return;
             }
+            Ok(Dialled::Ktls(up)) => {
+                proxy.success(&ep);
+                let r = splice(stream, up, route.idle_timeout).await;
+                debug!(endpoint = %ep.addr, result = ?r, "tunnel (kTLS) closed");
+                return;
+            }
             Ok(Dialled::Plain(up)) => {
                 proxy.success(&ep);
                 let r = splice(stream, up, route.idle_timeout).await;
@@ -147,6 +258,8 @@ fn pick(route: &AliasRoute, tried: &[u32]) -> Option<Endpoint> {
 
 enum Dialled {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Handed to the kernel's TLS after the handshake.
+    Ktls(Box<ktls::KtlsStream<TcpStream>>),
     /// An endpoint on this host (it moved here since the kernel chose).
     Plain(TcpStream),
 }
@@ -171,6 +284,21 @@ async fn dial(
         route: route.clone(),
         handshakes: proxy.metrics.tls_client_handshakes.clone(),
     };
+    if proxy.ktls() {
+        let tls = dial.wrap(ktls::CorkStream::new(tcp)).await?;
+        return match ktls::config_ktls_client(tls).await {
+            Ok(k) => {
+                proxy.metrics.ktls_connections.inc();
+                Ok(Dialled::Ktls(Box::new(k)))
+            }
+            Err(e) => {
+                ktls_refused(proxy, &e);
+                Err(std::io::Error::other(format!(
+                    "handing the connection to kTLS: {e}"
+                )))
+            }
+        };
+    }
     Ok(Dialled::Tls(Box::new(dial.wrap(tcp).await?)))
 }
 

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::{
     CertIssued, CertRequest, Identities, Identity, ServiceKey, ca, certs_from_pem,
+    hostkey::HostKey,
     signer::{bundle_key, cert_key, request_key, unix_ms},
 };
 use crate::registry::etcd::Etcd;
@@ -38,7 +39,7 @@ struct Pending {
 const SIGNER_SILENT: Duration = Duration::from_secs(30);
 
 /// Keep this host's identities until the daemon stops.
-pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
+pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>, host_key: HostKey) {
     let ids = proxy.tls.clone();
     let metrics = &proxy.metrics;
     let prefix_rel = |k: String| {
@@ -121,7 +122,13 @@ pub async fn run(etcd: Arc<Etcd>, proxy: Arc<crate::proxy::Proxy>) {
                 }
             };
             let at_unix_ms = unix_ms(now).max(1);
-            let req = CertRequest { csr, at_unix_ms };
+            let mut req = CertRequest {
+                csr,
+                at_unix_ms,
+                host_key: String::new(),
+                signature: String::new(),
+            };
+            host_key.sign(&mut req, &host, &k.0, &k.1);
             let Ok(value) = serde_json::to_vec(&req) else {
                 continue;
             };

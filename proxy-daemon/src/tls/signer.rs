@@ -4,7 +4,10 @@
 //! it runs a task of that service, and only naming that service.
 //!
 //! etcd holds public data only (the bundle, CSRs, issued certificates): a
-//! copy of it mints nothing. Keys, under the registry's prefix:
+//! copy of it mints nothing. Requests are signed with the asking host's key,
+//! pinned by the signer on first use (`hostkey`): writing to etcd is not
+//! enough to ask in the name of a host the signer knows. Keys, under the
+//! registry's prefix:
 //! - `tls/bundle`: the trust bundle (PEM);
 //! - `tls/requests/<host>/<namespace>/<service>`: a [`CertRequest`];
 //! - `tls/certs/<host>/<namespace>/<service>`: the [`CertIssued`] answer.
@@ -18,7 +21,13 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use proxy_config::DaemonConfig;
 use tracing::{info, warn};
 
-use super::{CertIssued, CertRequest, TlsError, ca::Ca, certs_from_pem, spiffe_id};
+use super::{
+    CertIssued, CertRequest, TlsError,
+    ca::Ca,
+    certs_from_pem,
+    hostkey::{self, Pins},
+    spiffe_id,
+};
 use crate::registry::model::{HostedTask, ServiceRecord};
 
 /// How often the signer looks for new requests.
@@ -30,6 +39,9 @@ pub struct SignerArgs {
     pub ca_key: PathBuf,
     /// More roots for the bundle (a rollover: the old root, or the next).
     pub trust_bundle: Option<PathBuf>,
+    /// Where the signer pins each host's key (default: beside the CA key,
+    /// `<ca key>.hosts.json`).
+    pub host_keys: Option<PathBuf>,
 }
 
 /// Key layout, shared with the daemon's agent.
@@ -64,6 +76,12 @@ pub async fn run(cfg: DaemonConfig, args: SignerArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let bundle = ca.bundle(&extra);
+    let pins_path = args.host_keys.clone().unwrap_or_else(|| {
+        let mut p = args.ca_key.clone().into_os_string();
+        p.push(".hosts.json");
+        PathBuf::from(p)
+    });
+    let mut pins = Pins::load(&pins_path)?;
     let ttl = Duration::from_secs(cfg.tls.certificate_ttl_s);
     let prefix = cfg.registry.prefix.clone();
     let opts = ConnectOptions::new()
@@ -81,6 +99,8 @@ pub async fn run(cfg: DaemonConfig, args: SignerArgs) -> anyhow::Result<()> {
         trust_domain = %cfg.tls.trust_domain,
         roots = ca.roots.len() + extra.len(),
         ttl_s = ttl.as_secs(),
+        host_keys = %pins_path.display(),
+        hosts_pinned = pins.len(),
         "signer: publishing the trust bundle and answering certificate requests"
     );
     crate::systemd::ready("signing");
@@ -93,6 +113,7 @@ pub async fn run(cfg: DaemonConfig, args: SignerArgs) -> anyhow::Result<()> {
             &bundle,
             &mut published,
             &mut answered,
+            &mut pins,
             &prefix,
             &cfg.tls.trust_domain,
             ttl,
@@ -112,6 +133,7 @@ async fn round(
     bundle: &str,
     published: &mut bool,
     answered: &mut BTreeMap<String, u64>,
+    pins: &mut Pins,
     prefix: &str,
     trust_domain: &str,
     ttl: Duration,
@@ -158,9 +180,14 @@ async fn round(
             continue;
         }
         let id = spiffe_id(trust_domain, ns, svc);
-        let answer = match may_have(c, prefix, host, ns, svc).await? {
+        // Signed by the host's key, the one pinned for it (or the first
+        // it ever used), and the host runs a task of the service.
+        let answer = match authenticate(&req, host, ns, svc, pins) {
             Err(why) => Err(why),
-            Ok(()) => ca.sign(&req.csr, &id, ttl).map_err(|e| e.to_string()),
+            Ok(()) => match may_have(c, prefix, host, ns, svc).await? {
+                Err(why) => Err(why),
+                Ok(()) => ca.sign(&req.csr, &id, ttl).map_err(|e| e.to_string()),
+            },
         };
         let issued = match answer {
             Ok(chain) => {
@@ -183,6 +210,22 @@ async fn round(
         let value = serde_json::to_vec(&issued).map_err(TlsError::crypto)?;
         c.put(out, value, None).await.map_err(etcd_err)?;
         answered.insert(key.to_owned(), req.at_unix_ms);
+    }
+    Ok(())
+}
+
+/// Whether `req` comes from `host`: signed with the key it carries, which
+/// is the key pinned for `host` (the first one seen is pinned).
+fn authenticate(
+    req: &CertRequest,
+    host: &str,
+    ns: &str,
+    svc: &str,
+    pins: &mut Pins,
+) -> Result<(), String> {
+    hostkey::verify(req, host, ns, svc)?;
+    if pins.check(host, &req.host_key, unix_ms(SystemTime::now()))? {
+        info!(%host, "signer: pinned the host's key (first request from it)");
     }
     Ok(())
 }

@@ -63,6 +63,16 @@ const WANTED: &[&str] = &[
     "sch_ingress",
     "cls_bpf",
     "act_bpf",
+    // kTLS: TCP between hosts with tls is handed to the kernel's TLS, and
+    // the AEADs it asks the crypto API for (the generic ones: nothing to
+    // probe in the emulated CPU; a real system loads them on demand).
+    "tls",
+    "ctr",
+    "ghash_generic",
+    "gcm",
+    "chacha_generic",
+    "poly1305_generic",
+    "chacha20poly1305",
 ];
 
 /// Module parameters: dummy would otherwise add a `dummy0` nobody asked for.

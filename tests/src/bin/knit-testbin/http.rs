@@ -368,12 +368,15 @@ struct Tally {
     timeline: Vec<serde_json::Value>,
 }
 
+/// The longest `http-client` run (a soak's), whatever the arguments say.
+const MAX_RUN_MS: u64 = 900_000;
+
 /// Send requests on keep-alive connections and report what came back.
 pub fn client(args: &[String]) -> Result<()> {
     let url = arg(args, "--url").context("--url")?;
     let (authority, addr, path) = parse_url(args, &url)?;
     let count = num(args, "--count", 0)?;
-    let duration = Duration::from_millis(num(args, "--duration-ms", 0)?.min(120_000));
+    let duration = Duration::from_millis(num(args, "--duration-ms", 0)?.min(MAX_RUN_MS));
     let conc = num(args, "--concurrency", 1)?.max(1);
     // A pause between a worker's requests (0: back to back).
     let pause = Duration::from_millis(num(args, "--interval-ms", 0)?);
@@ -437,7 +440,7 @@ pub fn client(args: &[String]) -> Result<()> {
                     if (count > 0 && i >= count)
                         || (count == 0 && start.elapsed() >= duration)
                         || stop_file.as_deref().is_some_and(std::path::Path::exists)
-                        || start.elapsed() > Duration::from_secs(120)
+                        || start.elapsed() > Duration::from_millis(MAX_RUN_MS.max(120_000))
                     {
                         break;
                     }

@@ -324,6 +324,7 @@ fn client(args: &[String]) -> Result<()> {
     }
     let report = json!({
         "target": addr.to_string(), "ok": ok, "failed": failed,
+        "elapsed_ms": start.elapsed().as_secs_f64() * 1000.0,
         "by_backend": by_backend, "peers": peers, "errors": errors, "timeline": timeline,
     });
     println!("{report}");
