@@ -908,11 +908,13 @@ fn three_hosts_a_namespace_wide_switch_and_a_signer_that_dies_and_comes_back() -
         ("web-svc.json", &http_service("web", "web", 8080)),
         ("db-td.json", &tcp_task_definition("db")),
         ("db-svc.json", &knit_tests::tcp_service("db", "db", 5432)),
+        ("rpc-td.json", &grpc_task_definition("rpc")),
+        ("rpc-svc.json", &http_service("rpc", "rpc", 8082)),
         ("c-td.json", &ctd),
         ("c-svc.json", &csvc),
     ])?;
     wait_for("the services on host 3", Duration::from_secs(10), || {
-        (f.hosts[2].json(&["services"]).ok()?.as_array()?.len() >= 3).then_some(())
+        (f.hosts[2].json(&["services"]).ok()?.as_array()?.len() >= 4).then_some(())
     })?;
     let tb = tb_path();
     for (i, k) in f.hosts.iter_mut().enumerate().skip(1) {
@@ -939,9 +941,21 @@ fn three_hosts_a_namespace_wide_switch_and_a_signer_that_dies_and_comes_back() -
                 "KNIT_PORT_TCP",
             ],
         )?;
+        k.run(
+            "rpc",
+            &[
+                &tb,
+                "grpc-server",
+                "--id",
+                &format!("rpc-{n}"),
+                "--port-env",
+                "KNIT_PORT_WEB",
+            ],
+        )?;
     }
     f.hosts[0].wait_healthy("web", 2)?;
     f.hosts[0].wait_healthy("db", 2)?;
+    f.hosts[0].wait_healthy("rpc", 2)?;
     for k in &f.hosts[1..] {
         wait_for("identities of web and db", Duration::from_secs(20), || {
             let ids = identities(k).ok()?;
@@ -970,6 +984,30 @@ fn three_hosts_a_namespace_wide_switch_and_a_signer_that_dies_and_comes_back() -
         r["ok"] == 20 && r["by_backend"]["db-2"] == 10 && r["by_backend"]["db-3"] == 10,
         "TCP to hosts 2 and 3: {r}"
     );
+    // gRPC: streams on the daemons' mutual TLS connections to both hosts.
+    for kind in ["unary", "bidi"] {
+        let r = f.hosts[0].run_json(
+            "client",
+            &[
+                &tb,
+                "grpc-client",
+                "--hosts",
+                &hosts,
+                "--url",
+                "http://rpc:8082",
+                "--kind",
+                kind,
+                "--count",
+                "40",
+                "--bytes",
+                "300",
+            ],
+        )?;
+        ensure!(
+            r["ok"] == 40 && r["failed"] == 0 && r["mismatched"] == 0,
+            "gRPC {kind} to hosts 2 and 3: {r}"
+        );
+    }
     let said = capture.said();
     let captured = capture.stop()?;
     ensure!(
