@@ -193,7 +193,11 @@ fn route(ctx: &SockAddrContext, ip: u32, port: u16, denied: &mut bool) -> Option
             }
             // SAFETY: as above.
             let cfg = unsafe { *KNIT_CONFIG.get_ptr(0)? };
-            ((cfg.egress_ip, cfg.egress_port), be.backend_id, CONN_L7 | CONN_TUNNEL)
+            (
+                (cfg.egress_ip, cfg.egress_port),
+                be.backend_id,
+                CONN_L7 | CONN_TUNNEL,
+            )
         } else {
             ((be.ip, be.port), be.backend_id, 0)
         }

@@ -7,8 +7,7 @@ use aya_ebpf::{
 use proxy_common::maps::{
     AccelCounters, Backend, BackendKey, ConnInfo, Counters, DatapathConfig, DenyEntry, EdgeKey,
     MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNS, MAX_DENY, MAX_EDGES, MAX_SERVICES, MAX_SOCKS,
-    MAX_TASKS,
-    OrigKey, ServiceEntry, SockKey, SockState, VipKey,
+    MAX_TASKS, OrigKey, ServiceEntry, SockKey, SockState, VipKey,
 };
 
 /// VIP:port -> service (written by the daemon).

@@ -17,8 +17,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockOpsContext};
 use proxy_common::maps::{
-    CFG_ACCELERATE, CONN_L7, CONN_TUNNEL, ConnInfo, Counters, EdgeKey, OrigKey, SOCK_COUNTED, SOCK_PEER_COUNTED,
-    SockKey, SockState,
+    CFG_ACCELERATE, CONN_L7, CONN_TUNNEL, ConnInfo, Counters, EdgeKey, OrigKey, SOCK_COUNTED,
+    SOCK_PEER_COUNTED, SockKey, SockState,
 };
 
 use crate::maps::{
