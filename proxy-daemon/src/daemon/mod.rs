@@ -177,7 +177,14 @@ pub async fn run(
         // The session keeps the view; every change of it is routed at once.
         background.push(tokio::spawn(etcd.clone().run()));
         // Identities of this host's services (mutual TLS with other hosts).
-        let tcp_path = crate::proxy::choose_tunnel_path(&proxy, cfg.tls.ktls).await;
+        let socks = match engine.lock().await.dp.maps.sock_remover() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "a handle on the sockhash for the kTLS probe");
+                None
+            }
+        };
+        let tcp_path = crate::proxy::choose_tunnel_path(&proxy, cfg.tls.ktls, socks).await;
         info!(
             trust_domain = %cfg.tls.trust_domain,
             %tcp_path,

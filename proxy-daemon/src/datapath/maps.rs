@@ -120,6 +120,25 @@ pub struct LiveCounters {
     accel: PerCpuArray<MapData, AccelCounters>,
 }
 
+/// Takes sockets out of the sockhash: a socket in a sockmap cannot take
+/// kTLS keys (the kernel refuses TLS on sockmap sockets), and the daemon's
+/// own same-host connections go into it when accelerating.
+pub struct SockRemover(SockHash<MapData, SockKey>);
+
+impl SockRemover {
+    /// Take out the socket whose end is `local` and whose peer is `remote`
+    /// (IPv4), if it is in.
+    pub fn remove(&mut self, local: std::net::SocketAddrV4, remote: std::net::SocketAddrV4) {
+        let key = SockKey {
+            local_ip: u32::from_ne_bytes(local.ip().octets()),
+            remote_ip: u32::from_ne_bytes(remote.ip().octets()),
+            local_port: u32::from(local.port()),
+            remote_port: u32::from(remote.port()),
+        };
+        let _ = self.0.remove(&key);
+    }
+}
+
 /// A second handle on a map: the same kernel object, its own descriptor.
 fn dup<T: TryFrom<Map, Error = MapError>>(
     m: &MapData,
@@ -289,6 +308,14 @@ impl Maps {
             )?,
             accel: dup(self.accel.map(), MAP_ACCEL_STATS)?,
         })
+    }
+
+    /// A handle of its own on the sockhash, to take sockets out of it.
+    pub fn sock_remover(&self) -> Result<SockRemover, DatapathError> {
+        Ok(SockRemover(dup(
+            IterableMap::<SockKey, std::os::fd::RawFd>::map(&self.socks),
+            MAP_SOCKS,
+        )?))
     }
 
     /// A handle of its own on `KNIT_EDGES`, for the reader's edge book

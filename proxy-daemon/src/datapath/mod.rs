@@ -19,7 +19,7 @@ use aya::{
     EbpfLoader,
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, links::FdLink},
 };
-pub use maps::{Heartbeat, LiveCounters, Maps};
+pub use maps::{Heartbeat, LiveCounters, Maps, SockRemover};
 pub use reconcile::DesiredAlias;
 use thiserror::Error;
 use tracing::{info, warn};

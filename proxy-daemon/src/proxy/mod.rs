@@ -20,6 +20,7 @@ mod routes;
 mod tlsdial;
 mod tunnel;
 mod upgrade;
+use crate::datapath::SockRemover;
 pub use tunnel::choose_path as choose_tunnel_path;
 
 use std::{net::SocketAddr, sync::Arc};

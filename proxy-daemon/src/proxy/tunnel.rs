@@ -7,7 +7,10 @@
 //! the target service's, then copies the bytes both ways in userspace. The
 //! other host's ingress checks the caller ([`ingress`]) and connects to its
 //! local app.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use proxy_common::maps::ConnInfo;
 use tokio::{
@@ -17,7 +20,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{
-    AliasRoute, Endpoint, Proxy,
+    AliasRoute, Endpoint, Proxy, SockRemover,
     forward::LiveGuard,
     idle::{Activity, Tracked},
     pool::CONNECT_TIMEOUT,
@@ -36,7 +39,7 @@ const TRIES: usize = 3;
 /// layer protocol and the ciphers it asks the crypto API for)? Tried the
 /// way every connection will be: a mutual TLS handshake over loopback with
 /// throwaway identities, both ends handed to kTLS, one byte each way.
-async fn ktls_probe() -> Result<(), String> {
+async fn ktls_probe(socks: Option<&Mutex<SockRemover>>) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let identity = probe_identity().map_err(|e| format!("a throwaway identity: {e}"))?;
     let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -44,8 +47,20 @@ async fn ktls_probe() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     let server = identity.server.clone();
+    // Both ends of this same-host connection may be in the daemon's
+    // sockhash (acceleration), which the kernel does not let take kTLS keys:
+    // taken out first, as connections between hosts never go in.
+    let take_out = |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
+        if let (Some(socks), std::net::SocketAddr::V4(l), std::net::SocketAddr::V4(r)) =
+            (socks, local, remote)
+            && let Ok(mut s) = socks.lock()
+        {
+            s.remove(l, r);
+        }
+    };
     let accept = async move {
-        let (s, _) = l.accept().await.map_err(|e| e.to_string())?;
+        let (s, peer) = l.accept().await.map_err(|e| e.to_string())?;
+        take_out(s.local_addr().map_err(|e| e.to_string())?, peer);
         let tls = tokio_rustls::TlsAcceptor::from(server)
             .accept(ktls::CorkStream::new(s))
             .await
@@ -61,6 +76,7 @@ async fn ktls_probe() -> Result<(), String> {
     };
     let connect = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        take_out(tcp.local_addr().map_err(|e| e.to_string())?, addr);
         let name = rustls_pki_types::ServerName::try_from("knit").map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(identity.client.clone())
             .connect(name, ktls::CorkStream::new(tcp))
@@ -112,9 +128,10 @@ fn probe_identity() -> Result<crate::tls::Identity, crate::tls::TlsError> {
 
 /// Decide how TCP with tls between hosts runs (kTLS when `wanted` and the
 /// kernel has it) and say it, for the daemon's start-up line.
-pub async fn choose_path(proxy: &Proxy, wanted: bool) -> String {
+pub async fn choose_path(proxy: &Proxy, wanted: bool, socks: Option<SockRemover>) -> String {
+    let socks = socks.map(Mutex::new);
     let (on, how) = if wanted {
-        match ktls_probe().await {
+        match ktls_probe(socks.as_ref()).await {
             Ok(()) => (
                 true,
                 "kTLS: after the handshake in the daemon, the kernel encrypts and decrypts"
