@@ -281,6 +281,14 @@ const RETIRE_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
 /// Counts a connection in [`Proxy::live`] until dropped.
 pub(super) struct LiveGuard(pub(super) Arc<Proxy>);
 
+impl LiveGuard {
+    /// Count one more connection now.
+    pub(super) fn count(proxy: &Arc<Proxy>) -> Self {
+        proxy.live.fetch_add(1, Ordering::SeqCst);
+        Self(proxy.clone())
+    }
+}
+
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::SeqCst);

@@ -178,15 +178,18 @@ impl IngressListeners {
                 match l.accept().await {
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
-                        if route.tls {
-                            tokio::spawn(serve_tls(s, route.clone(), proxy.clone()));
-                        } else {
-                            tokio::spawn(forward::serve_connection(
-                                s,
-                                forward::Target::Fixed(route.clone()),
-                                proxy.clone(),
-                            ));
-                        }
+                        // Counted from the accept (see `serve_egress`).
+                        let accepted = forward::LiveGuard::count(&proxy);
+                        let (route, proxy) = (route.clone(), proxy.clone());
+                        tokio::spawn(async move {
+                            let _accepted = accepted;
+                            if route.tls {
+                                serve_tls(s, route, proxy).await;
+                            } else {
+                                forward::serve_connection(s, forward::Target::Fixed(route), proxy)
+                                    .await;
+                            }
+                        });
                     }
                     Err(e) => {
                         warn!(error = %e, "ingress accept");

@@ -206,7 +206,11 @@ async fn serve_egress(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         };
         let proxy = proxy.clone();
+        // Counted from the accept: a daemon handing over waits for it even
+        // before its task runs (else it could exit with it accepted).
+        let accepted = forward::LiveGuard::count(&proxy);
         tokio::spawn(async move {
+            let _accepted = accepted;
             let Some(info) = proxy.conn_info(peer) else {
                 // Not a task's connection to a VIP.
                 debug!(%peer, "egress: no VIP recorded for this connection; closing");
